@@ -1,0 +1,239 @@
+//! Tokenization through the `tokenizers` crate, built either from a
+//! Hugging Face `tokenizer.json` or from GGUF `tokenizer.ggml.*` metadata.
+//!
+//! For GGUF the tokenizer is rebuilt to match llama.cpp's: byte-level BPE
+//! with the file's vocabulary and merges, the pre-tokenizer regexes that
+//! llama.cpp uses for the file's `tokenizer.ggml.pre`, and special tokens
+//! from the token types (CONTROL = 3 is matched only when parsing specials,
+//! USER_DEFINED = 4 always, as in llama.cpp).
+
+use crate::error::{EngineError, Result};
+use crate::loader::gguf::GgufTokenizerMeta;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+fn tk_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Tokenizer(e.to_string())
+}
+
+pub struct Tokenizer {
+    /// Matches control tokens like `<|im_start|>` in text.
+    with_special: tokenizers::Tokenizer,
+    /// Treats control-token text as ordinary text.
+    plain: tokenizers::Tokenizer,
+    pub bos_id: Option<u32>,
+    pub eos_ids: Vec<u32>,
+    pub add_bos: bool,
+    pub bos_token: String,
+    pub eos_token: String,
+    pub chat_template: Option<String>,
+    hash: String,
+}
+
+impl Tokenizer {
+    pub fn from_gguf(meta: &GgufTokenizerMeta) -> Result<Self> {
+        if meta.model != "gpt2" {
+            return Err(tk_err(format!("GGUF tokenizer model `{}` is not supported (only byte-level BPE, `gpt2`)", meta.model)));
+        }
+        let vocab: ahash::AHashMap<String, u32> =
+            meta.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let merges: Vec<(String, String)> = meta
+            .merges
+            .iter()
+            .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .collect();
+        let build = |with_control: bool| -> Result<tokenizers::Tokenizer> {
+            let bpe = BPE::builder().vocab_and_merges(vocab.clone(), merges.clone()).build().map_err(tk_err)?;
+            let mut tk = tokenizers::Tokenizer::new(bpe);
+            tk.with_pre_tokenizer(Some(pre_tokenizer(&meta.pre)?));
+            tk.with_decoder(Some(ByteLevel::default()));
+            let added: Vec<AddedToken> = meta
+                .tokens
+                .iter()
+                .zip(&meta.token_types)
+                .filter(|(_, &ty)| ty == TOKEN_TYPE_USER_DEFINED || (with_control && ty == TOKEN_TYPE_CONTROL))
+                .map(|(t, &ty)| AddedToken::from(t.clone(), ty == TOKEN_TYPE_CONTROL))
+                .collect();
+            tk.add_special_tokens(&added);
+            Ok(tk)
+        };
+        let tok_str = |id: Option<u32>| id.and_then(|i| meta.tokens.get(i as usize)).cloned().unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(meta.pre.as_bytes());
+        for t in &meta.tokens {
+            h.update(t.as_bytes());
+            h.update([0]);
+        }
+        for m in &meta.merges {
+            h.update(m.as_bytes());
+            h.update([1]);
+        }
+        Ok(Tokenizer {
+            with_special: build(true)?,
+            plain: build(false)?,
+            bos_id: meta.bos_id,
+            eos_ids: meta.eos_id.into_iter().collect(),
+            add_bos: meta.add_bos,
+            bos_token: tok_str(meta.bos_id),
+            eos_token: tok_str(meta.eos_id),
+            chat_template: meta.chat_template.clone(),
+            hash: hex8(&h.finalize()),
+        })
+    }
+
+    /// Loads `tokenizer.json` and, if present, `tokenizer_config.json`.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let p = dir.join("tokenizer.json");
+        let bytes = std::fs::read(&p).map_err(|source| EngineError::Io { path: p.clone(), source })?;
+        let with_special = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| tk_err(format!("{}: {e}", p.display())))?;
+        let plain = with_special.clone();
+        let cfg: serde_json::Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let tok_field = |k: &str| -> Option<String> {
+            match cfg.get(k)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                v => v.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            }
+        };
+        let bos_token = tok_field("bos_token").unwrap_or_default();
+        let eos_token = tok_field("eos_token").unwrap_or_default();
+        let chat_template = match cfg.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .or(a.first())
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
+            _ => None,
+        };
+        let gen_cfg: serde_json::Value = std::fs::read_to_string(dir.join("generation_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let mut eos_ids: Vec<u32> = match gen_cfg.get("eos_token_id") {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| v as u32).into_iter().collect(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
+            _ => Vec::new(),
+        };
+        if let Some(id) = with_special.token_to_id(&eos_token) {
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
+        let mut h = Sha256::new();
+        h.update(&bytes);
+        Ok(Tokenizer {
+            bos_id: with_special.token_to_id(&bos_token),
+            with_special,
+            plain,
+            eos_ids,
+            add_bos: cfg.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
+            bos_token,
+            eos_token,
+            chat_template,
+            hash: hex8(&h.finalize()),
+        })
+    }
+
+    /// Token ids of `text`. With `parse_special`, control-token text such as
+    /// `<|im_start|>` becomes that one token (llama.cpp's `special=True`).
+    /// A BOS is never added here; callers decide (see `add_bos`).
+    pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let tk = if parse_special { &self.with_special } else { &self.plain };
+        Ok(tk.encode_fast(text, false).map_err(tk_err)?.get_ids().to_vec())
+    }
+
+    /// Text of `ids`; special tokens are dropped when `skip_special`.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.with_special.decode(ids, skip_special).map_err(tk_err)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.with_special.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, t: &str) -> Option<u32> {
+        self.with_special.token_to_id(t)
+    }
+
+    /// A short hash identifying the vocabulary and merges.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn is_eos(&self, id: u32) -> bool {
+        self.eos_ids.contains(&id)
+    }
+}
+
+fn hex8(d: &[u8]) -> String {
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// llama.cpp's pre-tokenizer for a `tokenizer.ggml.pre` name.
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
+    let split = |re: &str| -> Result<PreTokenizerWrapper> {
+        Ok(Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false).map_err(tk_err)?.into())
+    };
+    let byte_level_no_regex: PreTokenizerWrapper = ByteLevel::new(false, true, false).into();
+    Ok(match pre {
+        // Digits one by one, then GPT-2's regex.
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
+            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
+        }
+        "llama-bpe" | "llama3" | "falcon3" => Sequence::new(vec![
+            split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")?,
+            byte_level_no_regex,
+        ])
+        .into(),
+        "qwen2" | "deepseek-r1-qwen" => Sequence::new(vec![
+            split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")?,
+            byte_level_no_regex,
+        ])
+        .into(),
+        _ => ByteLevel::new(false, true, true).into(),
+    })
+}
+
+/// Incremental, UTF-8-safe detokenization: text is released only once the
+/// bytes decoded so far form whole characters.
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    prefix: usize,
+    read: usize,
+    skip_special: bool,
+}
+
+impl StreamDecoder {
+    pub fn new(skip_special: bool) -> Self {
+        StreamDecoder { ids: Vec::new(), prefix: 0, read: 0, skip_special }
+    }
+
+    /// Adds a token; returns the text it completes, if any.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let before = tok.decode(&self.ids[self.prefix..self.read], self.skip_special)?;
+        let now = tok.decode(&self.ids[self.prefix..], self.skip_special)?;
+        if now.len() > before.len() && !now.ends_with('\u{FFFD}') {
+            let out = now.get(before.len()..).unwrap_or("").to_string();
+            self.prefix = self.read;
+            self.read = self.ids.len();
+            Ok(Some(out))
+        } else {
+            Ok(None)
+        }
+    }
+}

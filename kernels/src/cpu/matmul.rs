@@ -1,0 +1,186 @@
+//! `Y = X · Wᵀ` for a weight matrix `W` (rows = output features) held either
+//! as ggml quantized blocks or as f32.
+//!
+//! Strategy: the output features are split into chunks, one rayon task each.
+//! Inside a chunk, activation rows are taken four at a time, and each weight
+//! row is decoded once per tile and dotted with all four. A chunk's weights
+//! (tens of rows, a few KiB) stay in L1 while every activation tile passes
+//! over them, so a verify batch of k rows reads the weights from memory once,
+//! not k times. Parameters: `TILE_ROWS` = 4 activation rows per tile;
+//! chunks of at least `MIN_CHUNK` output features, about eight per thread.
+
+use super::blocks::{dequantize_row, quantize_row, ActBlock, BlockFormat, QK};
+use super::simd::{dot_f32_rows, dot_q_rows};
+use rayon::prelude::*;
+
+const TILE_ROWS: usize = 4;
+const MIN_CHUNK: usize = 16;
+
+/// Storage of a weight matrix.
+#[derive(Debug, Clone)]
+pub enum WeightData {
+    /// ggml blocks, row-major, `cols / 32` blocks per row.
+    Quant { fmt: BlockFormat, bytes: Vec<u8> },
+    /// Plain row-major f32.
+    F32(Vec<f32>),
+}
+
+/// A shape or size problem found when building a [`Matrix`].
+#[derive(Debug, thiserror::Error)]
+pub enum MatrixError {
+    #[error("matrix has {cols} columns, not a multiple of the 32-value block size")]
+    Unaligned { cols: usize },
+    #[error("matrix data has {got} bytes/elements, expected {want} for {rows}x{cols}")]
+    Size { got: usize, want: usize, rows: usize, cols: usize },
+}
+
+/// A weight matrix of `rows` output features by `cols` input features.
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: WeightData,
+}
+
+struct SyncPtr(*mut f32);
+// SAFETY: tasks write disjoint (row, column) elements of the output.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl Matrix {
+    pub fn quant(fmt: BlockFormat, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<Self, MatrixError> {
+        if cols % QK != 0 {
+            return Err(MatrixError::Unaligned { cols });
+        }
+        let want = rows * cols / QK * fmt.block_bytes();
+        if bytes.len() != want {
+            return Err(MatrixError::Size { got: bytes.len(), want, rows, cols });
+        }
+        Ok(Matrix { rows, cols, data: WeightData::Quant { fmt, bytes } })
+    }
+
+    pub fn f32(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self, MatrixError> {
+        if data.len() != rows * cols {
+            return Err(MatrixError::Size { got: data.len(), want: rows * cols, rows, cols });
+        }
+        Ok(Matrix { rows, cols, data: WeightData::F32(data) })
+    }
+
+    /// Bytes of weight storage.
+    pub fn storage_bytes(&self) -> usize {
+        match &self.data {
+            WeightData::Quant { bytes, .. } => bytes.len(),
+            WeightData::F32(v) => v.len() * 4,
+        }
+    }
+
+    /// Returns an f32 copy (dequantizing if needed).
+    pub fn to_f32(&self) -> Matrix {
+        let mut out = vec![0.0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            self.row_f32(r, &mut out[r * self.cols..(r + 1) * self.cols]);
+        }
+        Matrix { rows: self.rows, cols: self.cols, data: WeightData::F32(out) }
+    }
+
+    /// Writes row `r` as f32 into `out` (an embedding lookup).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        match &self.data {
+            WeightData::Quant { fmt, bytes } => dequantize_row(*fmt, bytes, self.cols, r, out),
+            WeightData::F32(v) => out.copy_from_slice(&v[r * self.cols..(r + 1) * self.cols]),
+        }
+    }
+
+    /// `out[m × rows] = x[m × cols] · selfᵀ`.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_rows(x, m, out, 0, self.rows);
+    }
+
+    /// Like [`Matrix::matmul`] but only for output features `lo..hi`;
+    /// `out` is `m × (hi - lo)`.
+    pub fn matmul_rows(&self, x: &[f32], m: usize, out: &mut [f32], lo: usize, hi: usize) {
+        assert_eq!(x.len(), m * self.cols, "activation shape");
+        let n = hi - lo;
+        assert_eq!(out.len(), m * n, "output shape");
+        if m == 0 || n == 0 {
+            return;
+        }
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = (n / (threads * 8)).max(MIN_CHUNK).min(n);
+        let nchunks = n.div_ceil(chunk);
+        let optr = SyncPtr(out.as_mut_ptr());
+        match &self.data {
+            WeightData::Quant { fmt, bytes } => {
+                let nb = self.cols / QK;
+                let mut acts = vec![ActBlock::default(); m * nb];
+                let with_sum = fmt.needs_act_sum();
+                if m >= 16 {
+                    acts.par_chunks_mut(nb)
+                        .zip(x.par_chunks(self.cols))
+                        .for_each(|(a, xr)| quantize_row(xr, with_sum, a));
+                } else {
+                    for (a, xr) in acts.chunks_mut(nb).zip(x.chunks(self.cols)) {
+                        quantize_row(xr, with_sum, a);
+                    }
+                }
+                let rb = nb * fmt.block_bytes();
+                let rows: Vec<&[ActBlock]> = acts.chunks(nb).collect();
+                (0..nchunks).into_par_iter().for_each(|c| {
+                    let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
+                    let wrow = |j: usize| &bytes[(lo + j) * rb..(lo + j + 1) * rb];
+                    tile_loop(m, c0, c1, n, &optr, |r0, j, width, res: &mut [f32; TILE_ROWS]| {
+                        let w = wrow(j);
+                        match width {
+                            4 => *res = dot_q_rows::<4>(*fmt, w, &[rows[r0], rows[r0 + 1], rows[r0 + 2], rows[r0 + 3]]),
+                            3 => {
+                                let v = dot_q_rows::<3>(*fmt, w, &[rows[r0], rows[r0 + 1], rows[r0 + 2]]);
+                                res[..3].copy_from_slice(&v);
+                            }
+                            2 => {
+                                let v = dot_q_rows::<2>(*fmt, w, &[rows[r0], rows[r0 + 1]]);
+                                res[..2].copy_from_slice(&v);
+                            }
+                            _ => res[0] = dot_q_rows::<1>(*fmt, w, &[rows[r0]])[0],
+                        }
+                    });
+                });
+            }
+            WeightData::F32(wv) => {
+                let k = self.cols;
+                let rows: Vec<&[f32]> = x.chunks(k).collect();
+                (0..nchunks).into_par_iter().for_each(|c| {
+                    let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
+                    tile_loop(m, c0, c1, n, &optr, |r0, j, width, res: &mut [f32; TILE_ROWS]| {
+                        let w = &wv[(lo + j) * k..(lo + j + 1) * k];
+                        match width {
+                            4 => *res = dot_f32_rows::<4>(w, &[rows[r0], rows[r0 + 1], rows[r0 + 2], rows[r0 + 3]]),
+                            3 => res[..3].copy_from_slice(&dot_f32_rows::<3>(w, &[rows[r0], rows[r0 + 1], rows[r0 + 2]])),
+                            2 => res[..2].copy_from_slice(&dot_f32_rows::<2>(w, &[rows[r0], rows[r0 + 1]])),
+                            _ => res[0] = dot_f32_rows::<1>(w, &[rows[r0]])[0],
+                        }
+                    });
+                });
+            }
+        }
+    }
+}
+
+/// Walks activation-row tiles over output features `c0..c1` and stores
+/// each tile's results at `out[r * n + j]`.
+#[inline]
+fn tile_loop(m: usize, c0: usize, c1: usize, n: usize, out: &SyncPtr, mut dot: impl FnMut(usize, usize, usize, &mut [f32; TILE_ROWS])) {
+    let mut r0 = 0;
+    while r0 < m {
+        let width = (m - r0).min(TILE_ROWS);
+        for j in c0..c1 {
+            let mut res = [0.0f32; TILE_ROWS];
+            dot(r0, j, width, &mut res);
+            for (t, &v) in res.iter().enumerate().take(width) {
+                // SAFETY: (r0 + t, j) is inside the m × n output, and only
+                // the task owning column chunk c0..c1 writes column j.
+                unsafe { *out.0.add((r0 + t) * n + j) = v };
+            }
+        }
+        r0 += width;
+    }
+}

@@ -1,0 +1,10 @@
+//! CPU kernels. Quantized formats follow ggml's block layouts byte for byte,
+//! so GGUF tensors are used in place without conversion.
+
+pub mod blocks;
+pub mod matmul;
+pub mod ops;
+mod simd;
+
+pub use blocks::{BlockFormat, QK};
+pub use matmul::{Matrix, MatrixError, WeightData};

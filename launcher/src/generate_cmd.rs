@@ -1,0 +1,113 @@
+//! `aerie generate`: one prompt, streamed to the terminal or as JSON.
+
+use aerie_engine::generate::{generate, GenerateRequest};
+use aerie_engine::{ChatMessage, DType, Engine, SamplingParams, StreamDecoder};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::io::Write;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Model name (`smollm2`) or path to a GGUF file / Hugging Face directory.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Prompt text (a user message unless --raw).
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(long)]
+    pub prompt_file: Option<std::path::PathBuf>,
+    /// Skip the chat template; special-token text such as <|im_start|> is parsed.
+    #[arg(long)]
+    pub raw: bool,
+    /// Optional system message (chat mode).
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Weight precision: `auto` keeps the file's quantization, `f32` dequantizes at load.
+    #[arg(long, default_value = "auto")]
+    pub dtype: DType,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep generating after an end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let sampling = SamplingParams { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, min_p: a.min_p, seed: a.seed };
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    let prompt = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => bail!("give --prompt or --prompt-file"),
+    };
+    let t_load = Instant::now();
+    let engine = Engine::load(&a.model, a.dtype).with_context(|| format!("loading model `{}`", a.model))?;
+    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
+    let prompt_ids = if a.raw {
+        engine.raw_prompt_ids(&prompt)?
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(ChatMessage::new("system", s));
+        }
+        msgs.push(ChatMessage::new("user", &prompt));
+        engine.chat_prompt_ids(&msgs)?
+    };
+    let stop_ids = if a.ignore_eos { Vec::new() } else { engine.tokenizer.eos_ids.clone() };
+    let req = GenerateRequest { prompt_ids: &prompt_ids, max_tokens: a.max_tokens, sampling, stop_ids: &stop_ids };
+    let mut dec = StreamDecoder::new(true);
+    let mut stdout = std::io::stdout().lock();
+    let json = a.json;
+    let tok = &engine.tokenizer;
+    let out = generate(&engine.model, &req, &mut |id| {
+        if !json {
+            if let Ok(Some(text)) = dec.push(tok, id) {
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+            }
+        }
+    })?;
+    if json {
+        let text = engine.tokenizer.decode(&out.token_ids, true)?;
+        let v = serde_json::json!({
+            "prompt_ids": prompt_ids,
+            "token_ids": out.token_ids,
+            "text": text,
+            "finish_reason": out.finish_reason,
+            "stats": {
+                "load_ms": load_ms,
+                "prompt_tokens": out.stats.prompt_tokens,
+                "completion_tokens": out.stats.completion_tokens,
+                "prefill_ms": out.stats.prefill_ms,
+                "decode_ms": out.stats.decode_ms,
+                "prefill_tok_s": out.stats.prefill_tok_s,
+                "decode_tok_s": out.stats.decode_tok_s,
+                "threads": rayon::current_num_threads(),
+            }
+        });
+        writeln!(stdout, "{v}")?;
+    } else {
+        writeln!(stdout)?;
+        eprintln!(
+            "[{} prompt tokens, {} generated, prefill {:.1} tok/s, decode {:.1} tok/s, finish: {:?}]",
+            out.stats.prompt_tokens, out.stats.completion_tokens, out.stats.prefill_tok_s, out.stats.decode_tok_s, out.finish_reason
+        );
+    }
+    Ok(())
+}

