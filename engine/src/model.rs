@@ -200,21 +200,22 @@ impl Model {
 
         let mut aux: Vec<Vec<f32>> = Vec::new();
         let mut xn = vec![0.0f32; t_total * h];
+        let mut qkv = vec![0.0f32; t_total * (qd + 2 * kvd)];
         let mut q = vec![0.0f32; t_total * qd];
         let mut k = vec![0.0f32; t_total * kvd];
         let mut v = vec![0.0f32; t_total * kvd];
         let mut attn = vec![0.0f32; t_total * qd];
         let mut o = vec![0.0f32; t_total * h];
-        let mut gate = vec![0.0f32; t_total * ff];
-        let mut up = vec![0.0f32; t_total * ff];
+        let mut gate_up = vec![0.0f32; t_total * 2 * ff];
+        let mut act = vec![0.0f32; t_total * ff];
         for (li, lw) in self.weights.layers.iter().enumerate() {
             norm_rows(&x, &lw.attn_norm, cfg.rms_norm_eps, &mut xn);
-            lw.wq.matmul(&xn, t_total, &mut q);
-            lw.wk.matmul(&xn, t_total, &mut k);
-            lw.wv.matmul(&xn, t_total, &mut v);
-            add_bias(&mut q, lw.bq.as_deref());
-            add_bias(&mut k, lw.bk.as_deref());
-            add_bias(&mut v, lw.bv.as_deref());
+            lw.qkv.forward(&xn, t_total, &mut qkv);
+            for (t, row) in qkv.chunks(qd + 2 * kvd).enumerate() {
+                q[t * qd..(t + 1) * qd].copy_from_slice(&row[..qd]);
+                k[t * kvd..(t + 1) * kvd].copy_from_slice(&row[qd..qd + kvd]);
+                v[t * kvd..(t + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
+            }
             self.apply_rope(&mut q, nh, &cos, &sin);
             self.apply_rope(&mut k, nkv, &cos, &sin);
             for (s, p) in batch.iter_mut().zip(&plans) {
@@ -228,7 +229,8 @@ impl Model {
                 let masks: Vec<&AttnMask> = batch.iter().map(|s| &s.mask).collect();
                 let scale = 1.0 / (hd as f32).sqrt();
                 let group = nh / nkv;
-                attn.par_chunks_mut(hd).enumerate().for_each_init(|| (Vec::new(), Vec::<usize>::new()), |(scores, keys), (idx, out)| {
+                let work = t_total * nh * plans.iter().map(|p| p.base + p.n).max().unwrap_or(0);
+                let task = |(scores, keys): &mut (Vec<f32>, Vec<usize>), (idx, out): (usize, &mut [f32])| {
                     let (t, head) = (idx / nh, idx % nh);
                     let si = tok_seq[t];
                     let p = &plans[si];
@@ -252,15 +254,25 @@ impl Model {
                     for (&w, &j) in scores.iter().zip(keys.iter()) {
                         ops::axpy(w, &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd], out);
                     }
-                });
+                };
+                // Small attention (decode at short context) is cheaper than a
+                // thread hand-off; the per-head math is the same either way.
+                if work < 4096 {
+                    let mut bufs = (Vec::new(), Vec::new());
+                    attn.chunks_mut(hd).enumerate().for_each(|job| task(&mut bufs, job));
+                } else {
+                    attn.par_chunks_mut(hd).enumerate().for_each_init(|| (Vec::new(), Vec::<usize>::new()), task);
+                }
             }
             lw.wo.matmul(&attn, t_total, &mut o);
             add_into(&mut x, &o);
             norm_rows(&x, &lw.ffn_norm, cfg.rms_norm_eps, &mut xn);
-            lw.w_gate.matmul(&xn, t_total, &mut gate);
-            lw.w_up.matmul(&xn, t_total, &mut up);
-            ops::silu_mul(&mut gate, &up);
-            lw.w_down.matmul(&gate, t_total, &mut o);
+            lw.gate_up.forward(&xn, t_total, &mut gate_up);
+            for (row, a) in gate_up.chunks(2 * ff).zip(act.chunks_mut(ff)) {
+                a.copy_from_slice(&row[..ff]);
+                ops::silu_mul(a, &row[ff..]);
+            }
+            lw.w_down.matmul(&act, t_total, &mut o);
             add_into(&mut x, &o);
             if opts.aux_layers.contains(&li) {
                 aux.push(x.clone());
@@ -347,16 +359,10 @@ fn visible(mask: &AttnMask, base: usize, n: usize, i: usize, j: usize) -> bool {
 
 fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let h = w.len();
-    out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, r)| ops::rms_norm(r, w, eps, o));
-}
-
-fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
-    if let Some(b) = b {
-        for row in x.chunks_mut(b.len()) {
-            for (v, &bb) in row.iter_mut().zip(b) {
-                *v += bb;
-            }
-        }
+    if x.len() < 16 * h {
+        out.chunks_mut(h).zip(x.chunks(h)).for_each(|(o, r)| ops::rms_norm(r, w, eps, o));
+    } else {
+        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, r)| ops::rms_norm(r, w, eps, o));
     }
 }
 

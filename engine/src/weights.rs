@@ -23,19 +23,97 @@ impl std::str::FromStr for DType {
     }
 }
 
+/// Several projections of the same input computed as one: their weight rows
+/// are stacked when formats allow (one matmul, one activation quantization),
+/// else run part by part. Outputs are the parts' outputs side by side.
+pub struct Linear {
+    parts: Vec<Matrix>,
+    /// Output features of each part, in order.
+    pub widths: Vec<usize>,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    pub fn fuse(parts: Vec<Matrix>, biases: Vec<Option<Vec<f32>>>) -> Linear {
+        let widths: Vec<usize> = parts.iter().map(|m| m.rows).collect();
+        let bias = if biases.iter().any(|b| b.is_some()) {
+            Some(biases.into_iter().zip(&widths).flat_map(|(b, &w)| b.unwrap_or_else(|| vec![0.0; w])).collect())
+        } else {
+            None
+        };
+        let parts = match Matrix::concat_rows(parts) {
+            Ok(m) => vec![m],
+            Err(p) => p,
+        };
+        Linear { parts, widths, bias }
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.widths.iter().sum()
+    }
+
+    /// `out[m × out_features] = x · Wᵀ (+ bias)`.
+    pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let n = self.out_features();
+        if self.parts.len() == 1 {
+            self.parts[0].matmul(x, m, out);
+        } else {
+            let mut col = 0;
+            for p in &self.parts {
+                let mut tmp = vec![0.0f32; m * p.rows];
+                p.matmul(x, m, &mut tmp);
+                for r in 0..m {
+                    out[r * n + col..r * n + col + p.rows].copy_from_slice(&tmp[r * p.rows..(r + 1) * p.rows]);
+                }
+                col += p.rows;
+            }
+        }
+        if let Some(b) = &self.bias {
+            for row in out.chunks_mut(n) {
+                for (v, &bb) in row.iter_mut().zip(b) {
+                    *v += bb;
+                }
+            }
+        }
+    }
+
+    pub fn storage_bytes(&self) -> usize {
+        self.parts.iter().map(|m| m.storage_bytes()).sum()
+    }
+}
+
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>,
-    pub wq: Matrix,
-    pub wk: Matrix,
-    pub wv: Matrix,
+    /// q, k and v projections, stacked.
+    pub qkv: Linear,
     pub wo: Matrix,
-    pub bq: Option<Vec<f32>>,
-    pub bk: Option<Vec<f32>>,
-    pub bv: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
-    pub w_gate: Matrix,
-    pub w_up: Matrix,
+    /// gate and up projections, stacked.
+    pub gate_up: Linear,
     pub w_down: Matrix,
+}
+
+impl LayerWeights {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        attn_norm: Vec<f32>,
+        (wq, wk, wv): (Matrix, Matrix, Matrix),
+        (bq, bk, bv): (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>),
+        wo: Matrix,
+        ffn_norm: Vec<f32>,
+        w_gate: Matrix,
+        w_up: Matrix,
+        w_down: Matrix,
+    ) -> Self {
+        LayerWeights {
+            attn_norm,
+            qkv: Linear::fuse(vec![wq, wk, wv], vec![bq, bk, bv]),
+            wo,
+            ffn_norm,
+            gate_up: Linear::fuse(vec![w_gate, w_up], vec![None, None]),
+            w_down,
+        }
+    }
 }
 
 pub struct ModelWeights {
@@ -54,9 +132,7 @@ impl ModelWeights {
 
     /// Bytes of weight storage, for memory reports.
     pub fn storage_bytes(&self) -> usize {
-        let mats = |l: &LayerWeights| {
-            [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|m| m.storage_bytes()).sum::<usize>()
-        };
+        let mats = |l: &LayerWeights| l.qkv.storage_bytes() + l.gate_up.storage_bytes() + l.wo.storage_bytes() + l.w_down.storage_bytes();
         self.embed.storage_bytes()
             + self.lm_head.as_ref().map_or(0, |m| m.storage_bytes())
             + self.layers.iter().map(mats).sum::<usize>()

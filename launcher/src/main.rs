@@ -44,6 +44,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global()?;
+        aerie_kernels::cpu::pool::set_threads(n);
     }
     match cli.cmd {
         Cmd::FetchModel { name, list } => {

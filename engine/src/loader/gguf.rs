@@ -282,20 +282,16 @@ pub fn load_file(path: &Path, dtype: DType) -> Result<LoadedCheckpoint> {
                 Ok(None)
             }
         };
-        layers.push(LayerWeights {
-            attn_norm: g.vector(&n("attn_norm.weight"), h)?,
-            wq: g.matrix(&n("attn_q.weight"), qd, h, dtype, false)?,
-            wk: g.matrix(&n("attn_k.weight"), kvd, h, dtype, false)?,
-            wv: g.matrix(&n("attn_v.weight"), kvd, h, dtype, false)?,
-            wo: g.matrix(&n("attn_output.weight"), h, qd, dtype, false)?,
-            bq: bias(&mut g, "attn_q.bias", qd)?,
-            bk: bias(&mut g, "attn_k.bias", kvd)?,
-            bv: bias(&mut g, "attn_v.bias", kvd)?,
-            ffn_norm: g.vector(&n("ffn_norm.weight"), h)?,
-            w_gate: g.matrix(&n("ffn_gate.weight"), ff, h, dtype, false)?,
-            w_up: g.matrix(&n("ffn_up.weight"), ff, h, dtype, false)?,
-            w_down: g.matrix(&n("ffn_down.weight"), h, ff, dtype, false)?,
-        });
+        layers.push(LayerWeights::new(
+            g.vector(&n("attn_norm.weight"), h)?,
+            (g.matrix(&n("attn_q.weight"), qd, h, dtype, false)?, g.matrix(&n("attn_k.weight"), kvd, h, dtype, false)?, g.matrix(&n("attn_v.weight"), kvd, h, dtype, false)?),
+            (bias(&mut g, "attn_q.bias", qd)?, bias(&mut g, "attn_k.bias", kvd)?, bias(&mut g, "attn_v.bias", kvd)?),
+            g.matrix(&n("attn_output.weight"), h, qd, dtype, false)?,
+            g.vector(&n("ffn_norm.weight"), h)?,
+            g.matrix(&n("ffn_gate.weight"), ff, h, dtype, false)?,
+            g.matrix(&n("ffn_up.weight"), ff, h, dtype, false)?,
+            g.matrix(&n("ffn_down.weight"), h, ff, dtype, false)?,
+        ));
     }
     let final_norm = g.vector("output_norm.weight", h)?;
     let lm_head = if cfg.tie_word_embeddings { None } else { Some(g.matrix("output.weight", cfg.vocab_size, h, dtype, false)?) };

@@ -117,20 +117,16 @@ pub fn load_dir(dir: &Path, _dtype: DType) -> Result<LoadedCheckpoint> {
                 Ok(None)
             }
         };
-        layers.push(LayerWeights {
-            attn_norm: st.vector(&n("input_layernorm.weight"), h)?,
-            wq: st.matrix(&n("self_attn.q_proj.weight"), qd, h)?,
-            wk: st.matrix(&n("self_attn.k_proj.weight"), kvd, h)?,
-            wv: st.matrix(&n("self_attn.v_proj.weight"), kvd, h)?,
-            wo: st.matrix(&n("self_attn.o_proj.weight"), h, qd)?,
-            bq: bias("self_attn.q_proj.bias", qd)?,
-            bk: bias("self_attn.k_proj.bias", kvd)?,
-            bv: bias("self_attn.v_proj.bias", kvd)?,
-            ffn_norm: st.vector(&n("post_attention_layernorm.weight"), h)?,
-            w_gate: st.matrix(&n("mlp.gate_proj.weight"), ff, h)?,
-            w_up: st.matrix(&n("mlp.up_proj.weight"), ff, h)?,
-            w_down: st.matrix(&n("mlp.down_proj.weight"), h, ff)?,
-        });
+        layers.push(LayerWeights::new(
+            st.vector(&n("input_layernorm.weight"), h)?,
+            (st.matrix(&n("self_attn.q_proj.weight"), qd, h)?, st.matrix(&n("self_attn.k_proj.weight"), kvd, h)?, st.matrix(&n("self_attn.v_proj.weight"), kvd, h)?),
+            (bias("self_attn.q_proj.bias", qd)?, bias("self_attn.k_proj.bias", kvd)?, bias("self_attn.v_proj.bias", kvd)?),
+            st.matrix(&n("self_attn.o_proj.weight"), h, qd)?,
+            st.vector(&n("post_attention_layernorm.weight"), h)?,
+            st.matrix(&n("mlp.gate_proj.weight"), ff, h)?,
+            st.matrix(&n("mlp.up_proj.weight"), ff, h)?,
+            st.matrix(&n("mlp.down_proj.weight"), h, ff)?,
+        ));
     }
     let final_norm = st.vector("model.norm.weight", h)?;
     // Some tied checkpoints still ship lm_head; either way works.

@@ -68,6 +68,14 @@ pub(crate) fn read_f16(b: &[u8], at: usize) -> f32 {
 /// values. `with_sum` selects Q8_1 (block sum kept) over Q8_0.
 pub fn quantize_row(x: &[f32], with_sum: bool, out: &mut [ActBlock]) {
     debug_assert_eq!(x.len(), out.len() * QK);
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        for (chunk, blk) in x.chunks_exact(QK).zip(out.iter_mut()) {
+            // SAFETY: AVX2 present; chunk holds exactly 32 values.
+            unsafe { super::simd::quantize_block_avx2(chunk, with_sum, blk) };
+        }
+        return;
+    }
     for (chunk, blk) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = chunk.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
         let d = amax / 127.0;

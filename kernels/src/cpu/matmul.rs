@@ -7,14 +7,14 @@
 //! (tens of rows, a few KiB) stay in L1 while every activation tile passes
 //! over them, so a verify batch of k rows reads the weights from memory once,
 //! not k times. Parameters: `TILE_ROWS` = 4 activation rows per tile;
-//! chunks of at least `MIN_CHUNK` output features, about eight per thread.
+//! chunks of at least `MIN_CHUNK` output features, about four per thread.
 
 use super::blocks::{dequantize_row, quantize_row, ActBlock, BlockFormat, QK};
 use super::simd::{dot_f32_rows, dot_q_rows};
-use rayon::prelude::*;
+use super::pool;
 
 const TILE_ROWS: usize = 4;
-const MIN_CHUNK: usize = 16;
+const MIN_CHUNK: usize = 32;
 
 /// Storage of a weight matrix.
 #[derive(Debug, Clone)]
@@ -42,6 +42,17 @@ pub struct Matrix {
     pub data: WeightData,
 }
 
+struct ActPtr(*mut ActBlock);
+// SAFETY: tasks write disjoint rows.
+unsafe impl Send for ActPtr {}
+unsafe impl Sync for ActPtr {}
+impl ActPtr {
+    fn at(&self, i: usize) -> *mut ActBlock {
+        // SAFETY: callers stay inside the allocation.
+        unsafe { self.0.add(i) }
+    }
+}
+
 struct SyncPtr(*mut f32);
 // SAFETY: tasks write disjoint (row, column) elements of the output.
 unsafe impl Send for SyncPtr {}
@@ -64,6 +75,47 @@ impl Matrix {
             return Err(MatrixError::Size { got: data.len(), want: rows * cols, rows, cols });
         }
         Ok(Matrix { rows, cols, data: WeightData::F32(data) })
+    }
+
+    /// Stacks matrices with the same columns and storage format into one
+    /// (rows concatenated), so one call computes all their outputs. Returns
+    /// the parts unchanged when they cannot be stacked.
+    pub fn concat_rows(parts: Vec<Matrix>) -> Result<Matrix, Vec<Matrix>> {
+        let same = parts.windows(2).all(|w| {
+            w[0].cols == w[1].cols
+                && match (&w[0].data, &w[1].data) {
+                    (WeightData::Quant { fmt: a, .. }, WeightData::Quant { fmt: b, .. }) => a == b,
+                    (WeightData::F32(_), WeightData::F32(_)) => true,
+                    _ => false,
+                }
+        });
+        if parts.is_empty() || !same {
+            return Err(parts);
+        }
+        let cols = parts[0].cols;
+        let rows = parts.iter().map(|m| m.rows).sum();
+        let data = match &parts[0].data {
+            WeightData::Quant { fmt, .. } => {
+                let fmt = *fmt;
+                let mut bytes = Vec::new();
+                for p in parts {
+                    if let WeightData::Quant { bytes: b, .. } = p.data {
+                        bytes.extend_from_slice(&b);
+                    }
+                }
+                WeightData::Quant { fmt, bytes }
+            }
+            WeightData::F32(_) => {
+                let mut v = Vec::new();
+                for p in parts {
+                    if let WeightData::F32(b) = p.data {
+                        v.extend_from_slice(&b);
+                    }
+                }
+                WeightData::F32(v)
+            }
+        };
+        Ok(Matrix { rows, cols, data })
     }
 
     /// Bytes of weight storage.
@@ -105,8 +157,8 @@ impl Matrix {
         if m == 0 || n == 0 {
             return;
         }
-        let threads = rayon::current_num_threads().max(1);
-        let chunk = (n / (threads * 8)).max(MIN_CHUNK).min(n);
+        let threads = pool::threads();
+        let chunk = (n / (threads * 4)).max(MIN_CHUNK).min(n);
         let nchunks = n.div_ceil(chunk);
         let optr = SyncPtr(out.as_mut_ptr());
         match &self.data {
@@ -115,9 +167,13 @@ impl Matrix {
                 let mut acts = vec![ActBlock::default(); m * nb];
                 let with_sum = fmt.needs_act_sum();
                 if m >= 16 {
-                    acts.par_chunks_mut(nb)
-                        .zip(x.par_chunks(self.cols))
-                        .for_each(|(a, xr)| quantize_row(xr, with_sum, a));
+                    let aptr = ActPtr(acts.as_mut_ptr());
+                    let cols = self.cols;
+                    pool::run(m, &|r| {
+                        // SAFETY: task r writes only row r's nb blocks.
+                        let a = unsafe { std::slice::from_raw_parts_mut(aptr.at(r * nb), nb) };
+                        quantize_row(&x[r * cols..(r + 1) * cols], with_sum, a);
+                    });
                 } else {
                     for (a, xr) in acts.chunks_mut(nb).zip(x.chunks(self.cols)) {
                         quantize_row(xr, with_sum, a);
@@ -125,7 +181,7 @@ impl Matrix {
                 }
                 let rb = nb * fmt.block_bytes();
                 let rows: Vec<&[ActBlock]> = acts.chunks(nb).collect();
-                (0..nchunks).into_par_iter().for_each(|c| {
+                pool::run(nchunks, &|c| {
                     let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
                     let wrow = |j: usize| &bytes[(lo + j) * rb..(lo + j + 1) * rb];
                     tile_loop(m, c0, c1, n, &optr, |r0, j, width, res: &mut [f32; TILE_ROWS]| {
@@ -148,7 +204,7 @@ impl Matrix {
             WeightData::F32(wv) => {
                 let k = self.cols;
                 let rows: Vec<&[f32]> = x.chunks(k).collect();
-                (0..nchunks).into_par_iter().for_each(|c| {
+                pool::run(nchunks, &|c| {
                     let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
                     tile_loop(m, c0, c1, n, &optr, |r0, j, width, res: &mut [f32; TILE_ROWS]| {
                         let w = &wv[(lo + j) * k..(lo + j + 1) * k];

@@ -4,6 +4,7 @@
 pub mod blocks;
 pub mod matmul;
 pub mod ops;
+pub mod pool;
 mod simd;
 
 pub use blocks::{BlockFormat, QK};

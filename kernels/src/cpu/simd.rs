@@ -16,6 +16,7 @@ pub(crate) fn has_avx2() -> bool {
             std::env::var_os("AERIE_NO_SIMD").is_none()
                 && is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -100,13 +101,53 @@ pub(crate) fn scalar_dot_q_rows<const R: usize>(fmt: BlockFormat, w: &[u8], acts
     out
 }
 
+/// Quantizes 32 values to one activation block (same rounding as the
+/// scalar path: half to even).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn quantize_block_avx2(x: &[f32], with_sum: bool, out: &mut ActBlock) {
+    use std::arch::x86_64::*;
+    let p = x.as_ptr();
+    let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_andnot_ps(sign, v[0]);
+    for vi in &v[1..] {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
+    }
+    let mut m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    let amax = _mm_cvtss_f32(m4);
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let idv = _mm256_set1_ps(id);
+    let mut q = [_mm256_setzero_si256(); 4];
+    for i in 0..4 {
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v[i], idv));
+        q[i] = _mm256_cvtps_epi32(r);
+    }
+    let sum_v = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let mut tmp = [0i32; 8];
+    _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, sum_v);
+    let sum: i32 = tmp.iter().sum();
+    // Pack 4x8 i32 -> 32 i8, then undo the lane interleaving of the packs.
+    let a = _mm256_packs_epi32(q[0], q[1]);
+    let b = _mm256_packs_epi32(q[2], q[3]);
+    let packed = _mm256_packs_epi16(a, b);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let ordered = _mm256_permutevar8x32_epi32(packed, perm);
+    _mm256_storeu_si256(out.qs.as_mut_ptr() as *mut __m256i, ordered);
+    out.d = super::blocks::f16_round(d);
+    out.s = if with_sum { super::blocks::f16_round(d * sum as f32) } else { 0.0 };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn nibbles_32(p: *const u8) -> __m256i {
         let tmp = _mm_loadu_si128(p as *const __m128i);
         let bytes = _mm256_insertf128_si256::<1>(_mm256_castsi128_si256(tmp), _mm_srli_epi16::<4>(tmp));
@@ -114,14 +155,14 @@ mod avx2 {
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
         let dot = _mm256_maddubs_epi16(ax, sy);
         _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(x: __m256) -> f32 {
         let mut r = _mm256_extractf128_ps::<1>(x);
         r = _mm_add_ps(r, _mm256_castps256_ps128(x));
@@ -130,44 +171,84 @@ mod avx2 {
         _mm_cvtss_f32(r)
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_q_rows<const R: usize>(fmt: BlockFormat, w: &[u8], acts: &[&[ActBlock]; R]) -> [f32; R] {
-        let bb = fmt.block_bytes();
-        let nb = w.len() / bb;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        let bits = (p as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// Weight-block decoding for one format: the block's scale(s) and its
+    /// 32 values as bytes (unsigned nibbles for Q4_1, signed otherwise).
+    trait Fmt {
+        const BYTES: usize;
+        const UNSIGNED: bool;
+        unsafe fn scale(p: *const u8) -> (f32, f32);
+        unsafe fn values(p: *const u8) -> __m256i;
+    }
+    struct Q40;
+    struct Q41;
+    struct Q80;
+    impl Fmt for Q40 {
+        const BYTES: usize = 18;
+        const UNSIGNED: bool = false;
+        #[inline(always)]
+        unsafe fn scale(p: *const u8) -> (f32, f32) {
+            (f16_at(p), 0.0)
+        }
+        #[inline(always)]
+        unsafe fn values(p: *const u8) -> __m256i {
+            _mm256_sub_epi8(nibbles_32(p.add(2)), _mm256_set1_epi8(8))
+        }
+    }
+    impl Fmt for Q41 {
+        const BYTES: usize = 20;
+        const UNSIGNED: bool = true;
+        #[inline(always)]
+        unsafe fn scale(p: *const u8) -> (f32, f32) {
+            (f16_at(p), f16_at(p.add(2)))
+        }
+        #[inline(always)]
+        unsafe fn values(p: *const u8) -> __m256i {
+            nibbles_32(p.add(4))
+        }
+    }
+    impl Fmt for Q80 {
+        const BYTES: usize = 34;
+        const UNSIGNED: bool = false;
+        #[inline(always)]
+        unsafe fn scale(p: *const u8) -> (f32, f32) {
+            (f16_at(p), 0.0)
+        }
+        #[inline(always)]
+        unsafe fn values(p: *const u8) -> __m256i {
+            _mm256_loadu_si256(p.add(2) as *const __m256i)
+        }
+    }
+
+    /// One accumulator per row, summed in block order: the order ggml's AVX2
+    /// kernels use. Activation rounding makes the model chaotic at the 1e-7
+    /// level, so matching ggml's order keeps Aerie closest to llama.cpp.
+    #[inline(always)]
+    unsafe fn dot_fmt<F: Fmt, const R: usize>(w: &[u8], acts: &[&[ActBlock]; R]) -> [f32; R] {
+        let nb = w.len() / F::BYTES;
         let mut acc = [_mm256_setzero_ps(); R];
         let mut summs = [0.0f32; R];
         let wp = w.as_ptr();
+        let aps: [*const ActBlock; R] = std::array::from_fn(|r| acts[r].as_ptr());
         for b in 0..nb {
-            let blk = wp.add(b * bb);
-            let d = read_f16(std::slice::from_raw_parts(blk, 4), 0);
-            match fmt {
-                BlockFormat::Q4_1 => {
-                    let m = read_f16(std::slice::from_raw_parts(blk, 4), 2);
-                    // Unsigned nibbles (0..15) times signed activations.
-                    let qx = nibbles_32(blk.add(4));
-                    for r in 0..R {
-                        let a = acts[r].get_unchecked(b);
-                        summs[r] += m * a.s;
-                        let qy = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-                        let xy = mul_sum_us8_pairs_float(qx, qy);
-                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), xy, acc[r]);
-                    }
-                }
-                BlockFormat::Q4_0 | BlockFormat::Q8_0 => {
-                    let qx = if fmt == BlockFormat::Q4_0 {
-                        _mm256_sub_epi8(nibbles_32(blk.add(2)), _mm256_set1_epi8(8))
-                    } else {
-                        _mm256_loadu_si256(blk.add(2) as *const __m256i)
-                    };
-                    // Signed x signed through the sign trick: |x| * sign(y, x).
-                    let ax = _mm256_sign_epi8(qx, qx);
-                    for r in 0..R {
-                        let a = acts[r].get_unchecked(b);
-                        let qy = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-                        let sy = _mm256_sign_epi8(qy, qx);
-                        let xy = mul_sum_us8_pairs_float(ax, sy);
-                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), xy, acc[r]);
-                    }
+            let blk = wp.add(b * F::BYTES);
+            let (d, m) = F::scale(blk);
+            let qx = F::values(blk);
+            let ax = if F::UNSIGNED { qx } else { _mm256_sign_epi8(qx, qx) };
+            for r in 0..R {
+                let a = &*aps[r].add(b);
+                let qy = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                let sy = if F::UNSIGNED { qy } else { _mm256_sign_epi8(qy, qx) };
+                let xy = mul_sum_us8_pairs_float(ax, sy);
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), xy, acc[r]);
+                if F::UNSIGNED {
+                    summs[r] += m * a.s;
                 }
             }
         }
@@ -176,6 +257,15 @@ mod avx2 {
             out[r] = hsum(acc[r]) + summs[r];
         }
         out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q_rows<const R: usize>(fmt: BlockFormat, w: &[u8], acts: &[&[ActBlock]; R]) -> [f32; R] {
+        match fmt {
+            BlockFormat::Q4_0 => dot_fmt::<Q40, R>(w, acts),
+            BlockFormat::Q4_1 => dot_fmt::<Q41, R>(w, acts),
+            BlockFormat::Q8_0 => dot_fmt::<Q80, R>(w, acts),
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
