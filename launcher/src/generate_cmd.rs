@@ -98,7 +98,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 "decode_ms": out.stats.decode_ms,
                 "prefill_tok_s": out.stats.prefill_tok_s,
                 "decode_tok_s": out.stats.decode_tok_s,
-                "threads": rayon::current_num_threads(),
+                "threads": aerie_kernels::cpu::pool::threads(),
+                "peak_rss_mb": peak_rss_mb(),
             }
         });
         writeln!(stdout, "{v}")?;
@@ -110,4 +111,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

@@ -1,0 +1,109 @@
+//! The `aerie` binary as a user runs it: real processes, real model.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn aerie(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aerie")).args(args).env("AERIE_THREADS", "2").output().expect("run aerie")
+}
+
+fn model_path() -> PathBuf {
+    let out = aerie(&["fetch-model", "smollm2"]);
+    assert!(out.status.success(), "fetch-model failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Runs generate on `path` and expects a clean failure naming `needle`.
+fn expect_clean_error(path: &Path, needle: &str) {
+    let out = aerie(&["generate", "--model", path.to_str().unwrap(), "--prompt", "hi", "--max-tokens", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure for {}", path.display());
+    assert_ne!(out.status.code(), Some(101), "process panicked: {err}");
+    assert!(!err.contains("panicked"), "process panicked: {err}");
+    assert!(err.contains(needle), "error should mention `{needle}`: {err}");
+}
+
+#[test]
+fn generate_json_is_greedy_and_deterministic() {
+    let m = model_path();
+    let run = || {
+        let out = aerie(&["generate", "--model", m.to_str().unwrap(), "--prompt", "List three colors.", "--max-tokens", "24", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a["token_ids"], b["token_ids"]);
+    let n = a["token_ids"].as_array().unwrap().len();
+    assert!(n > 0 && n <= 24);
+    assert!(!a["text"].as_str().unwrap().is_empty());
+    assert!(a["prompt_ids"].as_array().unwrap().len() > 10);
+    assert!(a["stats"]["decode_tok_s"].as_f64().unwrap() > 0.0);
+    // Peak RSS stays within the 350 MB budget.
+    let rss = a["stats"]["peak_rss_mb"].as_f64().unwrap();
+    assert!(rss < 350.0, "peak RSS {rss} MB");
+}
+
+#[test]
+fn raw_mode_parses_special_tokens() {
+    let m = model_path();
+    let out = aerie(&["generate", "--model", m.to_str().unwrap(), "--raw", "--prompt", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "--max-tokens", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<u64> = v["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(ids[0], 1, "<|im_start|> is one token (id 1)");
+    assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 2);
+    assert!(ids.contains(&2), "<|im_end|> is one token (id 2)");
+}
+
+#[test]
+fn sampling_with_seed_is_reproducible() {
+    let m = model_path();
+    let args = ["generate", "--model", m.to_str().unwrap(), "--prompt", "Tell me a story.", "--max-tokens", "16", "--temperature", "0.9", "--top-p", "0.95", "--seed", "42", "--json"];
+    let a: serde_json::Value = serde_json::from_slice(&aerie(&args).stdout).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&aerie(&args).stdout).unwrap();
+    assert_eq!(a["token_ids"], b["token_ids"]);
+}
+
+#[test]
+fn bad_model_files_fail_cleanly() {
+    let good = std::fs::read(model_path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
+    expect_clean_error(&truncated, "truncated");
+
+    let header_only = dir.path().join("header.gguf");
+    std::fs::write(&header_only, &good[..4096]).unwrap();
+    expect_clean_error(&header_only, "header.gguf");
+
+    let magic = dir.path().join("magic.gguf");
+    let mut bad = good[..1 << 20].to_vec();
+    bad[..4].copy_from_slice(b"XXXX");
+    std::fs::write(&magic, &bad).unwrap();
+    expect_clean_error(&magic, "magic.gguf");
+
+    let empty = dir.path().join("empty.gguf");
+    std::fs::write(&empty, b"").unwrap();
+    expect_clean_error(&empty, "empty.gguf");
+
+    expect_clean_error(&dir.path().join("missing.gguf"), "missing.gguf");
+
+    // A HF directory whose tensor has the wrong shape.
+    let hf = dir.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    std::fs::write(
+        hf.join("config.json"),
+        r#"{"architectures":["LlamaForCausalLM"],"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,
+            "num_attention_heads":2,"num_key_value_heads":1,"vocab_size":32,"max_position_embeddings":64}"#,
+    )
+    .unwrap();
+    let data = vec![0u8; 32 * 63 * 4];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![32, 63], &data).unwrap();
+    safetensors::serialize_to_file([("model.embed_tokens.weight", view)], None, &hf.join("model.safetensors")).unwrap();
+    expect_clean_error(&hf, "model.embed_tokens.weight");
+
+    // An unknown architecture.
+    std::fs::write(hf.join("config.json"), r#"{"architectures":["GPTNeoXForCausalLM"],"hidden_size":64}"#).unwrap();
+    expect_clean_error(&hf, "GPTNeoXForCausalLM");
+}
