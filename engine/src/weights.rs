@@ -80,6 +80,11 @@ impl Linear {
     pub fn storage_bytes(&self) -> usize {
         self.parts.iter().map(|m| m.storage_bytes()).sum()
     }
+
+    /// The stacked weights as one f32 `out_features × in_features` matrix.
+    pub fn dense_f32(&self) -> Vec<f32> {
+        self.parts.iter().flat_map(|m| m.to_f32_vec()).collect()
+    }
 }
 
 pub struct LayerWeights {

@@ -135,6 +135,14 @@ impl Matrix {
         Matrix { rows: self.rows, cols: self.cols, data: WeightData::F32(out) }
     }
 
+    /// All weights as row-major f32.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self.to_f32().data {
+            WeightData::F32(v) => v,
+            WeightData::Quant { .. } => unreachable!("to_f32 dequantizes"),
+        }
+    }
+
     /// Writes row `r` as f32 into `out` (an embedding lookup).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         match &self.data {
