@@ -196,6 +196,13 @@ impl Model {
         for (si, p) in plans.iter().enumerate() {
             tok_seq.extend(std::iter::repeat_n(si, p.n));
         }
+        // Visible keys of every new token, shared by all layers and heads.
+        let mut visible: Vec<Vec<u32>> = Vec::with_capacity(t_total);
+        for (si, p) in plans.iter().enumerate() {
+            for i in 0..p.n {
+                visible.push((0..p.base + p.n).filter(|&j| visible_at(&batch[si].mask, p.base, p.n, i, j)).map(|j| j as u32).collect());
+            }
+        }
         let (cos, sin) = self.rope_tables(&positions);
 
         let mut aux: Vec<Vec<f32>> = Vec::new();
@@ -226,43 +233,37 @@ impl Model {
             }
             {
                 let caches: Vec<&KvCache> = batch.iter().map(|s| &*s.cache).collect();
-                let masks: Vec<&AttnMask> = batch.iter().map(|s| &s.mask).collect();
                 let scale = 1.0 / (hd as f32).sqrt();
                 let group = nh / nkv;
-                let work = t_total * nh * plans.iter().map(|p| p.base + p.n).max().unwrap_or(0);
-                let task = |(scores, keys): &mut (Vec<f32>, Vec<usize>), (idx, out): (usize, &mut [f32])| {
-                    let (t, head) = (idx / nh, idx % nh);
+                // One task per (token, kv head): each visible key is loaded
+                // once for all the query heads that share it.
+                let task = |idx: usize, out: &mut [f32]| {
+                    let (t, kvh) = (idx / nkv, idx % nkv);
                     let si = tok_seq[t];
-                    let p = &plans[si];
-                    let i = t - p.offset;
                     let cache = caches[si];
                     let (kc, vc) = (&cache.k[li], &cache.v[li]);
-                    let kvh = head / group;
-                    let qv = &q[t * qd + head * hd..t * qd + (head + 1) * hd];
-                    let total = p.base + p.n;
-                    scores.clear();
-                    keys.clear();
-                    for j in 0..total {
-                        if visible(masks[si], p.base, p.n, i, j) {
-                            let kr = &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-                            scores.push(ops::dot(qv, kr) * scale);
-                            keys.push(j);
+                    let keys = &visible[t];
+                    let nk = keys.len();
+                    let mut scores = vec![0.0f32; group * nk];
+                    for (ki, &j) in keys.iter().enumerate() {
+                        let kr = &kc[j as usize * kvd + kvh * hd..j as usize * kvd + (kvh + 1) * hd];
+                        for g in 0..group {
+                            let head = kvh * group + g;
+                            let qv = &q[t * qd + head * hd..t * qd + (head + 1) * hd];
+                            scores[g * nk + ki] = ops::dot(qv, kr) * scale;
                         }
                     }
-                    ops::softmax(scores);
                     out.fill(0.0);
-                    for (&w, &j) in scores.iter().zip(keys.iter()) {
-                        ops::axpy(w, &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd], out);
+                    for g in 0..group {
+                        let sc = &mut scores[g * nk..(g + 1) * nk];
+                        ops::softmax(sc);
+                        let o = &mut out[g * hd..(g + 1) * hd];
+                        for (&w, &j) in sc.iter().zip(keys) {
+                            ops::axpy(w, &vc[j as usize * kvd + kvh * hd..j as usize * kvd + (kvh + 1) * hd], o);
+                        }
                     }
                 };
-                // Small attention (decode at short context) is cheaper than a
-                // thread hand-off; the per-head math is the same either way.
-                if work < 4096 {
-                    let mut bufs = (Vec::new(), Vec::new());
-                    attn.chunks_mut(hd).enumerate().for_each(|job| task(&mut bufs, job));
-                } else {
-                    attn.par_chunks_mut(hd).enumerate().for_each_init(|| (Vec::new(), Vec::<usize>::new()), task);
-                }
+                aerie_kernels::cpu::pool::for_each_chunk_mut(&mut attn, group * hd, &task);
             }
             lw.wo.matmul(&attn, t_total, &mut o);
             add_into(&mut x, &o);
@@ -349,7 +350,7 @@ impl Model {
 }
 
 #[inline]
-fn visible(mask: &AttnMask, base: usize, n: usize, i: usize, j: usize) -> bool {
+fn visible_at(mask: &AttnMask, base: usize, n: usize, i: usize, j: usize) -> bool {
     match mask {
         AttnMask::Causal => j < base || j - base <= i,
         AttnMask::Tree(m) => j < base || m[i * n + (j - base)],

@@ -148,3 +148,21 @@ fn bad_matrix_sizes_are_errors() {
     assert!(Matrix::quant(BlockFormat::Q4_1, 2, 32, vec![0; 39]).is_err());
     assert!(Matrix::f32(2, 3, vec![0.0; 5]).is_err());
 }
+
+/// Weight rows computed in pairs or alone give identical bits: shifting the
+/// output range by one changes which rows are paired.
+#[test]
+fn paired_and_single_weight_rows_agree() {
+    let (rows, cols, m) = (65, 96, 6);
+    for fmt in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+        let mat = Matrix::quant(fmt, rows, cols, quantize_matrix(fmt, &randv(rows * cols, 9), cols)).unwrap();
+        let x = randv(m * cols, 10);
+        let mut full = vec![0.0; m * rows];
+        mat.matmul(&x, m, &mut full);
+        let mut shifted = vec![0.0; m * (rows - 1)];
+        mat.matmul_rows(&x, m, &mut shifted, 1, rows);
+        for r in 0..m {
+            assert_eq!(&full[r * rows + 1..(r + 1) * rows], &shifted[r * (rows - 1)..(r + 1) * (rows - 1)], "{fmt:?} row {r}");
+        }
+    }
+}

@@ -10,7 +10,7 @@
 //! chunks of at least `MIN_CHUNK` output features, about four per thread.
 
 use super::blocks::{dequantize_row, quantize_row, ActBlock, BlockFormat, QK};
-use super::simd::{dot_f32_rows, dot_q_rows};
+use super::simd::{dot2_q_rows, dot_f32_rows, dot_q_rows};
 use super::pool;
 
 const TILE_ROWS: usize = 4;
@@ -192,21 +192,7 @@ impl Matrix {
                 pool::run(nchunks, &|c| {
                     let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
                     let wrow = |j: usize| &bytes[(lo + j) * rb..(lo + j + 1) * rb];
-                    tile_loop(m, c0, c1, n, &optr, |r0, j, width, res: &mut [f32; TILE_ROWS]| {
-                        let w = wrow(j);
-                        match width {
-                            4 => *res = dot_q_rows::<4>(*fmt, w, &[rows[r0], rows[r0 + 1], rows[r0 + 2], rows[r0 + 3]]),
-                            3 => {
-                                let v = dot_q_rows::<3>(*fmt, w, &[rows[r0], rows[r0 + 1], rows[r0 + 2]]);
-                                res[..3].copy_from_slice(&v);
-                            }
-                            2 => {
-                                let v = dot_q_rows::<2>(*fmt, w, &[rows[r0], rows[r0 + 1]]);
-                                res[..2].copy_from_slice(&v);
-                            }
-                            _ => res[0] = dot_q_rows::<1>(*fmt, w, &[rows[r0]])[0],
-                        }
-                    });
+                    quant_tiles(*fmt, &rows, m, c0, c1, n, &optr, wrow);
                 });
             }
             WeightData::F32(wv) => {
@@ -226,6 +212,44 @@ impl Matrix {
                 });
             }
         }
+    }
+}
+
+/// The quantized micro-kernel loop: tiles of up to four activation rows by
+/// pairs of weight rows, writing `out[r * n + j]`.
+#[inline]
+fn quant_tiles<'a>(fmt: BlockFormat, rows: &[&[ActBlock]], m: usize, c0: usize, c1: usize, n: usize, out: &SyncPtr, wrow: impl Fn(usize) -> &'a [u8]) {
+    let store = |r0: usize, j: usize, vals: &[f32]| {
+        for (t, &v) in vals.iter().enumerate() {
+            // SAFETY: (r0 + t, j) is inside the m × n output and only the
+            // task owning columns c0..c1 writes column j.
+            unsafe { *out.0.add((r0 + t) * n + j) = v };
+        }
+    };
+    macro_rules! tile {
+        ($r:literal, $r0:expr) => {{
+            let acts: [&[ActBlock]; $r] = std::array::from_fn(|t| rows[$r0 + t]);
+            let mut j = c0;
+            while j + 1 < c1 {
+                let [a, b] = dot2_q_rows::<$r>(fmt, wrow(j), wrow(j + 1), &acts);
+                store($r0, j, &a);
+                store($r0, j + 1, &b);
+                j += 2;
+            }
+            if j < c1 {
+                store($r0, j, &dot_q_rows::<$r>(fmt, wrow(j), &acts));
+            }
+        }};
+    }
+    let mut r0 = 0;
+    while r0 < m {
+        match m - r0 {
+            1 => tile!(1, r0),
+            2 => tile!(2, r0),
+            3 => tile!(3, r0),
+            _ => tile!(4, r0),
+        }
+        r0 += TILE_ROWS.min(m - r0);
     }
 }
 

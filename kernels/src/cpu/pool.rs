@@ -167,3 +167,28 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     *p.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
     drop(guard);
 }
+
+struct SlicePtr<T>(*mut T);
+// SAFETY: tasks touch disjoint chunks of the slice.
+unsafe impl<T: Send> Send for SlicePtr<T> {}
+unsafe impl<T: Send> Sync for SlicePtr<T> {}
+impl<T> SlicePtr<T> {
+    fn at(&self, i: usize) -> *mut T {
+        // SAFETY: callers stay inside the slice.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// Runs `f(index, chunk)` over `data` split into chunks of `chunk` elements.
+pub fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
+    let n = data.len().div_ceil(chunk.max(1));
+    let len = data.len();
+    let ptr = SlicePtr(data.as_mut_ptr());
+    run(n, &|i| {
+        let lo = i * chunk;
+        let hi = (lo + chunk).min(len);
+        // SAFETY: chunk i covers lo..hi only, and each i runs once.
+        let c = unsafe { std::slice::from_raw_parts_mut(ptr.at(lo), hi - lo) };
+        f(i, c);
+    });
+}

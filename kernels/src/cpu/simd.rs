@@ -38,6 +38,18 @@ pub(crate) fn dot_q_rows<const R: usize>(fmt: BlockFormat, w: &[u8], acts: &[&[A
     scalar_dot_q_rows::<R>(fmt, w, acts)
 }
 
+/// Dots two quantized weight rows with R activation rows (bit-identical to
+/// two `dot_q_rows` calls).
+#[inline]
+pub(crate) fn dot2_q_rows<const R: usize>(fmt: BlockFormat, w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; R]) -> [[f32; R]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: as for dot_q_rows.
+        return unsafe { avx2::dot2_q_rows::<R>(fmt, w0, w1, acts) };
+    }
+    [scalar_dot_q_rows::<R>(fmt, w0, acts), scalar_dot_q_rows::<R>(fmt, w1, acts)]
+}
+
 /// Dots one f32 weight row with R f32 activation rows.
 #[inline]
 pub(crate) fn dot_f32_rows<const R: usize>(w: &[f32], xs: &[&[f32]; R]) -> [f32; R] {
@@ -257,6 +269,54 @@ mod avx2 {
             out[r] = hsum(acc[r]) + summs[r];
         }
         out
+    }
+
+    /// Two weight rows at once: each activation block is loaded once for
+    /// both. Per (weight row, activation row) the arithmetic and its order
+    /// are exactly those of `dot_fmt`, so results are bit-identical to it.
+    #[inline(always)]
+    unsafe fn dot2_fmt<F: Fmt, const R: usize>(w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; R]) -> [[f32; R]; 2] {
+        let nb = w0.len() / F::BYTES;
+        let mut acc = [[_mm256_setzero_ps(); R]; 2];
+        let mut summs = [[0.0f32; R]; 2];
+        let wp = [w0.as_ptr(), w1.as_ptr()];
+        let aps: [*const ActBlock; R] = std::array::from_fn(|r| acts[r].as_ptr());
+        for b in 0..nb {
+            let blk = [wp[0].add(b * F::BYTES), wp[1].add(b * F::BYTES)];
+            let (d0, m0) = F::scale(blk[0]);
+            let (d1, m1) = F::scale(blk[1]);
+            let qx = [F::values(blk[0]), F::values(blk[1])];
+            let ax = if F::UNSIGNED { qx } else { [_mm256_sign_epi8(qx[0], qx[0]), _mm256_sign_epi8(qx[1], qx[1])] };
+            for r in 0..R {
+                let a = &*aps[r].add(b);
+                let qy = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                let (sy0, sy1) = if F::UNSIGNED { (qy, qy) } else { (_mm256_sign_epi8(qy, qx[0]), _mm256_sign_epi8(qy, qx[1])) };
+                let xy0 = mul_sum_us8_pairs_float(ax[0], sy0);
+                let xy1 = mul_sum_us8_pairs_float(ax[1], sy1);
+                acc[0][r] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a.d), xy0, acc[0][r]);
+                acc[1][r] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a.d), xy1, acc[1][r]);
+                if F::UNSIGNED {
+                    summs[0][r] += m0 * a.s;
+                    summs[1][r] += m1 * a.s;
+                }
+            }
+        }
+        let mut out = [[0.0f32; R]; 2];
+        for i in 0..2 {
+            for r in 0..R {
+                out[i][r] = hsum(acc[i][r]) + summs[i][r];
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot2_q_rows<const R: usize>(fmt: BlockFormat, w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; R]) -> [[f32; R]; 2] {
+        match fmt {
+            BlockFormat::Q4_0 => dot2_fmt::<Q40, R>(w0, w1, acts),
+            BlockFormat::Q4_1 => dot2_fmt::<Q41, R>(w0, w1, acts),
+            BlockFormat::Q8_0 => dot2_fmt::<Q80, R>(w0, w1, acts),
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
