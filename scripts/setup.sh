@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what Aerie's commands need on a Debian machine: system packages,
+# a Rust toolchain check, the Python tools venv (.venv), and the default model.
+# Sourced by scripts/test.sh and scripts/run.sh; safe to run again.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v python3 >/dev/null || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v cc >/dev/null || missing+=(build-essential)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "setup: installing Debian's cargo (Aerie needs Rust >= 1.80)"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc
+fi
+rustv=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n1.80.0\n' "$rustv" | sort -V | head -1)" != "1.80.0" ]; then
+  echo "setup: rustc $rustv is older than 1.80; install a newer toolchain (rustup) and retry" >&2
+  exit 1
+fi
+
+# Python tools for the tests (NVRTC for the CUDA compile check).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import nvidia.cuda_nvrtc' 2>/dev/null; then
+  echo "setup: creating .venv with nvidia-cuda-nvrtc-cu12"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check 'nvidia-cuda-nvrtc-cu12==12.9.86'
+fi
+
+cargo build --release -q -p aerie-launcher
+# The default model (idempotent: a verified copy is reused).
+./target/release/aerie fetch-model smollm2 >/dev/null
