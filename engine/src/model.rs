@@ -11,8 +11,13 @@ use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};
 use crate::kv::KvCache;
 use crate::weights::ModelWeights;
-use aerie_kernels::cpu::ops;
+use aerie_kernels::cpu::{attention, ops};
 use rayon::prelude::*;
+
+thread_local! {
+    /// Per-thread attention score buffer, reused across calls.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Which rows of a sequence's new tokens get logits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +135,10 @@ impl Model {
         let h = self.config.hidden_size;
         let rows = normed.len() / h;
         let mut out = vec![0.0f32; rows * self.config.vocab_size];
-        self.weights.lm_head().matmul(normed, rows, &mut out);
+        // Unrounded activations here: the logits are what greedy argmax and
+        // sampling read, and 8-bit rounding of this one input moves them by
+        // up to ~0.1 (see docs/benchmarks.md). It is also faster at decode.
+        self.weights.lm_head().matmul_f32_act(normed, rows, &mut out);
         out
     }
 
@@ -239,29 +247,19 @@ impl Model {
                 // once for all the query heads that share it.
                 let task = |idx: usize, out: &mut [f32]| {
                     let (t, kvh) = (idx / nkv, idx % nkv);
-                    let si = tok_seq[t];
-                    let cache = caches[si];
-                    let (kc, vc) = (&cache.k[li], &cache.v[li]);
-                    let keys = &visible[t];
-                    let nk = keys.len();
-                    let mut scores = vec![0.0f32; group * nk];
-                    for (ki, &j) in keys.iter().enumerate() {
-                        let kr = &kc[j as usize * kvd + kvh * hd..j as usize * kvd + (kvh + 1) * hd];
-                        for g in 0..group {
-                            let head = kvh * group + g;
-                            let qv = &q[t * qd + head * hd..t * qd + (head + 1) * hd];
-                            scores[g * nk + ki] = ops::dot(qv, kr) * scale;
-                        }
-                    }
-                    out.fill(0.0);
-                    for g in 0..group {
-                        let sc = &mut scores[g * nk..(g + 1) * nk];
-                        ops::softmax(sc);
-                        let o = &mut out[g * hd..(g + 1) * hd];
-                        for (&w, &j) in sc.iter().zip(keys) {
-                            ops::axpy(w, &vc[j as usize * kvd + kvh * hd..j as usize * kvd + (kvh + 1) * hd], o);
-                        }
-                    }
+                    let cache = caches[tok_seq[t]];
+                    let head0 = kvh * group;
+                    let args = attention::AttnArgs {
+                        q: &q[t * qd + head0 * hd..t * qd + (head0 + group) * hd],
+                        k: &cache.k[li],
+                        v: &cache.v[li],
+                        row_stride: kvd,
+                        offset: kvh * hd,
+                        head_dim: hd,
+                        keys: &visible[t],
+                        scale,
+                    };
+                    SCRATCH.with(|s| attention::attend(&args, out, &mut s.borrow_mut()));
                 };
                 aerie_kernels::cpu::pool::for_each_chunk_mut(&mut attn, group * hd, &task);
             }

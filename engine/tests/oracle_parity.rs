@@ -74,7 +74,7 @@ fn f32_path_agrees_with_quantized() {
     let (q, f) = (smollm2(), smollm2_f32());
     let fx = oracle("greedy.json");
     let (mut agree, mut total, mut worst_margin) = (0, 0, 0.0f32);
-    for c in fx["cases"].as_array().unwrap().iter().take(10) {
+    for c in fx["cases"].as_array().unwrap().iter().take(20) {
         let mut seq = ids(&c["prompt_ids"]);
         seq.extend(ids(&c["ids"]));
         let run = |e: &aerie_engine::Engine| {

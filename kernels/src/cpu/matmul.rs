@@ -10,7 +10,7 @@
 //! chunks of at least `MIN_CHUNK` output features, about four per thread.
 
 use super::blocks::{dequantize_row, quantize_row, ActBlock, BlockFormat, QK};
-use super::simd::{dot2_q_rows, dot_f32_rows, dot_q_rows};
+use super::simd::{dot2_q_rows, dot_f32_rows, dot_q8_f32_rows, dot_q_rows};
 use super::pool;
 
 const TILE_ROWS: usize = 4;
@@ -149,6 +149,59 @@ impl Matrix {
             WeightData::Quant { fmt, bytes } => dequantize_row(*fmt, bytes, self.cols, r, out),
             WeightData::F32(v) => out.copy_from_slice(&v[r * self.cols..(r + 1) * self.cols]),
         }
+    }
+
+    /// Like [`Matrix::matmul`] but with f32 activations: quantized weight rows
+    /// are dequantized on the fly (one row at a time, in registers and L1)
+    /// instead of rounding the activations to 8 bits. Slower when compute
+    /// bound, and free when memory bound (decode); used where activation
+    /// rounding would matter most, the output projection.
+    pub fn matmul_f32_act(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let WeightData::Quant { fmt, bytes } = &self.data else {
+            return self.matmul(x, m, out);
+        };
+        assert_eq!(x.len(), m * self.cols, "activation shape");
+        let n = self.rows;
+        assert_eq!(out.len(), m * n, "output shape");
+        if m == 0 || n == 0 {
+            return;
+        }
+        let k = self.cols;
+        let threads = pool::threads();
+        let chunk = (n / (threads * 4)).max(MIN_CHUNK).min(n);
+        let nchunks = n.div_ceil(chunk);
+        let optr = SyncPtr(out.as_mut_ptr());
+        let rows: Vec<&[f32]> = x.chunks(k).collect();
+        pool::run(nchunks, &|c| {
+            let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
+            let mut w = vec![0.0f32; k];
+            let mut j_cached = usize::MAX;
+            let rb = k / QK * fmt.block_bytes();
+            tile_loop(m, c0, c1, n, &optr, |r0, j, width, res: &mut [f32; TILE_ROWS]| {
+                if *fmt == BlockFormat::Q8_0 {
+                    let wr = &bytes[j * rb..(j + 1) * rb];
+                    let done = match width {
+                        4 => dot_q8_f32_rows::<4>(wr, &[rows[r0], rows[r0 + 1], rows[r0 + 2], rows[r0 + 3]]).map(|v| *res = v),
+                        3 => dot_q8_f32_rows::<3>(wr, &[rows[r0], rows[r0 + 1], rows[r0 + 2]]).map(|v| res[..3].copy_from_slice(&v)),
+                        2 => dot_q8_f32_rows::<2>(wr, &[rows[r0], rows[r0 + 1]]).map(|v| res[..2].copy_from_slice(&v)),
+                        _ => dot_q8_f32_rows::<1>(wr, &[rows[r0]]).map(|v| res[0] = v[0]),
+                    };
+                    if done.is_some() {
+                        return;
+                    }
+                }
+                if j != j_cached {
+                    dequantize_row(*fmt, bytes, k, j, &mut w);
+                    j_cached = j;
+                }
+                match width {
+                    4 => *res = dot_f32_rows::<4>(&w, &[rows[r0], rows[r0 + 1], rows[r0 + 2], rows[r0 + 3]]),
+                    3 => res[..3].copy_from_slice(&dot_f32_rows::<3>(&w, &[rows[r0], rows[r0 + 1], rows[r0 + 2]])),
+                    2 => res[..2].copy_from_slice(&dot_f32_rows::<2>(&w, &[rows[r0], rows[r0 + 1]])),
+                    _ => res[0] = dot_f32_rows::<1>(&w, &[rows[r0]])[0],
+                }
+            });
+        });
     }
 
     /// `out[m × rows] = x[m × cols] · selfᵀ`.

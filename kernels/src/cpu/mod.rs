@@ -1,6 +1,7 @@
 //! CPU kernels. Quantized formats follow ggml's block layouts byte for byte,
 //! so GGUF tensors are used in place without conversion.
 
+pub mod attention;
 pub mod blocks;
 pub mod matmul;
 pub mod ops;

@@ -29,9 +29,15 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// Dot product with eight independent lanes, summed in a fixed order.
+/// Dot product with eight independent lanes, summed in a fixed order
+/// (AVX2/FMA when the CPU has it, chosen once at run time).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: AVX2/FMA present; the kernel reads min(len) elements.
+        return unsafe { super::simd::dot_f32_avx2(a, b) };
+    }
     let mut acc = [0.0f32; 8];
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);
@@ -50,6 +56,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `y += a * x`.
 #[inline]
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: AVX2/FMA present; the kernel touches min(len) elements.
+        return unsafe { super::simd::axpy_avx2(a, x, y) };
+    }
     for (o, &v) in y.iter_mut().zip(x) {
         *o += a * v;
     }

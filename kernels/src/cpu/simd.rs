@@ -50,6 +50,18 @@ pub(crate) fn dot2_q_rows<const R: usize>(fmt: BlockFormat, w0: &[u8], w1: &[u8]
     [scalar_dot_q_rows::<R>(fmt, w0, acts), scalar_dot_q_rows::<R>(fmt, w1, acts)]
 }
 
+/// Dots one Q8_0 weight row with R f32 activation rows (weights converted in
+/// registers, activations unrounded). `None` without AVX2.
+#[inline]
+pub(crate) fn dot_q8_f32_rows<const R: usize>(w: &[u8], xs: &[&[f32]; R]) -> Option<[f32; R]> {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 present; xs[r] hold 32 floats per weight block.
+        return Some(unsafe { avx2::dot_q8_f32_rows::<R>(w, xs) });
+    }
+    None
+}
+
 /// Dots one f32 weight row with R f32 activation rows.
 #[inline]
 pub(crate) fn dot_f32_rows<const R: usize>(w: &[f32], xs: &[&[f32]; R]) -> [f32; R] {
@@ -111,6 +123,49 @@ pub(crate) fn scalar_dot_q_rows<const R: usize>(fmt: BlockFormat, w: &[u8], acts
         out[r] = acc[r] + summs[r];
     }
     out
+}
+
+/// Dot product of two f32 slices (over the shorter length).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc);
+        i += 8;
+    }
+    let mut r = _mm256_extractf128_ps::<1>(acc);
+    r = _mm_add_ps(r, _mm256_castps256_ps128(acc));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    let mut s = _mm_cvtss_f32(r);
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+/// `y += a * x` (over the shorter length).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = x.len().min(y.len());
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        let p = y.as_mut_ptr().add(i);
+        _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
+        i += 8;
+    }
+    while i < n {
+        y[i] += a * x[i];
+        i += 1;
+    }
 }
 
 /// Quantizes 32 values to one activation block (same rounding as the
@@ -326,6 +381,33 @@ mod avx2 {
             BlockFormat::Q4_1 => dot_fmt::<Q41, R>(w, acts),
             BlockFormat::Q8_0 => dot_fmt::<Q80, R>(w, acts),
         }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q8_f32_rows<const R: usize>(w: &[u8], xs: &[&[f32]; R]) -> [f32; R] {
+        let nb = w.len() / 34;
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let blk = w.as_ptr().add(b * 34);
+            let d = _mm256_set1_ps(f16_at(blk));
+            let q = blk.add(2);
+            let wv: [__m256; 4] = std::array::from_fn(|i| {
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(i * 8) as *const __m128i)))
+            });
+            for r in 0..R {
+                let x = xs[r].as_ptr().add(b * 32);
+                let mut t = _mm256_mul_ps(wv[0], _mm256_loadu_ps(x));
+                t = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(x.add(8)), t);
+                t = _mm256_fmadd_ps(wv[2], _mm256_loadu_ps(x.add(16)), t);
+                t = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(x.add(24)), t);
+                acc[r] = _mm256_fmadd_ps(d, t, acc[r]);
+            }
+        }
+        let mut out = [0.0f32; R];
+        for r in 0..R {
+            out[r] = hsum(acc[r]);
+        }
+        out
     }
 
     #[target_feature(enable = "avx2,fma")]
