@@ -20,7 +20,8 @@ llm = Llama(model_path=model, n_ctx=2048, n_threads=threads, n_threads_batch=thr
 llm.eval(prompt)
 t0 = time.perf_counter()
 for _ in range(n_decode):
-    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    # llama-cpp-python fills llm.scores only with logits_all; read the context.
+    tok = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))))
     llm.eval([tok])
 out["decode_tok_s"] = n_decode / (time.perf_counter() - t0)
 # Prefill.

@@ -108,7 +108,9 @@ def main():
         llm.eval(prompt)
         ids, margins = [], []
         for _ in range(64):
-            logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            # llama-cpp-python 0.3.x fills llm.scores only with logits_all;
+            # read the last row from the context instead.
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float32)
             top2 = np.argpartition(-logits, 2)[:2]
             top2 = top2[np.argsort(-logits[top2])]
             nxt = int(top2[0])
@@ -117,6 +119,7 @@ def main():
             if nxt == llm.token_eos():
                 break
             llm.eval([nxt])
+        assert len(set(ids)) > 3 and max(margins) > 0.5, f"degenerate oracle output for q{q['question_id']}: {ids[:8]}"
         cases.append({"question_id": q["question_id"], "user": user, "rendered": text, "prompt_ids": prompt, "ids": ids, "margins": margins})
     with open(os.path.join(HERE, "greedy.json"), "w") as f:
         json.dump({"oracle": "llama-cpp-python==0.3.36", "max_tokens": 64, "cases": cases}, f, ensure_ascii=False, indent=0)
