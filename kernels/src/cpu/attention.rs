@@ -62,15 +62,7 @@ mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(x: __m256) -> f32 {
-        let mut r = _mm256_extractf128_ps::<1>(x);
-        r = _mm_add_ps(r, _mm256_castps256_ps128(x));
-        r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-        r = _mm_add_ss(r, _mm_movehdup_ps(r));
-        _mm_cvtss_f32(r)
-    }
+    use crate::cpu::simd::hsum;
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn attend(a: &AttnArgs, out: &mut [f32], scores: &mut [f32], group: usize) {

@@ -125,6 +125,19 @@ pub(crate) fn scalar_dot_q_rows<const R: usize>(fmt: BlockFormat, w: &[u8], acts
     out
 }
 
+/// Sum of a vector's eight lanes, in a fixed order.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn hsum(x: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let mut r = _mm256_extractf128_ps::<1>(x);
+    r = _mm_add_ps(r, _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    _mm_cvtss_f32(r)
+}
+
 /// Dot product of two f32 slices (over the shorter length).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -137,11 +150,7 @@ pub(crate) unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc);
         i += 8;
     }
-    let mut r = _mm256_extractf128_ps::<1>(acc);
-    r = _mm_add_ps(r, _mm256_castps256_ps128(acc));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    let mut s = _mm_cvtss_f32(r);
+    let mut s = hsum(acc);
     while i < n {
         s += a[i] * b[i];
         i += 1;
@@ -228,15 +237,7 @@ mod avx2 {
         _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(x: __m256) -> f32 {
-        let mut r = _mm256_extractf128_ps::<1>(x);
-        r = _mm_add_ps(r, _mm256_castps256_ps128(x));
-        r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-        r = _mm_add_ss(r, _mm_movehdup_ps(r));
-        _mm_cvtss_f32(r)
-    }
+    pub(crate) use super::hsum;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
