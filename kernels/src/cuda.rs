@@ -8,6 +8,3 @@
 /// Q4_1 weight × f32 activation matrix-vector product, one warp per output
 /// feature; the same math as `cpu::matmul` without activation quantization.
 pub const MATVEC_Q4_1: &str = include_str!("../cuda/matvec_q4_1.cu");
-
-/// Every kernel source with its entry point, for compile checks.
-pub const ALL: &[(&str, &str)] = &[("matvec_q4_1", MATVEC_Q4_1)];
