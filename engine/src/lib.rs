@@ -11,6 +11,7 @@ pub mod kv;
 pub mod loader;
 pub mod model;
 pub mod sampling;
+pub mod spec;
 pub mod tokenizer;
 pub mod weights;
 
