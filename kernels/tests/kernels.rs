@@ -166,3 +166,23 @@ fn paired_and_single_weight_rows_agree() {
         }
     }
 }
+
+/// `matmul_f32_act` equals dequantized weights × unrounded activations.
+#[test]
+fn f32_activation_matmul_matches_dequantized() {
+    let (rows, cols, m) = (37, 96, 6);
+    for fmt in [BlockFormat::Q8_0, BlockFormat::Q4_1] {
+        let mat = Matrix::quant(fmt, rows, cols, quantize_matrix(fmt, &randv(rows * cols, 11), cols)).unwrap();
+        let x = randv(m * cols, 12);
+        let mut got = vec![0.0; m * rows];
+        mat.matmul_f32_act(&x, m, &mut got);
+        let wd = mat.to_f32_vec();
+        for r in 0..m {
+            for j in 0..rows {
+                let want: f64 = (0..cols).map(|c| wd[j * cols + c] as f64 * x[r * cols + c] as f64).sum();
+                let g = got[r * rows + j] as f64;
+                assert!((g - want).abs() <= 1e-4 * (1.0 + want.abs()), "{fmt:?} {r},{j}: {g} vs {want}");
+            }
+        }
+    }
+}

@@ -42,15 +42,23 @@ pub struct Matrix {
     pub data: WeightData,
 }
 
-struct ActPtr(*mut ActBlock);
-// SAFETY: tasks write disjoint rows.
-unsafe impl Send for ActPtr {}
-unsafe impl Sync for ActPtr {}
-impl ActPtr {
-    fn at(&self, i: usize) -> *mut ActBlock {
-        // SAFETY: callers stay inside the allocation.
-        unsafe { self.0.add(i) }
-    }
+/// Output-feature chunk size and count for `n` features.
+fn chunking(n: usize) -> (usize, usize) {
+    let chunk = (n / (pool::threads() * 4)).max(MIN_CHUNK).min(n);
+    (chunk, n.div_ceil(chunk))
+}
+
+/// Runs an `[f32; R]`-returning row kernel for a tile of `width` (1..=4)
+/// activation rows starting at `r0`, writing the results into `res`.
+macro_rules! tile_width {
+    ($width:expr, $res:expr, $rows:expr, $r0:expr, $dot:ident($w:expr)) => {
+        match $width {
+            4 => *$res = $dot::<4>($w, &std::array::from_fn(|t| $rows[$r0 + t])),
+            3 => $res[..3].copy_from_slice(&$dot::<3>($w, &std::array::from_fn(|t| $rows[$r0 + t]))),
+            2 => $res[..2].copy_from_slice(&$dot::<2>($w, &std::array::from_fn(|t| $rows[$r0 + t]))),
+            _ => $res[0] = $dot::<1>($w, &[$rows[$r0]])[0],
+        }
+    };
 }
 
 struct SyncPtr(*mut f32);
@@ -167,9 +175,7 @@ impl Matrix {
             return;
         }
         let k = self.cols;
-        let threads = pool::threads();
-        let chunk = (n / (threads * 4)).max(MIN_CHUNK).min(n);
-        let nchunks = n.div_ceil(chunk);
+        let (chunk, nchunks) = chunking(n);
         let optr = SyncPtr(out.as_mut_ptr());
         let rows: Vec<&[f32]> = x.chunks(k).collect();
         pool::run(nchunks, &|c| {
@@ -179,27 +185,15 @@ impl Matrix {
             let rb = k / QK * fmt.block_bytes();
             tile_loop(m, c0, c1, n, &optr, |r0, j, width, res: &mut [f32; TILE_ROWS]| {
                 if *fmt == BlockFormat::Q8_0 {
-                    let wr = &bytes[j * rb..(j + 1) * rb];
-                    let done = match width {
-                        4 => dot_q8_f32_rows::<4>(wr, &[rows[r0], rows[r0 + 1], rows[r0 + 2], rows[r0 + 3]]).map(|v| *res = v),
-                        3 => dot_q8_f32_rows::<3>(wr, &[rows[r0], rows[r0 + 1], rows[r0 + 2]]).map(|v| res[..3].copy_from_slice(&v)),
-                        2 => dot_q8_f32_rows::<2>(wr, &[rows[r0], rows[r0 + 1]]).map(|v| res[..2].copy_from_slice(&v)),
-                        _ => dot_q8_f32_rows::<1>(wr, &[rows[r0]]).map(|v| res[0] = v[0]),
-                    };
-                    if done.is_some() {
-                        return;
-                    }
+                    tile_width!(width, res, rows, r0, dot_q8_f32_rows(&bytes[j * rb..(j + 1) * rb]));
+                    return;
                 }
+                // Other formats: dequantize the weight row once per tile pass.
                 if j != j_cached {
                     dequantize_row(*fmt, bytes, k, j, &mut w);
                     j_cached = j;
                 }
-                match width {
-                    4 => *res = dot_f32_rows::<4>(&w, &[rows[r0], rows[r0 + 1], rows[r0 + 2], rows[r0 + 3]]),
-                    3 => res[..3].copy_from_slice(&dot_f32_rows::<3>(&w, &[rows[r0], rows[r0 + 1], rows[r0 + 2]])),
-                    2 => res[..2].copy_from_slice(&dot_f32_rows::<2>(&w, &[rows[r0], rows[r0 + 1]])),
-                    _ => res[0] = dot_f32_rows::<1>(&w, &[rows[r0]])[0],
-                }
+                tile_width!(width, res, rows, r0, dot_f32_rows(&w));
             });
         });
     }
@@ -218,9 +212,7 @@ impl Matrix {
         if m == 0 || n == 0 {
             return;
         }
-        let threads = pool::threads();
-        let chunk = (n / (threads * 4)).max(MIN_CHUNK).min(n);
-        let nchunks = n.div_ceil(chunk);
+        let (chunk, nchunks) = chunking(n);
         let optr = SyncPtr(out.as_mut_ptr());
         match &self.data {
             WeightData::Quant { fmt, bytes } => {
@@ -228,13 +220,8 @@ impl Matrix {
                 let mut acts = vec![ActBlock::default(); m * nb];
                 let with_sum = fmt.needs_act_sum();
                 if m >= 16 {
-                    let aptr = ActPtr(acts.as_mut_ptr());
                     let cols = self.cols;
-                    pool::run(m, &|r| {
-                        // SAFETY: task r writes only row r's nb blocks.
-                        let a = unsafe { std::slice::from_raw_parts_mut(aptr.at(r * nb), nb) };
-                        quantize_row(&x[r * cols..(r + 1) * cols], with_sum, a);
-                    });
+                    pool::for_each_chunk_mut(&mut acts, nb, &|r, a| quantize_row(&x[r * cols..(r + 1) * cols], with_sum, a));
                 } else {
                     for (a, xr) in acts.chunks_mut(nb).zip(x.chunks(self.cols)) {
                         quantize_row(xr, with_sum, a);
@@ -254,13 +241,7 @@ impl Matrix {
                 pool::run(nchunks, &|c| {
                     let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
                     tile_loop(m, c0, c1, n, &optr, |r0, j, width, res: &mut [f32; TILE_ROWS]| {
-                        let w = &wv[(lo + j) * k..(lo + j + 1) * k];
-                        match width {
-                            4 => *res = dot_f32_rows::<4>(w, &[rows[r0], rows[r0 + 1], rows[r0 + 2], rows[r0 + 3]]),
-                            3 => res[..3].copy_from_slice(&dot_f32_rows::<3>(w, &[rows[r0], rows[r0 + 1], rows[r0 + 2]])),
-                            2 => res[..2].copy_from_slice(&dot_f32_rows::<2>(w, &[rows[r0], rows[r0 + 1]])),
-                            _ => res[0] = dot_f32_rows::<1>(w, &[rows[r0]])[0],
-                        }
+                        tile_width!(width, res, rows, r0, dot_f32_rows(&wv[(lo + j) * k..(lo + j + 1) * k]));
                     });
                 });
             }

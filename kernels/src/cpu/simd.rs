@@ -51,15 +51,24 @@ pub(crate) fn dot2_q_rows<const R: usize>(fmt: BlockFormat, w0: &[u8], w1: &[u8]
 }
 
 /// Dots one Q8_0 weight row with R f32 activation rows (weights converted in
-/// registers, activations unrounded). `None` without AVX2.
+/// registers, activations unrounded): per block, `d * Σ q·x`.
 #[inline]
-pub(crate) fn dot_q8_f32_rows<const R: usize>(w: &[u8], xs: &[&[f32]; R]) -> Option<[f32; R]> {
+pub(crate) fn dot_q8_f32_rows<const R: usize>(w: &[u8], xs: &[&[f32]; R]) -> [f32; R] {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 present; xs[r] hold 32 floats per weight block.
-        return Some(unsafe { avx2::dot_q8_f32_rows::<R>(w, xs) });
+        return unsafe { avx2::dot_q8_f32_rows::<R>(w, xs) };
     }
-    None
+    let mut out = [0.0f32; R];
+    for (b, blk) in w.chunks_exact(34).enumerate() {
+        let d = read_f16(blk, 0);
+        for r in 0..R {
+            let x = &xs[r][b * QK..(b + 1) * QK];
+            let t: f32 = blk[2..].iter().zip(x).map(|(&q, &v)| q as i8 as f32 * v).sum();
+            out[r] += d * t;
+        }
+    }
+    out
 }
 
 /// Dots one f32 weight row with R f32 activation rows.
