@@ -46,7 +46,7 @@ impl KvCache {
 
     /// Makes room for `n` more tokens and counts them as held; the forward
     /// pass fills their rows layer by layer.
-    pub(crate) fn grow(&mut self, n: usize) {
+    pub fn grow(&mut self, n: usize) {
         self.len += n;
         let want = self.len * self.row;
         for l in 0..self.k.len() {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fetch;
 pub mod generate;
 pub mod kv;
+pub mod layers;
 pub mod loader;
 pub mod model;
 pub mod sampling;
@@ -28,7 +29,7 @@ use std::path::Path;
 
 /// A loaded model with its tokenizer and chat template.
 pub struct Engine {
-    pub model: Model,
+    pub model: std::sync::Arc<Model>,
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
 }
@@ -50,7 +51,7 @@ impl Engine {
             Some(src) => Some(ChatTemplate::new(src, &tokenizer.bos_token, &tokenizer.eos_token)?),
             None => None,
         };
-        Ok(Engine { model: Model::new(ck.config, ck.weights, ck.fingerprint), tokenizer, template })
+        Ok(Engine { model: std::sync::Arc::new(Model::new(ck.config, ck.weights, ck.fingerprint)), tokenizer, template })
     }
 
     /// Prompt ids for a chat: template rendered, specials parsed, BOS added

@@ -7,17 +7,11 @@
 //! sequences share each matrix multiplication, so a verify step over many
 //! requests streams the weights once.
 
-use crate::config::{ModelConfig, RopeStyle};
+use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv::KvCache;
+use crate::layers::{self, add_into, norm_rows, AttnPlan, AttnShape, Rope};
 use crate::weights::ModelWeights;
-use aerie_kernels::cpu::{attention, ops};
-use rayon::prelude::*;
-
-thread_local! {
-    /// Per-thread attention score buffer, reused across calls.
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 /// Which rows of a sequence's new tokens get logits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,19 +92,13 @@ pub struct Model {
     pub config: ModelConfig,
     pub weights: ModelWeights,
     pub fingerprint: String,
-    inv_freqs: Vec<f64>,
-}
-
-struct SeqPlan {
-    base: usize,
-    n: usize,
-    offset: usize,
+    rope: Rope,
 }
 
 impl Model {
     pub fn new(config: ModelConfig, weights: ModelWeights, fingerprint: String) -> Self {
-        let inv_freqs = config.inv_freqs();
-        Model { config, weights, fingerprint, inv_freqs }
+        let rope = Rope { inv_freqs: config.inv_freqs(), style: config.rope_style };
+        Model { config, weights, fingerprint, rope }
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -178,16 +166,11 @@ impl Model {
         if let Some(&l) = opts.aux_layers.iter().find(|&&l| l >= cfg.num_layers) {
             return Err(EngineError::InvalidInput(format!("aux layer {l} out of {} layers", cfg.num_layers)));
         }
-        let (h, nh, nkv, hd) = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let (qd, kvd, ff) = (nh * hd, nkv * hd, cfg.intermediate_size);
-
-        // Plan: each sequence's rows in the stacked activation matrix.
-        let mut plans = Vec::with_capacity(batch.len());
+        let h = cfg.hidden_size;
         let mut all_tokens = Vec::new();
         let mut positions = Vec::new();
         for s in batch.iter() {
             let base = s.cache.len();
-            plans.push(SeqPlan { base, n: s.tokens.len(), offset: all_tokens.len() });
             all_tokens.extend_from_slice(s.tokens);
             match s.positions {
                 Some(p) => positions.extend_from_slice(p),
@@ -196,82 +179,24 @@ impl Model {
         }
         let t_total = all_tokens.len();
         let mut x = self.embed(&all_tokens)?;
-        for s in batch.iter_mut() {
-            s.cache.grow(s.tokens.len());
+        let seqs: Vec<(usize, &AttnMask)> = batch.iter().map(|s| (s.cache.len(), &s.mask)).collect();
+        let counts: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
+        let plan = AttnPlan::new(&seqs, &counts, &positions, &self.rope);
+        let logit_rows: Vec<LogitsRows> = batch.iter().map(|s| s.logits.clone()).collect();
+        let mut caches: Vec<&mut KvCache> = batch.iter_mut().map(|s| &mut *s.cache).collect();
+        for (c, &n) in caches.iter_mut().zip(&counts) {
+            c.grow(n);
         }
-        // Token -> sequence lookup for the attention tasks.
-        let mut tok_seq = Vec::with_capacity(t_total);
-        for (si, p) in plans.iter().enumerate() {
-            tok_seq.extend(std::iter::repeat_n(si, p.n));
-        }
-        // Visible keys of every new token, shared by all layers and heads.
-        let mut visible: Vec<Vec<u32>> = Vec::with_capacity(t_total);
-        for (si, p) in plans.iter().enumerate() {
-            for i in 0..p.n {
-                visible.push((0..p.base + p.n).filter(|&j| visible_at(&batch[si].mask, p.base, p.n, i, j)).map(|j| j as u32).collect());
-            }
-        }
-        let (cos, sin) = self.rope_tables(&positions);
 
         let mut aux: Vec<Vec<f32>> = Vec::new();
         let mut xn = vec![0.0f32; t_total * h];
-        let mut qkv = vec![0.0f32; t_total * (qd + 2 * kvd)];
-        let mut q = vec![0.0f32; t_total * qd];
-        let mut k = vec![0.0f32; t_total * kvd];
-        let mut v = vec![0.0f32; t_total * kvd];
-        let mut attn = vec![0.0f32; t_total * qd];
         let mut o = vec![0.0f32; t_total * h];
-        let mut gate_up = vec![0.0f32; t_total * 2 * ff];
-        let mut act = vec![0.0f32; t_total * ff];
         for (li, lw) in self.weights.layers.iter().enumerate() {
             norm_rows(&x, &lw.attn_norm, cfg.rms_norm_eps, &mut xn);
-            lw.qkv.forward(&xn, t_total, &mut qkv);
-            for (t, row) in qkv.chunks(qd + 2 * kvd).enumerate() {
-                q[t * qd..(t + 1) * qd].copy_from_slice(&row[..qd]);
-                k[t * kvd..(t + 1) * kvd].copy_from_slice(&row[qd..qd + kvd]);
-                v[t * kvd..(t + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
-            }
-            self.apply_rope(&mut q, nh, &cos, &sin);
-            self.apply_rope(&mut k, nkv, &cos, &sin);
-            for (s, p) in batch.iter_mut().zip(&plans) {
-                let dst = p.base * kvd..(p.base + p.n) * kvd;
-                let src = p.offset * kvd..(p.offset + p.n) * kvd;
-                s.cache.k[li][dst.clone()].copy_from_slice(&k[src.clone()]);
-                s.cache.v[li][dst].copy_from_slice(&v[src]);
-            }
-            {
-                let caches: Vec<&KvCache> = batch.iter().map(|s| &*s.cache).collect();
-                let scale = 1.0 / (hd as f32).sqrt();
-                let group = nh / nkv;
-                // One task per (token, kv head): each visible key is loaded
-                // once for all the query heads that share it.
-                let task = |idx: usize, out: &mut [f32]| {
-                    let (t, kvh) = (idx / nkv, idx % nkv);
-                    let cache = caches[tok_seq[t]];
-                    let head0 = kvh * group;
-                    let args = attention::AttnArgs {
-                        q: &q[t * qd + head0 * hd..t * qd + (head0 + group) * hd],
-                        k: &cache.k[li],
-                        v: &cache.v[li],
-                        row_stride: kvd,
-                        offset: kvh * hd,
-                        head_dim: hd,
-                        keys: &visible[t],
-                        scale,
-                    };
-                    SCRATCH.with(|s| attention::attend(&args, out, &mut s.borrow_mut()));
-                };
-                aerie_kernels::cpu::pool::for_each_chunk_mut(&mut attn, group * hd, &task);
-            }
-            lw.wo.matmul(&attn, t_total, &mut o);
+            layers::attention(&lw.qkv, &lw.wo, self.attn_shape(), cfg.rope_style, &plan, &mut caches, li, &xn, &mut o);
             add_into(&mut x, &o);
             norm_rows(&x, &lw.ffn_norm, cfg.rms_norm_eps, &mut xn);
-            lw.gate_up.forward(&xn, t_total, &mut gate_up);
-            for (row, a) in gate_up.chunks(2 * ff).zip(act.chunks_mut(ff)) {
-                a.copy_from_slice(&row[..ff]);
-                ops::silu_mul(a, &row[ff..]);
-            }
-            lw.w_down.matmul(&act, t_total, &mut o);
+            layers::mlp(&lw.gate_up, &lw.w_down, &xn, t_total, &mut o);
             add_into(&mut x, &o);
             if opts.aux_layers.contains(&li) {
                 aux.push(x.clone());
@@ -282,8 +207,8 @@ impl Model {
         // Gather the rows that need logits, for one lm_head matmul.
         let mut rows_per_seq = Vec::with_capacity(batch.len());
         let mut gathered = Vec::new();
-        for (s, p) in batch.iter().zip(&plans) {
-            let rows: Vec<usize> = match &s.logits {
+        for (want, p) in logit_rows.iter().zip(&plan.spans) {
+            let rows: Vec<usize> = match want {
                 LogitsRows::None => vec![],
                 LogitsRows::Last => (p.n > 0).then(|| p.n - 1).into_iter().collect(),
                 LogitsRows::All => (0..p.n).collect(),
@@ -298,7 +223,7 @@ impl Model {
         let vocab = cfg.vocab_size;
         let mut outs = Vec::with_capacity(batch.len());
         let mut lo = 0;
-        for (p, rows) in plans.iter().zip(rows_per_seq) {
+        for (p, rows) in plan.spans.iter().zip(rows_per_seq) {
             let nr = rows.len();
             let span = p.offset * h..(p.offset + p.n) * h;
             outs.push(SeqOutput {
@@ -312,61 +237,13 @@ impl Model {
         Ok(outs)
     }
 
-    fn rope_tables(&self, positions: &[u32]) -> (Vec<f32>, Vec<f32>) {
-        let half = self.config.head_dim / 2;
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        for &p in positions {
-            for &f in &self.inv_freqs {
-                let a = p as f64 * f;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
-        (cos, sin)
+    /// The attention geometry of every layer.
+    pub fn attn_shape(&self) -> AttnShape {
+        AttnShape { num_heads: self.config.num_heads, num_kv_heads: self.config.num_kv_heads, head_dim: self.config.head_dim }
     }
 
-    fn apply_rope(&self, x: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]) {
-        let hd = self.config.head_dim;
-        let half = hd / 2;
-        let style = self.config.rope_style;
-        for (t, row) in x.chunks_mut(heads * hd).enumerate() {
-            let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
-            for head in row.chunks_mut(hd) {
-                for i in 0..half {
-                    let (a, b) = match style {
-                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                        RopeStyle::HalfSplit => (i, i + half),
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * c[i] - x1 * s[i];
-                    head[b] = x0 * s[i] + x1 * c[i];
-                }
-            }
-        }
-    }
-}
-
-#[inline]
-fn visible_at(mask: &AttnMask, base: usize, n: usize, i: usize, j: usize) -> bool {
-    match mask {
-        AttnMask::Causal => j < base || j - base <= i,
-        AttnMask::Tree(m) => j < base || m[i * n + (j - base)],
-        AttnMask::Full(m) => m[i * (base + n) + j],
-    }
-}
-
-fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let h = w.len();
-    if x.len() < 16 * h {
-        out.chunks_mut(h).zip(x.chunks(h)).for_each(|(o, r)| ops::rms_norm(r, w, eps, o));
-    } else {
-        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, r)| ops::rms_norm(r, w, eps, o));
-    }
-}
-
-fn add_into(x: &mut [f32], y: &[f32]) {
-    for (a, &b) in x.iter_mut().zip(y) {
-        *a += b;
+    /// The rotary embedding of this model.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
     }
 }

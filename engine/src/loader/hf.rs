@@ -78,6 +78,26 @@ impl SafetensorsDir {
         Ok((t.shape().to_vec(), v))
     }
 
+    /// Reads an integer tensor (I64, I32 or bool) as i64, flattened.
+    pub fn ints(&self, name: &str) -> Result<Vec<i64>> {
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| EngineError::MissingTensor { path: self.dir.clone(), tensor: name.to_string() })?;
+        let (path, map) = &self.maps[i];
+        let st = SafeTensors::deserialize(map).map_err(|e| EngineError::BadFile { path: path.clone(), msg: e.to_string() })?;
+        let t = st.tensor(name).map_err(|e| EngineError::BadTensor { path: path.clone(), tensor: name.into(), msg: e.to_string() })?;
+        let b = t.data();
+        Ok(match t.dtype() {
+            Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
+            Dtype::BOOL | Dtype::U8 => b.iter().map(|&x| x as i64).collect(),
+            other => {
+                return Err(EngineError::BadTensor { path: path.clone(), tensor: name.into(), msg: format!("dtype {other:?} is not an integer type (I64, I32)") })
+            }
+        })
+    }
+
     pub fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
         let (shape, v) = self.tensor(name)?;
         check_shape(&self.dir, name, &shape, &[n])?;
