@@ -1,10 +1,13 @@
-//! Speculative decoding building blocks shared by drafters and verifiers.
-//! Groundwork for the speculative core (issue 3): tree settings, tree
-//! selection and greedy tree verification. Proposers and sampling
-//! verification build on these.
+//! Speculative decoding: draft trees with SGLang's semantics, the proposer
+//! trait drafters implement, greedy and sampling tree verification, and the
+//! target-side decode loop (propose → verify → commit → catch-up).
 
+pub mod decode;
+pub mod proposer;
 pub mod tree;
 pub mod verify;
 
+pub use decode::{speculative_generate, step_batch, SpecSession, SpecStats};
+pub use proposer::{FeatureKind, Features, Proposer};
 pub use tree::{Candidate, DraftTree, TreeSpec};
-pub use verify::{greedy_verify, Accepted};
+pub use verify::{greedy_verify, greedy_verify_lazy, sample_verify, Accepted};

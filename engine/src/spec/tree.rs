@@ -150,3 +150,42 @@ impl DraftTree {
         ch
     }
 }
+
+impl DraftTree {
+    /// Drops every node deeper than `max_depth` (the root has depth 0).
+    /// Parents are never deeper than their children, so the rest stays a tree.
+    pub fn limit_depth(&self, max_depth: usize) -> DraftTree {
+        let mut slot = vec![usize::MAX; self.len()];
+        let mut t = DraftTree { tokens: Vec::new(), parents: Vec::new(), depth: Vec::new() };
+        for i in 0..self.len() {
+            if self.depth[i] > max_depth {
+                continue;
+            }
+            slot[i] = t.tokens.len();
+            t.tokens.push(self.tokens[i]);
+            t.parents.push(self.parents[i].map(|p| slot[p]));
+            t.depth.push(self.depth[i]);
+        }
+        t
+    }
+
+    /// Deepest node's depth: the most drafts one verification can accept.
+    pub fn max_depth(&self) -> usize {
+        self.depth.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Builds a tree from parent links, checking that parents precede children.
+    pub fn from_parents(tokens: Vec<u32>, parents: Vec<Option<usize>>) -> Result<DraftTree> {
+        if tokens.is_empty() || tokens.len() != parents.len() || parents[0].is_some() {
+            return Err(EngineError::InvalidInput("a draft tree needs a root (node 0, no parent) and one parent per node".into()));
+        }
+        let mut depth = vec![0usize; tokens.len()];
+        for i in 1..tokens.len() {
+            match parents[i] {
+                Some(p) if p < i => depth[i] = depth[p] + 1,
+                other => return Err(EngineError::InvalidInput(format!("tree node {i} has parent {other:?}, which does not precede it"))),
+            }
+        }
+        Ok(DraftTree { tokens, parents, depth })
+    }
+}

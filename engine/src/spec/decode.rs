@@ -1,0 +1,324 @@
+//! The target side of speculation: prefill, then rounds of
+//! propose → verify (one tree forward) → commit, until a stop token,
+//! `max_tokens` or the context limit.
+//!
+//! Greedy requests accept the longest path matching the target's argmax
+//! (plus the bonus token) and so emit exactly plain greedy's tokens, because
+//! the forward pass gives every row the same bits whatever the batch holds.
+//! Sampled requests use target-only tree rejection sampling, which emits
+//! exactly the target distribution (see [`super::verify::sample_verify`]).
+//!
+//! Sessions are independent; [`step_batch`] verifies several in one forward.
+
+use super::proposer::{FeatureKind, Features, Proposer};
+use super::verify::{greedy_verify_lazy, sample_verify, Accepted};
+use crate::error::{EngineError, Result};
+use crate::generate::{FinishReason, GenerateRequest, GenerationStats};
+use crate::kv::KvCache;
+use crate::model::{AttnMask, ForwardOptions, LogitsRows, Model, SeqInput, SeqOutput};
+use crate::sampling::{target_probs, Sampler, SamplingParams};
+use aerie_kernels::cpu::ops;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Speculation counters, named as SGLang reports them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpecStats {
+    /// Verification forwards run.
+    pub spec_verify_ct: usize,
+    /// Draft tokens the target accepted, summed over verifications.
+    pub spec_num_correct_drafts: usize,
+    /// Most draft tokens each verification could have accepted (the
+    /// proposed tree's depth), summed.
+    pub spec_num_proposed_drafts: usize,
+    /// Tokens emitted per verification, the bonus token included.
+    pub spec_accept_length: f64,
+    /// `spec_num_correct_drafts / spec_num_proposed_drafts`.
+    pub spec_accept_rate: f64,
+    /// `[i]` = verifications that accepted exactly `i` drafts.
+    pub spec_correct_drafts_histogram: Vec<usize>,
+    /// Wall time spent proposing (draft forwards), ms.
+    pub draft_ms: f64,
+    /// Wall time spent in verification forwards, ms.
+    pub verify_ms: f64,
+}
+
+/// One request being decoded speculatively.
+pub struct SpecSession<'p> {
+    cache: KvCache,
+    proposer: &'p mut dyn Proposer,
+    features: FeatureKind,
+    sampling: SamplingParams,
+    sampler: Sampler,
+    stop_ids: Vec<u32>,
+    max_tokens: usize,
+    /// Tokens emitted so far; the last one is the next tree's root.
+    pub tokens: Vec<u32>,
+    pub finish: Option<FinishReason>,
+    pub stats: GenerationStats,
+    pub spec: SpecStats,
+    verify_emitted: usize,
+}
+
+/// What a forward must export for these feature kinds.
+fn forward_options(kinds: &[&FeatureKind]) -> ForwardOptions {
+    let mut o = ForwardOptions::default();
+    for k in kinds {
+        match k {
+            FeatureKind::None => {}
+            FeatureKind::Hidden => o.want_hidden = true,
+            FeatureKind::Aux(l) => {
+                for &x in l {
+                    if !o.aux_layers.contains(&x) {
+                        o.aux_layers.push(x);
+                    }
+                }
+            }
+        }
+    }
+    o
+}
+
+/// The `rows` of one forward output as proposer features.
+fn features_of(out: &SeqOutput, kind: &FeatureKind, opts: &ForwardOptions, hidden: usize, rows: &[usize]) -> Features {
+    match kind {
+        FeatureKind::None => Features::empty(),
+        FeatureKind::Hidden => Features { width: hidden, data: rows.iter().flat_map(|&r| out.hidden[r * hidden..(r + 1) * hidden].iter().copied()).collect() },
+        FeatureKind::Aux(layers) => {
+            // The forward returns aux outputs in ascending layer order.
+            let mut sorted = opts.aux_layers.clone();
+            sorted.sort_unstable();
+            let mut want = layers.clone();
+            want.sort_unstable();
+            let idx: Vec<usize> = want.iter().map(|l| sorted.iter().position(|x| x == l).expect("requested layer")).collect();
+            let mut data = Vec::with_capacity(rows.len() * hidden * idx.len());
+            for &r in rows {
+                for &a in &idx {
+                    data.extend_from_slice(&out.aux[a][r * hidden..(r + 1) * hidden]);
+                }
+            }
+            Features { width: hidden * idx.len(), data }
+        }
+    }
+}
+
+impl<'p> SpecSession<'p> {
+    /// Prefills the prompt, emits the first token and starts the proposer.
+    pub fn start(model: &Model, proposer: &'p mut dyn Proposer, req: &GenerateRequest) -> Result<SpecSession<'p>> {
+        if req.prompt_ids.is_empty() {
+            return Err(EngineError::InvalidInput("prompt is empty".into()));
+        }
+        let limit = model.config.max_position_embeddings;
+        if req.prompt_ids.len() >= limit {
+            return Err(EngineError::ContextLength { needed: req.prompt_ids.len() + 1, limit });
+        }
+        let features = proposer.features();
+        let opts = forward_options(&[&features]);
+        let mut cache = model.new_cache();
+        let mut stats = GenerationStats { prompt_tokens: req.prompt_ids.len(), ..Default::default() };
+        let t0 = Instant::now();
+        let out = model.forward(
+            &mut [SeqInput { cache: &mut cache, tokens: req.prompt_ids, positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }],
+            &opts,
+        )?;
+        let mut sampler = Sampler::new(req.sampling.seed);
+        let first = sampler.sample(&out[0].logits, &req.sampling);
+        stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut s = SpecSession {
+            cache,
+            features: features.clone(),
+            sampling: req.sampling.clone(),
+            sampler,
+            stop_ids: req.stop_ids.to_vec(),
+            max_tokens: req.max_tokens,
+            tokens: Vec::new(),
+            finish: None,
+            stats,
+            spec: SpecStats::default(),
+            verify_emitted: 0,
+            proposer,
+        };
+        if req.max_tokens == 0 {
+            s.finish = Some(FinishReason::Length);
+            return Ok(s);
+        }
+        s.tokens.push(first);
+        s.check_finished(model);
+        if s.finish.is_none() {
+            let rows: Vec<usize> = (0..req.prompt_ids.len()).collect();
+            let feats = features_of(&out[0], &features, &opts, model.config.hidden_size, &rows);
+            let t = Instant::now();
+            let mut stream = req.prompt_ids.to_vec();
+            stream.push(first);
+            s.proposer.begin(&stream, &feats)?;
+            s.spec.draft_ms += t.elapsed().as_secs_f64() * 1e3;
+        }
+        Ok(s)
+    }
+
+    fn check_finished(&mut self, model: &Model) {
+        if self.finish.is_some() {
+            return;
+        }
+        if self.tokens.last().is_some_and(|t| self.stop_ids.contains(t)) {
+            self.finish = Some(FinishReason::Stop);
+        } else if self.tokens.len() >= self.max_tokens || self.cache.len() + 1 >= model.config.max_position_embeddings {
+            self.finish = Some(FinishReason::Length);
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// The deepest tree this round may verify: the bonus token after the
+    /// deepest node must still fit the context and `max_tokens`.
+    fn depth_budget(&self, model: &Model) -> usize {
+        let limit = model.config.max_position_embeddings;
+        let by_context = limit.saturating_sub(2 + self.cache.len());
+        let by_tokens = self.max_tokens.saturating_sub(self.tokens.len() + 1);
+        by_context.min(by_tokens)
+    }
+
+    /// Final statistics.
+    fn finish_stats(&mut self) {
+        let s = &mut self.spec;
+        s.spec_accept_length = if s.spec_verify_ct > 0 { self.verify_emitted as f64 / s.spec_verify_ct as f64 } else { 0.0 };
+        s.spec_accept_rate =
+            if s.spec_num_proposed_drafts > 0 { s.spec_num_correct_drafts as f64 / s.spec_num_proposed_drafts as f64 } else { 0.0 };
+        self.stats.completion_tokens = self.tokens.len();
+    }
+}
+
+/// Runs one speculative round for every unfinished session, verifying all
+/// their trees in one target forward. Returns each session's new tokens.
+pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Vec<Vec<u32>>> {
+    let mut trees = Vec::with_capacity(sessions.len());
+    for s in sessions.iter_mut() {
+        if s.is_finished() {
+            trees.push(None);
+            continue;
+        }
+        let t = Instant::now();
+        let tree = s.proposer.propose(s.depth_budget(model))?.limit_depth(s.depth_budget(model));
+        s.spec.draft_ms += t.elapsed().as_secs_f64() * 1e3;
+        let root = *s.tokens.last().expect("an unfinished session has emitted its first token");
+        if tree.tokens.first() != Some(&root) {
+            return Err(EngineError::InvalidInput(format!(
+                "proposer `{}` rooted its tree at {:?}, expected the last committed token {root}",
+                s.proposer.name(),
+                tree.tokens.first()
+            )));
+        }
+        trees.push(Some(tree));
+    }
+    let kinds: Vec<&FeatureKind> = sessions.iter().filter(|s| !s.is_finished()).map(|s| &s.features).collect();
+    let mut opts = forward_options(&kinds);
+    // Logits are computed lazily from the final hidden states, only for the
+    // nodes verification walks through.
+    opts.want_hidden = true;
+    let t = Instant::now();
+    let mut bases = Vec::new();
+    let positions: Vec<Option<Vec<u32>>> =
+        sessions.iter().zip(&trees).map(|(s, t)| t.as_ref().map(|t| t.positions(s.cache.len()))).collect();
+    let outs = {
+        let mut inputs = Vec::new();
+        for ((s, tree), pos) in sessions.iter_mut().zip(&trees).zip(&positions) {
+            if let (Some(tree), Some(pos)) = (tree, pos) {
+                bases.push(s.cache.len());
+                inputs.push(SeqInput { cache: &mut s.cache, tokens: &tree.tokens, positions: Some(pos), mask: tree.mask(), logits: LogitsRows::None });
+            }
+        }
+        if inputs.is_empty() {
+            return Ok(vec![Vec::new(); sessions.len()]);
+        }
+        model.forward(&mut inputs, &opts)?
+    };
+    let verify_ms = t.elapsed().as_secs_f64() * 1e3;
+    let h = model.config.hidden_size;
+    let mut outs = outs.into_iter();
+    let mut bases = bases.into_iter();
+    let mut news = Vec::with_capacity(sessions.len());
+    for (s, tree) in sessions.iter_mut().zip(&trees) {
+        let Some(tree) = tree else {
+            news.push(Vec::new());
+            continue;
+        };
+        let out = outs.next().expect("one output per tree");
+        let base = bases.next().expect("one base per tree");
+        let t = Instant::now();
+        let logits = |i: usize| model.lm_head(&out.hidden[i * h..(i + 1) * h]);
+        let acc: Accepted = if s.sampling.is_greedy() {
+            greedy_verify_lazy(tree, &mut |i| ops::argmax(&logits(i)).0 as u32)
+        } else {
+            let params = s.sampling.clone();
+            sample_verify(tree, &mut |i| target_probs(&logits(i), &params), &mut s.sampler)
+        };
+        s.spec.verify_ms += verify_ms + t.elapsed().as_secs_f64() * 1e3;
+        s.spec.spec_verify_ct += 1;
+        s.spec.spec_num_proposed_drafts += tree.max_depth();
+        s.spec.spec_num_correct_drafts += acc.num_correct_drafts();
+        let hist = &mut s.spec.spec_correct_drafts_histogram;
+        if hist.len() <= acc.num_correct_drafts() {
+            hist.resize(acc.num_correct_drafts() + 1, 0);
+        }
+        hist[acc.num_correct_drafts()] += 1;
+        s.cache.keep_rows(base, &acc.path)?;
+        // Emit until a stop token or the token budget; the rest is dropped.
+        let mut new = Vec::new();
+        for &tok in &acc.tokens {
+            s.tokens.push(tok);
+            new.push(tok);
+            s.check_finished(model);
+            if s.is_finished() {
+                break;
+            }
+        }
+        s.verify_emitted += new.len();
+        if !s.is_finished() {
+            let feats = features_of(&out, &s.features, &opts, model.config.hidden_size, &acc.path);
+            let t = Instant::now();
+            s.proposer.commit(&acc.tokens, &feats)?;
+            s.spec.draft_ms += t.elapsed().as_secs_f64() * 1e3;
+        }
+        news.push(new);
+    }
+    Ok(news)
+}
+
+/// Speculative generation of one request, calling `on_token` per new token.
+pub fn speculative_generate(
+    model: &Model,
+    proposer: &mut dyn Proposer,
+    req: &GenerateRequest,
+    on_token: &mut dyn FnMut(u32),
+) -> Result<(crate::generate::GenerationOutput, SpecStats)> {
+    let mut s = SpecSession::start(model, proposer, req)?;
+    for &t in &s.tokens {
+        on_token(t);
+    }
+    let t1 = Instant::now();
+    while !s.is_finished() {
+        let new = step_batch(model, &mut [&mut s])?;
+        for &t in &new[0] {
+            on_token(t);
+        }
+    }
+    s.stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+    s.finish_stats();
+    s.stats.prefill_tok_s = s.stats.prompt_tokens as f64 / (s.stats.prefill_ms / 1e3).max(1e-9);
+    s.stats.decode_tok_s = s.tokens.len() as f64 / (s.stats.decode_ms / 1e3).max(1e-9);
+    let out = crate::generate::GenerationOutput {
+        token_ids: s.tokens.clone(),
+        finish_reason: s.finish.unwrap_or(FinishReason::Length),
+        stats: s.stats.clone(),
+    };
+    Ok((out, s.spec.clone()))
+}
+
+impl SpecSession<'_> {
+    /// Closes the session's statistics (call once it is finished).
+    pub fn finalize(&mut self) {
+        self.finish_stats();
+    }
+}
