@@ -1,0 +1,293 @@
+//! EAGLE-1/2 and EAGLE-3 draft heads: weights and forward pass.
+//!
+//! EAGLE-1/2 row: `x = fc(cat(embed(t), f))`, then decoder layers (layer 0
+//! skips its input norm); the output `x` is both the next step's feature and
+//! the lm_head input (no final norm).
+//! EAGLE-3 row: `h = fc(f)` when `f` is the 3H target feature (a draft
+//! state is already H wide); attention reads
+//! `cat(input_layernorm(embed(t)), hidden_norm(h))`; `x = h + attn`, then the
+//! MLP; `x` is the next feature and `norm(x)` the lm_head input.
+
+use super::config::{EagleConfig, EagleKind};
+use crate::error::{DraftError, Result};
+use crate::token_map::TokenMap;
+use aerie_engine::config::ModelConfig;
+use aerie_engine::layers::{self, add_into, norm_rows, AttnPlan, AttnShape, Rope};
+use aerie_engine::loader::hf::SafetensorsDir;
+use aerie_engine::weights::Linear;
+use aerie_engine::{AttnMask, EngineError, KvCache, Model};
+use aerie_kernels::cpu::Matrix;
+use std::path::Path;
+
+struct HeadLayer {
+    /// `None` for EAGLE-1's layer 0.
+    input_norm: Option<Vec<f32>>,
+    qkv: Linear,
+    wo: Matrix,
+    post_norm: Vec<f32>,
+    gate_up: Linear,
+    down: Matrix,
+}
+
+/// A loaded draft head, bound to the shape of its target.
+pub struct EagleHead {
+    pub config: EagleConfig,
+    fc: Linear,
+    layers: Vec<HeadLayer>,
+    /// EAGLE-3: norm applied to the incoming feature.
+    hidden_norm: Option<Vec<f32>>,
+    /// EAGLE-3: norm before the lm_head.
+    final_norm: Option<Vec<f32>>,
+    /// The head's own output rows (EAGLE-3, or a token-mapped EAGLE head);
+    /// `None` uses the target's lm_head.
+    lm_head: Option<Matrix>,
+    /// Target id of each lm_head row when the head has a reduced vocabulary.
+    vocab_map: Option<Vec<u32>>,
+    rope: Rope,
+    /// Target layers feeding EAGLE-3's fc (empty for EAGLE-1/2).
+    pub aux_layers: Vec<usize>,
+}
+
+/// Finds `name` with or without a `model.` prefix.
+fn tensor_name(st: &SafetensorsDir, name: &str) -> String {
+    if st.has(name) {
+        name.to_string()
+    } else {
+        let p = format!("model.{name}");
+        if st.has(&p) {
+            p
+        } else {
+            name.to_string()
+        }
+    }
+}
+
+impl EagleHead {
+    /// Loads a head directory for `target`, refusing mismatches. A token
+    /// map restricts the draft vocabulary (FR-Spec) of heads that use the
+    /// target's lm_head.
+    pub fn load(dir: &Path, target: &Model, token_map: Option<&TokenMap>) -> Result<EagleHead> {
+        let config = EagleConfig::read(dir)?;
+        config.check_target(&target.config)?;
+        let st = SafetensorsDir::open(dir)?;
+        let c = &config.llama;
+        let (h, qd, kvd, ff) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size);
+        let m = |n: &str, r, k| st.matrix(&tensor_name(&st, n), r, k);
+        let vec = |n: &str, len| st.vector(&tensor_name(&st, n), len);
+        let eagle3 = config.kind == EagleKind::Eagle3;
+        if eagle3 && c.num_layers != 1 {
+            return Err(DraftError::HeadMismatch { path: dir.to_path_buf(), msg: format!("EAGLE-3 heads with {} layers are not supported (one midlayer)", c.num_layers) });
+        }
+        if !eagle3 && st.has(&tensor_name(&st, "midlayer.self_attn.q_proj.weight")) {
+            return Err(DraftError::HeadMismatch { path: dir.to_path_buf(), msg: "this is an EAGLE-3 head (it has `midlayer.*`); use --speculative-algorithm EAGLE3".into() });
+        }
+        let feat_in = if eagle3 { 3 * config.target_hidden_size.unwrap_or(h) } else { 2 * h };
+        let fc_bias_name = tensor_name(&st, "fc.bias");
+        let fc_bias = if st.has(&fc_bias_name) { Some(st.vector(&fc_bias_name, h)?) } else { None };
+        let fc = Linear::fuse(vec![m("fc.weight", h, feat_in)?], vec![fc_bias]);
+        let attn_in = if eagle3 { 2 * h } else { h };
+        let mut layers_w = Vec::new();
+        for i in 0..c.num_layers {
+            let p = if eagle3 { "midlayer".to_string() } else { format!("layers.{i}") };
+            let n = |s: &str| format!("{p}.{s}");
+            let input_norm = if !eagle3 && i == 0 { None } else { Some(vec(&n("input_layernorm.weight"), h)?) };
+            layers_w.push(HeadLayer {
+                input_norm,
+                qkv: Linear::fuse(
+                    vec![m(&n("self_attn.q_proj.weight"), qd, attn_in)?, m(&n("self_attn.k_proj.weight"), kvd, attn_in)?, m(&n("self_attn.v_proj.weight"), kvd, attn_in)?],
+                    vec![None, None, None],
+                ),
+                wo: m(&n("self_attn.o_proj.weight"), h, qd)?,
+                post_norm: vec(&n("post_attention_layernorm.weight"), h)?,
+                gate_up: Linear::fuse(vec![m(&n("mlp.gate_proj.weight"), ff, h)?, m(&n("mlp.up_proj.weight"), ff, h)?], vec![None, None]),
+                down: m(&n("mlp.down_proj.weight"), h, ff)?,
+            });
+        }
+        let (hidden_norm, final_norm, mut lm_head, mut vocab_map) = if eagle3 {
+            let dv = config.draft_vocab_size.unwrap_or(c.vocab_size);
+            let lm = m("lm_head.weight", dv, h)?;
+            let map = if st.has(&tensor_name(&st, "d2t")) {
+                let d2t = read_ints(&st, &tensor_name(&st, "d2t"), dir)?;
+                if d2t.len() != dv {
+                    return Err(DraftError::HeadMismatch { path: dir.to_path_buf(), msg: format!("d2t has {} entries for a draft vocabulary of {dv}", d2t.len()) });
+                }
+                let ids: Vec<u32> = d2t.iter().enumerate().map(|(i, &d)| i as i64 + d).map(|t| u32::try_from(t).unwrap_or(u32::MAX)).collect();
+                if let Some(bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
+                    return Err(DraftError::HeadMismatch { path: dir.to_path_buf(), msg: format!("d2t maps a draft token to {bad}, outside the target vocabulary of {}", c.vocab_size) });
+                }
+                Some(ids)
+            } else if dv == c.vocab_size {
+                None
+            } else {
+                return Err(DraftError::HeadMismatch { path: dir.to_path_buf(), msg: format!("draft_vocab_size {dv} < vocab_size {} but the checkpoint has no d2t", c.vocab_size) });
+            };
+            (Some(vec("midlayer.hidden_norm.weight", h)?), Some(vec("norm.weight", h)?), Some(lm), map)
+        } else {
+            (None, None, None, None)
+        };
+        if let Some(tm) = token_map {
+            if eagle3 {
+                return Err(DraftError::BadSetting(
+                    "--speculative-token-map applies to EAGLE heads that use the target's lm_head; EAGLE-3 heads carry their own draft vocabulary (d2t)".into(),
+                ));
+            }
+            tm.check(target.config.vocab_size)?;
+            let src = target.weights.lm_head();
+            let mut rows = vec![0.0f32; tm.ids.len() * h];
+            for (i, &t) in tm.ids.iter().enumerate() {
+                src.row_f32(t as usize, &mut rows[i * h..(i + 1) * h]);
+            }
+            lm_head = Some(Matrix::f32(tm.ids.len(), h, rows).map_err(|e| EngineError::InvalidInput(e.to_string()))?);
+            vocab_map = Some(tm.ids.clone());
+        }
+        let aux_layers = if eagle3 { config.aux_layers(target.config.num_layers)? } else { Vec::new() };
+        let rope = Rope { inv_freqs: c.inv_freqs(), style: target.config.rope_style };
+        Ok(EagleHead { config, fc, layers: layers_w, hidden_norm, final_norm, lm_head, vocab_map, rope, aux_layers })
+    }
+
+    pub fn kind(&self) -> EagleKind {
+        self.config.kind
+    }
+
+    /// Width of the target feature this head takes.
+    pub fn feature_width(&self) -> usize {
+        match self.kind() {
+            EagleKind::Eagle => self.config.llama.hidden_size,
+            EagleKind::Eagle3 => 3 * self.config.target_hidden_size.unwrap_or(self.config.llama.hidden_size),
+        }
+    }
+
+    /// A KV cache for this head.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.config.llama)
+    }
+
+    pub fn llama(&self) -> &ModelConfig {
+        &self.config.llama
+    }
+
+    /// Runs `tokens` with their incoming features/states (`states.len() =
+    /// n × width`, width H or the target feature width) at `positions`,
+    /// appending them to `cache`. Returns the output states (`n × H`): each
+    /// is the next step's incoming state and the input of [`Self::logits`].
+    pub fn forward(&self, target: &Model, cache: &mut KvCache, tokens: &[u32], states: &[f32], positions: &[u32], mask: AttnMask) -> Result<Vec<f32>> {
+        let c = &self.config.llama;
+        let h = c.hidden_size;
+        let n = tokens.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let width = states.len() / n;
+        if states.len() != n * width || positions.len() != n {
+            return Err(EngineError::InvalidInput(format!("draft forward: {n} tokens, {} state floats, {} positions", states.len(), positions.len())).into());
+        }
+        let emb = target.embed(tokens)?;
+        let mut x = vec![0.0f32; n * h];
+        match self.kind() {
+            EagleKind::Eagle => {
+                if width != h {
+                    return Err(EngineError::InvalidInput(format!("EAGLE head takes {h}-wide features, got {width}")).into());
+                }
+                let mut cat = Vec::with_capacity(n * 2 * h);
+                for i in 0..n {
+                    cat.extend_from_slice(&emb[i * h..(i + 1) * h]);
+                    cat.extend_from_slice(&states[i * h..(i + 1) * h]);
+                }
+                self.fc.forward(&cat, n, &mut x);
+            }
+            EagleKind::Eagle3 => {
+                if width == h {
+                    x.copy_from_slice(states);
+                } else if width == self.feature_width() {
+                    self.fc.forward(states, n, &mut x);
+                } else {
+                    return Err(EngineError::InvalidInput(format!("EAGLE-3 head takes {}-wide target features or {h}-wide states, got {width}", self.feature_width())).into());
+                }
+            }
+        }
+        let base = cache.len();
+        let plan = AttnPlan::new(&[(base, &mask)], &[n], positions, &self.rope);
+        cache.grow(n);
+        let shape = AttnShape { num_heads: c.num_heads, num_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
+        let mut xn = vec![0.0f32; n * h];
+        let mut o = vec![0.0f32; n * h];
+        for (li, lw) in self.layers.iter().enumerate() {
+            let attn_in: Vec<f32> = match (self.kind(), &lw.input_norm) {
+                (EagleKind::Eagle3, Some(w)) => {
+                    let mut e = vec![0.0f32; n * h];
+                    norm_rows(&emb, w, c.rms_norm_eps, &mut e);
+                    norm_rows(&x, self.hidden_norm.as_ref().expect("EAGLE-3 has hidden_norm"), c.rms_norm_eps, &mut xn);
+                    let mut cat = Vec::with_capacity(n * 2 * h);
+                    for i in 0..n {
+                        cat.extend_from_slice(&e[i * h..(i + 1) * h]);
+                        cat.extend_from_slice(&xn[i * h..(i + 1) * h]);
+                    }
+                    cat
+                }
+                (_, Some(w)) => {
+                    norm_rows(&x, w, c.rms_norm_eps, &mut xn);
+                    xn.clone()
+                }
+                (_, None) => x.clone(),
+            };
+            let mut caches = [&mut *cache];
+            layers::attention(&lw.qkv, &lw.wo, shape, self.rope.style, &plan, &mut caches, li, &attn_in, &mut o);
+            add_into(&mut x, &o);
+            norm_rows(&x, &lw.post_norm, c.rms_norm_eps, &mut xn);
+            layers::mlp(&lw.gate_up, &lw.down, &xn, n, &mut o);
+            add_into(&mut x, &o);
+        }
+        Ok(x)
+    }
+
+    /// Draft logits (`rows × draft vocab`) of output states from [`Self::forward`].
+    pub fn logits(&self, target: &Model, states: &[f32]) -> Vec<f32> {
+        let c = &self.config.llama;
+        let h = c.hidden_size;
+        let n = states.len() / h;
+        let normed;
+        let input = match &self.final_norm {
+            Some(w) => {
+                let mut y = vec![0.0f32; n * h];
+                norm_rows(states, w, c.rms_norm_eps, &mut y);
+                normed = y;
+                &normed[..]
+            }
+            None => states,
+        };
+        match &self.lm_head {
+            Some(m) => {
+                let mut out = vec![0.0f32; n * m.rows];
+                m.matmul_f32_act(input, n, &mut out);
+                out
+            }
+            None => {
+                // Drafts only need a good guess, not the target's exact
+                // logits: 8-bit activations run the int8 kernels, about
+                // twice as fast as the f32-activation path.
+                let m = target.weights.lm_head();
+                let mut out = vec![0.0f32; n * m.rows];
+                m.matmul(input, n, &mut out);
+                out
+            }
+        }
+    }
+
+    /// Rows of the draft logits.
+    pub fn draft_vocab(&self, target: &Model) -> usize {
+        self.lm_head.as_ref().map_or(target.config.vocab_size, |m| m.rows)
+    }
+
+    /// Target id of draft logit `i`.
+    pub fn target_id(&self, i: u32) -> u32 {
+        self.vocab_map.as_ref().map_or(i, |m| m[i as usize])
+    }
+}
+
+/// Reads an integer tensor (I64 or I32) such as `d2t`.
+fn read_ints(st: &SafetensorsDir, name: &str, dir: &Path) -> Result<Vec<i64>> {
+    st.ints(name).map_err(|e| match e {
+        EngineError::BadTensor { msg, .. } => DraftError::HeadMismatch { path: dir.to_path_buf(), msg: format!("{name}: {msg}") },
+        other => other.into(),
+    })
+}

@@ -1,0 +1,165 @@
+//! EAGLE-1/2/3 proposers: a draft head that reads the target's features.
+//!
+//! Stream alignment: draft row `t` pairs token `x_{t+1}` with target
+//! feature `f_t` and sits at position `t` (as in SGLang's draft extend).
+//! After a commit the draft has every pair up to the root's, so the last
+//! catch-up row predicts the root's children; a tree node at depth `d`
+//! then sits at position `root_pos - 1 + d`.
+
+pub mod config;
+pub mod head;
+
+pub use config::{EagleConfig, EagleKind};
+pub use head::EagleHead;
+
+use crate::error::Result;
+use crate::tree_search::{grow_tree, top_k, DraftNet, DraftOut, StepRows};
+use aerie_engine::spec::{DraftTree, FeatureKind, Features, Proposer, TreeSpec};
+use aerie_engine::{AttnMask, KvCache, Model};
+use aerie_kernels::cpu::ops;
+use std::sync::Arc;
+
+/// Softmax over each `vocab`-wide row, then the best `k` (as target ids).
+pub(crate) fn rows_top_k(logits: &[f32], vocab: usize, k: usize, map: &dyn Fn(u32) -> u32) -> Vec<Vec<(u32, f32)>> {
+    logits
+        .chunks(vocab)
+        .map(|row| {
+            let mut p = row.to_vec();
+            ops::softmax(&mut p);
+            top_k(&p, k).into_iter().map(|(i, q)| (map(i), q)).collect()
+        })
+        .collect()
+}
+
+/// The visibility of tree rows appended at `kv_len`: the committed prefix,
+/// listed ancestors, and the row itself.
+pub(crate) fn tree_rows_mask(committed: usize, kv_len: usize, ancestors: &[Vec<usize>]) -> AttnMask {
+    let n = ancestors.len();
+    let w = kv_len + n;
+    let mut m = vec![false; n * w];
+    for (i, anc) in ancestors.iter().enumerate() {
+        m[i * w..i * w + committed].iter_mut().for_each(|v| *v = true);
+        for &a in anc {
+            m[i * w + a] = true;
+        }
+        m[i * w + kv_len + i] = true;
+    }
+    AttnMask::Full(m)
+}
+
+pub struct EagleProposer {
+    head: Arc<EagleHead>,
+    target: Arc<Model>,
+    tree: TreeSpec,
+    cache: KvCache,
+    tokens: Vec<u32>,
+    /// Target features of pairs not yet run (rows for `t = processed..`).
+    pending: Features,
+    processed: usize,
+    /// The last pair's top-k and output state: the root's children.
+    root: Option<(Vec<(u32, f32)>, Vec<f32>)>,
+}
+
+struct HeadNet<'a> {
+    head: &'a EagleHead,
+    target: &'a Model,
+    cache: &'a mut KvCache,
+    committed: usize,
+}
+
+impl DraftNet for HeadNet<'_> {
+    fn step(&mut self, rows: &StepRows, topk: usize) -> Result<DraftOut> {
+        let mask = tree_rows_mask(self.committed, self.cache.len(), rows.ancestors);
+        let x = self.head.forward(self.target, self.cache, rows.tokens, &rows.states.data, rows.positions, mask)?;
+        let logits = self.head.logits(self.target, &x);
+        let dv = self.head.draft_vocab(self.target);
+        let topk = rows_top_k(&logits, dv, topk, &|i| self.head.target_id(i));
+        Ok(DraftOut { topk, states: Features { width: self.head.llama().hidden_size, data: x } })
+    }
+    fn kv_len(&self) -> usize {
+        self.cache.len()
+    }
+    fn truncate_kv(&mut self, len: usize) {
+        self.cache.truncate(len)
+    }
+}
+
+impl EagleProposer {
+    pub fn new(head: Arc<EagleHead>, target: Arc<Model>, tree: TreeSpec) -> Self {
+        let cache = head.new_cache();
+        let width = head.feature_width();
+        EagleProposer { head, target, tree, cache, tokens: Vec::new(), pending: Features { width, data: Vec::new() }, processed: 0, root: None }
+    }
+}
+
+impl Proposer for EagleProposer {
+    fn name(&self) -> &'static str {
+        match self.head.kind() {
+            EagleKind::Eagle => "eagle",
+            EagleKind::Eagle3 => "eagle3",
+        }
+    }
+
+    fn features(&self) -> FeatureKind {
+        match self.head.kind() {
+            EagleKind::Eagle => FeatureKind::Hidden,
+            EagleKind::Eagle3 => FeatureKind::Aux(self.head.aux_layers.clone()),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.cache.truncate(0);
+        self.tokens.clear();
+        self.pending.data.clear();
+        self.processed = 0;
+        self.root = None;
+    }
+
+    fn commit(&mut self, tokens: &[u32], feats: &Features) -> aerie_engine::Result<()> {
+        if feats.rows() > 0 && feats.width != self.pending.width {
+            return Err(aerie_engine::EngineError::InvalidInput(format!("EAGLE head takes {}-wide features, got {}", self.pending.width, feats.width)));
+        }
+        self.tokens.extend_from_slice(tokens);
+        self.pending.data.extend_from_slice(&feats.data);
+        if self.processed + self.pending.rows() + 1 != self.tokens.len() {
+            return Err(aerie_engine::EngineError::InvalidInput(format!(
+                "proposer stream out of step: {} tokens, {} features",
+                self.tokens.len(),
+                self.processed + self.pending.rows()
+            )));
+        }
+        Ok(())
+    }
+
+    fn catch_up(&mut self) -> aerie_engine::Result<()> {
+        let n = self.pending.rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let t0 = self.processed;
+        let tokens = &self.tokens[t0 + 1..t0 + 1 + n];
+        let positions: Vec<u32> = (t0..t0 + n).map(|t| t as u32).collect();
+        let x = self.head.forward(&self.target, &mut self.cache, tokens, &self.pending.data, &positions, AttnMask::Causal)?;
+        let h = self.head.llama().hidden_size;
+        let last = x[(n - 1) * h..].to_vec();
+        let logits = self.head.logits(&self.target, &last);
+        let dv = self.head.draft_vocab(&self.target);
+        let topk = rows_top_k(&logits, dv, self.tree.topk, &|i| self.head.target_id(i)).remove(0);
+        self.root = Some((topk, last));
+        self.processed += n;
+        self.pending.data.clear();
+        Ok(())
+    }
+
+    fn propose(&mut self, max_depth: usize) -> aerie_engine::Result<DraftTree> {
+        self.catch_up()?;
+        let root = *self.tokens.last().ok_or_else(|| aerie_engine::EngineError::InvalidInput("propose before begin".into()))?;
+        let Some((topk, state)) = self.root.clone() else {
+            return Ok(DraftTree::chain(root, &[]));
+        };
+        let root_pos = (self.tokens.len() - 2) as u32;
+        let committed = self.cache.len();
+        let mut net = HeadNet { head: &self.head, target: &self.target, cache: &mut self.cache, committed };
+        Ok(grow_tree(&mut net, root, &topk, &state, root_pos, &self.tree, max_depth)?)
+    }
+}

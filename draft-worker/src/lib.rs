@@ -1,0 +1,141 @@
+//! Aerie's drafters. Each implements the engine's
+//! [`Proposer`](aerie_engine::spec::Proposer) trait:
+//!
+//! - [`eagle::EagleProposer`]: EAGLE-1/2 and EAGLE-3 heads on target features;
+//! - [`standalone::StandaloneProposer`]: a separate small language model;
+//! - [`ngram::NgramProposer`]: n-gram matches over the request and a shared trie.
+//!
+//! Model-based drafters grow EAGLE-2 dynamic trees ([`tree_search`]).
+//! Today they run in-process; the draft-worker service wraps them later.
+
+pub mod eagle;
+pub mod error;
+pub mod ngram;
+pub mod random_head;
+pub mod standalone;
+pub mod token_map;
+pub mod tree_search;
+
+pub use error::{DraftError, Result};
+
+use aerie_engine::spec::{Proposer, TreeSpec};
+use aerie_engine::{DType, Engine, Model, Tokenizer};
+use ngram::{NgramConfig, NgramProposer, NgramTrie};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// `--speculative-algorithm` values, as SGLang names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecAlgorithm {
+    /// EAGLE-1/2 head (`NEXTN` is an alias, as in SGLang).
+    Eagle,
+    Eagle3,
+    Ngram,
+    Standalone,
+}
+
+impl std::str::FromStr for SpecAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "EAGLE" | "NEXTN" => Ok(SpecAlgorithm::Eagle),
+            "EAGLE3" => Ok(SpecAlgorithm::Eagle3),
+            "NGRAM" => Ok(SpecAlgorithm::Ngram),
+            "STANDALONE" => Ok(SpecAlgorithm::Standalone),
+            other => Err(format!("unknown speculative algorithm `{other}` (EAGLE, EAGLE3, NEXTN, NGRAM, STANDALONE)")),
+        }
+    }
+}
+
+/// Everything needed to build proposers for one target.
+#[derive(Debug, Clone)]
+pub struct DraftOptions {
+    pub algorithm: SpecAlgorithm,
+    /// `--speculative-draft-model-path`: a head directory (EAGLE/EAGLE3) or a
+    /// model (STANDALONE: GGUF file, HF directory or a known name).
+    pub draft_model_path: Option<PathBuf>,
+    pub tree: TreeSpec,
+    /// `--speculative-token-map`.
+    pub token_map: Option<PathBuf>,
+    pub ngram: NgramConfig,
+}
+
+/// What a factory shares between the proposers it builds.
+enum Shared {
+    Eagle(Arc<eagle::EagleHead>),
+    Standalone(Arc<Model>),
+    Ngram(Arc<Mutex<NgramTrie>>),
+}
+
+/// Loads a drafter once and hands out one proposer per request.
+pub struct ProposerFactory {
+    opts: DraftOptions,
+    target: Arc<Model>,
+    shared: Shared,
+}
+
+impl ProposerFactory {
+    /// Loads and checks the drafter for `target`.
+    pub fn new(opts: DraftOptions, target: Arc<Model>, target_tokenizer: &Tokenizer) -> Result<Self> {
+        let need_path = || {
+            opts.draft_model_path.clone().ok_or_else(|| DraftError::BadSetting(format!("--speculative-algorithm {:?} needs --speculative-draft-model-path", opts.algorithm)))
+        };
+        if opts.algorithm != SpecAlgorithm::Ngram {
+            opts.tree.validate()?;
+        }
+        if opts.token_map.is_some() && opts.algorithm != SpecAlgorithm::Eagle {
+            return Err(DraftError::BadSetting("--speculative-token-map applies to --speculative-algorithm EAGLE only".into()));
+        }
+        let shared = match opts.algorithm {
+            SpecAlgorithm::Eagle | SpecAlgorithm::Eagle3 => {
+                let dir = need_path()?;
+                let map = opts.token_map.as_deref().map(token_map::TokenMap::load).transpose()?;
+                let head = eagle::EagleHead::load(&dir, &target, map.as_ref())?;
+                let want = if opts.algorithm == SpecAlgorithm::Eagle3 { eagle::EagleKind::Eagle3 } else { eagle::EagleKind::Eagle };
+                if head.kind() != want {
+                    return Err(DraftError::BadSetting(format!(
+                        "{} holds an {:?} head but --speculative-algorithm asks for {:?}",
+                        dir.display(),
+                        head.kind(),
+                        opts.algorithm
+                    )));
+                }
+                Shared::Eagle(Arc::new(head))
+            }
+            SpecAlgorithm::Standalone => {
+                let p = need_path()?;
+                let e = Engine::load(&p.to_string_lossy(), DType::Auto)?;
+                if e.tokenizer.hash() != target_tokenizer.hash() {
+                    return Err(DraftError::BadSetting(format!("STANDALONE draft model {} has a different tokenizer from the target", p.display())));
+                }
+                Shared::Standalone(e.model)
+            }
+            SpecAlgorithm::Ngram => {
+                opts.ngram.validate().map_err(DraftError::BadSetting)?;
+                Shared::Ngram(NgramProposer::shared_trie(&opts.ngram))
+            }
+        };
+        Ok(ProposerFactory { opts, target, shared })
+    }
+
+    /// A factory around an already-loaded STANDALONE draft model (e.g. the
+    /// target itself, for tests and self-drafting).
+    pub fn standalone(draft: Arc<Model>, target: Arc<Model>, tree: TreeSpec) -> Result<Self> {
+        tree.validate()?;
+        let opts = DraftOptions { algorithm: SpecAlgorithm::Standalone, draft_model_path: None, tree, token_map: None, ngram: NgramConfig::default() };
+        Ok(ProposerFactory { opts, target, shared: Shared::Standalone(draft) })
+    }
+
+    /// A fresh proposer for one request.
+    pub fn proposer(&self) -> Box<dyn Proposer> {
+        match &self.shared {
+            Shared::Eagle(h) => Box::new(eagle::EagleProposer::new(h.clone(), self.target.clone(), self.opts.tree)),
+            Shared::Standalone(m) => Box::new(standalone::StandaloneProposer::new(m.clone(), self.target.config.vocab_size, self.opts.tree)),
+            Shared::Ngram(t) => Box::new(NgramProposer::new(self.opts.ngram.clone(), t.clone())),
+        }
+    }
+
+    pub fn options(&self) -> &DraftOptions {
+        &self.opts
+    }
+}

@@ -1,0 +1,142 @@
+//! EAGLE-2 dynamic draft trees, shared by every model-based drafter.
+//!
+//! Strategy (SGLang's `--speculative-num-steps S`, `--speculative-eagle-topk
+//! K`, `--speculative-num-draft-tokens N`):
+//! 1. The root's draft distribution (from the catch-up forward) gives K
+//!    children; each scores its draft probability.
+//! 2. For S-1 more steps, the K current leaves run through the draft in one
+//!    forward. Each gets K children scored by parent score × draft
+//!    probability; all K² join the candidate pool, and the best K become the
+//!    next leaves.
+//! 3. The best N-1 candidates, ordered parents first, form the tree under
+//!    the root ([`DraftTree::select`]).
+//!
+//! Draft-KV rows written during the search see the committed prefix, their
+//! own ancestors and themselves, and are dropped afterwards.
+
+use crate::error::Result;
+use aerie_engine::spec::{Candidate, DraftTree, Features, TreeSpec};
+
+/// The best `k` entries of a probability row as `(index, prob)`, highest
+/// first, ties to the lower index.
+pub fn top_k(probs: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &p) in probs.iter().enumerate() {
+        if best.len() == k && p <= best[k - 1].1 {
+            continue;
+        }
+        let at = best.iter().position(|&(_, q)| p > q).unwrap_or(best.len());
+        best.insert(at, (i as u32, p));
+        best.truncate(k);
+    }
+    best
+}
+
+/// A draft network's output for a batch of rows.
+#[derive(Debug, Clone, Default)]
+pub struct DraftOut {
+    /// Per row: the best `topk` next tokens (target ids) with draft
+    /// probabilities.
+    pub topk: Vec<Vec<(u32, f32)>>,
+    /// Per row: the state a child of this row carries into the next step
+    /// (EAGLE: the draft hidden state; empty for plain language models).
+    pub states: Features,
+}
+
+/// Rows for one draft forward during tree search.
+pub struct StepRows<'a> {
+    pub tokens: &'a [u32],
+    /// Parent states, one row per token (may be empty-width).
+    pub states: &'a Features,
+    pub positions: &'a [u32],
+    /// Draft-KV rows (absolute, beyond the committed prefix) each row may
+    /// see besides the prefix and itself: its ancestors.
+    pub ancestors: &'a [Vec<usize>],
+}
+
+/// What tree search needs from a drafter.
+pub trait DraftNet {
+    /// Runs uncommitted tree rows, appending them to the draft KV.
+    fn step(&mut self, rows: &StepRows, topk: usize) -> Result<DraftOut>;
+    /// Draft-KV length.
+    fn kv_len(&self) -> usize;
+    /// Drops draft-KV rows from `len` on.
+    fn truncate_kv(&mut self, len: usize);
+}
+
+/// Grows an EAGLE-2 tree. `root_topk`/`root_state` come from the root's own
+/// draft row; a node at depth `d` sits at draft position `root_pos + d`.
+pub fn grow_tree(
+    net: &mut dyn DraftNet,
+    root: u32,
+    root_topk: &[(u32, f32)],
+    root_state: &[f32],
+    root_pos: u32,
+    spec: &TreeSpec,
+    max_depth: usize,
+) -> Result<DraftTree> {
+    if max_depth == 0 || root_topk.is_empty() {
+        return Ok(DraftTree::chain(root, &[]));
+    }
+    let committed = net.kv_len();
+    let k = spec.topk;
+    let mut cands: Vec<Candidate> = Vec::new();
+    let mut depth: Vec<usize> = Vec::new();
+    // Draft-KV row of each candidate that has been run (every leaf).
+    let mut kv_row: Vec<Option<usize>> = Vec::new();
+    // State each candidate carries from its parent.
+    let width = root_state.len();
+    let mut parent_state: Vec<Vec<f32>> = Vec::new();
+    for &(tok, p) in root_topk.iter().take(k) {
+        cands.push(Candidate { token: tok, parent: None, score: p });
+        depth.push(1);
+        kv_row.push(None);
+        parent_state.push(root_state.to_vec());
+    }
+    let mut leaves: Vec<usize> = (0..cands.len()).collect();
+    let steps = spec.num_steps.min(max_depth);
+    let result = (|| -> Result<()> {
+        for _ in 1..steps {
+            let tokens: Vec<u32> = leaves.iter().map(|&l| cands[l].token).collect();
+            let states = Features { width, data: leaves.iter().flat_map(|&l| parent_state[l].iter().copied()).collect() };
+            let positions: Vec<u32> = leaves.iter().map(|&l| root_pos + depth[l] as u32).collect();
+            let ancestors: Vec<Vec<usize>> = leaves
+                .iter()
+                .map(|&l| {
+                    let mut a = Vec::new();
+                    let mut p = cands[l].parent;
+                    while let Some(pi) = p {
+                        a.push(kv_row[pi].expect("ancestors of a leaf have run"));
+                        p = cands[pi].parent;
+                    }
+                    a
+                })
+                .collect();
+            let first_row = net.kv_len();
+            let out = net.step(&StepRows { tokens: &tokens, states: &states, positions: &positions, ancestors: &ancestors }, k)?;
+            let mut fresh = Vec::new();
+            for (i, &l) in leaves.iter().enumerate() {
+                kv_row[l] = Some(first_row + i);
+                let st = if out.states.width > 0 { out.states.row(i).to_vec() } else { Vec::new() };
+                for &(tok, p) in out.topk[i].iter().take(k) {
+                    fresh.push(cands.len());
+                    cands.push(Candidate { token: tok, parent: Some(l), score: cands[l].score * p });
+                    depth.push(depth[l] + 1);
+                    kv_row.push(None);
+                    parent_state.push(st.clone());
+                }
+            }
+            fresh.sort_by(|&a, &b| cands[b].score.total_cmp(&cands[a].score).then(a.cmp(&b)));
+            fresh.truncate(k);
+            fresh.sort_unstable();
+            leaves = fresh;
+            if leaves.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    })();
+    net.truncate_kv(committed);
+    result?;
+    Ok(DraftTree::select(root, &cands, spec)?.limit_depth(max_depth))
+}
