@@ -1,6 +1,9 @@
 //! `aerie generate`: one prompt, streamed to the terminal or as JSON.
 
+use crate::spec_args::SpecArgs;
+use aerie_draft_worker::ProposerFactory;
 use aerie_engine::generate::{generate, GenerateRequest};
+use aerie_engine::spec::{speculative_generate, SpecStats};
 use aerie_engine::{ChatMessage, DType, Engine, SamplingParams, StreamDecoder};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -46,6 +49,8 @@ pub struct GenerateArgs {
     /// Keep generating after an end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
+    #[command(flatten)]
+    pub spec: SpecArgs,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -72,20 +77,33 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let stop_ids = if a.ignore_eos { Vec::new() } else { engine.tokenizer.eos_ids.clone() };
     let req = GenerateRequest { prompt_ids: &prompt_ids, max_tokens: a.max_tokens, sampling, stop_ids: &stop_ids };
     let mut dec = StreamDecoder::new(true);
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = std::io::stdout();
     let json = a.json;
     let tok = &engine.tokenizer;
-    let out = generate(&engine.model, &req, &mut |id| {
+    let factory = match a.spec.options() {
+        Some(o) => Some(ProposerFactory::new(o, engine.model.clone(), &engine.tokenizer).context("setting up speculative decoding")?),
+        None => None,
+    };
+    let mut on_token = |id| {
         if !json {
             if let Ok(Some(text)) = dec.push(tok, id) {
                 let _ = stdout.write_all(text.as_bytes());
                 let _ = stdout.flush();
             }
         }
-    })?;
+    };
+    let (out, spec): (_, Option<SpecStats>) = match &factory {
+        Some(f) => {
+            let mut p = f.proposer();
+            let (o, s) = speculative_generate(&engine.model, p.as_mut(), &req, &mut on_token)?;
+            (o, Some(s))
+        }
+        None => (generate(&engine.model, &req, &mut on_token)?, None),
+    };
+    let mut stdout = std::io::stdout().lock();
     if json {
         let text = engine.tokenizer.decode(&out.token_ids, true)?;
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "prompt_ids": prompt_ids,
             "token_ids": out.token_ids,
             "text": text,
@@ -102,6 +120,19 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 "peak_rss_mb": peak_rss_mb(),
             }
         });
+        if let (Some(s), Some(f)) = (&spec, &factory) {
+            let stats = v["stats"].as_object_mut().expect("stats object");
+            for (k, val) in serde_json::to_value(s)?.as_object().expect("spec stats object") {
+                stats.insert(k.clone(), val.clone());
+            }
+            let t = f.options().tree;
+            v["speculative"] = serde_json::json!({
+                "algorithm": format!("{:?}", f.options().algorithm).to_uppercase(),
+                "num_steps": t.num_steps,
+                "eagle_topk": t.topk,
+                "num_draft_tokens": t.num_draft_tokens,
+            });
+        }
         writeln!(stdout, "{v}")?;
     } else {
         writeln!(stdout)?;
@@ -109,6 +140,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             "[{} prompt tokens, {} generated, prefill {:.1} tok/s, decode {:.1} tok/s, finish: {:?}]",
             out.stats.prompt_tokens, out.stats.completion_tokens, out.stats.prefill_tok_s, out.stats.decode_tok_s, out.finish_reason
         );
+        if let Some(s) = &spec {
+            eprintln!("[speculative: {} verifies, accept length {:.2}, accept rate {:.2}]", s.spec_verify_ct, s.spec_accept_length, s.spec_accept_rate);
+        }
     }
     Ok(())
 }

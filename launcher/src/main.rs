@@ -1,6 +1,7 @@
 //! `aerie`: the command line of the Aerie serving stack.
 
 mod generate_cmd;
+mod spec_args;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -25,8 +26,26 @@ enum Cmd {
         #[arg(long)]
         list: bool,
     },
-    /// Generate text from a prompt in this process.
+    /// Generate text from a prompt in this process (optionally speculative).
     Generate(generate_cmd::GenerateArgs),
+    /// Write a random-weight EAGLE or EAGLE-3 head for a model, in the
+    /// published checkpoint layout (for tests and drafting-cost benchmarks).
+    RandomHead {
+        /// Target model name or path.
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+        /// `eagle` or `eagle3`.
+        #[arg(long, default_value = "eagle")]
+        kind: String,
+        /// EAGLE-3 draft vocabulary size (default: the target's).
+        #[arg(long)]
+        draft_vocab_size: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -64,5 +83,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Generate(args) => generate_cmd::run(args),
+        Cmd::RandomHead { model, kind, draft_vocab_size, seed, out } => {
+            use aerie_draft_worker::eagle::EagleKind;
+            use aerie_draft_worker::random_head::{write_random_head, RandomHeadSpec};
+            let kind = match kind.to_ascii_lowercase().as_str() {
+                "eagle" => EagleKind::Eagle,
+                "eagle3" => EagleKind::Eagle3,
+                other => anyhow::bail!("unknown head kind `{other}` (eagle, eagle3)"),
+            };
+            let e = aerie_engine::Engine::load(&model, aerie_engine::DType::Auto)?;
+            write_random_head(&out, &e.model.config, &RandomHeadSpec { kind, seed, draft_vocab_size, ..Default::default() })?;
+            println!("{}", out.display());
+            Ok(())
+        }
     }
 }

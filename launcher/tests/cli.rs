@@ -107,3 +107,66 @@ fn bad_model_files_fail_cleanly() {
     std::fs::write(hf.join("config.json"), r#"{"architectures":["GPTNeoXForCausalLM"],"hidden_size":64}"#).unwrap();
     expect_clean_error(&hf, "GPTNeoXForCausalLM");
 }
+
+fn generate_json(args: &[&str]) -> serde_json::Value {
+    let out = aerie(args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `aerie generate --speculative-algorithm …` emits plain greedy's tokens
+/// and reports SGLang's speculation counters.
+#[test]
+fn speculative_generate_matches_plain_and_reports_stats() {
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    let prompt = "Count from 1 to 30, separated by commas.";
+    let base = ["generate", "--model", m, "--prompt", prompt, "--max-tokens", "60", "--ignore-eos", "--json"];
+    let plain = generate_json(&base);
+    let head = tempfile::tempdir().unwrap();
+    let out = aerie(&["random-head", "--model", m, "--kind", "eagle3", "--draft-vocab-size", "4096", "--out", head.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["--speculative-algorithm", "NGRAM"],
+        vec!["--speculative-algorithm", "EAGLE3", "--speculative-draft-model-path", head.path().to_str().unwrap(), "--speculative-num-steps", "3", "--speculative-eagle-topk", "1"],
+        vec!["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", m],
+    ];
+    for extra in runs {
+        let v = generate_json(&[&base[..], &extra[..]].concat());
+        assert_eq!(v["token_ids"], plain["token_ids"], "{extra:?}");
+        let s = &v["stats"];
+        for k in ["spec_verify_ct", "spec_num_correct_drafts", "spec_num_proposed_drafts", "spec_accept_length", "spec_accept_rate", "spec_correct_drafts_histogram"] {
+            assert!(!s[k].is_null(), "{extra:?}: stats lack {k}: {s}");
+        }
+        let verifies = s["spec_verify_ct"].as_u64().unwrap();
+        let hist: u64 = s["spec_correct_drafts_histogram"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).sum();
+        assert_eq!(hist, verifies, "{extra:?}: one histogram entry per verify");
+        let tau = s["spec_accept_length"].as_f64().unwrap();
+        assert!((tau - 59.0 / verifies as f64).abs() < 1e-9, "{extra:?}: accept length counts emitted tokens per verify");
+        if extra[1] == "EAGLE3" {
+            assert_eq!(v["speculative"]["num_draft_tokens"], 4, "topk 1 makes a chain of steps + 1");
+        }
+        if extra[1] == "STANDALONE" {
+            assert!(tau > 3.0, "the target drafting for itself is accepted: tau {tau}");
+        }
+    }
+}
+
+#[test]
+fn bad_speculative_settings_fail_cleanly() {
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--speculative-algorithm", "EAGLE"], "--speculative-draft-model-path"),
+        (&["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", m, "--speculative-num-steps", "2", "--speculative-eagle-topk", "2", "--speculative-num-draft-tokens", "9"], "impossible"),
+        (&["--speculative-algorithm", "MEDUSA"], "unknown speculative algorithm"),
+        (&["--speculative-algorithm", "EAGLE", "--speculative-draft-model-path", "/nonexistent/head"], "/nonexistent/head"),
+    ];
+    for (extra, needle) in cases {
+        let out = aerie(&[&["generate", "--model", m, "--prompt", "hi", "--max-tokens", "4"][..], extra].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} should fail");
+        assert!(!err.contains("panicked"), "{extra:?} panicked: {err}");
+        assert!(err.contains(needle), "{extra:?}: error should mention `{needle}`: {err}");
+    }
+}
