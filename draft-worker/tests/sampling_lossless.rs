@@ -235,3 +235,22 @@ fn good_drafter_keeps_target_distribution_with_top_k_top_p() {
     let t = tiny(TARGET.0, TARGET.1);
     run(t.clone(), t, topk_topp(), "good drafter, top-k 5, top-p 0.9");
 }
+
+/// Near the context limit each round's tree is cut so the bonus token still
+/// fits, and greedy speculation stops exactly where plain decoding does.
+#[test]
+fn context_limit_cuts_trees_like_plain_decoding() {
+    aerie_kernels::cpu::pool::set_threads(1);
+    let t = tiny(TARGET.0, TARGET.1);
+    let f = ProposerFactory::standalone(t.clone(), t.clone(), TreeSpec { num_steps: 6, topk: 2, num_draft_tokens: 10 }).unwrap();
+    for prompt_len in [50usize, 58, 62, 63] {
+        let prompt: Vec<u32> = (0..prompt_len).map(|i| (i * 5 % VOCAB) as u32).collect();
+        let req = GenerateRequest { prompt_ids: &prompt, max_tokens: 100, sampling: SamplingParams::default(), stop_ids: &[] };
+        let plain = aerie_engine::generate::generate(&t, &req, &mut |_| {}).unwrap();
+        let mut p = f.proposer();
+        let (spec, _) = speculative_generate(&t, p.as_mut(), &req, &mut |_| {}).unwrap();
+        assert_eq!(spec.token_ids, plain.token_ids, "prompt of {prompt_len} in a 64-position model");
+        assert_eq!(spec.token_ids.len(), 64 - prompt_len);
+        assert_eq!(spec.finish_reason, plain.finish_reason);
+    }
+}

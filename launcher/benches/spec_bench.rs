@@ -2,7 +2,9 @@
 //!
 //!     cargo bench -p aerie-launcher --bench spec_bench -- [QUESTIONS] [MAX_TOKENS]
 //!
-//! With QUESTIONS < 80 the questions are evenly spaced over the file.
+//! With QUESTIONS < 80 the questions are evenly spaced over the file. Any
+//! further arguments keep only the configurations whose label contains one
+//! of them (e.g. `-- 80 256 "NGRAM n=8" "EAGLE3 random 16k (3"`).
 //!
 //! For each MT-bench first turn (default all 80; greedy, EOS ignored, 256 new
 //! tokens), plain decode and every drafter configuration run back to back on
@@ -78,6 +80,7 @@ fn main() {
         ("EAGLE3 random 16k (5,4,8)", mk(SpecAlgorithm::Eagle3, Some(&eagle3), dflt)),
     ]
     .into_iter()
+    .filter(|(l, _)| args.len() <= 2 || args[2..].iter().any(|a| l.contains(a.as_str())))
     .map(|(l, f)| Config { label: l.to_string(), factory: f, tokens: 0, secs: 0.0, verifies: 0 })
     .collect();
     let (mut plain_tokens, mut plain_secs) = (0usize, 0.0f64);

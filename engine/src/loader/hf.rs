@@ -53,8 +53,8 @@ impl SafetensorsDir {
         self.index.contains_key(name)
     }
 
-    /// Reads a tensor as f32 with its shape.
-    pub fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    /// Finds `name` and hands its view to `read`, with the file it lives in.
+    fn with_tensor<T>(&self, name: &str, read: impl FnOnce(&Path, safetensors::tensor::TensorView) -> Result<T>) -> Result<T> {
         let &i = self
             .index
             .get(name)
@@ -62,39 +62,45 @@ impl SafetensorsDir {
         let (path, map) = &self.maps[i];
         let st = SafeTensors::deserialize(map).map_err(|e| EngineError::BadFile { path: path.clone(), msg: e.to_string() })?;
         let t = st.tensor(name).map_err(|e| EngineError::BadTensor { path: path.clone(), tensor: name.into(), msg: e.to_string() })?;
-        let b = t.data();
-        let v: Vec<f32> = match t.dtype() {
-            Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            other => {
-                return Err(EngineError::BadTensor {
-                    path: path.clone(),
-                    tensor: name.into(),
-                    msg: format!("dtype {other:?} is not supported (F32, F16, BF16)"),
-                })
-            }
-        };
-        Ok((t.shape().to_vec(), v))
+        read(path, t)
     }
 
-    /// Reads an integer tensor (I64, I32 or bool) as i64, flattened.
+    /// Reads a tensor as f32 with its shape.
+    pub fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.with_tensor(name, |path, t| {
+            let b = t.data();
+            let v: Vec<f32> = match t.dtype() {
+                Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+                Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+                other => {
+                    return Err(EngineError::BadTensor {
+                        path: path.to_path_buf(),
+                        tensor: name.into(),
+                        msg: format!("dtype {other:?} is not supported (F32, F16, BF16)"),
+                    })
+                }
+            };
+            Ok((t.shape().to_vec(), v))
+        })
+    }
+
+    /// Reads an integer tensor (I64, I32, U8 or bool) as i64, flattened.
     pub fn ints(&self, name: &str) -> Result<Vec<i64>> {
-        let &i = self
-            .index
-            .get(name)
-            .ok_or_else(|| EngineError::MissingTensor { path: self.dir.clone(), tensor: name.to_string() })?;
-        let (path, map) = &self.maps[i];
-        let st = SafeTensors::deserialize(map).map_err(|e| EngineError::BadFile { path: path.clone(), msg: e.to_string() })?;
-        let t = st.tensor(name).map_err(|e| EngineError::BadTensor { path: path.clone(), tensor: name.into(), msg: e.to_string() })?;
-        let b = t.data();
-        Ok(match t.dtype() {
-            Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
-            Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
-            Dtype::BOOL | Dtype::U8 => b.iter().map(|&x| x as i64).collect(),
-            other => {
-                return Err(EngineError::BadTensor { path: path.clone(), tensor: name.into(), msg: format!("dtype {other:?} is not an integer type (I64, I32)") })
-            }
+        self.with_tensor(name, |path, t| {
+            let b = t.data();
+            Ok(match t.dtype() {
+                Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+                Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
+                Dtype::BOOL | Dtype::U8 => b.iter().map(|&x| x as i64).collect(),
+                other => {
+                    return Err(EngineError::BadTensor {
+                        path: path.to_path_buf(),
+                        tensor: name.into(),
+                        msg: format!("dtype {other:?} is not an integer type (I64, I32)"),
+                    })
+                }
+            })
         })
     }
 

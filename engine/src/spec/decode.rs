@@ -52,6 +52,7 @@ pub struct SpecSession<'p> {
     sampler: Sampler,
     stop_ids: Vec<u32>,
     max_tokens: usize,
+    prompt_len: usize,
     /// Tokens emitted so far; the last one is the next tree's root.
     pub tokens: Vec<u32>,
     pub finish: Option<FinishReason>,
@@ -131,6 +132,7 @@ impl<'p> SpecSession<'p> {
             sampler,
             stop_ids: req.stop_ids.to_vec(),
             max_tokens: req.max_tokens,
+            prompt_len: req.prompt_ids.len(),
             tokens: Vec::new(),
             finish: None,
             stats,
@@ -162,7 +164,9 @@ impl<'p> SpecSession<'p> {
         }
         if self.tokens.last().is_some_and(|t| self.stop_ids.contains(t)) {
             self.finish = Some(FinishReason::Stop);
-        } else if self.tokens.len() >= self.max_tokens || self.cache.len() + 1 >= model.config.max_position_embeddings {
+        } else if self.tokens.len() >= self.max_tokens || self.prompt_len + self.tokens.len() >= model.config.max_position_embeddings {
+            // The last emitted token would sit at the last position: plain
+            // decoding stops there too.
             self.finish = Some(FinishReason::Length);
         }
     }
