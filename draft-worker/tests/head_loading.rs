@@ -113,9 +113,11 @@ fn mismatched_heads_are_refused() {
 
     // A file that is not a head at all.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
-    let err = build_err(opts(SpecAlgorithm::Eagle, Some(dir.path().into()), TreeSpec::default(), None));
-    assert!(err.contains("config.json"), "{err}");
+    for body in ["{not json", "[1, 2]"] {
+        std::fs::write(dir.path().join("config.json"), body).unwrap();
+        let err = build_err(opts(SpecAlgorithm::Eagle, Some(dir.path().into()), TreeSpec::default(), None));
+        assert!(err.contains("config.json"), "{body}: {err}");
+    }
     let err = build_err(opts(SpecAlgorithm::Eagle, None, TreeSpec::default(), None));
     assert!(err.contains("--speculative-draft-model-path"), "{err}");
 }

@@ -97,3 +97,21 @@ fn tree_verification_is_lossless_on_the_real_model() {
     assert_eq!(out, plain, "speculative output differs from plain greedy");
     assert!(step < n, "trees accepted more than one token per step ({step} steps for {n} tokens)");
 }
+
+/// A malformed tree (as a remote drafter might send) is an error, not a panic.
+#[test]
+fn malformed_trees_are_refused() {
+    let ok = DraftTree { tokens: vec![1, 2, 3], parents: vec![None, Some(0), Some(1)], depth: vec![0, 1, 2] };
+    ok.validate().unwrap();
+    let bad = [
+        DraftTree { tokens: vec![], parents: vec![], depth: vec![] },
+        DraftTree { tokens: vec![1, 2], parents: vec![None], depth: vec![0, 1] },
+        DraftTree { tokens: vec![1, 2], parents: vec![None, Some(1)], depth: vec![0, 1] },
+        DraftTree { tokens: vec![1, 2], parents: vec![None, Some(5)], depth: vec![0, 1] },
+        DraftTree { tokens: vec![1, 2], parents: vec![None, Some(0)], depth: vec![0, 3] },
+        DraftTree { tokens: vec![1, 2], parents: vec![Some(0), Some(0)], depth: vec![0, 1] },
+    ];
+    for t in bad {
+        assert!(t.validate().is_err(), "{t:?}");
+    }
+}

@@ -50,6 +50,9 @@ impl EagleConfig {
         let p = dir.join("config.json");
         let text = std::fs::read_to_string(&p).map_err(|source| EngineError::Io { path: p.clone(), source })?;
         let mut v: Value = serde_json::from_str(&text).map_err(|e| EngineError::BadConfig { path: p.clone(), msg: e.to_string() })?;
+        if !v.is_object() {
+            return Err(EngineError::BadConfig { path: p.clone(), msg: "expected a JSON object".into() }.into());
+        }
         let arch = v
             .get("architectures")
             .and_then(|a| a.get(0))

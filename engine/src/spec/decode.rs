@@ -204,7 +204,9 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
             continue;
         }
         let t = Instant::now();
-        let tree = s.proposer.propose(s.depth_budget(model))?.limit_depth(s.depth_budget(model));
+        let proposed = s.proposer.propose(s.depth_budget(model))?;
+        proposed.validate()?;
+        let tree = proposed.limit_depth(s.depth_budget(model));
         s.spec.draft_ms += t.elapsed().as_secs_f64() * 1e3;
         let root = *s.tokens.last().expect("an unfinished session has emitted its first token");
         if tree.tokens.first() != Some(&root) {

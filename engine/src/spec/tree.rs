@@ -189,3 +189,31 @@ impl DraftTree {
         Ok(DraftTree { tokens, parents, depth })
     }
 }
+
+impl DraftTree {
+    /// Checks the invariants verification relies on; a tree that arrives
+    /// from another process is checked before it is used.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.tokens.len();
+        if n == 0 || self.parents.len() != n || self.depth.len() != n || self.parents[0].is_some() || self.depth[0] != 0 {
+            return Err(EngineError::InvalidInput(format!(
+                "malformed draft tree: {} tokens, {} parents, {} depths; node 0 must be the root",
+                n,
+                self.parents.len(),
+                self.depth.len()
+            )));
+        }
+        for i in 1..n {
+            match self.parents[i] {
+                Some(p) if p < i && self.depth[i] == self.depth[p] + 1 => {}
+                other => {
+                    return Err(EngineError::InvalidInput(format!(
+                        "malformed draft tree: node {i} has parent {other:?} and depth {}",
+                        self.depth[i]
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
