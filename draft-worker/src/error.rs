@@ -17,6 +17,10 @@ pub enum DraftError {
     /// An impossible or contradictory speculative setting.
     #[error("{0}")]
     BadSetting(String),
+    /// Training: bad data, a feature cache that does not fit, a failed
+    /// tensor op.
+    #[error("training: {0}")]
+    Train(String),
 }
 
 impl DraftError {
@@ -27,6 +31,7 @@ impl DraftError {
             DraftError::HeadMismatch { .. } => "head_mismatch",
             DraftError::BadTokenMap { .. } => "bad_token_map",
             DraftError::BadSetting(_) => "bad_setting",
+            DraftError::Train(_) => "train",
         }
     }
 }

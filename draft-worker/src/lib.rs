@@ -14,6 +14,7 @@ pub mod ngram;
 pub mod random_head;
 pub mod standalone;
 pub mod token_map;
+pub mod train;
 pub mod tree_search;
 
 pub use error::{DraftError, Result};

@@ -87,6 +87,17 @@ pub fn write_random_head(dir: &Path, target: &ModelConfig, spec: &RandomHeadSpec
         .collect();
     let file = dir.join("model.safetensors");
     safetensors::serialize_to_file(views, None, &file).map_err(|e| EngineError::BadFile { path: file.clone(), msg: e.to_string() })?;
+    let cfg = head_config(target, spec.kind, ff, dv);
+    let cfg_path = dir.join("config.json");
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).expect("json")).map_err(|source| EngineError::Io { path: cfg_path, source })?;
+    Ok(())
+}
+
+/// `config.json` of a one-layer head for `target` in the published layout.
+pub fn head_config(target: &ModelConfig, kind: EagleKind, ff: usize, draft_vocab: usize) -> serde_json::Value {
+    let eagle3 = kind == EagleKind::Eagle3;
+    let h = target.hidden_size;
+    let dv = draft_vocab;
     let mut cfg = serde_json::json!({
         "architectures": [if eagle3 { "LlamaForCausalLMEagle3" } else { "LlamaForCausalLMEagle" }],
         "model_type": "llama",
@@ -107,7 +118,5 @@ pub fn write_random_head(dir: &Path, target: &ModelConfig, spec: &RandomHeadSpec
     if eagle3 {
         cfg["draft_vocab_size"] = dv.into();
     }
-    let cfg_path = dir.join("config.json");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).expect("json")).map_err(|source| EngineError::Io { path: cfg_path, source })?;
-    Ok(())
+    cfg
 }

@@ -8,67 +8,19 @@
 //! itself); two settings: temperature 0.7, and temperature 1 with top-k 5 and
 //! top-p 0.9.
 
+mod common;
 use aerie_draft_worker::ProposerFactory;
 use aerie_engine::generate::GenerateRequest;
 use aerie_engine::spec::{speculative_generate, TreeSpec};
-use aerie_engine::{AttnMask, DType, ForwardOptions, LogitsRows, Model, SamplingParams, SeqInput};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use safetensors::tensor::TensorView;
-use safetensors::Dtype;
-use std::path::Path;
+use aerie_engine::{AttnMask, ForwardOptions, LogitsRows, Model, SamplingParams, SeqInput};
 use std::sync::Arc;
 
 const VOCAB: usize = 8;
 const SAMPLES: u64 = 200_000;
 const PROMPT: [u32; 3] = [1, 5, 2];
 
-/// Writes a tiny Llama in Hugging Face layout: 2 layers, hidden 16.
-fn write_tiny_llama(dir: &Path, seed: u64, logit_scale: f32) {
-    let (h, ff, layers, heads, kv, hd) = (16usize, 32usize, 2usize, 2usize, 1usize, 8usize);
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut t: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut rand = |name: String, shape: Vec<usize>, std: f32, rng: &mut StdRng| {
-        let n: usize = shape.iter().product();
-        let b = (0..n).flat_map(|_| ((rng.gen::<f32>() * 2.0 - 1.0) * std * 1.7).to_le_bytes()).collect();
-        t.push((name, shape, b));
-    };
-    rand("model.embed_tokens.weight".into(), vec![VOCAB, h], 1.0, &mut rng);
-    for l in 0..layers {
-        let p = |s: &str| format!("model.layers.{l}.{s}");
-        rand(p("self_attn.q_proj.weight"), vec![heads * hd, h], 0.3, &mut rng);
-        rand(p("self_attn.k_proj.weight"), vec![kv * hd, h], 0.3, &mut rng);
-        rand(p("self_attn.v_proj.weight"), vec![kv * hd, h], 0.3, &mut rng);
-        rand(p("self_attn.o_proj.weight"), vec![h, heads * hd], 0.3, &mut rng);
-        rand(p("mlp.gate_proj.weight"), vec![ff, h], 0.3, &mut rng);
-        rand(p("mlp.up_proj.weight"), vec![ff, h], 0.3, &mut rng);
-        rand(p("mlp.down_proj.weight"), vec![h, ff], 0.3, &mut rng);
-        rand(p("input_layernorm.weight"), vec![h], 0.0, &mut rng);
-        rand(p("post_attention_layernorm.weight"), vec![h], 0.0, &mut rng);
-    }
-    rand("lm_head.weight".into(), vec![VOCAB, h], logit_scale, &mut rng);
-    // Norm weights of one.
-    for (name, _, b) in t.iter_mut() {
-        if name.ends_with("layernorm.weight") {
-            *b = 1.0f32.to_le_bytes().repeat(h);
-        }
-    }
-    t.push(("model.norm.weight".into(), vec![h], 1.0f32.to_le_bytes().repeat(h)));
-    let views: Vec<(String, TensorView)> = t.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap())).collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-    let cfg = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "hidden_size": h, "intermediate_size": ff, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": VOCAB, "max_position_embeddings": 64,
-        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false
-    });
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-}
-
 fn tiny(seed: u64, logit_scale: f32) -> Arc<Model> {
-    let dir = tempfile::tempdir().unwrap();
-    write_tiny_llama(dir.path(), seed, logit_scale);
-    let ck = aerie_engine::loader::load(dir.path(), DType::Auto).unwrap();
-    Arc::new(Model::new(ck.config, ck.weights, ck.fingerprint))
+    common::tiny_llama(VOCAB, seed, logit_scale)
 }
 
 fn next_probs(m: &Model, ctx: &[u32], p: &SamplingParams) -> Vec<f64> {

@@ -141,7 +141,11 @@ impl EagleHead {
             vocab_map = Some(tm.ids.clone());
         }
         let aux_layers = if eagle3 { config.aux_layers(target.config.num_layers)? } else { Vec::new() };
-        let rope = Rope { inv_freqs: c.inv_freqs(), style: target.config.rope_style };
+        // The head's own (HF) layout decides its rotary pairing, not the
+        // target's file format: a GGUF target permutes its q/k rows for
+        // interleaved pairs, but heads are published, trained and loaded by
+        // SGLang with the half-split pairing.
+        let rope = Rope { inv_freqs: c.inv_freqs(), style: c.rope_style };
         Ok(EagleHead { config, fc, layers: layers_w, hidden_norm, final_norm, lm_head, vocab_map, rope, aux_layers })
     }
 

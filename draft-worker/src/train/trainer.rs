@@ -1,0 +1,308 @@
+//! The training loop: AdamW over the feature cache, with checkpoints and
+//! resume.
+//!
+//! Strategy: each optimizer step takes `batch_seqs` cached sequences (in a
+//! per-epoch shuffled order seeded by `seed + epoch`), sums their losses,
+//! normalizes by the trained rows, clips the global gradient norm and takes
+//! one AdamW step under a linear-warmup, cosine-decay learning rate. Uniform
+//! noise of width `noise` is added to the input features (EAGLE: the head
+//! must cope with its own imperfect features at draft time).
+//!
+//! Every `checkpoint_every` steps and at the end the full state (weights,
+//! both Adam moments, the step and position) goes to
+//! `OUT/checkpoint/state.safetensors` + `state.json`, and the head itself to
+//! `OUT/` in the published layout. A rerun with the same `OUT` resumes.
+
+use super::features::FeatureCache;
+use super::head_model::{cerr, HeadShape, PairBatch, TrainHead};
+use crate::eagle::EagleKind;
+use crate::error::{DraftError, Result};
+use crate::random_head::head_config;
+use aerie_engine::{EngineError, Model};
+use candle_core::{backprop::GradStore, Device, Tensor, Var};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+/// Training settings; the defaults trained the shipped head.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Passes over the cache. Default 4.
+    pub epochs: usize,
+    /// Peak learning rate. Default 1e-3 (a one-layer head from scratch).
+    pub lr: f64,
+    /// Linear warmup steps. Default 50.
+    pub warmup_steps: usize,
+    /// Sequences per optimizer step. Default 4.
+    pub batch_seqs: usize,
+    /// Width of the uniform noise on input features. Default 0.2 (EAGLE).
+    pub noise: f32,
+    /// Weight of the cross-entropy term. Default 0.1 (EAGLE).
+    pub ce_weight: f64,
+    /// Hot vocabulary for the cross-entropy (most frequent answer tokens). Default 8192.
+    pub hot_vocab: usize,
+    /// Global gradient-norm clip. Default 0.5 (EAGLE).
+    pub grad_clip: f64,
+    /// AdamW (β1, β2, weight decay). Default (0.9, 0.95, 0.0).
+    pub betas: (f64, f64),
+    pub weight_decay: f64,
+    /// Seed for initialization, order and noise. Default 0.
+    pub seed: u64,
+    /// Steps between checkpoints. Default 100.
+    pub checkpoint_every: usize,
+    /// Pairs per sequence at most (the attention is n²). Default 1024.
+    pub max_pairs: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 4,
+            lr: 1e-3,
+            warmup_steps: 50,
+            batch_seqs: 4,
+            noise: 0.2,
+            ce_weight: 0.1,
+            hot_vocab: 8192,
+            grad_clip: 0.5,
+            betas: (0.9, 0.95),
+            weight_decay: 0.0,
+            seed: 0,
+            checkpoint_every: 100,
+            max_pairs: 1024,
+        }
+    }
+}
+
+/// Where a run stands; saved with every checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    pub step: usize,
+    /// Steps the whole run takes.
+    pub total_steps: usize,
+    pub config: Option<TrainConfig>,
+    /// Hot vocabulary (target ids), fixed at the start.
+    pub hot_ids: Vec<u32>,
+}
+
+/// One logged step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLog {
+    pub step: usize,
+    pub lr: f64,
+    pub loss: f32,
+    pub l1: f32,
+    pub ce: f32,
+    pub acc: f32,
+}
+
+struct AdamW {
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+impl AdamW {
+    fn new(params: &[(String, Var)]) -> candle_core::Result<AdamW> {
+        let z = |v: &Var| v.as_tensor().zeros_like();
+        Ok(AdamW { m: params.iter().map(|(_, v)| z(v)).collect::<candle_core::Result<_>>()?, v: params.iter().map(|(_, v)| z(v)).collect::<candle_core::Result<_>>()? })
+    }
+
+    fn step(&mut self, params: &[(String, Var)], grads: &GradStore, cfg: &TrainConfig, lr: f64, t: usize) -> candle_core::Result<()> {
+        let gs: Vec<Option<Tensor>> = params.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned()).collect();
+        let norm2: f64 = gs.iter().flatten().map(|g| g.sqr().and_then(|s| s.sum_all()).and_then(|s| s.to_scalar::<f32>()).map(|x| x as f64)).sum::<candle_core::Result<f64>>()?;
+        let scale = if norm2.sqrt() > cfg.grad_clip { cfg.grad_clip / norm2.sqrt() } else { 1.0 };
+        let (b1, b2) = cfg.betas;
+        let (c1, c2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+        for (i, ((_, p), g)) in params.iter().zip(gs).enumerate() {
+            let Some(g) = g else { continue };
+            let g = (g * scale)?;
+            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
+            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let upd = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + 1e-8)?)?;
+            let decayed = (p.as_tensor() * (1.0 - lr * cfg.weight_decay))?;
+            p.set(&(decayed - (upd * lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn lr_at(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
+    if step < cfg.warmup_steps {
+        return cfg.lr * (step + 1) as f64 / cfg.warmup_steps as f64;
+    }
+    let span = total.saturating_sub(cfg.warmup_steps).max(1) as f64;
+    let p = ((step - cfg.warmup_steps) as f64 / span).min(1.0);
+    cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
+}
+
+/// The most frequent assistant tokens of the cache, most frequent first.
+pub fn hot_vocabulary(cache: &FeatureCache, vocab: usize, k: usize) -> Vec<u32> {
+    let mut counts = vec![0u64; vocab];
+    for i in 0..cache.len() {
+        for (t, &m) in cache.tokens(i).iter().zip(cache.mask(i)) {
+            if m == 1 && (*t as usize) < vocab {
+                counts[*t as usize] += 1;
+            }
+        }
+    }
+    let mut ids: Vec<u32> = (0..vocab as u32).collect();
+    ids.sort_by_key(|&t| (std::cmp::Reverse(counts[t as usize]), t));
+    ids.truncate(k.min(vocab));
+    ids
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> DraftError + '_ {
+    move |source| EngineError::Io { path: path.to_path_buf(), source }.into()
+}
+
+/// Writes the head in the published EAGLE layout (f16) to `dir`.
+pub fn write_head(dir: &Path, target: &Model, head: &TrainHead) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, v) in &head.params {
+        let t = v.as_tensor();
+        let data: Vec<f32> = t.flatten_all().and_then(|x| x.to_vec1()).map_err(cerr)?;
+        blobs.push((name.clone(), t.dims().to_vec(), data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect()));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = blobs
+        .iter()
+        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b).expect("consistent tensor")))
+        .collect();
+    let file = dir.join("model.safetensors");
+    safetensors::serialize_to_file(views, None, &file).map_err(|e| DraftError::Train(format!("{}: {e}", file.display())))?;
+    let cfg = head_config(&target.config, EagleKind::Eagle, head.shape.ff, target.config.vocab_size);
+    let p = dir.join("config.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&cfg).expect("json")).map_err(io(&p))
+}
+
+fn save_state(dir: &Path, head: &TrainHead, opt: &AdamW, state: &TrainState) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut map = std::collections::HashMap::new();
+    for (i, (name, v)) in head.params.iter().enumerate() {
+        map.insert(format!("param.{name}"), v.as_tensor().clone());
+        map.insert(format!("m.{name}"), opt.m[i].clone());
+        map.insert(format!("v.{name}"), opt.v[i].clone());
+    }
+    let tmp = dir.join("state.safetensors.tmp");
+    candle_core::safetensors::save(&map, &tmp).map_err(cerr)?;
+    std::fs::rename(&tmp, dir.join("state.safetensors")).map_err(io(dir))?;
+    let p = dir.join("state.json");
+    std::fs::write(&p, serde_json::to_string_pretty(state).expect("json")).map_err(io(&p))
+}
+
+fn load_state(dir: &Path, head: &TrainHead, opt: &mut AdamW) -> Result<Option<TrainState>> {
+    let p = dir.join("state.json");
+    if !p.exists() {
+        return Ok(None);
+    }
+    let state: TrainState = serde_json::from_str(&std::fs::read_to_string(&p).map_err(io(&p))?).map_err(|e| DraftError::Train(format!("{}: {e}", p.display())))?;
+    let map = candle_core::safetensors::load(dir.join("state.safetensors"), &Device::Cpu).map_err(cerr)?;
+    for (i, (name, v)) in head.params.iter().enumerate() {
+        let get = |k: String| map.get(&k).cloned().ok_or_else(|| DraftError::Train(format!("checkpoint lacks {k}")));
+        v.set(&get(format!("param.{name}"))?).map_err(cerr)?;
+        opt.m[i] = get(format!("m.{name}"))?;
+        opt.v[i] = get(format!("v.{name}"))?;
+    }
+    Ok(Some(state))
+}
+
+/// Builds one sequence's pairs: inputs `(x_{t+1}, f_t + noise)`, targets `f_{t+1}`.
+fn pairs(target: &Model, cache: &FeatureCache, i: usize, max_pairs: usize, noise: f32, rng: &mut impl Rng) -> Result<Option<PairBatch>> {
+    let h = cache.meta.hidden_size;
+    let tokens = cache.tokens(i);
+    let n = tokens.len().min(max_pairs + 1);
+    if n < 2 || !cache.mask(i)[1..n].contains(&1) {
+        return Ok(None);
+    }
+    let hidden = cache.hidden(i);
+    let emb = target.embed(&tokens[1..n]).map_err(DraftError::from)?;
+    let feat: Vec<f32> = hidden[..(n - 1) * h].iter().map(|&x| x + noise * (rng.gen::<f32>() - 0.5)).collect();
+    let next = hidden[h..n * h].to_vec();
+    let weight: Vec<f32> = cache.mask(i)[1..n].iter().map(|&m| m as f32).collect();
+    let dev = Device::Cpu;
+    let t = |v: Vec<f32>| Tensor::from_vec(v, (n - 1, h), &dev).map_err(cerr);
+    Ok(Some(PairBatch { emb: t(emb)?, feat: t(feat)?, next: t(next)?, weight: Tensor::from_vec(weight, n - 1, &dev).map_err(cerr)? }))
+}
+
+/// Trains an EAGLE-1/2 head for `target` on `cache`, writing it to `out`.
+/// `on_step` sees every step (progress bars, logs). Resumes from
+/// `out/checkpoint` when present.
+pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &TrainConfig, on_step: &mut dyn FnMut(&StepLog, usize)) -> Result<Vec<StepLog>> {
+    let tc = &target.config;
+    if cache.meta.hidden_size != tc.hidden_size || cache.meta.target != target.fingerprint {
+        return Err(DraftError::Train(format!("the feature cache was built for another target ({})", cache.meta.target)));
+    }
+    if cache.is_empty() {
+        return Err(DraftError::Train("the feature cache is empty".into()));
+    }
+    let shape = HeadShape {
+        hidden: tc.hidden_size,
+        heads: tc.num_heads,
+        kv_heads: tc.num_kv_heads,
+        head_dim: tc.head_dim,
+        ff: tc.intermediate_size,
+        rms_eps: tc.rms_norm_eps as f64,
+        rope_theta: tc.rope_theta as f64,
+    };
+    let head = TrainHead::init(shape, cfg.seed, 0.02)?;
+    let mut opt = AdamW::new(&head.params).map_err(cerr)?;
+    let ck = out.join("checkpoint");
+    let steps_per_epoch = cache.len().div_ceil(cfg.batch_seqs.max(1));
+    let mut state = match load_state(&ck, &head, &mut opt)? {
+        Some(s) => s,
+        None => TrainState { step: 0, total_steps: steps_per_epoch * cfg.epochs, config: Some(cfg.clone()), hot_ids: hot_vocabulary(cache, tc.vocab_size, cfg.hot_vocab) },
+    };
+    let lm = target.weights.lm_head();
+    let h = tc.hidden_size;
+    let mut rows = vec![0.0f32; state.hot_ids.len() * h];
+    for (r, &t) in state.hot_ids.iter().enumerate() {
+        lm.row_f32(t as usize, &mut rows[r * h..(r + 1) * h]);
+    }
+    let lm_hot = Tensor::from_vec(rows, (state.hot_ids.len(), h), &Device::Cpu).map_err(cerr)?;
+    let log_path = out.join("loss.csv");
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let mut log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
+    if state.step == 0 {
+        log_file.set_len(0).map_err(io(&log_path))?;
+        writeln!(log_file, "step,lr,loss,smooth_l1,cross_entropy,token_accuracy").map_err(io(&log_path))?;
+    }
+    let mut logs = Vec::new();
+    while state.step < state.total_steps {
+        let epoch = state.step / steps_per_epoch;
+        let mut order: Vec<usize> = (0..cache.len()).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
+        let b = state.step % steps_per_epoch;
+        let picked = &order[b * cfg.batch_seqs..((b + 1) * cfg.batch_seqs).min(order.len())];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ (state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut parts = Vec::new();
+        for &i in picked {
+            if let Some(pb) = pairs(target, cache, i, cfg.max_pairs, cfg.noise, &mut rng)? {
+                parts.push(head.loss(&pb, &lm_hot, cfg.ce_weight)?);
+            }
+        }
+        let rows: f32 = parts.iter().map(|p| p.rows).sum();
+        let lr = lr_at(cfg, state.step, state.total_steps);
+        if rows > 0.0 {
+            let total = parts.iter().skip(1).try_fold(parts[0].total.clone(), |a, p| a + &p.total).map_err(cerr)?;
+            let grads = (total / rows as f64).and_then(|l| l.backward()).map_err(cerr)?;
+            opt.step(&head.params, &grads, cfg, lr, state.step + 1).map_err(cerr)?;
+        }
+        state.step += 1;
+        let r = rows.max(1.0);
+        let (l1, ce, correct) = parts.iter().fold((0.0, 0.0, 0.0), |a, p| (a.0 + p.l1, a.1 + p.ce, a.2 + p.correct));
+        let log = StepLog { step: state.step, lr, loss: (l1 + cfg.ce_weight as f32 * ce) / r, l1: l1 / r, ce: ce / r, acc: correct / r };
+        writeln!(log_file, "{},{:.3e},{:.5},{:.5},{:.5},{:.4}", log.step, log.lr, log.loss, log.l1, log.ce, log.acc).map_err(io(&log_path))?;
+        on_step(&log, state.total_steps);
+        logs.push(log);
+        if state.step % cfg.checkpoint_every.max(1) == 0 || state.step == state.total_steps {
+            save_state(&ck, &head, &opt, &state)?;
+            write_head(out, target, &head)?;
+        }
+    }
+    write_head(out, target, &head)?;
+    let hot = out.join("hot_vocab.json");
+    std::fs::write(&hot, serde_json::to_string(&state.hot_ids).expect("json")).map_err(io(&hot))?;
+    Ok(logs)
+}

@@ -1,0 +1,110 @@
+//! The EAGLE trainer end to end on a tiny random target (seconds): features
+//! from the target's own greedy answers, a short training run whose loss
+//! falls, and a written checkpoint that reloads and drafts better than the
+//! untrained head. Plus the checkpoint format round trip: the head Aerie
+//! serves from the written file computes what the trainer computed.
+
+mod common;
+use aerie_draft_worker::eagle::{EagleHead, EagleProposer};
+use aerie_draft_worker::train::data::{extract_features, Pending};
+use aerie_draft_worker::train::head_model::{HeadShape, TrainHead};
+use aerie_draft_worker::train::{write_head, AnswerSource, CacheMeta, DataConfig, FeatureCache, FeatureCacheWriter, TrainConfig};
+use aerie_engine::generate::GenerateRequest;
+use aerie_engine::spec::{speculative_generate, TreeSpec};
+use aerie_engine::{AttnMask, Model, SamplingParams};
+use candle_core::{Device, Tensor};
+use std::sync::Arc;
+
+const VOCAB: usize = 32;
+
+fn shape(m: &Model) -> HeadShape {
+    let c = &m.config;
+    HeadShape { hidden: c.hidden_size, heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim, ff: c.intermediate_size, rms_eps: c.rms_norm_eps as f64, rope_theta: c.rope_theta as f64 }
+}
+
+fn prompt(i: usize) -> Vec<u32> {
+    (0..4).map(|j| ((i * 7 + j * 3 + i * j) % VOCAB) as u32).collect()
+}
+
+/// τ of greedy speculation with the head in `dir` over a few prompts.
+fn tau(target: &Arc<Model>, dir: &std::path::Path) -> f64 {
+    let head = Arc::new(EagleHead::load(dir, target, None).unwrap());
+    let (mut emitted, mut verifies) = (0usize, 0usize);
+    for i in 100..106 {
+        let mut p = EagleProposer::new(head.clone(), target.clone(), TreeSpec { num_steps: 3, topk: 1, num_draft_tokens: 4 });
+        let req = GenerateRequest { prompt_ids: &prompt(i), max_tokens: 40, sampling: SamplingParams::default(), stop_ids: &[] };
+        let (out, stats) = speculative_generate(target, &mut p, &req, &mut |_| {}).unwrap();
+        emitted += out.token_ids.len() - 1;
+        verifies += stats.spec_verify_ct;
+    }
+    emitted as f64 / verifies as f64
+}
+
+#[test]
+fn training_lowers_the_loss_and_the_head_reloads_and_drafts() {
+    aerie_kernels::cpu::pool::set_threads(1);
+    let target = common::tiny_llama(VOCAB, 5, 3.0);
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let meta = CacheMeta { target: target.fingerprint.clone(), hidden_size: target.config.hidden_size, aux_layers: vec![], recipe: "tiny".into() };
+    let cfg = DataConfig { max_len: 60, max_new_tokens: 48, batch: 8, source: AnswerSource::Target { temperature: 0.0 }, ..Default::default() };
+    let seqs: Vec<Pending> = (0..48).map(|i| Pending { tokens: prompt(i), mask: vec![0; 4] }).collect();
+    let mut w = FeatureCacheWriter::open(&cache_dir, &meta).unwrap();
+    assert_eq!(extract_features(&target, &seqs, &cfg, &|_| false, &mut w, &mut |_, _| {}).unwrap(), 48);
+    drop(w);
+    let cache = FeatureCache::open(&cache_dir).unwrap();
+    assert_eq!(cache.len(), 48);
+    assert_eq!(cache.seq_len(0), 4 + 47, "prompt + the 48 generated tokens but the last (never fed, so no feature)");
+    assert_eq!(cache.mask(0).iter().filter(|&&m| m == 1).count(), 47);
+
+    let out = dir.path().join("head");
+    let tc = TrainConfig { epochs: 12, lr: 3e-3, warmup_steps: 5, batch_seqs: 4, hot_vocab: VOCAB, checkpoint_every: 1000, ..Default::default() };
+    let logs = aerie_draft_worker::train::train_eagle(&target, &cache, &out, &tc, &mut |_, _| {}).unwrap();
+    assert_eq!(logs.len(), 12 * 12);
+    let mean = |s: &[aerie_draft_worker::train::StepLog]| s.iter().map(|l| l.loss).sum::<f32>() / s.len() as f32;
+    let (first, last) = (mean(&logs[..6]), mean(&logs[logs.len() - 6..]));
+    assert!(last < 0.6 * first, "loss {first} -> {last}");
+    let acc = |s: &[aerie_draft_worker::train::StepLog]| s.iter().map(|l| l.acc).sum::<f32>() / s.len() as f32;
+    assert!(acc(&logs[logs.len() - 6..]) > acc(&logs[..6]), "token accuracy rises");
+    assert!(out.join("checkpoint/state.safetensors").exists() && out.join("loss.csv").exists() && out.join("hot_vocab.json").exists());
+
+    // The untrained start, written the same way, drafts worse.
+    let untrained = dir.path().join("untrained");
+    write_head(&untrained, &target, &TrainHead::init(shape(&target), tc.seed, 0.02).unwrap()).unwrap();
+    let (t_trained, t_untrained) = (tau(&target, &out), tau(&target, &untrained));
+    eprintln!("tiny target: loss {first:.4} -> {last:.4}; tau trained {t_trained:.2}, untrained {t_untrained:.2}");
+    assert!(t_trained > t_untrained + 0.2, "trained τ {t_trained} vs untrained {t_untrained}");
+
+    // Resume: a finished run does no more steps and leaves the head as is.
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    assert!(aerie_draft_worker::train::train_eagle(&target, &cache, &out, &tc, &mut |_, _| {}).unwrap().is_empty());
+    assert_eq!(before, std::fs::read(out.join("model.safetensors")).unwrap());
+}
+
+#[test]
+fn written_checkpoint_serves_the_trained_computation() {
+    aerie_kernels::cpu::pool::set_threads(1);
+    let target = common::tiny_llama(VOCAB, 6, 1.0);
+    let head = TrainHead::init(shape(&target), 11, 0.3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_head(dir.path(), &target, &head).unwrap();
+    let served = EagleHead::load(dir.path(), &target, None).unwrap();
+    let h = target.config.hidden_size;
+    let n = 9;
+    let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 5 + 1) % VOCAB as u32).collect();
+    let feats: Vec<f32> = (0..n * h).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+    let positions: Vec<u32> = (0..n as u32).collect();
+    let mut cache = served.new_cache();
+    let x = served.forward(&target, &mut cache, &tokens, &feats, &positions, AttnMask::Causal).unwrap();
+    let got = served.logits(&target, &x);
+    let emb = Tensor::from_vec(target.embed(&tokens).unwrap(), (n, h), &Device::Cpu).unwrap();
+    let f = Tensor::from_vec(feats.clone(), (n, h), &Device::Cpu).unwrap();
+    let want_x: Vec<f32> = head.forward(&emb, &f).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let want = target.lm_head(&want_x);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    // f16 weights on disk and 8-bit lm_head activations when served.
+    assert!(worst < 0.03 * scale, "max |Δlogit| {worst} (scale {scale})");
+    let argmax = |v: &[f32]| v.chunks(VOCAB).map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0).collect::<Vec<_>>();
+    assert_eq!(argmax(&got), argmax(&want));
+}
