@@ -61,6 +61,25 @@ pub struct DraftOptions {
     pub ngram: NgramConfig,
 }
 
+/// The EAGLE head Aerie trained and ships for `target`, if it is SmolLM2-135M
+/// and the head is found: under `$AERIE_MODELS_DIR`, in a `models/` directory
+/// above the running binary (a source checkout's `target/release/aerie`), or
+/// in the source tree this crate was built from. `--speculative-algorithm
+/// EAGLE` without `--speculative-draft-model-path` uses it.
+pub fn shipped_head(target: &Model) -> Option<PathBuf> {
+    let c = &target.config;
+    if (c.hidden_size, c.num_layers, c.vocab_size) != (576, 30, 49152) {
+        return None;
+    }
+    let name = "smollm2-135m-eagle";
+    let mut roots: Vec<PathBuf> = std::env::var_os("AERIE_MODELS_DIR").map(PathBuf::from).into_iter().collect();
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(|a| a.join("models")));
+    }
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
+    roots.into_iter().map(|r| r.join(name)).find(|d| d.join("config.json").is_file() && d.join("model.safetensors").is_file())
+}
+
 /// What a factory shares between the proposers it builds.
 enum Shared {
     Eagle(Arc<eagle::EagleHead>),
@@ -79,7 +98,10 @@ impl ProposerFactory {
     /// Loads and checks the drafter for `target`.
     pub fn new(opts: DraftOptions, target: Arc<Model>, target_tokenizer: &Tokenizer) -> Result<Self> {
         let need_path = || {
-            opts.draft_model_path.clone().ok_or_else(|| DraftError::BadSetting(format!("--speculative-algorithm {:?} needs --speculative-draft-model-path", opts.algorithm)))
+            opts.draft_model_path.clone().ok_or_else(|| {
+                let shipped = if opts.algorithm == SpecAlgorithm::Eagle { " (Aerie ships one only for SmolLM2-135M, in models/smollm2-135m-eagle)" } else { "" };
+                DraftError::BadSetting(format!("--speculative-algorithm {:?} needs --speculative-draft-model-path{shipped}", opts.algorithm))
+            })
         };
         if opts.algorithm != SpecAlgorithm::Ngram {
             opts.tree.validate()?;
@@ -89,7 +111,12 @@ impl ProposerFactory {
         }
         let shared = match opts.algorithm {
             SpecAlgorithm::Eagle | SpecAlgorithm::Eagle3 => {
-                let dir = need_path()?;
+                let shipped = if opts.algorithm == SpecAlgorithm::Eagle { shipped_head(&target) } else { None };
+                let dir = match (&opts.draft_model_path, shipped) {
+                    (Some(d), _) => d.clone(),
+                    (None, Some(d)) => d,
+                    (None, None) => need_path()?,
+                };
                 let map = opts.token_map.as_deref().map(token_map::TokenMap::load).transpose()?;
                 let head = eagle::EagleHead::load(&dir, &target, map.as_ref())?;
                 let want = if opts.algorithm == SpecAlgorithm::Eagle3 { eagle::EagleKind::Eagle3 } else { eagle::EagleKind::Eagle };

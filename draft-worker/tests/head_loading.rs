@@ -118,7 +118,7 @@ fn mismatched_heads_are_refused() {
         let err = build_err(opts(SpecAlgorithm::Eagle, Some(dir.path().into()), TreeSpec::default(), None));
         assert!(err.contains("config.json"), "{body}: {err}");
     }
-    let err = build_err(opts(SpecAlgorithm::Eagle, None, TreeSpec::default(), None));
+    let err = build_err(opts(SpecAlgorithm::Eagle3, None, TreeSpec::default(), None));
     assert!(err.contains("--speculative-draft-model-path"), "{err}");
 }
 

@@ -157,7 +157,8 @@ fn bad_speculative_settings_fail_cleanly() {
     let m = model_path();
     let m = m.to_str().unwrap();
     let cases: [(&[&str], &str); 4] = [
-        (&["--speculative-algorithm", "EAGLE"], "--speculative-draft-model-path"),
+        // EAGLE alone would use the shipped SmolLM2 head; EAGLE-3 has none.
+        (&["--speculative-algorithm", "EAGLE3"], "--speculative-draft-model-path"),
         (&["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", m, "--speculative-num-steps", "2", "--speculative-eagle-topk", "2", "--speculative-num-draft-tokens", "9"], "impossible"),
         (&["--speculative-algorithm", "MEDUSA"], "unknown speculative algorithm"),
         (&["--speculative-algorithm", "EAGLE", "--speculative-draft-model-path", "/nonexistent/head"], "/nonexistent/head"),
