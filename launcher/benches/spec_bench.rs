@@ -13,7 +13,8 @@
 //! (spec_accept_length), decode tok/s and the speedup over plain decode in
 //! the same run. Drafters: NGRAM, STANDALONE (SmolLM2 drafting for itself)
 //! and random-weight EAGLE / EAGLE-3 heads (untrained: they show the cost of
-//! drafting, not its benefit).
+//! drafting, not its benefit), and, when found, the trained head Aerie ships
+//! (`models/smollm2-135m-eagle`), with and without its hot vocabulary.
 
 use aerie_draft_worker::eagle::EagleKind;
 use aerie_draft_worker::ngram::NgramConfig;
@@ -59,16 +60,20 @@ fn main() {
     let eagle3 = head(EagleKind::Eagle3, Some(16384));
     let chain = TreeSpec { num_steps: 3, topk: 1, num_draft_tokens: 4 };
     let dflt = TreeSpec::default();
-    let mk = |alg: SpecAlgorithm, dir: Option<&std::path::Path>, tree: TreeSpec| {
+    let mk_map = |alg: SpecAlgorithm, dir: Option<&std::path::Path>, tree: TreeSpec, token_map: Option<std::path::PathBuf>| {
         let o = DraftOptions {
             algorithm: alg,
             draft_model_path: dir.map(|d| d.to_path_buf()),
             tree,
-            token_map: None,
+            token_map,
             ngram: NgramConfig { num_draft_tokens: tree.num_draft_tokens, ..Default::default() },
         };
         ProposerFactory::new(o, e.model.clone(), &e.tokenizer).unwrap()
     };
+    let mk = |alg: SpecAlgorithm, dir: Option<&std::path::Path>, tree: TreeSpec| mk_map(alg, dir, tree, None);
+    // The head Aerie trained and ships, with and without its hot vocabulary.
+    let trained = aerie_draft_worker::shipped_head(&e.model);
+    let chain2 = TreeSpec { num_steps: 2, topk: 1, num_draft_tokens: 3 };
     let mut configs: Vec<Config> = vec![
         ("NGRAM n=4", mk(SpecAlgorithm::Ngram, None, chain)),
         ("NGRAM n=8", mk(SpecAlgorithm::Ngram, None, dflt)),
@@ -80,6 +85,16 @@ fn main() {
         ("EAGLE3 random 16k (5,4,8)", mk(SpecAlgorithm::Eagle3, Some(&eagle3), dflt)),
     ]
     .into_iter()
+    .chain(trained.iter().flat_map(|d| {
+        let hot = Some(d.join("hot_vocab.json")).filter(|p| p.is_file());
+        [
+            ("EAGLE trained (2,1,3)", mk(SpecAlgorithm::Eagle, Some(d), chain2)),
+            ("EAGLE trained (3,1,4)", mk(SpecAlgorithm::Eagle, Some(d), chain)),
+            ("EAGLE trained hot (2,1,3)", mk_map(SpecAlgorithm::Eagle, Some(d), chain2, hot.clone())),
+            ("EAGLE trained hot (3,1,4)", mk_map(SpecAlgorithm::Eagle, Some(d), chain, hot.clone())),
+            ("EAGLE trained hot (5,4,8)", mk_map(SpecAlgorithm::Eagle, Some(d), dflt, hot)),
+        ]
+    }))
     .filter(|(l, _)| args.len() <= 2 || args[2..].iter().any(|a| l.contains(a.as_str())))
     .map(|(l, f)| Config { label: l.to_string(), factory: f, tokens: 0, secs: 0.0, verifies: 0 })
     .collect();
