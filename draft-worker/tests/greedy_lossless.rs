@@ -152,4 +152,4 @@ fn shipped_trained_head_is_lossless_and_accepted() {
 
 /// Well under what the shipped head measures on these prompts (see
 /// models/smollm2-135m-eagle/TRAINING.md), far over an untrained head's 1.0.
-const TRAINED_TAU_FLOOR: f64 = 1.5;
+const TRAINED_TAU_FLOOR: f64 = 1.2;
