@@ -111,11 +111,10 @@ impl ProposerFactory {
         }
         let shared = match opts.algorithm {
             SpecAlgorithm::Eagle | SpecAlgorithm::Eagle3 => {
-                let shipped = if opts.algorithm == SpecAlgorithm::Eagle { shipped_head(&target) } else { None };
-                let dir = match (&opts.draft_model_path, shipped) {
-                    (Some(d), _) => d.clone(),
-                    (None, Some(d)) => d,
-                    (None, None) => need_path()?,
+                // Only EAGLE has a shipped default, and only an unset path looks for it.
+                let dir = match opts.draft_model_path.clone().or_else(|| (opts.algorithm == SpecAlgorithm::Eagle).then(|| shipped_head(&target)).flatten()) {
+                    Some(d) => d,
+                    None => need_path()?,
                 };
                 let map = opts.token_map.as_deref().map(token_map::TokenMap::load).transpose()?;
                 let head = eagle::EagleHead::load(&dir, &target, map.as_ref())?;

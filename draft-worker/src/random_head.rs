@@ -35,7 +35,6 @@ impl Default for RandomHeadSpec {
 
 /// Writes `config.json` and `model.safetensors` (f16) for `target` into `dir`.
 pub fn write_random_head(dir: &Path, target: &ModelConfig, spec: &RandomHeadSpec) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| EngineError::Io { path: dir.to_path_buf(), source })?;
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let h = target.hidden_size;
     let (qd, kvd) = (target.num_heads * target.head_dim, target.num_kv_heads * target.head_dim);
@@ -43,13 +42,7 @@ pub fn write_random_head(dir: &Path, target: &ModelConfig, spec: &RandomHeadSpec
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = Vec::new();
     fn rand_f16(tensors: &mut Vec<(String, Vec<usize>, Vec<u8>, Dtype)>, name: &str, shape: Vec<usize>, std: f32, rng: &mut StdRng) {
         let n: usize = shape.iter().product();
-        // Sum of uniforms: cheap, roughly normal, deterministic.
-        let bytes: Vec<u8> = (0..n)
-            .flat_map(|_| {
-                let u: f32 = (0..4).map(|_| rng.gen::<f32>() - 0.5).sum::<f32>() * (3.0f32).sqrt();
-                half::f16::from_f32(u * std).to_le_bytes()
-            })
-            .collect();
+        let bytes: Vec<u8> = (0..n).flat_map(|_| half::f16::from_f32(approx_normal(rng, std)).to_le_bytes()).collect();
         tensors.push((name.to_string(), shape, bytes, Dtype::F16));
     }
     let ones = |name: &str, n: usize| (name.to_string(), vec![n], half::f16::from_f32(1.0).to_le_bytes().repeat(n), Dtype::F16);
@@ -81,15 +74,27 @@ pub fn write_random_head(dir: &Path, target: &ModelConfig, spec: &RandomHeadSpec
         tensors.push(("d2t".into(), vec![dv], vec![0u8; dv * 8], Dtype::I64));
         tensors.push(("t2d".into(), vec![target.vocab_size], (0..target.vocab_size).map(|i| (i < dv) as u8).collect(), Dtype::BOOL));
     }
+    write_head_files(dir, &tensors, &head_config(target, spec.kind, ff, dv))
+}
+
+/// A roughly normal draw with standard deviation `std`: a scaled sum of four
+/// uniforms, cheap and deterministic for a seeded `rng`.
+pub(crate) fn approx_normal(rng: &mut StdRng, std: f32) -> f32 {
+    (0..4).map(|_| rng.gen::<f32>() - 0.5).sum::<f32>() * 3f32.sqrt() * std
+}
+
+/// Writes a head checkpoint into `dir`: `model.safetensors` from
+/// `(name, shape, little-endian bytes, dtype)` tensors, and `config.json`.
+pub(crate) fn write_head_files(dir: &Path, tensors: &[(String, Vec<usize>, Vec<u8>, Dtype)], config: &serde_json::Value) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| EngineError::Io { path: dir.to_path_buf(), source })?;
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .map(|(n, s, b, d)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("consistent tensor")))
         .collect();
     let file = dir.join("model.safetensors");
     safetensors::serialize_to_file(views, None, &file).map_err(|e| EngineError::BadFile { path: file.clone(), msg: e.to_string() })?;
-    let cfg = head_config(target, spec.kind, ff, dv);
     let cfg_path = dir.join("config.json");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).expect("json")).map_err(|source| EngineError::Io { path: cfg_path, source })?;
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(config).expect("json")).map_err(|source| EngineError::Io { path: cfg_path, source })?;
     Ok(())
 }
 

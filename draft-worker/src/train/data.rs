@@ -176,39 +176,45 @@ pub fn extract_features(model: &Model, seqs: &[Pending], cfg: &DataConfig, is_eo
             hidden: Vec<f32>,
             aux: Vec<f32>,
             cache: KvCache,
+            /// Tokens the next forward reads: the whole prefill first (all of
+            /// a ShareGPT sequence, or the prompt when regenerating), then
+            /// one sampled token per step.
+            feed: Vec<u32>,
             /// Tokens still to generate; the last sample is never fed.
             left: usize,
         }
         let regenerate = matches!(cfg.source, AnswerSource::Target { .. });
         let mut live: Vec<Live> = chunk
             .iter()
-            .map(|p| Live { seq: p.clone(), hidden: Vec::new(), aux: Vec::new(), cache: model.new_cache(), left: if regenerate { cfg.max_new_tokens.min(cfg.max_len - p.tokens.len()) } else { 0 } })
+            .map(|p| Live {
+                seq: p.clone(),
+                hidden: Vec::new(),
+                aux: Vec::new(),
+                cache: model.new_cache(),
+                feed: p.tokens.clone(),
+                left: if regenerate { cfg.max_new_tokens.min(cfg.max_len - p.tokens.len()) } else { 0 },
+            })
             .collect();
-        // Prefill (all of a ShareGPT sequence; the prompt when regenerating).
-        let mut feed: Vec<Vec<u32>> = live.iter().map(|l| l.seq.tokens.clone()).collect();
         let mut first = true;
         loop {
-            let active: Vec<usize> = (0..live.len()).filter(|&i| first || live[i].left > 0).collect();
-            if active.is_empty() {
+            let mut picked: Vec<&mut Live> = live.iter_mut().filter(|l| first || l.left > 0).collect();
+            if picked.is_empty() {
                 break;
             }
-            let mut inputs: Vec<SeqInput> = Vec::new();
-            let mut picked: Vec<&mut Live> = live.iter_mut().enumerate().filter(|(i, _)| active.contains(i)).map(|(_, l)| l).collect();
-            for (l, toks) in picked.iter_mut().zip(active.iter().map(|&i| &feed[i])) {
-                inputs.push(SeqInput { cache: &mut l.cache, tokens: toks, positions: None, mask: AttnMask::Causal, logits: if regenerate { LogitsRows::Last } else { LogitsRows::None } });
-            }
+            let logits = if regenerate { LogitsRows::Last } else { LogitsRows::None };
+            let mut inputs: Vec<SeqInput> =
+                picked.iter_mut().map(|l| SeqInput { cache: &mut l.cache, tokens: &l.feed, positions: None, mask: AttnMask::Causal, logits: logits.clone() }).collect();
             let outs = model.forward(&mut inputs, &opts).map_err(DraftError::from)?;
             drop(inputs);
-            for ((l, out), &i) in picked.iter_mut().zip(outs).zip(&active) {
+            for (l, out) in picked.into_iter().zip(outs) {
                 l.hidden.extend_from_slice(&out.hidden);
-                let n = feed[i].len();
-                for r in 0..n {
+                for r in 0..l.feed.len() {
                     for a in &out.aux {
                         l.aux.extend_from_slice(&a[r * h..(r + 1) * h]);
                     }
                 }
                 if !first {
-                    l.seq.tokens.push(feed[i][0]);
+                    l.seq.tokens.push(l.feed[0]);
                     l.seq.mask.push(1);
                 }
                 if l.left > 0 {
@@ -217,7 +223,7 @@ pub fn extract_features(model: &Model, seqs: &[Pending], cfg: &DataConfig, is_eo
                         l.left = 0;
                     } else {
                         l.left -= 1;
-                        feed[i] = vec![tok];
+                        l.feed = vec![tok];
                     }
                 }
             }

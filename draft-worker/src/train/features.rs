@@ -19,8 +19,8 @@
 //! frozen lm_head applied to `hidden`, recomputed at training time rather
 //! than stored.
 
+use super::{io, read_json};
 use crate::error::{DraftError, Result};
-use aerie_engine::EngineError;
 use half::f16;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
@@ -40,8 +40,9 @@ pub struct CacheMeta {
     pub recipe: String,
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> DraftError + '_ {
-    move |source| EngineError::Io { path: path.to_path_buf(), source }.into()
+/// The (start, len) entries of `index.u64`; a torn last entry is ignored.
+fn parse_index(bytes: &[u8]) -> Vec<(u64, u64)> {
+    bytes.chunks_exact(16).map(|c| (u64::from_le_bytes(c[..8].try_into().unwrap()), u64::from_le_bytes(c[8..].try_into().unwrap()))).collect()
 }
 
 const FILES: [&str; 4] = ["tokens.u32", "mask.u8", "hidden.f16", "aux.f16"];
@@ -63,8 +64,7 @@ impl FeatureCacheWriter {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let meta_path = dir.join("meta.json");
         if meta_path.exists() {
-            let old: CacheMeta = serde_json::from_str(&std::fs::read_to_string(&meta_path).map_err(io(&meta_path))?)
-                .map_err(|e| DraftError::Train(format!("{}: {e}", meta_path.display())))?;
+            let old: CacheMeta = read_json(&meta_path)?;
             if &old != meta {
                 return Err(DraftError::Train(format!(
                     "{} was built for another target or recipe ({:?}); use a new --cache directory",
@@ -78,10 +78,7 @@ impl FeatureCacheWriter {
         let index_path = dir.join("index.u64");
         let index_bytes = std::fs::read(&index_path).unwrap_or_default();
         let whole = index_bytes.len() / 16 * 16;
-        let entries: Vec<(u64, u64)> = index_bytes[..whole]
-            .chunks_exact(16)
-            .map(|c| (u64::from_le_bytes(c[..8].try_into().unwrap()), u64::from_le_bytes(c[8..].try_into().unwrap())))
-            .collect();
+        let entries = parse_index(&index_bytes);
         let rows = entries.last().map_or(0, |&(s, l)| s + l);
         let h = meta.hidden_size as u64;
         let row_bytes = [4, 1, 2 * h, 2 * h * meta.aux_layers.len() as u64];
@@ -151,15 +148,10 @@ pub struct FeatureCache {
 
 impl FeatureCache {
     pub fn open(dir: &Path) -> Result<FeatureCache> {
-        let meta_path = dir.join("meta.json");
-        let meta: CacheMeta = serde_json::from_str(&std::fs::read_to_string(&meta_path).map_err(io(&meta_path))?)
-            .map_err(|e| DraftError::Train(format!("{}: {e}", meta_path.display())))?;
+        let meta: CacheMeta = read_json(&dir.join("meta.json"))?;
         let index_path = dir.join("index.u64");
         let bytes = std::fs::read(&index_path).map_err(io(&index_path))?;
-        let index: Vec<(usize, usize)> = bytes
-            .chunks_exact(16)
-            .map(|c| (u64::from_le_bytes(c[..8].try_into().unwrap()) as usize, u64::from_le_bytes(c[8..].try_into().unwrap()) as usize))
-            .collect();
+        let index: Vec<(usize, usize)> = parse_index(&bytes).into_iter().map(|(s, l)| (s as usize, l as usize)).collect();
         let rows = index.last().map_or(0, |&(s, l)| s + l);
         let map = |name: &str, row_bytes: usize| -> Result<Mmap> {
             let p = dir.join(name);

@@ -14,6 +14,7 @@
 //! weighted by the assistant mask of the token they read.
 
 use crate::error::{DraftError, Result};
+use crate::random_head::approx_normal;
 use candle_core::{DType, Device, Tensor, Var, D};
 
 pub(crate) fn cerr(e: candle_core::Error) -> DraftError {
@@ -77,12 +78,10 @@ impl TrainHead {
     /// as the identity on the feature half (so the first prediction of
     /// `f_{t+1}` is `f_t`, a far better start than zero).
     pub fn init(shape: HeadShape, seed: u64, std: f32) -> Result<TrainHead> {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let HeadShape { hidden: h, heads, kv_heads, head_dim, ff, .. } = shape;
-        let mut normal = |rows: usize, cols: usize| -> Vec<f32> {
-            (0..rows * cols).map(|_| (0..4).map(|_| rng.gen::<f32>() - 0.5).sum::<f32>() * 3f32.sqrt() * std).collect()
-        };
+        let mut normal = |rows: usize, cols: usize| -> Vec<f32> { (0..rows * cols).map(|_| approx_normal(&mut rng, std)).collect() };
         let dev = Device::Cpu;
         let mut params = Vec::new();
         let mut fc = normal(h, 2 * h);

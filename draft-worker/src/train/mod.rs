@@ -15,3 +15,17 @@ pub mod trainer;
 pub use data::{build_features, AnswerSource, DataConfig};
 pub use features::{CacheMeta, FeatureCache, FeatureCacheWriter};
 pub use trainer::{train_eagle, write_head, StepLog, TrainConfig};
+
+use crate::error::{DraftError, Result};
+use aerie_engine::EngineError;
+use std::path::Path;
+
+/// Maps an I/O error on `path` into the draft layer's error.
+pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> DraftError + '_ {
+    move |source| EngineError::Io { path: path.to_path_buf(), source }.into()
+}
+
+/// Reads and parses a JSON file the trainer wrote (cache meta, train state).
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    serde_json::from_str(&std::fs::read_to_string(path).map_err(io(path))?).map_err(|e| DraftError::Train(format!("{}: {e}", path.display())))
+}

@@ -15,10 +15,11 @@
 
 use super::features::FeatureCache;
 use super::head_model::{cerr, HeadShape, PairBatch, TrainHead};
+use super::{io, read_json};
 use crate::eagle::EagleKind;
 use crate::error::{DraftError, Result};
-use crate::random_head::head_config;
-use aerie_engine::{EngineError, Model};
+use crate::random_head::{head_config, write_head_files};
+use aerie_engine::Model;
 use candle_core::{backprop::GradStore, Device, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -153,28 +154,15 @@ pub fn hot_vocabulary(cache: &FeatureCache, vocab: usize, k: usize) -> Vec<u32> 
     ids
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> DraftError + '_ {
-    move |source| EngineError::Io { path: path.to_path_buf(), source }.into()
-}
-
 /// Writes the head in the published EAGLE layout (f16) to `dir`.
 pub fn write_head(dir: &Path, target: &Model, head: &TrainHead) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut tensors = Vec::new();
     for (name, v) in &head.params {
         let t = v.as_tensor();
         let data: Vec<f32> = t.flatten_all().and_then(|x| x.to_vec1()).map_err(cerr)?;
-        blobs.push((name.clone(), t.dims().to_vec(), data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect()));
+        tensors.push((name.clone(), t.dims().to_vec(), data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(), safetensors::Dtype::F16));
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = blobs
-        .iter()
-        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b).expect("consistent tensor")))
-        .collect();
-    let file = dir.join("model.safetensors");
-    safetensors::serialize_to_file(views, None, &file).map_err(|e| DraftError::Train(format!("{}: {e}", file.display())))?;
-    let cfg = head_config(&target.config, EagleKind::Eagle, head.shape.ff, target.config.vocab_size);
-    let p = dir.join("config.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&cfg).expect("json")).map_err(io(&p))
+    write_head_files(dir, &tensors, &head_config(&target.config, EagleKind::Eagle, head.shape.ff, target.config.vocab_size))
 }
 
 fn save_state(dir: &Path, head: &TrainHead, opt: &AdamW, state: &TrainState) -> Result<()> {
@@ -197,7 +185,7 @@ fn load_state(dir: &Path, head: &TrainHead, opt: &mut AdamW) -> Result<Option<Tr
     if !p.exists() {
         return Ok(None);
     }
-    let state: TrainState = serde_json::from_str(&std::fs::read_to_string(&p).map_err(io(&p))?).map_err(|e| DraftError::Train(format!("{}: {e}", p.display())))?;
+    let state: TrainState = read_json(&p)?;
     let map = candle_core::safetensors::load(dir.join("state.safetensors"), &Device::Cpu).map_err(cerr)?;
     for (i, (name, v)) in head.params.iter().enumerate() {
         let get = |k: String| map.get(&k).cloned().ok_or_else(|| DraftError::Train(format!("checkpoint lacks {k}")));
@@ -269,10 +257,16 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
         writeln!(log_file, "step,lr,loss,smooth_l1,cross_entropy,token_accuracy").map_err(io(&log_path))?;
     }
     let mut logs = Vec::new();
+    // The epoch's shuffled order, made once per epoch (and again on resume).
+    let mut order: (usize, Vec<usize>) = (usize::MAX, Vec::new());
     while state.step < state.total_steps {
         let epoch = state.step / steps_per_epoch;
-        let mut order: Vec<usize> = (0..cache.len()).collect();
-        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
+        if order.0 != epoch {
+            let mut o: Vec<usize> = (0..cache.len()).collect();
+            o.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
+            order = (epoch, o);
+        }
+        let order = &order.1;
         let b = state.step % steps_per_epoch;
         let picked = &order[b * cfg.batch_seqs..((b + 1) * cfg.batch_seqs).min(order.len())];
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ (state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
