@@ -19,7 +19,7 @@ const VOCAB: usize = 32;
 
 fn shape(m: &Model) -> HeadShape {
     let c = &m.config;
-    HeadShape { hidden: c.hidden_size, heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim, ff: c.intermediate_size, rms_eps: c.rms_norm_eps as f64, rope_theta: c.rope_theta as f64 }
+    HeadShape { hidden: c.hidden_size, heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim, ff: c.intermediate_size, rms_eps: c.rms_norm_eps as f64, rope_theta: c.rope_theta }
 }
 
 fn prompt(i: usize) -> Vec<u32> {

@@ -75,7 +75,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 pub fn run(a: TrainEagleArgs) -> Result<()> {
-    if a.kind.to_ascii_lowercase() != "eagle" {
+    if !a.kind.eq_ignore_ascii_case("eagle") {
         bail!("--kind {}: only EAGLE-1/2 heads (`eagle`) can be trained so far", a.kind);
     }
     let source = match a.answers.as_str() {

@@ -232,7 +232,7 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
         head_dim: tc.head_dim,
         ff: tc.intermediate_size,
         rms_eps: tc.rms_norm_eps as f64,
-        rope_theta: tc.rope_theta as f64,
+        rope_theta: tc.rope_theta,
     };
     let head = TrainHead::init(shape, cfg.seed, 0.02)?;
     let mut opt = AdamW::new(&head.params).map_err(cerr)?;
