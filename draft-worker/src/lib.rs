@@ -6,12 +6,13 @@
 //! - [`ngram::NgramProposer`]: n-gram matches over the request and a shared trie.
 //!
 //! Model-based drafters grow EAGLE-2 dynamic trees ([`tree_search`]).
-//! Today they run in-process; the draft-worker service wraps them later.
+//! [`service`] serves them to target workers over `aerie.v1.DraftService`.
 
 pub mod eagle;
 pub mod error;
 pub mod ngram;
 pub mod random_head;
+pub mod service;
 pub mod standalone;
 pub mod token_map;
 pub mod train;

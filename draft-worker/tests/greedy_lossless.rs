@@ -86,7 +86,7 @@ fn batched_verification_matches_plain() {
     let reqs: Vec<GenerateRequest> =
         ids.iter().map(|p| GenerateRequest { prompt_ids: p, max_tokens: NEW_TOKENS, sampling: SamplingParams::default(), stop_ids: &[] }).collect();
     let mut props: Vec<_> = (0..plain.len()).map(|_| f.proposer()).collect();
-    let mut sessions: Vec<SpecSession> = props.iter_mut().zip(&reqs).map(|(p, r)| SpecSession::start(&e.model, p.as_mut(), r).unwrap()).collect();
+    let mut sessions: Vec<SpecSession> = props.iter_mut().zip(&reqs).map(|(p, r)| SpecSession::start(&e.model, Box::new(p.as_mut()), r).unwrap()).collect();
     let mut rounds = 0;
     while sessions.iter().any(|s| !s.is_finished()) {
         let mut refs: Vec<&mut SpecSession> = sessions.iter_mut().collect();

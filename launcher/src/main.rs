@@ -3,8 +3,11 @@
 mod eval_cmd;
 mod generate_cmd;
 mod loss_plot;
+mod metrics_http;
+mod serve_cmd;
 mod spec_args;
 mod train_cmd;
+mod worker_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -29,6 +32,12 @@ enum Cmd {
         #[arg(long)]
         list: bool,
     },
+    /// Start the local cluster: draft and target workers as child processes.
+    Serve(serve_cmd::ServeArgs),
+    /// Run one target worker (TargetService over gRPC).
+    TargetWorker(worker_cmd::TargetWorkerArgs),
+    /// Run one draft worker (DraftService over gRPC).
+    DraftWorker(worker_cmd::DraftWorkerArgs),
     /// Generate text from a prompt in this process (optionally speculative).
     Generate(generate_cmd::GenerateArgs),
     /// Train an EAGLE head for a target: ShareGPT data, target features,
@@ -91,6 +100,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", p.display());
             Ok(())
         }
+        Cmd::Serve(args) => serve_cmd::run(args),
+        Cmd::TargetWorker(args) => worker_cmd::run_target(args),
+        Cmd::DraftWorker(args) => worker_cmd::run_draft(args),
         Cmd::Generate(args) => generate_cmd::run(args),
         Cmd::TrainEagle(args) => train_cmd::run(args),
         Cmd::EvalDraft(args) => eval_cmd::run(args),

@@ -46,7 +46,7 @@ pub struct SpecStats {
 /// One request being decoded speculatively.
 pub struct SpecSession<'p> {
     cache: KvCache,
-    proposer: &'p mut dyn Proposer,
+    proposer: Box<dyn Proposer + 'p>,
     features: FeatureKind,
     sampling: SamplingParams,
     sampler: Sampler,
@@ -105,7 +105,8 @@ fn features_of(out: &SeqOutput, kind: &FeatureKind, opts: &ForwardOptions, hidde
 
 impl<'p> SpecSession<'p> {
     /// Prefills the prompt, emits the first token and starts the proposer.
-    pub fn start(model: &Model, proposer: &'p mut dyn Proposer, req: &GenerateRequest) -> Result<SpecSession<'p>> {
+    /// The session owns its proposer: pass `Box::new(&mut p)` to lend one.
+    pub fn start(model: &Model, proposer: Box<dyn Proposer + 'p>, req: &GenerateRequest) -> Result<SpecSession<'p>> {
         if req.prompt_ids.is_empty() {
             return Err(EngineError::InvalidInput("prompt is empty".into()));
         }
@@ -197,6 +198,13 @@ impl<'p> SpecSession<'p> {
 /// Runs one speculative round for every unfinished session, verifying all
 /// their trees in one target forward. Returns each session's new tokens.
 pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Vec<Vec<u32>>> {
+    // Ask every drafter first, so remote ones work while the rest are asked.
+    for s in sessions.iter_mut() {
+        if !s.is_finished() {
+            let budget = s.depth_budget(model);
+            s.proposer.request_proposal(budget)?;
+        }
+    }
     let mut trees = Vec::with_capacity(sessions.len());
     for s in sessions.iter_mut() {
         if s.is_finished() {
@@ -299,7 +307,7 @@ pub fn speculative_generate(
     req: &GenerateRequest,
     on_token: &mut dyn FnMut(u32),
 ) -> Result<(crate::generate::GenerationOutput, SpecStats)> {
-    let mut s = SpecSession::start(model, proposer, req)?;
+    let mut s = SpecSession::start(model, Box::new(proposer), req)?;
     for &t in &s.tokens {
         on_token(t);
     }
@@ -326,5 +334,10 @@ impl SpecSession<'_> {
     /// Closes the session's statistics (call once it is finished).
     pub fn finalize(&mut self) {
         self.finish_stats();
+    }
+
+    /// Tokens in the target KV cache.
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
     }
 }

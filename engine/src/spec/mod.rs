@@ -8,6 +8,6 @@ pub mod tree;
 pub mod verify;
 
 pub use decode::{speculative_generate, step_batch, SpecSession, SpecStats};
-pub use proposer::{FeatureKind, Features, Proposer};
+pub use proposer::{FeatureKind, Features, NoProposer, Proposer};
 pub use tree::{Candidate, DraftTree, TreeSpec};
 pub use verify::{greedy_verify, greedy_verify_lazy, sample_verify, Accepted};

@@ -28,6 +28,32 @@ pub enum FeatureKind {
     Aux(Vec<usize>),
 }
 
+/// The wire spelling used between workers: `none`, `hidden`, `aux:1,2,3`.
+impl std::fmt::Display for FeatureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FeatureKind::None => f.write_str("none"),
+            FeatureKind::Hidden => f.write_str("hidden"),
+            FeatureKind::Aux(l) => write!(f, "aux:{}", l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")),
+        }
+    }
+}
+
+impl std::str::FromStr for FeatureKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(FeatureKind::None),
+            "hidden" => Ok(FeatureKind::Hidden),
+            _ => {
+                let layers = s.strip_prefix("aux:").ok_or_else(|| format!("unknown feature kind `{s}` (none, hidden, aux:L1,L2,…)"))?;
+                let l: std::result::Result<Vec<usize>, _> = layers.split(',').map(|x| x.trim().parse::<usize>()).collect();
+                Ok(FeatureKind::Aux(l.map_err(|e| format!("bad aux layer list `{layers}`: {e}"))?))
+            }
+        }
+    }
+}
+
 /// Target features for consecutive tokens: `rows × width` floats.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Features {
@@ -83,6 +109,13 @@ pub trait Proposer: Send {
         Ok(())
     }
 
+    /// Announces that [`propose`](Self::propose) follows. A remote proposer
+    /// sends its request here, so a batch's drafters all work before the
+    /// first answer is awaited; local ones need nothing.
+    fn request_proposal(&mut self, _max_depth: usize) -> Result<()> {
+        Ok(())
+    }
+
     /// A tree rooted at the last committed token, no deeper than `max_depth`.
     fn propose(&mut self, max_depth: usize) -> Result<DraftTree>;
 
@@ -91,5 +124,60 @@ pub trait Proposer: Send {
     fn begin(&mut self, tokens: &[u32], feats: &Features) -> Result<()> {
         self.reset();
         self.commit(tokens, feats)
+    }
+}
+
+/// A borrowed proposer is a proposer, so a session can use one it does not own.
+impl<P: Proposer + ?Sized> Proposer for &mut P {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn features(&self) -> FeatureKind {
+        (**self).features()
+    }
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+    fn commit(&mut self, tokens: &[u32], feats: &Features) -> Result<()> {
+        (**self).commit(tokens, feats)
+    }
+    fn catch_up(&mut self) -> Result<()> {
+        (**self).catch_up()
+    }
+    fn request_proposal(&mut self, max_depth: usize) -> Result<()> {
+        (**self).request_proposal(max_depth)
+    }
+    fn propose(&mut self, max_depth: usize) -> Result<DraftTree> {
+        (**self).propose(max_depth)
+    }
+    fn begin(&mut self, tokens: &[u32], feats: &Features) -> Result<()> {
+        (**self).begin(tokens, feats)
+    }
+}
+
+/// Drafts nothing: every round verifies the root alone, which is plain
+/// decoding. Requests without speculation, and requests whose draft worker
+/// failed, run with it.
+#[derive(Debug, Default)]
+pub struct NoProposer {
+    root: Option<u32>,
+}
+
+impl Proposer for NoProposer {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn reset(&mut self) {
+        self.root = None;
+    }
+    fn commit(&mut self, tokens: &[u32], _feats: &Features) -> Result<()> {
+        if let Some(&t) = tokens.last() {
+            self.root = Some(t);
+        }
+        Ok(())
+    }
+    fn propose(&mut self, _max_depth: usize) -> Result<DraftTree> {
+        let root = self.root.ok_or_else(|| crate::error::EngineError::InvalidInput("propose before any token was committed".into()))?;
+        Ok(DraftTree::chain(root, &[]))
     }
 }

@@ -1,0 +1,344 @@
+//! `aerie.v1.DraftService`: the draft worker's gRPC surface.
+//!
+//! Strategy. Each `Session` stream (one per target worker) gets its own OS
+//! thread that handles the stream's messages strictly in order: drafters are
+//! synchronous, CPU-bound and keep per-sequence state (their own KV), and
+//! in-order handling is what lets the target reuse shared-memory ring space
+//! below the `ring_consumed` offset each proposal reports. A session holds
+//! one proposer per sequence, built from the worker's single loaded drafter.
+//!
+//! Nothing from the wire is trusted: token ids are checked against the
+//! vocabulary, feature blocks against the shape the drafter needs and (for
+//! the ring) against bounds and checksum. A bad message fails its sequence
+//! with a `SessionError`; the session and the worker stay up.
+
+use crate::{DraftError, ProposerFactory};
+use aerie_engine::spec::{FeatureKind, Features, Proposer};
+use aerie_engine::Model;
+use aerie_proto::metric_names as m;
+use aerie_proto::transport::FeatureReceiver;
+use aerie_proto::v1::draft_service_server::DraftService;
+use aerie_proto::v1::session_request::Msg;
+use aerie_proto::v1::session_response::Msg as Out;
+use aerie_proto::v1::{
+    DraftInfo, FeaturePayload, HealthRequest, HealthResponse, InfoRequest, Proposal, SessionError,
+    SessionRequest, SessionResponse,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The draft worker's gRPC service.
+pub struct DraftServer {
+    factory: Arc<ProposerFactory>,
+    target: Arc<Model>,
+    info: DraftInfo,
+}
+
+impl DraftServer {
+    pub fn new(factory: ProposerFactory, target: Arc<Model>, draft_model: String) -> DraftServer {
+        let probe = factory.proposer();
+        let info = DraftInfo {
+            kind: probe.name().to_string(),
+            target_fingerprint: target.fingerprint.clone(),
+            features: probe.features().to_string(),
+            host_id: aerie_proto::transport::host_id(),
+            draft_model,
+        };
+        DraftServer {
+            factory: Arc::new(factory),
+            target,
+            info,
+        }
+    }
+
+    pub fn info(&self) -> &DraftInfo {
+        &self.info
+    }
+}
+
+#[tonic::async_trait]
+impl DraftService for DraftServer {
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<DraftInfo>, Status> {
+        Ok(Response::new(self.info.clone()))
+    }
+
+    async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
+        Ok(Response::new(HealthResponse {
+            status: "serving".into(),
+        }))
+    }
+
+    type SessionStream = UnboundedReceiverStream<Result<SessionResponse, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (in_tx, in_rx) = std::sync::mpsc::channel::<SessionRequest>();
+        tokio::spawn(async move {
+            // A transport error or a closed session thread ends the bridge;
+            // dropping `in_tx` then ends the thread's loop.
+            while let Some(Ok(msg)) = inbound.next().await {
+                if in_tx.send(msg).is_err() {
+                    break;
+                }
+            }
+        });
+        let session = Session {
+            factory: self.factory.clone(),
+            target: self.target.clone(),
+            expected: self.factory.proposer().features(),
+            receiver: FeatureReceiver::inline_only(),
+            seqs: HashMap::new(),
+            out: out_tx,
+        };
+        std::thread::Builder::new()
+            .name("aerie-draft-session".into())
+            .spawn(move || session.run(in_rx))
+            .map_err(|e| Status::internal(format!("cannot start a session thread: {e}")))?;
+        Ok(Response::new(UnboundedReceiverStream::new(out_rx)))
+    }
+}
+
+/// A sequence-level failure: its label and message.
+struct SeqError(&'static str, String);
+
+impl From<DraftError> for SeqError {
+    fn from(e: DraftError) -> SeqError {
+        SeqError(e.error_type(), e.to_string())
+    }
+}
+
+impl From<aerie_engine::EngineError> for SeqError {
+    fn from(e: aerie_engine::EngineError) -> SeqError {
+        SeqError(e.error_type(), e.to_string())
+    }
+}
+
+struct Session {
+    factory: Arc<ProposerFactory>,
+    target: Arc<Model>,
+    expected: FeatureKind,
+    receiver: FeatureReceiver,
+    seqs: HashMap<u64, Box<dyn Proposer>>,
+    out: UnboundedSender<Result<SessionResponse, Status>>,
+}
+
+impl Session {
+    fn run(mut self, inbound: std::sync::mpsc::Receiver<SessionRequest>) {
+        metrics::gauge!(m::DRAFT_SESSIONS).increment(1.0);
+        let mut opened = false;
+        for req in inbound {
+            let msg = match req.msg {
+                Some(m) => m,
+                None => {
+                    self.error(
+                        0,
+                        "empty_message",
+                        "a session message with no content".into(),
+                    );
+                    continue;
+                }
+            };
+            match msg {
+                Msg::Open(o) => {
+                    if o.target_fingerprint != self.target.fingerprint {
+                        let why = format!(
+                            "this draft worker serves target {}, not {}",
+                            self.target.fingerprint, o.target_fingerprint
+                        );
+                        self.error(0, "fingerprint_mismatch", why);
+                        break;
+                    }
+                    if !o.shm_path.is_empty() {
+                        match FeatureReceiver::open(
+                            std::path::Path::new(&o.shm_path),
+                            o.shm_capacity,
+                        ) {
+                            Ok(r) => self.receiver = r,
+                            Err(e) => {
+                                self.error(0, e.error_type(), e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    opened = true;
+                }
+                _ if !opened => {
+                    self.error(
+                        0,
+                        "session_not_open",
+                        "the first session message must be `open`".into(),
+                    );
+                    break;
+                }
+                Msg::Begin(b) => {
+                    let r = self.begin(b.seq_id, &b.tokens, b.features.as_ref());
+                    self.report(b.seq_id, r);
+                }
+                Msg::Commit(c) => {
+                    let r = self.commit(c.seq_id, &c.tokens, c.features.as_ref());
+                    self.report(c.seq_id, r);
+                }
+                Msg::Propose(p) => {
+                    let r = self.propose(p.seq_id, p.max_depth as usize);
+                    self.report(p.seq_id, r);
+                }
+                Msg::Release(r) => {
+                    if self.seqs.remove(&r.seq_id).is_some() {
+                        metrics::gauge!(m::DRAFT_SEQUENCES).decrement(1.0);
+                    }
+                }
+            }
+        }
+        metrics::gauge!(m::DRAFT_SEQUENCES).decrement(self.seqs.len() as f64);
+        metrics::gauge!(m::DRAFT_SESSIONS).decrement(1.0);
+    }
+
+    fn error(&self, seq_id: u64, error_type: &'static str, message: String) {
+        metrics::counter!(m::DRAFT_ERRORS, "error_type" => error_type).increment(1);
+        tracing::warn!(seq_id, error_type, "{message}");
+        let _ = self.out.send(Ok(SessionResponse {
+            msg: Some(Out::Error(SessionError {
+                seq_id,
+                message,
+                error_type: error_type.into(),
+            })),
+        }));
+    }
+
+    /// A failed sequence is forgotten: its drafter state is unknown.
+    fn report(&mut self, seq_id: u64, r: Result<(), SeqError>) {
+        if let Err(SeqError(kind, msg)) = r {
+            if self.seqs.remove(&seq_id).is_some() {
+                metrics::gauge!(m::DRAFT_SEQUENCES).decrement(1.0);
+            }
+            self.error(seq_id, kind, msg);
+        }
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), SeqError> {
+        let vocab = self.target.config.vocab_size as u32;
+        match tokens.iter().find(|&&t| t >= vocab) {
+            Some(t) => Err(SeqError(
+                "bad_token",
+                format!("token {t} is outside the vocabulary (size {vocab})"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Decodes a feature block and checks it has `rows` rows of the width
+    /// this drafter needs.
+    fn features(&mut self, p: Option<&FeaturePayload>, rows: usize) -> Result<Features, SeqError> {
+        let h = self.target.config.hidden_size;
+        let width = match &self.expected {
+            FeatureKind::None => return Ok(Features::empty()),
+            FeatureKind::Hidden => h,
+            FeatureKind::Aux(l) => h * l.len(),
+        };
+        let p = p.ok_or_else(|| SeqError("bad_features", "features missing".into()))?;
+        let (w, data, via) = self
+            .receiver
+            .decode(p)
+            .map_err(|e| SeqError(e.error_type(), e.to_string()))?;
+        metrics::counter!(m::DRAFT_FEATURE_BYTES, "transport" => via)
+            .increment((data.len() * 4) as u64);
+        if w != width || data.len() != rows * width {
+            return Err(SeqError(
+                "bad_features",
+                format!(
+                    "features are {} × {w}; {rows} × {width} expected",
+                    if w == 0 { 0 } else { data.len() / w }
+                ),
+            ));
+        }
+        Ok(Features { width, data })
+    }
+
+    fn begin(
+        &mut self,
+        seq_id: u64,
+        tokens: &[u32],
+        p: Option<&FeaturePayload>,
+    ) -> Result<(), SeqError> {
+        if tokens.len() < 2 {
+            return Err(SeqError(
+                "bad_sequence",
+                "begin needs the prompt and the first generated token".into(),
+            ));
+        }
+        if self.seqs.contains_key(&seq_id) {
+            return Err(SeqError(
+                "duplicate_sequence",
+                format!("sequence {seq_id} already exists"),
+            ));
+        }
+        self.check_tokens(tokens)?;
+        let feats = self.features(p, tokens.len() - 1)?;
+        let mut prop = self.factory.proposer();
+        prop.begin(tokens, &feats)?;
+        self.seqs.insert(seq_id, prop);
+        metrics::gauge!(m::DRAFT_SEQUENCES).increment(1.0);
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        seq_id: u64,
+        tokens: &[u32],
+        p: Option<&FeaturePayload>,
+    ) -> Result<(), SeqError> {
+        if !self.seqs.contains_key(&seq_id) {
+            return Err(SeqError(
+                "unknown_sequence",
+                format!("no sequence {seq_id}"),
+            ));
+        }
+        if tokens.is_empty() {
+            return Err(SeqError("bad_sequence", "commit without tokens".into()));
+        }
+        self.check_tokens(tokens)?;
+        let feats = self.features(p, tokens.len())?;
+        self.seqs
+            .get_mut(&seq_id)
+            .expect("checked above")
+            .commit(tokens, &feats)?;
+        Ok(())
+    }
+
+    fn propose(&mut self, seq_id: u64, max_depth: usize) -> Result<(), SeqError> {
+        let consumed = self.receiver.consumed();
+        let prop = self
+            .seqs
+            .get_mut(&seq_id)
+            .ok_or_else(|| SeqError("unknown_sequence", format!("no sequence {seq_id}")))?;
+        let t = Instant::now();
+        let tree = prop.propose(max_depth)?;
+        let took = t.elapsed();
+        metrics::histogram!(m::DRAFT_PROPOSE_DURATION).record(took.as_secs_f64());
+        let parents = tree
+            .parents
+            .iter()
+            .map(|p| p.map_or(-1, |x| x as i32))
+            .collect();
+        let proposal = Proposal {
+            seq_id,
+            tokens: tree.tokens,
+            parents,
+            ring_consumed: consumed,
+            draft_us: took.as_micros() as u64,
+        };
+        let _ = self.out.send(Ok(SessionResponse {
+            msg: Some(Out::Proposal(proposal)),
+        }));
+        Ok(())
+    }
+}

@@ -1,0 +1,318 @@
+//! `aerie serve`: the local cluster as child processes.
+//!
+//! Strategy. Resolve (and if needed fetch) the model once, then start the
+//! draft workers and target workers as `aerie draft-worker` / `aerie
+//! target-worker` children of this binary, each on a free port. Wait for
+//! every child's READY line; a child that exits first makes `serve` fail
+//! with that child's last stderr lines. Once up, print the endpoints and
+//! wait. SIGINT/SIGTERM shut down in order: targets first (they drain their
+//! requests), then drafts. Children get SIGTERM if `serve` itself dies.
+//!
+//! Default: SmolLM2 with Aerie's shipped EAGLE head as a (3, 1, 4) chain with
+//! its hot vocabulary, the setting the head was evaluated at;
+//! `--no-speculation` (or `--draft-workers 0`) serves without draft workers.
+
+use crate::spec_args::SpecArgs;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Target model: `smollm2`, a GGUF file or a Hugging Face directory.
+    #[arg(long, default_value = "smollm2")]
+    pub model_path: String,
+    /// Address the workers bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Draft worker processes (0 = no speculation).
+    #[arg(long, default_value_t = 1)]
+    pub draft_workers: usize,
+    /// Target worker processes.
+    #[arg(long, default_value_t = 1)]
+    pub target_workers: usize,
+    /// Per target worker: most requests decoded at once.
+    #[arg(long, default_value_t = 16)]
+    pub max_running_requests: usize,
+    /// Longest wait for every worker to become ready, seconds.
+    #[arg(long, default_value_t = 600)]
+    pub startup_timeout_secs: u64,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Serve without speculation (same as `--draft-workers 0`).
+    #[arg(long)]
+    pub no_speculation: bool,
+}
+
+/// A started worker.
+pub struct Worker {
+    pub name: String,
+    pub child: Child,
+    pub grpc: String,
+    pub metrics: String,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// Starts `aerie <args>` and waits for its READY line.
+pub fn spawn_worker(name: &str, args: &[String], timeout: Duration) -> Result<Worker> {
+    let exe = std::env::current_exe().context("locating the aerie binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to send
+    // SIGTERM to this child when its parent dies.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let (ready_tx, ready_rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let prefix = name.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            if line.starts_with("READY ") {
+                let _ = ready_tx.send(line);
+            } else {
+                println!("[{prefix}] {line}");
+            }
+        }
+    });
+    let (prefix, t2) = (name.to_string(), tail.clone());
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            eprintln!("[{prefix}] {line}");
+            let mut t = t2.lock().unwrap_or_else(|e| e.into_inner());
+            if t.len() == 20 {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    });
+    let t0 = Instant::now();
+    loop {
+        match ready_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                let field = |k: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(k))
+                        .map(str::to_string)
+                        .unwrap_or_default()
+                };
+                return Ok(Worker {
+                    name: name.to_string(),
+                    child,
+                    grpc: field("grpc="),
+                    metrics: field("metrics="),
+                    stderr_tail: tail,
+                });
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if let Some(status) = child.try_wait()? {
+            std::thread::sleep(Duration::from_millis(100)); // let the stderr reader catch up
+            let tail = tail
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n");
+            bail!("{name} failed at startup ({status}):\n{tail}");
+        }
+        if t0.elapsed() > timeout {
+            let _ = child.kill();
+            bail!("{name} was not ready within {} s", timeout.as_secs());
+        }
+    }
+}
+
+impl Worker {
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let t = Instant::now();
+        while t.elapsed() < grace {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn last_error(&self) -> String {
+        self.stderr_tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The flags a draft worker gets from `serve`'s.
+fn draft_flags(a: &ServeArgs) -> Vec<String> {
+    let s = &a.spec;
+    let mut v = Vec::new();
+    let mut push = |k: &str, val: Option<String>| {
+        if let Some(x) = val {
+            v.push(format!("--{k}"));
+            v.push(x);
+        }
+    };
+    let defaults = s.speculative_algorithm.is_none() && s.speculative_draft_model_path.is_none();
+    push(
+        "speculative-algorithm",
+        Some(
+            s.speculative_algorithm
+                .map(|x| format!("{x:?}").to_uppercase())
+                .unwrap_or_else(|| "EAGLE".into()),
+        ),
+    );
+    push(
+        "speculative-draft-model-path",
+        s.speculative_draft_model_path
+            .as_ref()
+            .map(|p| p.display().to_string()),
+    );
+    if defaults
+        && s.speculative_num_steps.is_none()
+        && s.speculative_eagle_topk.is_none()
+        && s.speculative_num_draft_tokens.is_none()
+    {
+        // The shipped head's evaluated setting.
+        push("speculative-num-steps", Some("3".into()));
+        push("speculative-eagle-topk", Some("1".into()));
+        push("speculative-num-draft-tokens", Some("4".into()));
+    } else {
+        push(
+            "speculative-num-steps",
+            s.speculative_num_steps.map(|x| x.to_string()),
+        );
+        push(
+            "speculative-eagle-topk",
+            s.speculative_eagle_topk.map(|x| x.to_string()),
+        );
+        push(
+            "speculative-num-draft-tokens",
+            s.speculative_num_draft_tokens.map(|x| x.to_string()),
+        );
+    }
+    push(
+        "speculative-token-map",
+        s.speculative_token_map
+            .as_ref()
+            .map(|p| p.display().to_string()),
+    );
+    v
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let model = aerie_engine::fetch::resolve_model(&a.model_path)
+        .with_context(|| format!("resolving model `{}`", a.model_path))?;
+    let model = model.display().to_string();
+    let timeout = Duration::from_secs(a.startup_timeout_secs);
+    let speculate = !a.no_speculation && a.draft_workers > 0;
+    let mut workers: Vec<Worker> = Vec::new();
+    let started = (|| -> Result<()> {
+        if speculate {
+            for i in 0..a.draft_workers {
+                let mut args = vec![
+                    "draft-worker".to_string(),
+                    "--model-path".into(),
+                    model.clone(),
+                    "--host".into(),
+                    a.host.clone(),
+                ];
+                args.extend(draft_flags(&a));
+                workers.push(spawn_worker(&format!("draft-{i}"), &args, timeout)?);
+            }
+        }
+        for i in 0..a.target_workers {
+            let args = vec![
+                "target-worker".to_string(),
+                "--model-path".into(),
+                model.clone(),
+                "--host".into(),
+                a.host.clone(),
+                "--max-running-requests".into(),
+                a.max_running_requests.to_string(),
+            ];
+            workers.push(spawn_worker(&format!("target-{i}"), &args, timeout)?);
+        }
+        Ok(())
+    })();
+    if let Err(e) = started {
+        for w in workers.iter_mut().rev() {
+            w.stop(Duration::from_secs(5));
+        }
+        return Err(e);
+    }
+    println!(
+        "aerie cluster ready ({} target, {} draft workers)",
+        a.target_workers,
+        if speculate { a.draft_workers } else { 0 }
+    );
+    for w in &workers {
+        println!(
+            "  {:<10} grpc://{}  metrics http://{}/metrics",
+            w.name, w.grpc, w.metrics
+        );
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let died = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok::<_, anyhow::Error>(None),
+                _ = int.recv() => return Ok(None),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    for (i, w) in workers.iter_mut().enumerate() {
+                        if let Ok(Some(st)) = w.child.try_wait() {
+                            return Ok(Some((i, st)));
+                        }
+                    }
+                }
+            }
+        }
+    })?;
+    // Targets first (they drain), then drafts.
+    for w in workers.iter_mut().filter(|w| w.name.starts_with("target")) {
+        w.stop(Duration::from_secs(35));
+    }
+    for w in workers.iter_mut().filter(|w| w.name.starts_with("draft")) {
+        w.stop(Duration::from_secs(5));
+    }
+    if let Some((i, st)) = died {
+        bail!(
+            "{} exited ({st}); cluster stopped:\n{}",
+            workers[i].name,
+            workers[i].last_error()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! `aerie target-worker` and `aerie draft-worker`: one process per role.
+//!
+//! Each worker binds its gRPC port and its metrics port, then prints one line
+//! to stdout that `aerie serve` and the tests wait for:
+//! `READY role=target grpc=127.0.0.1:31000 metrics=127.0.0.1:31001`.
+//! SIGTERM or SIGINT drains: no new requests, in-flight ones finish (up to
+//! the grace period), then the process exits 0.
+
+use crate::metrics_http;
+use crate::spec_args::SpecArgs;
+use aerie_draft_worker::service::DraftServer;
+use aerie_draft_worker::{ProposerFactory, SpecAlgorithm};
+use aerie_engine::{DType, Engine};
+use aerie_proto::v1::draft_service_server::DraftServiceServer;
+use aerie_proto::v1::target_service_server::TargetServiceServer;
+use aerie_target_worker::{FeatureTransportMode, TargetConfig, TargetServer};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Largest gRPC message a worker accepts (prompts of a 128k context fit).
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+#[derive(Args, Debug, Clone)]
+pub struct ListenArgs {
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// gRPC port (0: any free port; the READY line says which).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Prometheus `/metrics` port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub metrics_port: u16,
+}
+
+#[derive(Args, Debug)]
+pub struct TargetWorkerArgs {
+    /// Target model: `smollm2`, a GGUF file or a Hugging Face directory.
+    #[arg(long, default_value = "smollm2")]
+    pub model_path: String,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    /// Most requests decoded at once.
+    #[arg(long, default_value_t = 16)]
+    pub max_running_requests: usize,
+    /// KV budget in tokens across running requests.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_total_tokens: usize,
+    /// Requests that may wait; beyond this Generate answers RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64)]
+    pub max_queued_requests: usize,
+    /// How features reach draft workers: auto (shared memory on one host), shm or inline.
+    #[arg(long, default_value = "auto")]
+    pub feature_transport: FeatureTransportMode,
+    /// Shared-memory ring per draft session, bytes.
+    #[arg(long, default_value_t = aerie_proto::transport::DEFAULT_RING_BYTES)]
+    pub shm_ring_bytes: u64,
+    /// Longest wait for one proposal before a request drops speculation, ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub propose_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight requests may take to finish, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub drain_grace_secs: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct DraftWorkerArgs {
+    /// The target model the drafter serves (its embeddings, lm_head and fingerprint).
+    #[arg(long, default_value = "smollm2")]
+    pub model_path: String,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    /// Speculation flags; the algorithm defaults to EAGLE, and EAGLE without
+    /// a draft path uses the shipped head with its hot vocabulary.
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+async fn bind(host: &str, port: u16) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("binding {host}:{port}"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    // The forward passes run on their own threads; the runtime only moves messages.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn announce(role: &str, grpc: SocketAddr, metrics: SocketAddr) {
+    // Flushed at once: `aerie serve` and tests block on this line.
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "READY role={role} grpc={grpc} metrics={metrics}");
+    let _ = out.flush();
+}
+
+pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
+    let engine = Engine::load(&a.model_path, DType::Auto)
+        .with_context(|| format!("loading target model `{}`", a.model_path))?;
+    let cfg = TargetConfig {
+        model_id: a.model_path.clone(),
+        max_running_requests: a.max_running_requests,
+        max_total_tokens: a.max_total_tokens,
+        max_queued_requests: a.max_queued_requests,
+        feature_transport: a.feature_transport,
+        shm_ring_bytes: a.shm_ring_bytes,
+        propose_timeout: Duration::from_millis(a.propose_timeout_ms),
+        ..TargetConfig::default()
+    };
+    let handle = metrics_http::install()?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = bind(&a.listen.host, a.listen.port).await?;
+        let mlistener = bind(&a.listen.host, a.listen.metrics_port).await?;
+        let (grpc, maddr) = (listener.local_addr()?, mlistener.local_addr()?);
+        let server = TargetServer::start(&engine, cfg).context("starting the scheduler")?;
+        let shared = server.shared();
+        tokio::spawn(metrics_http::serve(mlistener, handle));
+        let svc = TargetServiceServer::new(server).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        announce("target", grpc, maddr);
+        let serve = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener));
+        let grace = Duration::from_secs(a.drain_grace_secs);
+        tokio::select! {
+            r = serve => r.context("gRPC server failed")?,
+            _ = termination() => {
+                shared.start_draining();
+                tracing::info!("draining: {} running, {} waiting", shared.running(), shared.waiting());
+                let t = Instant::now();
+                while !shared.is_idle() && t.elapsed() < grace {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if !shared.is_idle() {
+                    tracing::warn!("grace period over with {} requests unfinished", shared.running() + shared.waiting());
+                }
+                // Let the last chunks leave before the sockets close.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
+    let engine = Engine::load(&a.model_path, DType::Auto)
+        .with_context(|| format!("loading target model `{}`", a.model_path))?;
+    let mut spec = a.spec.clone();
+    if spec.speculative_algorithm.is_none() {
+        spec.speculative_algorithm = Some(SpecAlgorithm::Eagle);
+    }
+    let mut opts = spec.options().expect("an algorithm is set above");
+    // The shipped head was trained and evaluated with its hot vocabulary.
+    if opts.algorithm == SpecAlgorithm::Eagle
+        && opts.draft_model_path.is_none()
+        && opts.token_map.is_none()
+    {
+        opts.token_map = aerie_draft_worker::shipped_head(&engine.model)
+            .map(|d| d.join("hot_vocab.json"))
+            .filter(|p| p.is_file());
+    }
+    let draft_model = opts
+        .draft_model_path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| format!("{:?} default", opts.algorithm));
+    let factory = ProposerFactory::new(opts, engine.model.clone(), &engine.tokenizer)
+        .context("loading the drafter")?;
+    let handle = metrics_http::install()?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = bind(&a.listen.host, a.listen.port).await?;
+        let mlistener = bind(&a.listen.host, a.listen.metrics_port).await?;
+        let (grpc, maddr) = (listener.local_addr()?, mlistener.local_addr()?);
+        let server = DraftServer::new(factory, Arc::clone(&engine.model), draft_model);
+        tracing::info!(kind = %server.info().kind, features = %server.info().features, "draft worker ready");
+        tokio::spawn(metrics_http::serve(mlistener, handle));
+        let svc = DraftServiceServer::new(server).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        announce("draft", grpc, maddr);
+        let serve = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener));
+        tokio::select! {
+            r = serve => r.context("gRPC server failed")?,
+            _ = termination() => {}
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,547 @@
+//! The cluster runtime end to end: real `aerie target-worker` and
+//! `aerie draft-worker` processes on loopback with the real SmolLM2, driven
+//! through gRPC. Each test starts its own workers; a file-wide lock keeps
+//! two clusters from sharing the two CPU cores at once.
+
+use aerie_engine::generate::{generate, GenerateRequest as EngineRequest};
+use aerie_engine::{ChatMessage, DType, Engine, SamplingParams};
+use aerie_proto::v1::target_service_client::TargetServiceClient;
+use aerie_proto::v1::{Finished, GenerateRequest, HealthRequest, SamplingParams as WireSampling};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+
+const PROMPTS: [&str; 10] = [
+    "Name three rivers in Europe.",
+    "Write a Python function that checks whether a number is prime.",
+    "Count from 1 to 40, separated by commas.",
+    "Explain why the sky is blue in two sentences.",
+    "Repeat the sentence 'The quick brown fox jumps over the lazy dog.' five times.",
+    "Give me a recipe for pancakes.",
+    "What is the capital of Australia, and why is it not Sydney?",
+    "Translate 'Good morning, how are you?' into French, Spanish and German.",
+    "List the planets of the solar system in order from the Sun.",
+    "Write a haiku about autumn leaves.",
+];
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static L: Mutex<()> = Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| Engine::load("smollm2", DType::Auto).expect("load smollm2"))
+}
+
+fn prompt_ids(i: usize) -> Vec<u32> {
+    engine()
+        .chat_prompt_ids(&[ChatMessage::new("user", PROMPTS[i % PROMPTS.len()])])
+        .unwrap()
+}
+
+/// In-process plain greedy, EOS ignored: the reference.
+fn reference(i: usize, max_tokens: usize) -> Vec<u32> {
+    let ids = prompt_ids(i);
+    let req = EngineRequest {
+        prompt_ids: &ids,
+        max_tokens,
+        sampling: SamplingParams::default(),
+        stop_ids: &[],
+    };
+    generate(&engine().model, &req, &mut |_| {})
+        .unwrap()
+        .token_ids
+}
+
+/// A worker process, killed when dropped.
+struct Proc {
+    child: Child,
+    grpc: String,
+    metrics: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aerie"))
+        .args(["--threads", "1"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn aerie");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("READY ") => break l,
+            Some(Ok(_)) => continue,
+            _ => panic!("{args:?} exited before READY: {:?}", child.wait()),
+        }
+    };
+    // Keep draining stdout so the worker never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap()
+            .to_string()
+    };
+    Proc {
+        child,
+        grpc: format!("http://{}", field("grpc=")),
+        metrics: format!("http://{}/metrics", field("metrics=")),
+    }
+}
+
+fn draft_worker() -> Proc {
+    // The shipped head as a (3, 1, 4) chain with its hot vocabulary.
+    start(&[
+        "draft-worker",
+        "--speculative-num-steps",
+        "3",
+        "--speculative-eagle-topk",
+        "1",
+        "--speculative-num-draft-tokens",
+        "4",
+    ])
+}
+
+fn target_worker(extra: &[&str]) -> Proc {
+    let mut args = vec!["target-worker"];
+    args.extend_from_slice(extra);
+    start(&args)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn client(p: &Proc) -> TargetServiceClient<tonic::transport::Channel> {
+    TargetServiceClient::connect(p.grpc.clone()).await.unwrap()
+}
+
+fn greedy(i: usize, max_tokens: u32, draft: Option<&Proc>) -> GenerateRequest {
+    GenerateRequest {
+        request_id: String::new(),
+        prompt_ids: prompt_ids(i),
+        max_tokens: Some(max_tokens),
+        sampling: None,
+        stop_ids: vec![],
+        draft_worker: draft.map(|d| d.grpc.clone()).unwrap_or_default(),
+        ignore_eos: true, // as the reference does
+    }
+}
+
+/// Runs a request to the end: its tokens and final message.
+async fn collect(
+    mut c: TargetServiceClient<tonic::transport::Channel>,
+    r: GenerateRequest,
+) -> Result<(Vec<u32>, Finished), tonic::Status> {
+    let mut s = c.generate(r).await?.into_inner();
+    let mut toks = Vec::new();
+    while let Some(msg) = s.next().await {
+        let m = msg?;
+        toks.extend(m.token_ids);
+        if let Some(f) = m.finished {
+            return Ok((toks, f));
+        }
+    }
+    Err(tonic::Status::unknown(
+        "stream ended without a final message",
+    ))
+}
+
+async fn scrape(p: &Proc) -> String {
+    let url = p.metrics.trim_start_matches("http://");
+    let (host, path) = url.split_once('/').unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The sum of a metric's samples whose line starts with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn cluster_greedy_equals_in_process_plain_with_and_without_speculation() {
+    let _g = serial();
+    const N: u32 = 40;
+    let want: Vec<Vec<u32>> = (0..10).map(|i| reference(i, N as usize)).collect();
+    let draft = draft_worker();
+    let target = target_worker(&[]);
+    rt().block_on(async {
+        for spec in [true, false] {
+            let c = client(&target).await;
+            let tasks: Vec<_> = (0..10)
+                .map(|i| tokio::spawn(collect(c.clone(), greedy(i, N, spec.then_some(&draft)))))
+                .collect();
+            let mut tau = 0.0;
+            for (i, t) in tasks.into_iter().enumerate() {
+                let (toks, fin) = t.await.unwrap().unwrap();
+                assert_eq!(toks, want[i], "speculation {spec}, prompt {i}");
+                assert_eq!(fin.finish_reason, "length");
+                assert!(!fin.draft_fallback, "prompt {i} fell back");
+                tau += fin.spec_accept_length / 10.0;
+            }
+            eprintln!("speculation {spec}: mean tau {tau:.2}");
+            if spec {
+                assert!(
+                    tau > 1.05,
+                    "the shipped head accepted almost nothing through the cluster (tau {tau:.2})"
+                );
+            }
+        }
+        let m = scrape(&target).await;
+        assert!(
+            metric(&m, "aerie_target_draft_tokens_accepted_total") > 0.0,
+            "{m}"
+        );
+        // Shared memory carried the features (both workers are on this host).
+        assert!(
+            metric(&m, "aerie_target_feature_bytes_total{transport=\"shm\"}") > 0.0,
+            "{m}"
+        );
+    });
+}
+
+#[test]
+fn inline_feature_transport_is_lossless_too() {
+    let _g = serial();
+    const N: u32 = 24;
+    let want: Vec<Vec<u32>> = (0..3).map(|i| reference(i, N as usize)).collect();
+    let draft = draft_worker();
+    let target = target_worker(&["--feature-transport", "inline"]);
+    rt().block_on(async {
+        let c = client(&target).await;
+        for (i, w) in want.iter().enumerate() {
+            let (toks, fin) = collect(c.clone(), greedy(i, N, Some(&draft)))
+                .await
+                .unwrap();
+            assert_eq!(&toks, w, "prompt {i}");
+            assert!(fin.spec_verify_ct > 0 && !fin.draft_fallback);
+        }
+        let m = scrape(&target).await;
+        assert!(metric(&m, "aerie_target_feature_bytes_total{transport=\"inline\"}") > 0.0);
+        assert_eq!(
+            metric(&m, "aerie_target_feature_bytes_total{transport=\"shm\"}"),
+            0.0
+        );
+    });
+}
+
+#[test]
+fn sixteen_concurrent_mixed_requests_batch_and_complete() {
+    let _g = serial();
+    let draft = draft_worker();
+    let target = target_worker(&[]);
+    rt().block_on(async {
+        let c = client(&target).await;
+        let mut tasks = Vec::new();
+        for k in 0..16usize {
+            let len = 8 + (k as u32 * 5) % 40;
+            let mut r = greedy(k, len, (k % 2 == 0).then_some(&draft));
+            if k % 4 == 3 {
+                r.sampling = Some(WireSampling {
+                    temperature: Some(0.8),
+                    top_p: Some(0.95),
+                    seed: Some(k as u64),
+                    ..Default::default()
+                });
+            }
+            tasks.push((
+                k,
+                len,
+                r.sampling.is_some(),
+                tokio::spawn(collect(c.clone(), r)),
+            ));
+        }
+        for (k, len, sampled, t) in tasks {
+            let (toks, fin) = t
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("request {k}: {e}"));
+            assert_eq!(toks.len(), len as usize, "request {k}");
+            assert_eq!(fin.completion_tokens, len);
+            assert!(toks
+                .iter()
+                .all(|&t| (t as usize) < engine().model.config.vocab_size));
+            if !sampled {
+                assert_eq!(toks, reference(k, len as usize), "request {k}");
+            }
+        }
+        let m = scrape(&target).await;
+        let steps = metric(&m, "aerie_target_batch_size_requests_count");
+        let single = metric(&m, "aerie_target_batch_size_requests_bucket{le=\"1\"}");
+        assert!(
+            steps > single,
+            "every step verified one request: {steps} steps, {single} of batch 1"
+        );
+    });
+}
+
+#[test]
+fn draft_worker_killed_mid_stream_requests_finish_identically() {
+    let _g = serial();
+    const N: u32 = 96;
+    let want: Vec<Vec<u32>> = (0..4).map(|i| reference(i, N as usize)).collect();
+    let mut draft = draft_worker();
+    let target = target_worker(&[]);
+    rt().block_on(async {
+        let c = client(&target).await;
+        let mut streams = Vec::new();
+        for i in 0..4 {
+            let mut cc = c.clone();
+            streams.push(
+                cc.generate(greedy(i, N, Some(&draft)))
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            );
+        }
+        let mut got: Vec<Vec<u32>> = vec![Vec::new(); 4];
+        // Wait until every request has made progress with the draft alive.
+        for (i, s) in streams.iter_mut().enumerate() {
+            while got[i].len() < 6 {
+                let m = s.next().await.unwrap().unwrap();
+                got[i].extend(m.token_ids);
+            }
+        }
+        draft.child.kill().unwrap();
+        draft.child.wait().unwrap();
+        for (i, mut s) in streams.into_iter().enumerate() {
+            let fin = loop {
+                let m = s
+                    .next()
+                    .await
+                    .expect("stream ended early")
+                    .expect("request failed");
+                got[i].extend(m.token_ids);
+                if let Some(f) = m.finished {
+                    break f;
+                }
+            };
+            assert_eq!(got[i], want[i], "request {i}");
+            assert!(
+                fin.draft_fallback,
+                "request {i} did not notice the dead draft"
+            );
+        }
+        let m = scrape(&target).await;
+        assert!(
+            metric(&m, "aerie_target_draft_fallbacks_total") >= 4.0,
+            "{m}"
+        );
+        // New requests naming the dead draft worker still succeed, without speculation.
+        let (toks, fin) = collect(c.clone(), greedy(5, 12, Some(&draft)))
+            .await
+            .unwrap();
+        assert_eq!(toks, reference(5, 12));
+        assert!(fin.draft_fallback);
+    });
+}
+
+#[test]
+fn target_worker_killed_every_stream_ends_with_an_error_quickly() {
+    let _g = serial();
+    let mut target = target_worker(&[]);
+    rt().block_on(async {
+        let c = client(&target).await;
+        let mut streams = Vec::new();
+        for i in 0..3 {
+            let mut cc = c.clone();
+            let mut s = cc
+                .generate(greedy(i, 2000, None))
+                .await
+                .unwrap()
+                .into_inner();
+            s.next().await.unwrap().unwrap();
+            streams.push(s);
+        }
+        target.child.kill().unwrap();
+        let t = Instant::now();
+        for mut s in streams {
+            let end = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    match s.next().await {
+                        Some(Ok(m)) if m.finished.is_none() => continue,
+                        other => return other,
+                    }
+                }
+            })
+            .await
+            .expect("a stream hung after the target died");
+            assert!(
+                matches!(end, Some(Err(_)) | None),
+                "expected an error, got {end:?}"
+            );
+        }
+        assert!(t.elapsed() < Duration::from_secs(5));
+    });
+}
+
+#[test]
+fn full_queue_and_bad_requests_are_refused_and_the_worker_stays_up() {
+    let _g = serial();
+    let target = target_worker(&["--max-running-requests", "1", "--max-queued-requests", "1"]);
+    rt().block_on(async {
+        let mut c = client(&target).await;
+        let mut a = c
+            .generate(greedy(0, 4000, None))
+            .await
+            .unwrap()
+            .into_inner();
+        a.next().await.unwrap().unwrap(); // running
+        let mut b = c.generate(greedy(1, 8, None)).await.unwrap().into_inner(); // waits
+        let full = c
+            .generate(greedy(2, 8, None))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
+        // The client of A goes away: A is aborted (4000 tokens would take
+        // far longer than the bound below) and B gets to run.
+        drop(a);
+        let t = Instant::now();
+        let mut b_toks = Vec::new();
+        while let Some(m) = tokio::time::timeout(Duration::from_secs(20), b.next())
+            .await
+            .expect("B never ran: A was not aborted")
+        {
+            b_toks.extend(m.unwrap().token_ids);
+        }
+        assert_eq!(b_toks, reference(1, 8));
+        eprintln!(
+            "B finished {:.2}s after A's client left",
+            t.elapsed().as_secs_f64()
+        );
+
+        let vocab = engine().model.config.vocab_size as u32;
+        let ctx = engine().model.config.max_position_embeddings;
+        let cases: Vec<(&str, GenerateRequest)> = vec![
+            (
+                "empty prompt",
+                GenerateRequest {
+                    prompt_ids: vec![],
+                    ..greedy(0, 8, None)
+                },
+            ),
+            (
+                "token outside the vocabulary",
+                GenerateRequest {
+                    prompt_ids: vec![1, vocab + 7],
+                    ..greedy(0, 8, None)
+                },
+            ),
+            (
+                "prompt longer than the context",
+                GenerateRequest {
+                    prompt_ids: vec![1; ctx + 100_000],
+                    ..greedy(0, 8, None)
+                },
+            ),
+            (
+                "negative temperature",
+                GenerateRequest {
+                    sampling: Some(WireSampling {
+                        temperature: Some(-1.0),
+                        ..Default::default()
+                    }),
+                    ..greedy(0, 8, None)
+                },
+            ),
+            (
+                "top_p above 1",
+                GenerateRequest {
+                    sampling: Some(WireSampling {
+                        top_p: Some(1.5),
+                        ..Default::default()
+                    }),
+                    ..greedy(0, 8, None)
+                },
+            ),
+        ];
+        for (what, r) in cases {
+            let e = c.generate(r).await.map(|_| ()).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
+            assert!(!e.message().is_empty());
+        }
+        c.health(HealthRequest {})
+            .await
+            .expect("the worker went down");
+        let (toks, _) = collect(c.clone(), greedy(3, 10, None)).await.unwrap();
+        assert_eq!(toks, reference(3, 10));
+    });
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let _g = serial();
+    let mut target = target_worker(&[]);
+    rt().block_on(async {
+        let mut c = client(&target).await;
+        let mut s = c.generate(greedy(4, 48, None)).await.unwrap().into_inner();
+        let mut toks = s.next().await.unwrap().unwrap().token_ids;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(target.child.id() as i32, libc::SIGTERM) };
+        while let Some(m) = s.next().await {
+            let m = m.expect("an in-flight request failed during drain");
+            toks.extend(m.token_ids);
+        }
+        assert_eq!(toks, reference(4, 48));
+    });
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = target.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the worker did not exit after draining"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn serve_fails_with_the_failing_childs_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_aerie"))
+        .args([
+            "serve",
+            "--speculative-algorithm",
+            "EAGLE",
+            "--speculative-draft-model-path",
+            "/nonexistent/head",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("draft-0 failed at startup") && err.contains("/nonexistent/head"),
+        "{err}"
+    );
+}

@@ -1,0 +1,54 @@
+//! Every Prometheus metric Aerie's workers export, in one place.
+//!
+//! Naming guide:
+//! - `aerie_{role}_{what}_{unit}`: role is `target`, `draft` or `router`.
+//! - Units are spelled out and base: `_seconds`, `_bytes`, `_tokens`.
+//! - `_total` ends counters and only counters.
+//! - Labels are few and bounded: `reason`, `transport`, `position` (1..=64),
+//!   `outcome`, `error_type` (the stable `error_type()` strings).
+
+// ---- target worker
+/// Counter: verification forwards per request (one per request per step).
+pub const TARGET_VERIFY_STEPS: &str = "aerie_target_verify_steps_total";
+/// Counter: draft tokens the target could have accepted (tree depth per verify).
+pub const TARGET_DRAFT_TOKENS_PROPOSED: &str = "aerie_target_draft_tokens_proposed_total";
+/// Counter: draft tokens the target accepted.
+pub const TARGET_DRAFT_TOKENS_ACCEPTED: &str = "aerie_target_draft_tokens_accepted_total";
+/// Counter, label `position`: accepted drafts at each tree depth (1 = first draft).
+pub const TARGET_ACCEPTED_BY_POSITION: &str = "aerie_target_accepted_by_position_total";
+/// Histogram: tokens emitted per verification, bonus included (τ per step).
+pub const TARGET_ACCEPT_LENGTH: &str = "aerie_target_accept_length_tokens";
+/// Histogram: one scheduler step (propose wait + verify forward), seconds.
+pub const TARGET_STEP_DURATION: &str = "aerie_target_step_duration_seconds";
+/// Histogram: the verify forward of one step, seconds.
+pub const TARGET_VERIFY_DURATION: &str = "aerie_target_verify_duration_seconds";
+/// Histogram: requests verified together per step.
+pub const TARGET_BATCH_SIZE: &str = "aerie_target_batch_size_requests";
+/// Gauge: KV tokens reserved by running requests.
+pub const TARGET_KV_USED: &str = "aerie_target_kv_used_tokens";
+/// Gauge: the KV budget.
+pub const TARGET_KV_CAPACITY: &str = "aerie_target_kv_capacity_tokens";
+/// Gauge: requests waiting for admission.
+pub const TARGET_QUEUE_LENGTH: &str = "aerie_target_queue_length_requests";
+/// Gauge: requests being decoded.
+pub const TARGET_RUNNING: &str = "aerie_target_running_requests";
+/// Counter, label `reason`: requests that lost their draft worker and went on without speculation.
+pub const TARGET_DRAFT_FALLBACKS: &str = "aerie_target_draft_fallbacks_total";
+/// Counter, label `outcome` (`finished`, `aborted`, `rejected`, `failed`): requests.
+pub const TARGET_REQUESTS: &str = "aerie_target_requests_total";
+/// Counter: tokens generated.
+pub const TARGET_GENERATED_TOKENS: &str = "aerie_target_generated_tokens_total";
+/// Counter, label `transport`: feature bytes sent to draft workers.
+pub const TARGET_FEATURE_BYTES: &str = "aerie_target_feature_bytes_total";
+
+// ---- draft worker
+/// Histogram: one proposal (catch-up included), seconds.
+pub const DRAFT_PROPOSE_DURATION: &str = "aerie_draft_propose_duration_seconds";
+/// Gauge: open sessions (one per target worker).
+pub const DRAFT_SESSIONS: &str = "aerie_draft_sessions";
+/// Gauge: sequences held across sessions.
+pub const DRAFT_SEQUENCES: &str = "aerie_draft_sequences";
+/// Counter, label `transport`: feature bytes received.
+pub const DRAFT_FEATURE_BYTES: &str = "aerie_draft_feature_bytes_total";
+/// Counter, label `error_type`: session errors reported to targets.
+pub const DRAFT_ERRORS: &str = "aerie_draft_errors_total";

@@ -1,0 +1,67 @@
+//! Target worker settings with their defaults.
+
+use std::time::Duration;
+
+/// How hidden features reach draft workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeatureTransportMode {
+    /// Shared memory when the draft worker reports the same host, else inline.
+    #[default]
+    Auto,
+    /// Always shared memory (fails over to inline only per oversized block).
+    Shm,
+    /// Always inline bytes in the gRPC message.
+    Inline,
+}
+
+impl std::str::FromStr for FeatureTransportMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "shm" => Ok(Self::Shm),
+            "inline" => Ok(Self::Inline),
+            o => Err(format!("unknown feature transport `{o}` (auto, shm, inline)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// Name the model was loaded by, reported by `Info`. Default: empty.
+    pub model_id: String,
+    /// Most requests decoded at once (`--max-running-requests`). Default 16.
+    pub max_running_requests: usize,
+    /// KV budget in tokens across running requests (`--max-total-tokens`).
+    /// Each request reserves prompt + max_tokens + tree slack at admission,
+    /// so a running request never runs out. Default 65,536.
+    pub max_total_tokens: usize,
+    /// Requests that may wait for admission; beyond this Generate answers
+    /// RESOURCE_EXHAUSTED (`--max-queued-requests`). Default 64.
+    pub max_queued_requests: usize,
+    /// Default `auto`.
+    pub feature_transport: FeatureTransportMode,
+    /// Shared-memory ring per draft session, bytes. Default 64 MiB.
+    pub shm_ring_bytes: u64,
+    /// Longest wait for one proposal before the request drops speculation.
+    /// Default 10 s (a draft worker serving many sequences on a busy CPU can
+    /// take a while; a dead one is noticed at once through its stream).
+    pub propose_timeout: Duration,
+    /// Longest wait to connect to a draft worker. Default 3 s.
+    pub draft_connect_timeout: Duration,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            model_id: String::new(),
+            max_running_requests: 16,
+            max_total_tokens: 65_536,
+            max_queued_requests: 64,
+            feature_transport: FeatureTransportMode::Auto,
+            shm_ring_bytes: aerie_proto::transport::DEFAULT_RING_BYTES,
+            propose_timeout: Duration::from_secs(10),
+            draft_connect_timeout: Duration::from_secs(3),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The target's side of a draft session.
+//!
+//! Strategy. One [`DraftLink`] per draft worker address: a gRPC
+//! `DraftService.Session` stream opened once and shared by every request that
+//! names that worker. Each request gets a [`RemoteProposer`], which
+//! implements the engine's `Proposer` trait by sending Begin / Commit /
+//! Propose / Release messages tagged with its sequence id; a reader task
+//! routes each `Proposal` back to the proposer that asked.
+//!
+//! Commits are fire-and-forget; only `propose` waits. The scheduler asks all
+//! of a step's proposers first (`request_proposal`), then collects.
+//!
+//! Failure. Any trouble — the stream ends (the draft worker died), an error
+//! for the sequence, a malformed tree, no answer within `propose_timeout` —
+//! switches that request to root-only trees for the rest of its life. A
+//! root-only tree makes the verify step a plain decode step, so greedy output
+//! is unchanged and sampling keeps the target distribution. Each switch is
+//! counted in `aerie_target_draft_fallbacks_total{reason}`.
+
+use crate::config::{FeatureTransportMode, TargetConfig};
+use aerie_engine::spec::{DraftTree, FeatureKind, Features, Proposer};
+use aerie_engine::{EngineError, Result};
+use aerie_proto::metric_names as m;
+use aerie_proto::transport::{host_id, FeatureSender, InlineSender, ShmRingSender};
+use aerie_proto::v1::draft_service_client::DraftServiceClient;
+use aerie_proto::v1::session_request::Msg;
+use aerie_proto::v1::session_response::Msg as Reply;
+use aerie_proto::v1::{InfoRequest, Proposal, ProposeRequest, SequenceBegin, SequenceCommit, SequenceRelease, SessionOpen, SessionRequest};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+/// What a proposer receives from the reader task.
+enum Answer {
+    Tree(Proposal),
+    Failed(String),
+}
+
+/// One session with one draft worker.
+pub struct DraftLink {
+    pub addr: String,
+    tx: mpsc::UnboundedSender<SessionRequest>,
+    routes: Mutex<HashMap<u64, std_mpsc::Sender<Answer>>>,
+    alive: AtomicBool,
+    sender: Arc<dyn FeatureSender>,
+    features: FeatureKind,
+    next_seq: AtomicU64,
+    propose_timeout: Duration,
+}
+
+impl DraftLink {
+    /// Connects, checks the draft was built for this target, and opens the session.
+    pub async fn connect(addr: &str, fingerprint: &str, num_layers: usize, cfg: &TargetConfig) -> std::result::Result<Arc<DraftLink>, String> {
+        let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+            .map_err(|e| format!("bad draft worker address `{addr}`: {e}"))?
+            .connect_timeout(cfg.draft_connect_timeout)
+            .tcp_nodelay(true);
+        let channel = tokio::time::timeout(cfg.draft_connect_timeout, endpoint.connect())
+            .await
+            .map_err(|_| format!("draft worker {addr}: connect timed out"))?
+            .map_err(|e| format!("draft worker {addr}: {e}"))?;
+        let mut client = DraftServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        let info = tokio::time::timeout(cfg.draft_connect_timeout, client.info(InfoRequest {}))
+            .await
+            .map_err(|_| format!("draft worker {addr}: Info timed out"))?
+            .map_err(|e| format!("draft worker {addr}: Info: {}", e.message()))?
+            .into_inner();
+        if info.target_fingerprint != fingerprint {
+            return Err(format!("draft worker {addr} was built for target {} but this worker serves {fingerprint}", info.target_fingerprint));
+        }
+        let features: FeatureKind = info.features.parse().map_err(|e| format!("draft worker {addr}: {e}"))?;
+        if let FeatureKind::Aux(l) = &features {
+            if l.iter().any(|&x| x >= num_layers) {
+                return Err(format!("draft worker {addr} wants aux layers {l:?}; the target has {num_layers}"));
+            }
+        }
+        let shm = match cfg.feature_transport {
+            FeatureTransportMode::Inline => false,
+            FeatureTransportMode::Shm => true,
+            FeatureTransportMode::Auto => info.host_id == host_id(),
+        } && features != FeatureKind::None;
+        let sender: Arc<dyn FeatureSender> = if shm {
+            match ShmRingSender::create(std::path::Path::new("/dev/shm"), cfg.shm_ring_bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("shared-memory ring unavailable ({e}); sending features inline");
+                    Arc::new(InlineSender)
+                }
+            }
+        } else {
+            Arc::new(InlineSender)
+        };
+        let (shm_path, shm_capacity) = sender.ring().unwrap_or_default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let open = SessionOpen { target_fingerprint: fingerprint.to_string(), shm_path, shm_capacity };
+        tx.send(SessionRequest { msg: Some(Msg::Open(open)) }).map_err(|_| "session channel closed".to_string())?;
+        let responses = client
+            .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await
+            .map_err(|e| format!("draft worker {addr}: Session: {}", e.message()))?
+            .into_inner();
+        let link = Arc::new(DraftLink {
+            addr: addr.to_string(),
+            tx,
+            routes: Mutex::new(HashMap::new()),
+            alive: AtomicBool::new(true),
+            sender,
+            features,
+            next_seq: AtomicU64::new(1),
+            propose_timeout: cfg.propose_timeout,
+        });
+        tracing::info!(addr, transport = link.sender.name(), "draft session open");
+        tokio::spawn(read_answers(link.clone(), responses));
+        Ok(link)
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// `shm` or `inline`.
+    pub fn transport(&self) -> &'static str {
+        self.sender.name()
+    }
+
+    fn mark_dead(&self, why: &str) {
+        if self.alive.swap(false, Ordering::AcqRel) {
+            tracing::warn!(addr = %self.addr, "draft session lost: {why}");
+        }
+        // Dropping the routes wakes every waiting proposer with a disconnect.
+        self.routes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn route(&self, seq: u64, a: Answer) {
+        if let Some(tx) = self.routes.lock().unwrap_or_else(|e| e.into_inner()).get(&seq) {
+            let _ = tx.send(a);
+        }
+    }
+
+    /// A proposer for one request. `fallback` is raised if it ever drops
+    /// speculation.
+    pub fn proposer(self: &Arc<Self>, fallback: Arc<AtomicBool>) -> RemoteProposer {
+        let seq_id = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = std_mpsc::channel();
+        self.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(seq_id, tx);
+        let mut p = RemoteProposer { link: self.clone(), seq_id, answers: rx, root: None, pending: false, fallback, failed: false };
+        if !self.is_alive() {
+            p.fail("draft_down");
+        }
+        p
+    }
+}
+
+async fn read_answers(link: Arc<DraftLink>, mut stream: tonic::Streaming<aerie_proto::v1::SessionResponse>) {
+    loop {
+        match stream.next().await {
+            Some(Ok(resp)) => match resp.msg {
+                Some(Reply::Proposal(p)) => {
+                    link.sender.consumed(p.ring_consumed);
+                    link.route(p.seq_id, Answer::Tree(p));
+                }
+                Some(Reply::Error(e)) if e.seq_id == 0 => {
+                    link.mark_dead(&format!("{} ({})", e.message, e.error_type));
+                    return;
+                }
+                Some(Reply::Error(e)) => link.route(e.seq_id, Answer::Failed(format!("{} ({})", e.message, e.error_type))),
+                None => {}
+            },
+            Some(Err(status)) => {
+                link.mark_dead(&format!("stream error: {}", status.message()));
+                return;
+            }
+            None => {
+                link.mark_dead("stream ended");
+                return;
+            }
+        }
+    }
+}
+
+/// A [`Proposer`] whose drafts come from a draft worker.
+pub struct RemoteProposer {
+    link: Arc<DraftLink>,
+    seq_id: u64,
+    answers: std_mpsc::Receiver<Answer>,
+    /// The last committed token: the next tree's root.
+    root: Option<u32>,
+    /// A Propose was sent and its answer not yet read.
+    pending: bool,
+    fallback: Arc<AtomicBool>,
+    failed: bool,
+}
+
+impl RemoteProposer {
+    /// Drops speculation for the rest of this request.
+    fn fail(&mut self, reason: &'static str) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        self.fallback.store(true, Ordering::Release);
+        metrics::counter!(m::TARGET_DRAFT_FALLBACKS, "reason" => reason).increment(1);
+        tracing::warn!(addr = %self.link.addr, seq = self.seq_id, reason, "continuing without speculation");
+        self.release();
+    }
+
+    fn release(&mut self) {
+        self.link.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.seq_id);
+        if self.link.is_alive() {
+            let _ = self.link.tx.send(SessionRequest { msg: Some(Msg::Release(SequenceRelease { seq_id: self.seq_id })) });
+        }
+    }
+
+    fn send(&mut self, msg: Msg) {
+        if self.failed {
+            return;
+        }
+        if !self.link.is_alive() || self.link.tx.send(SessionRequest { msg: Some(msg) }).is_err() {
+            self.fail("draft_down");
+        }
+    }
+
+    fn payload(&self, feats: &Features) -> aerie_proto::v1::FeaturePayload {
+        let (p, via) = self.link.sender.encode(feats.width, &feats.data);
+        metrics::counter!(m::TARGET_FEATURE_BYTES, "transport" => via).increment((feats.data.len() * 4) as u64);
+        p
+    }
+
+    fn to_tree(&self, p: Proposal, root: u32) -> std::result::Result<DraftTree, String> {
+        let parents: std::result::Result<Vec<Option<usize>>, String> = p
+            .parents
+            .iter()
+            .map(|&x| match x {
+                -1 => Ok(None),
+                x if x >= 0 => Ok(Some(x as usize)),
+                x => Err(format!("parent index {x}")),
+            })
+            .collect();
+        let tree = DraftTree::from_parents(p.tokens, parents?).map_err(|e| e.to_string())?;
+        if tree.tokens[0] != root {
+            return Err(format!("tree rooted at {} but the last committed token is {root}", tree.tokens[0]));
+        }
+        Ok(tree)
+    }
+}
+
+impl Drop for RemoteProposer {
+    fn drop(&mut self) {
+        if !self.failed {
+            self.release();
+        }
+    }
+}
+
+impl Proposer for RemoteProposer {
+    fn name(&self) -> &'static str {
+        "remote"
+    }
+
+    fn features(&self) -> FeatureKind {
+        self.link.features.clone()
+    }
+
+    fn reset(&mut self) {
+        self.root = None;
+    }
+
+    fn begin(&mut self, tokens: &[u32], feats: &Features) -> Result<()> {
+        self.root = tokens.last().copied();
+        if !self.failed {
+            let features = Some(self.payload(feats));
+            self.send(Msg::Begin(SequenceBegin { seq_id: self.seq_id, tokens: tokens.to_vec(), features }));
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, tokens: &[u32], feats: &Features) -> Result<()> {
+        if let Some(&t) = tokens.last() {
+            self.root = Some(t);
+        }
+        if !self.failed {
+            let features = Some(self.payload(feats));
+            self.send(Msg::Commit(SequenceCommit { seq_id: self.seq_id, tokens: tokens.to_vec(), features }));
+        }
+        Ok(())
+    }
+
+    fn request_proposal(&mut self, max_depth: usize) -> Result<()> {
+        if !self.failed && !self.pending {
+            self.send(Msg::Propose(ProposeRequest { seq_id: self.seq_id, max_depth: max_depth.min(u32::MAX as usize) as u32 }));
+            self.pending = !self.failed;
+        }
+        Ok(())
+    }
+
+    fn propose(&mut self, max_depth: usize) -> Result<DraftTree> {
+        let root = self.root.ok_or_else(|| EngineError::InvalidInput("propose before begin".into()))?;
+        self.request_proposal(max_depth)?;
+        if self.pending {
+            self.pending = false;
+            match self.answers.recv_timeout(self.link.propose_timeout) {
+                Ok(Answer::Tree(p)) => match self.to_tree(p, root) {
+                    Ok(tree) => return Ok(tree),
+                    Err(e) => {
+                        tracing::warn!(seq = self.seq_id, "malformed proposal: {e}");
+                        self.fail("bad_proposal");
+                    }
+                },
+                Ok(Answer::Failed(e)) => {
+                    tracing::warn!(seq = self.seq_id, "draft error: {e}");
+                    self.fail("draft_error");
+                }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => self.fail("timeout"),
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => self.fail("draft_down"),
+            }
+        }
+        Ok(DraftTree::chain(root, &[]))
+    }
+}

@@ -1,0 +1,349 @@
+//! Continuous batching at step granularity.
+//!
+//! Strategy. One scheduler thread owns the model's forward passes. Each loop
+//! it (1) drops requests whose client went away or that were aborted,
+//! (2) admits waiting requests in FIFO order while `max_running_requests`
+//! and the KV budget allow, prefilling each, and (3) runs one speculative
+//! step for every running request together: all drafters are asked first,
+//! then every tree is verified in a single batched forward
+//! ([`aerie_engine::spec::step_batch`]). Requests join and leave between
+//! steps. Requests without speculation take part with root-only trees,
+//! which is a plain decode step in the same forward.
+//!
+//! Parameters: `max_running_requests`, `max_total_tokens` (KV budget; each
+//! request reserves `min(prompt + max_tokens, context) + TREE_SLACK` at
+//! admission, so running requests never run out), `max_queued_requests`
+//! (beyond it `submit` refuses with `QueueFull`).
+
+use crate::config::TargetConfig;
+use crate::error::TargetError;
+use aerie_engine::generate::{FinishReason, GenerateRequest};
+use aerie_engine::spec::{step_batch, Proposer, SpecSession};
+use aerie_engine::{Model, SamplingParams};
+use aerie_proto::metric_names as m;
+use aerie_proto::v1::{Finished, GenerateResponse, StepStats};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// KV rows reserved beyond prompt + max_tokens for the tree being verified.
+pub const TREE_SLACK: usize = 64;
+
+pub type ChunkSender = UnboundedSender<Result<GenerateResponse, tonic::Status>>;
+
+/// One admitted-to-queue request.
+pub struct Job {
+    pub id: String,
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop_ids: Vec<u32>,
+    pub proposer: Box<dyn Proposer>,
+    /// Whether per-step speculation stats are reported.
+    pub speculative: bool,
+    /// Raised when the request lost (or never got) its draft worker.
+    pub fallback: Arc<AtomicBool>,
+    pub out: ChunkSender,
+    pub cancel: Arc<AtomicBool>,
+    /// KV tokens reserved while running.
+    pub reserve: usize,
+}
+
+/// State shared by the gRPC handlers and the scheduler thread.
+pub struct Shared {
+    queue: Mutex<VecDeque<Job>>,
+    wake: Condvar,
+    max_running: usize,
+    max_total_tokens: usize,
+    max_queued: usize,
+    running: AtomicUsize,
+    kv_used: AtomicUsize,
+    draining: AtomicBool,
+    cancels: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Mean τ of recent speculative requests (an EWMA), as f64 bits.
+    tau_bits: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(cfg: &TargetConfig) -> Arc<Shared> {
+        metrics::gauge!(m::TARGET_KV_CAPACITY).set(cfg.max_total_tokens as f64);
+        Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            max_running: cfg.max_running_requests.max(1),
+            max_total_tokens: cfg.max_total_tokens,
+            max_queued: cfg.max_queued_requests,
+            running: AtomicUsize::new(0),
+            kv_used: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            cancels: Mutex::new(HashMap::new()),
+            tau_bits: AtomicU64::new(0f64.to_bits()),
+        })
+    }
+
+    pub fn max_total_tokens(&self) -> usize {
+        self.max_total_tokens
+    }
+
+    /// Queues a job, or refuses it when the queue is full or the worker drains.
+    pub fn submit(&self, job: Job) -> Result<(), TargetError> {
+        if self.is_draining() {
+            return Err(TargetError::Draining);
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // Every request waits at least until the scheduler's next loop, so
+        // the queue bound counts requests not yet running.
+        if q.len() >= self.max_queued {
+            metrics::counter!(m::TARGET_REQUESTS, "outcome" => "rejected").increment(1);
+            return Err(TargetError::QueueFull { waiting: q.len(), limit: self.max_queued });
+        }
+        {
+            let mut c = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
+            if c.contains_key(&job.id) {
+                return Err(TargetError::InvalidRequest(format!("request_id `{}` is already live on this worker", job.id)));
+            }
+            c.insert(job.id.clone(), job.cancel.clone());
+        }
+        q.push_back(job);
+        metrics::gauge!(m::TARGET_QUEUE_LENGTH).set(q.len() as f64);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Marks a live request for abort; true if it was found.
+    pub fn abort(&self, id: &str) -> bool {
+        match self.cancels.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            Some(c) => {
+                c.store(true, Ordering::Release);
+                self.wake.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn kv_used(&self) -> usize {
+        self.kv_used.load(Ordering::Acquire)
+    }
+
+    /// No request running or waiting.
+    pub fn is_idle(&self) -> bool {
+        self.running() == 0 && self.waiting() == 0
+    }
+
+    pub fn mean_tau(&self) -> f64 {
+        f64::from_bits(self.tau_bits.load(Ordering::Relaxed))
+    }
+
+    fn record_tau(&self, tau: f64) {
+        let old = self.mean_tau();
+        let new = if old == 0.0 { tau } else { 0.9 * old + 0.1 * tau };
+        self.tau_bits.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    fn forget(&self, id: &str) {
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
+/// A request being decoded.
+struct Running {
+    id: String,
+    session: SpecSession<'static>,
+    speculative: bool,
+    fallback: Arc<AtomicBool>,
+    out: ChunkSender,
+    cancel: Arc<AtomicBool>,
+    reserve: usize,
+}
+
+impl Running {
+    fn gone(&self) -> bool {
+        self.cancel.load(Ordering::Acquire) || self.out.is_closed()
+    }
+}
+
+/// Starts the scheduler thread.
+pub fn spawn(model: Arc<Model>, shared: Arc<Shared>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("aerie-scheduler".into()).spawn(move || run(&model, &shared))
+}
+
+fn finished_message(r: &mut Running) -> GenerateResponse {
+    r.session.finalize();
+    let s = &r.session;
+    let finish_reason = match s.finish.unwrap_or(FinishReason::Length) {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    };
+    GenerateResponse {
+        token_ids: Vec::new(),
+        step: None,
+        finished: Some(Finished {
+            finish_reason: finish_reason.into(),
+            prompt_tokens: s.stats.prompt_tokens as u32,
+            completion_tokens: s.tokens.len() as u32,
+            spec_verify_ct: s.spec.spec_verify_ct as u32,
+            spec_num_correct_drafts: s.spec.spec_num_correct_drafts as u32,
+            spec_accept_length: s.spec.spec_accept_length,
+            spec_accept_rate: s.spec.spec_accept_rate,
+            draft_fallback: r.fallback.load(Ordering::Acquire),
+        }),
+    }
+}
+
+fn run(model: &Model, shared: &Shared) {
+    let mut running: Vec<Running> = Vec::new();
+    loop {
+        // 1. Drop requests nobody waits for.
+        running.retain(|r| {
+            if r.gone() {
+                shared.kv_used.fetch_sub(r.reserve, Ordering::AcqRel);
+                shared.forget(&r.id);
+                metrics::counter!(m::TARGET_REQUESTS, "outcome" => "aborted").increment(1);
+                false
+            } else {
+                true
+            }
+        });
+        // 2. Admit.
+        let mut admitted = Vec::new();
+        {
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if running.is_empty() && q.is_empty() {
+                q = shared.wake.wait_timeout(q, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            while running.len() + admitted.len() < shared.max_running {
+                let Some(front) = q.front() else { break };
+                if front.cancel.load(Ordering::Acquire) || front.out.is_closed() {
+                    let j = q.pop_front().expect("front exists");
+                    shared.forget(&j.id);
+                    metrics::counter!(m::TARGET_REQUESTS, "outcome" => "aborted").increment(1);
+                    continue;
+                }
+                if shared.kv_used() + front.reserve > shared.max_total_tokens {
+                    break;
+                }
+                let j = q.pop_front().expect("front exists");
+                shared.kv_used.fetch_add(j.reserve, Ordering::AcqRel);
+                admitted.push(j);
+            }
+            metrics::gauge!(m::TARGET_QUEUE_LENGTH).set(q.len() as f64);
+            // Counted as running before the queue lock is released, so a
+            // drain never sees an admitted request as neither.
+            shared.running.store(running.len() + admitted.len(), Ordering::Release);
+        }
+        for j in admitted {
+            let req = GenerateRequest { prompt_ids: &j.prompt, max_tokens: j.max_tokens, sampling: j.sampling.clone(), stop_ids: &j.stop_ids };
+            match SpecSession::start(model, j.proposer, &req) {
+                Ok(session) => {
+                    let r = Running { id: j.id, session, speculative: j.speculative, fallback: j.fallback, out: j.out, cancel: j.cancel, reserve: j.reserve };
+                    let first = r.session.tokens.clone();
+                    metrics::counter!(m::TARGET_GENERATED_TOKENS).increment(first.len() as u64);
+                    if !first.is_empty() {
+                        let _ = r.out.send(Ok(GenerateResponse { token_ids: first, step: None, finished: None }));
+                    }
+                    if r.session.is_finished() {
+                        finish(shared, r);
+                    } else {
+                        running.push(r);
+                    }
+                }
+                Err(e) => {
+                    shared.kv_used.fetch_sub(j.reserve, Ordering::AcqRel);
+                    shared.forget(&j.id);
+                    metrics::counter!(m::TARGET_REQUESTS, "outcome" => "failed").increment(1);
+                    let _ = j.out.send(Err(TargetError::from(e).into()));
+                }
+            }
+        }
+        shared.running.store(running.len(), Ordering::Release);
+        metrics::gauge!(m::TARGET_RUNNING).set(running.len() as f64);
+        metrics::gauge!(m::TARGET_KV_USED).set(shared.kv_used() as f64);
+        if running.is_empty() {
+            continue;
+        }
+        // 3. One step for everyone.
+        let before: Vec<(usize, usize, f64)> =
+            running.iter().map(|r| (r.session.spec.spec_num_correct_drafts, r.session.spec.spec_num_proposed_drafts, r.session.spec.verify_ms)).collect();
+        let batch = running.len();
+        let t = Instant::now();
+        let result = {
+            let mut refs: Vec<&mut SpecSession<'static>> = running.iter_mut().map(|r| &mut r.session).collect();
+            step_batch(model, &mut refs)
+        };
+        metrics::histogram!(m::TARGET_STEP_DURATION).record(t.elapsed().as_secs_f64());
+        metrics::histogram!(m::TARGET_BATCH_SIZE).record(batch as f64);
+        let news = match result {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("verify step failed: {e}");
+                for r in running.drain(..) {
+                    shared.kv_used.fetch_sub(r.reserve, Ordering::AcqRel);
+                    shared.forget(&r.id);
+                    metrics::counter!(m::TARGET_REQUESTS, "outcome" => "failed").increment(1);
+                    let _ = r.out.send(Err(tonic::Status::internal(format!("verify step failed: {e}"))));
+                }
+                continue;
+            }
+        };
+        if let Some(r) = running.first() {
+            metrics::histogram!(m::TARGET_VERIFY_DURATION).record((r.session.spec.verify_ms - before[0].2).max(0.0) / 1e3);
+        }
+        let mut still = Vec::with_capacity(running.len());
+        for ((r, new), (c0, p0, _)) in running.drain(..).zip(news).zip(before) {
+            let accepted = r.session.spec.spec_num_correct_drafts - c0;
+            let depth = r.session.spec.spec_num_proposed_drafts - p0;
+            metrics::counter!(m::TARGET_VERIFY_STEPS).increment(1);
+            metrics::counter!(m::TARGET_GENERATED_TOKENS).increment(new.len() as u64);
+            if r.speculative {
+                metrics::counter!(m::TARGET_DRAFT_TOKENS_PROPOSED).increment(depth as u64);
+                metrics::counter!(m::TARGET_DRAFT_TOKENS_ACCEPTED).increment(accepted as u64);
+                metrics::histogram!(m::TARGET_ACCEPT_LENGTH).record((accepted + 1) as f64);
+                for pos in 1..=accepted.min(64) {
+                    metrics::counter!(m::TARGET_ACCEPTED_BY_POSITION, "position" => pos.to_string()).increment(1);
+                }
+            }
+            let step = r.speculative.then_some(StepStats { accepted_drafts: accepted as u32, proposed_depth: depth as u32, batch_size: batch as u32 });
+            if !new.is_empty() && r.out.send(Ok(GenerateResponse { token_ids: new, step, finished: None })).is_err() {
+                r.cancel.store(true, Ordering::Release);
+            }
+            if r.session.is_finished() {
+                finish(shared, r);
+            } else {
+                still.push(r);
+            }
+        }
+        running = still;
+        shared.running.store(running.len(), Ordering::Release);
+    }
+}
+
+fn finish(shared: &Shared, mut r: Running) {
+    let msg = finished_message(&mut r);
+    if r.speculative && r.session.spec.spec_verify_ct > 0 {
+        shared.record_tau(r.session.spec.spec_accept_length);
+    }
+    shared.kv_used.fetch_sub(r.reserve, Ordering::AcqRel);
+    shared.forget(&r.id);
+    metrics::counter!(m::TARGET_REQUESTS, "outcome" => "finished").increment(1);
+    let _ = r.out.send(Ok(msg));
+}

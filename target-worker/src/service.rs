@@ -1,0 +1,194 @@
+//! `aerie.v1.TargetService`: validation, draft pairing and admission. The
+//! work itself happens on the scheduler thread.
+
+use crate::config::TargetConfig;
+use crate::error::TargetError;
+use crate::remote_draft::DraftLink;
+use crate::scheduler::{self, Job, Shared, TREE_SLACK};
+use aerie_engine::spec::{NoProposer, Proposer};
+use aerie_engine::{Engine, Model, SamplingParams};
+use aerie_proto::metric_names as m;
+use aerie_proto::v1::target_service_server::TargetService;
+use aerie_proto::v1::{
+    AbortRequest, AbortResponse, GenerateRequest, GenerateResponse, HealthRequest, HealthResponse, InfoRequest, LoadRequest, LoadResponse, TargetInfo,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Default `max_tokens` when a request leaves it unset.
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// The target worker's gRPC service.
+pub struct TargetServer {
+    model: Arc<Model>,
+    tokenizer_hash: String,
+    eos_ids: Vec<u32>,
+    cfg: TargetConfig,
+    shared: Arc<Shared>,
+    drafts: tokio::sync::Mutex<HashMap<String, Arc<DraftLink>>>,
+    host_id: String,
+    next_id: AtomicU64,
+}
+
+impl TargetServer {
+    /// Starts the scheduler thread for `engine`'s model.
+    pub fn start(engine: &Engine, cfg: TargetConfig) -> std::io::Result<TargetServer> {
+        let shared = Shared::new(&cfg);
+        scheduler::spawn(engine.model.clone(), shared.clone())?;
+        Ok(TargetServer {
+            model: engine.model.clone(),
+            tokenizer_hash: engine.tokenizer.hash().to_string(),
+            eos_ids: engine.tokenizer.eos_ids.clone(),
+            cfg,
+            shared,
+            drafts: tokio::sync::Mutex::new(HashMap::new()),
+            host_id: aerie_proto::transport::host_id(),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The scheduler state, for draining and load reports.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// The session to `addr`, opened on first use and reopened when lost.
+    async fn draft_link(&self, addr: &str) -> Result<Arc<DraftLink>, String> {
+        let mut links = self.drafts.lock().await;
+        if let Some(l) = links.get(addr) {
+            if l.is_alive() {
+                return Ok(l.clone());
+            }
+        }
+        links.remove(addr);
+        let link = DraftLink::connect(addr, &self.model.fingerprint, self.model.config.num_layers, &self.cfg).await?;
+        links.insert(addr.to_string(), link.clone());
+        Ok(link)
+    }
+
+    fn validate(&self, r: &GenerateRequest) -> Result<(usize, SamplingParams), TargetError> {
+        let ctx = self.model.config.max_position_embeddings;
+        let vocab = self.model.config.vocab_size as u32;
+        if r.prompt_ids.is_empty() {
+            return Err(TargetError::InvalidRequest("prompt_ids is empty".into()));
+        }
+        if r.prompt_ids.len() >= ctx {
+            return Err(TargetError::InvalidRequest(format!("prompt has {} tokens; the context holds {ctx}, and one must be left to generate", r.prompt_ids.len())));
+        }
+        if let Some((i, t)) = r.prompt_ids.iter().enumerate().find(|(_, &t)| t >= vocab) {
+            return Err(TargetError::InvalidRequest(format!("prompt_ids[{i}] = {t} is outside the vocabulary (size {vocab})")));
+        }
+        if let Some(t) = r.stop_ids.iter().find(|&&t| t >= vocab) {
+            return Err(TargetError::InvalidRequest(format!("stop id {t} is outside the vocabulary (size {vocab})")));
+        }
+        let max_tokens = r.max_tokens.map(|x| x as usize).unwrap_or(DEFAULT_MAX_TOKENS);
+        let s = r.sampling.clone().unwrap_or_default();
+        let d = SamplingParams::default();
+        let sampling = SamplingParams {
+            temperature: s.temperature.unwrap_or(d.temperature),
+            top_p: s.top_p.unwrap_or(d.top_p),
+            top_k: s.top_k.map(|x| x as usize).unwrap_or(d.top_k),
+            min_p: s.min_p.unwrap_or(d.min_p),
+            seed: s.seed,
+        };
+        sampling.validate().map_err(TargetError::InvalidRequest)?;
+        Ok((max_tokens, sampling))
+    }
+}
+
+#[tonic::async_trait]
+impl TargetService for TargetServer {
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<TargetInfo>, Status> {
+        let c = &self.model.config;
+        Ok(Response::new(TargetInfo {
+            model_id: self.cfg.model_id.clone(),
+            model_fingerprint: self.model.fingerprint.clone(),
+            context_length: c.max_position_embeddings as u32,
+            tokenizer_hash: self.tokenizer_hash.clone(),
+            supported_draft_kinds: ["eagle", "eagle3", "ngram", "standalone"].map(String::from).to_vec(),
+            vocab_size: c.vocab_size as u32,
+            host_id: self.host_id.clone(),
+        }))
+    }
+
+    async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
+        if self.shared.is_draining() {
+            return Err(Status::unavailable("draining"));
+        }
+        Ok(Response::new(HealthResponse { status: "serving".into() }))
+    }
+
+    type GenerateStream = UnboundedReceiverStream<Result<GenerateResponse, Status>>;
+
+    async fn generate(&self, request: Request<GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+        let r = request.into_inner();
+        if self.shared.is_draining() {
+            return Err(TargetError::Draining.into());
+        }
+        let (max_tokens, sampling) = self.validate(&r)?;
+        let ctx = self.model.config.max_position_embeddings;
+        let reserve = (r.prompt_ids.len() + max_tokens).min(ctx) + TREE_SLACK;
+        if reserve > self.shared.max_total_tokens() {
+            return Err(TargetError::InvalidRequest(format!(
+                "the request needs {reserve} KV tokens (prompt + max_tokens + tree slack); this worker's budget is {}",
+                self.shared.max_total_tokens()
+            ))
+            .into());
+        }
+        let fallback = Arc::new(AtomicBool::new(false));
+        let speculative = !r.draft_worker.is_empty();
+        let proposer: Box<dyn Proposer> = if speculative {
+            match self.draft_link(&r.draft_worker).await {
+                Ok(link) => Box::new(link.proposer(fallback.clone())),
+                Err(e) => {
+                    tracing::warn!("no speculation for this request: {e}");
+                    metrics::counter!(m::TARGET_DRAFT_FALLBACKS, "reason" => "connect").increment(1);
+                    fallback.store(true, Ordering::Release);
+                    Box::new(NoProposer::default())
+                }
+            }
+        } else {
+            Box::new(NoProposer::default())
+        };
+        let id = if r.request_id.is_empty() { format!("req-{}", self.next_id.fetch_add(1, Ordering::Relaxed)) } else { r.request_id };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = Job {
+            id,
+            prompt: r.prompt_ids,
+            max_tokens,
+            sampling,
+            stop_ids: {
+                let mut stop = r.stop_ids;
+                if !r.ignore_eos {
+                    stop.extend(self.eos_ids.iter().filter(|e| !stop.contains(e)).copied().collect::<Vec<_>>());
+                }
+                stop
+            },
+            proposer,
+            speculative,
+            fallback,
+            out: tx,
+            cancel: Arc::new(AtomicBool::new(false)),
+            reserve,
+        };
+        self.shared.submit(job)?;
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+
+    async fn abort(&self, request: Request<AbortRequest>) -> Result<Response<AbortResponse>, Status> {
+        Ok(Response::new(AbortResponse { found: self.shared.abort(&request.into_inner().request_id) }))
+    }
+
+    async fn get_load(&self, _: Request<LoadRequest>) -> Result<Response<LoadResponse>, Status> {
+        Ok(Response::new(LoadResponse {
+            running: self.shared.running() as u32,
+            waiting: self.shared.waiting() as u32,
+            kv_tokens_used: self.shared.kv_used() as u64,
+            kv_tokens_total: self.shared.max_total_tokens() as u64,
+            mean_accept_length: self.shared.mean_tau(),
+        }))
+    }
+}
