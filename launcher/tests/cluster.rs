@@ -164,17 +164,20 @@ async fn collect(
     ))
 }
 
-async fn scrape(p: &Proc) -> String {
-    let url = p.metrics.trim_start_matches("http://");
-    let (host, path) = url.split_once('/').unwrap();
+/// A plain HTTP/1.0 GET of `http://host:port/path`; the whole response.
+async fn http_get(url: &str) -> std::io::Result<String> {
+    let url = url.trim_start_matches("http://");
+    let (host, path) = url.split_once('/').unwrap_or((url, ""));
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
     let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+async fn scrape(p: &Proc) -> String {
+    http_get(&p.metrics).await.unwrap()
 }
 
 /// The sum of a metric's samples whose line starts with `prefix`.
@@ -544,4 +547,111 @@ fn serve_fails_with_the_failing_childs_error() {
         err.contains("draft-0 failed at startup") && err.contains("/nonexistent/head"),
         "{err}"
     );
+}
+
+/// A real Prometheus (Debian's `prometheus`) scrapes both workers, and its
+/// query API answers the acceptance rate.
+#[test]
+fn prometheus_scrapes_both_workers_and_reports_the_acceptance_rate() {
+    let _g = serial();
+    let draft = draft_worker();
+    let target = target_worker(&[]);
+    rt().block_on(async {
+        let c = client(&target).await;
+        for i in 0..3 {
+            collect(c.clone(), greedy(i, 24, Some(&draft))).await.unwrap();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let hostport = |u: &str| u.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: aerie-target\n    static_configs: [{{targets: ['{}']}}]\n  - job_name: aerie-draft\n    static_configs: [{{targets: ['{}']}}]\n",
+        hostport(&target.metrics),
+        hostport(&draft.metrics)
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus is not installed (scripts/setup.sh installs Debian's `prometheus`)");
+    let query = |q: &str| format!("http://127.0.0.1:{port}/api/v1/query?query={q}");
+    let rate_q = "sum(aerie_target_draft_tokens_accepted_total)%2Fsum(aerie_target_draft_tokens_proposed_total)";
+    let up_q = "sum(up)";
+    let result = rt().block_on(async {
+        let t = Instant::now();
+        loop {
+            let value = |body: String| -> Option<f64> {
+                let json = body.split("\r\n\r\n").nth(1)?;
+                let v: serde_json::Value = serde_json::from_str(json).ok()?;
+                v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+            };
+            let rate = http_get(&query(rate_q)).await.ok().and_then(value);
+            let up = http_get(&query(up_q)).await.ok().and_then(value);
+            if let (Some(rate), Some(2.0)) = (rate, up) {
+                return Ok((rate, t.elapsed()));
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err(format!("no answer after 30 s (rate {rate:?}, targets up {up:?})"));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let _ = prom.kill();
+    let _ = prom.wait();
+    let (rate, took) = result.unwrap();
+    eprintln!("prometheus: acceptance rate {rate:.3} after {:.1}s", took.as_secs_f64());
+    assert!(rate > 0.0 && rate <= 1.0, "acceptance rate {rate}");
+}
+
+/// The draft worker refuses bad session messages per sequence and stays up:
+/// an unknown sequence, a token outside the vocabulary, features of the
+/// wrong shape, and a ring slice announced without a ring.
+#[test]
+fn draft_worker_rejects_malformed_session_messages_and_stays_up() {
+    use aerie_proto::v1::draft_service_client::DraftServiceClient;
+    use aerie_proto::v1::session_request::Msg;
+    use aerie_proto::v1::session_response::Msg as Out;
+    use aerie_proto::v1::{feature_payload, FeaturePayload, ProposeRequest, SequenceBegin, SessionOpen, SessionRequest, ShmSlice};
+    let _g = serial();
+    let draft = draft_worker();
+    rt().block_on(async {
+        let mut c = DraftServiceClient::connect(draft.grpc.clone()).await.unwrap();
+        let fp = engine().model.fingerprint.clone();
+        let h = engine().model.config.hidden_size as u32;
+        let vocab = engine().model.config.vocab_size as u32;
+        let inline = |rows: u32, width: u32| FeaturePayload { rows, width, data: Some(feature_payload::Data::Inline(vec![0; (rows * width * 4) as usize])) };
+        let msgs = vec![
+            Msg::Open(SessionOpen { target_fingerprint: fp, shm_path: String::new(), shm_capacity: 0 }),
+            Msg::Propose(ProposeRequest { seq_id: 7, max_depth: 3 }),
+            Msg::Begin(SequenceBegin { seq_id: 1, tokens: vec![1, vocab + 1], features: Some(inline(1, h)) }),
+            Msg::Begin(SequenceBegin { seq_id: 2, tokens: vec![1, 2, 3], features: Some(inline(1, h)) }),
+            Msg::Begin(SequenceBegin {
+                seq_id: 3,
+                tokens: vec![1, 2],
+                features: Some(FeaturePayload { rows: 1, width: h, data: Some(feature_payload::Data::Shm(ShmSlice { offset: 0, len: h as u64 * 4, crc32: 0 })) }),
+            }),
+            Msg::Begin(SequenceBegin { seq_id: 4, tokens: vec![1, 2], features: Some(inline(1, h)) }),
+            Msg::Propose(ProposeRequest { seq_id: 4, max_depth: 3 }),
+        ];
+        let reqs: Vec<SessionRequest> = msgs.into_iter().map(|m| SessionRequest { msg: Some(m) }).collect();
+        let mut out = c.session(tokio_stream::iter(reqs)).await.unwrap().into_inner();
+        let mut errors = Vec::new();
+        let proposal = loop {
+            match tokio::time::timeout(Duration::from_secs(30), out.next()).await.expect("no answer").unwrap().unwrap().msg.unwrap() {
+                Out::Error(e) => errors.push((e.seq_id, e.error_type)),
+                Out::Proposal(p) => break p,
+            }
+        };
+        let kinds: Vec<(u64, &str)> = errors.iter().map(|(s, k)| (*s, k.as_str())).collect();
+        assert_eq!(kinds, vec![(7, "unknown_sequence"), (1, "bad_token"), (2, "bad_features"), (3, "no_ring")]);
+        // The good sequence still gets a tree rooted at its last token.
+        assert_eq!((proposal.seq_id, proposal.tokens[0], proposal.parents[0]), (4, 2, -1));
+        let mut c2 = DraftServiceClient::connect(draft.grpc.clone()).await.unwrap();
+        c2.health(HealthRequest {}).await.expect("the draft worker went down");
+    });
 }
