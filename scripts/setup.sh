@@ -34,11 +34,12 @@ if [ "$(printf '%s\n1.80.0\n' "$rustv" | sort -V | head -1)" != "1.80.0" ]; then
   exit 1
 fi
 
-# Python tools for the tests (NVRTC for the CUDA compile check).
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import nvidia.cuda_nvrtc' 2>/dev/null; then
-  echo "setup: creating .venv with nvidia-cuda-nvrtc-cu12"
-  python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check 'nvidia-cuda-nvrtc-cu12==12.9.86'
+# Python tools for the tests: NVRTC for the CUDA compile check, and the
+# official openai client for the router's conformance suite.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import nvidia.cuda_nvrtc, openai' 2>/dev/null; then
+  echo "setup: creating .venv with nvidia-cuda-nvrtc-cu12 and openai"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check 'nvidia-cuda-nvrtc-cu12==12.9.86' 'openai==1.109.1'
 fi
 
 cargo build --release -q -p aerie-launcher

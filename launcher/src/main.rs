@@ -38,6 +38,8 @@ enum Cmd {
     TargetWorker(worker_cmd::TargetWorkerArgs),
     /// Run one draft worker (DraftService over gRPC).
     DraftWorker(worker_cmd::DraftWorkerArgs),
+    /// Run the OpenAI-compatible router in front of running workers.
+    Router(worker_cmd::RouterArgs),
     /// Generate text from a prompt in this process (optionally speculative).
     Generate(generate_cmd::GenerateArgs),
     /// Train an EAGLE head for a target: ShareGPT data, target features,
@@ -103,6 +105,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Serve(args) => serve_cmd::run(args),
         Cmd::TargetWorker(args) => worker_cmd::run_target(args),
         Cmd::DraftWorker(args) => worker_cmd::run_draft(args),
+        Cmd::Router(args) => worker_cmd::run_router(args),
         Cmd::Generate(args) => generate_cmd::run(args),
         Cmd::TrainEagle(args) => train_cmd::run(args),
         Cmd::EvalDraft(args) => eval_cmd::run(args),

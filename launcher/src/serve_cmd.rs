@@ -1,12 +1,13 @@
 //! `aerie serve`: the local cluster as child processes.
 //!
 //! Strategy. Resolve (and if needed fetch) the model once, then start the
-//! draft workers and target workers as `aerie draft-worker` / `aerie
-//! target-worker` children of this binary, each on a free port. Wait for
+//! draft workers, the target workers (each on a free port) and the router
+//! (on `--port`, default 30000) as `aerie draft-worker` / `target-worker` /
+//! `router` children of this binary. Wait for
 //! every child's READY line; a child that exits first makes `serve` fail
 //! with that child's last stderr lines. Once up, print the endpoints and
-//! wait. SIGINT/SIGTERM shut down in order: targets first (they drain their
-//! requests), then drafts. Children get SIGTERM if `serve` itself dies.
+//! wait. SIGINT/SIGTERM shut down in order: the router, the targets (they
+//! drain their requests), then the drafts. Children get SIGTERM if `serve` itself dies.
 //!
 //! Default: SmolLM2 with Aerie's shipped EAGLE head as a (3, 1, 4) chain with
 //! its hot vocabulary, the setting the head was evaluated at;
@@ -35,6 +36,15 @@ pub struct ServeArgs {
     /// Target worker processes.
     #[arg(long, default_value_t = 1)]
     pub target_workers: usize,
+    /// The router's HTTP port (the OpenAI endpoint).
+    #[arg(long, default_value_t = 30000)]
+    pub port: u16,
+    /// Require `Authorization: Bearer <key>` at the router.
+    #[arg(long, env = "AERIE_API_KEY")]
+    pub api_key: Option<String>,
+    /// Routing policy: round_robin, least_load or prefix_affinity.
+    #[arg(long, default_value = "least_load")]
+    pub policy: String,
     /// Per target worker: most requests decoded at once.
     #[arg(long, default_value_t = 16)]
     pub max_running_requests: usize,
@@ -246,6 +256,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 workers.push(spawn_worker(&format!("draft-{i}"), &args, timeout)?);
             }
         }
+        let drafts: Vec<String> = workers.iter().map(|w| w.grpc.clone()).collect();
+        let mut targets = Vec::new();
         for i in 0..a.target_workers {
             let args = vec![
                 "target-worker".to_string(),
@@ -256,8 +268,34 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 "--max-running-requests".into(),
                 a.max_running_requests.to_string(),
             ];
-            workers.push(spawn_worker(&format!("target-{i}"), &args, timeout)?);
+            let w = spawn_worker(&format!("target-{i}"), &args, timeout)?;
+            targets.push(w.grpc.clone());
+            workers.push(w);
         }
+        let mut args = vec![
+            "router".to_string(),
+            "--model-path".into(),
+            model.clone(),
+            "--served-model-name".into(),
+            a.model_path.clone(),
+            "--host".into(),
+            a.host.clone(),
+            "--port".into(),
+            a.port.to_string(),
+            "--policy".into(),
+            a.policy.clone(),
+        ];
+        for t in &targets {
+            args.extend(["--target".to_string(), format!("http://{t}")]);
+        }
+        for d in &drafts {
+            args.extend(["--draft".to_string(), format!("http://{d}")]);
+        }
+        // The key travels in the environment, not on the command line.
+        if let Some(k) = &a.api_key {
+            std::env::set_var("AERIE_API_KEY", k);
+        }
+        workers.push(spawn_worker("router", &args, timeout)?);
         Ok(())
     })();
     if let Err(e) = started {
@@ -271,12 +309,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         a.target_workers,
         if speculate { a.draft_workers } else { 0 }
     );
-    for w in &workers {
-        println!(
-            "  {:<10} grpc://{}  metrics http://{}/metrics",
-            w.name, w.grpc, w.metrics
-        );
+    for w in workers.iter().filter(|w| w.name != "router") {
+        println!("  {:<10} grpc://{}  metrics http://{}/metrics", w.name, w.grpc, w.metrics);
     }
+    let router = workers.last().map(|w| w.grpc.clone()).unwrap_or_default();
+    println!("OpenAI endpoint: http://{router}/v1  (model \"{}\"; metrics http://{router}/metrics)", a.model_path);
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -300,7 +337,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
             }
         }
     })?;
-    // Targets first (they drain), then drafts.
+    // The router first (no new requests), then targets (they drain), then drafts.
+    for w in workers.iter_mut().filter(|w| w.name == "router") {
+        w.stop(Duration::from_secs(5));
+    }
     for w in workers.iter_mut().filter(|w| w.name.starts_with("target")) {
         w.stop(Duration::from_secs(35));
     }

@@ -208,3 +208,73 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
         Ok(())
     })
 }
+
+#[derive(Args, Debug)]
+pub struct RouterArgs {
+    /// The served model: its tokenizer and chat template are loaded here.
+    #[arg(long, default_value = "smollm2")]
+    pub model_path: String,
+    /// The name clients send as `model` (default: --model-path as given).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// HTTP port (SGLang's default).
+    #[arg(long, default_value_t = 30000)]
+    pub port: u16,
+    /// A target worker's gRPC address (repeat for several).
+    #[arg(long = "target", required = true)]
+    pub targets: Vec<String>,
+    /// A draft worker's gRPC address (repeat; none = no speculation).
+    #[arg(long = "draft")]
+    pub drafts: Vec<String>,
+    /// round_robin, least_load or prefix_affinity.
+    #[arg(long, default_value = "least_load")]
+    pub policy: String,
+    /// Require `Authorization: Bearer <key>`.
+    #[arg(long, env = "AERIE_API_KEY")]
+    pub api_key: Option<String>,
+    /// Largest request body, bytes (larger: 413).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Tokens hashed by the prefix_affinity policy.
+    #[arg(long, default_value_t = 64)]
+    pub prefix_tokens: usize,
+}
+
+pub fn run_router(a: RouterArgs) -> Result<()> {
+    let engine = Engine::load(&a.model_path, DType::Auto).with_context(|| format!("loading the tokenizer of `{}`", a.model_path))?;
+    let context_length = engine.model.config.max_position_embeddings;
+    // Keep the tokenizer and template; the weights are dropped here.
+    let Engine { tokenizer, template, model } = engine;
+    drop(model);
+    let cfg = aerie_router::RouterConfig {
+        served_model_name: a.served_model_name.unwrap_or_else(|| a.model_path.clone()),
+        targets: a.targets,
+        drafts: a.drafts,
+        policy: a.policy,
+        api_key: a.api_key,
+        max_body_bytes: a.max_body_bytes,
+        prefix_tokens: a.prefix_tokens,
+        ..Default::default()
+    };
+    let handle = metrics_http::install()?;
+    let render: Box<dyn Fn() -> String + Send + Sync> = Box::new(move || handle.render());
+    let rt = runtime()?;
+    rt.block_on(async move {
+        // Inside the runtime: the lazy gRPC channels need its reactor.
+        let state = aerie_router::RouterState::new(cfg, tokenizer, template, context_length, Some(render)).map_err(anyhow::Error::msg)?;
+        let listener = bind(&a.host, a.port).await?;
+        let addr = listener.local_addr()?;
+        state.registry.probe_all().await;
+        state.registry.spawn_health_checks(state.cfg.health_interval);
+        let app = aerie_router::router_app(state);
+        announce("router", addr, addr);
+        tokio::select! {
+            r = axum::serve(listener, app) => r.context("HTTP server failed")?,
+            _ = termination() => {}
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,301 @@
+//! The router end to end: `aerie serve` (router + workers as real
+//! processes) checked by the official `openai` Python client, plus the
+//! routing, error and disconnect behaviour that needs worker control.
+
+use aerie_engine::generate::{generate, GenerateRequest};
+use aerie_engine::{ChatMessage, DType, Engine, SamplingParams};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static L: Mutex<()> = Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| Engine::load("smollm2", DType::Auto).expect("load smollm2"))
+}
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Proc {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `aerie ARGS` and waits for a stdout line starting with `ready`;
+/// `field` picks the address out of it.
+fn start(args: &[&str], ready: &str, field: &dyn Fn(&str) -> String) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aerie"))
+        .args(["--threads", "1"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with(ready) => break l,
+            Some(Ok(_)) => continue,
+            _ => panic!("{args:?} exited before `{ready}`: {:?}", child.wait()),
+        }
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Proc { addr: field(&line), child }
+}
+
+fn ready_field(key: &'static str) -> impl Fn(&str) -> String {
+    move |l: &str| l.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap().to_string()
+}
+
+fn worker(args: &[&str]) -> Proc {
+    start(args, "READY ", &ready_field("grpc="))
+}
+
+fn router(targets: &[&Proc], drafts: &[&Proc], extra: &[&str]) -> Proc {
+    let mut args: Vec<String> = vec!["router".into(), "--port".into(), "0".into()];
+    for t in targets {
+        args.extend(["--target".into(), format!("http://{}", t.addr)]);
+    }
+    for d in drafts {
+        args.extend(["--draft".into(), format!("http://{}", d.addr)]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = start(&refs, "READY ", &ready_field("grpc="));
+    // Wait for the first health probe to see the targets.
+    let t = Instant::now();
+    while http(&r.addr, "GET", "/health", None).0 != 200 && t.elapsed() < Duration::from_secs(10) && !targets.is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    r
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One HTTP/1.0 exchange: status and body.
+fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    let b = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn chat_body(content: &str, max_tokens: u64) -> Value {
+    json!({"model": "smollm2", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true})
+}
+
+const PROMPTS: [&str; 10] = [
+    "Name three rivers in Europe.",
+    "Write a Python function that checks whether a number is prime.",
+    "Count from 1 to 40, separated by commas.",
+    "Explain why the sky is blue in two sentences.",
+    "Repeat the sentence 'The quick brown fox jumps over the lazy dog.' five times.",
+    "Give me a recipe for pancakes.",
+    "What is the capital of Australia, and why is it not Sydney?",
+    "Translate 'Good morning, how are you?' into French, Spanish and German.",
+    "List the planets of the solar system in order from the Sun.",
+    "Write a haiku about autumn leaves.",
+];
+
+#[test]
+fn openai_python_client_conformance_through_aerie_serve() {
+    let _g = serial();
+    let port = free_port().to_string();
+    let mut serve = start(&["serve", "--port", &port, "--api-key", "sk-test"], "OpenAI endpoint:", &|l: &str| {
+        l.split_whitespace().nth(2).unwrap().trim_start_matches("http://").trim_end_matches("/v1").to_string()
+    });
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/openai/conformance.py"))
+        .args(["--base-url", &format!("http://{}/v1", serve.addr), "--model", "smollm2", "--api-key", "sk-test", "--expect-spec"])
+        .output()
+        .expect("the test venv (scripts/setup.sh installs openai into .venv)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "conformance failures:\n{stdout}");
+    // SIGTERM stops the whole cluster cleanly.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(serve.child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let st = loop {
+        if let Some(st) = serve.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "serve did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(st.success(), "{st}");
+}
+
+#[test]
+fn greedy_text_is_identical_with_and_without_speculation() {
+    let _g = serial();
+    let draft = worker(&["draft-worker", "--speculative-num-steps", "3", "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "4"]);
+    let target = worker(&["target-worker"]);
+    let with = router(&[&target], &[&draft], &[]);
+    let without = router(&[&target], &[], &[]);
+    let e = engine();
+    for (i, p) in PROMPTS.iter().enumerate() {
+        let ids = e.chat_prompt_ids(&[ChatMessage::new("user", p)]).unwrap();
+        let req = GenerateRequest { prompt_ids: &ids, max_tokens: 32, sampling: SamplingParams::default(), stop_ids: &[] };
+        let want_ids = generate(&e.model, &req, &mut |_| {}).unwrap().token_ids;
+        let want = e.tokenizer.decode(&want_ids, true).unwrap();
+        let mut texts = Vec::new();
+        for r in [&with, &without] {
+            let (status, body) = http(&r.addr, "POST", "/v1/chat/completions", Some(&chat_body(p, 32)));
+            assert_eq!(status, 200, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["usage"]["completion_tokens"], 32);
+            texts.push((v["choices"][0]["message"]["content"].as_str().unwrap().to_string(), v["usage"].get("spec_accept_length").is_some()));
+        }
+        assert_eq!(texts[0].0, want, "prompt {i} with speculation");
+        assert_eq!(texts[1].0, want, "prompt {i} without speculation");
+        assert!(texts[0].1 && !texts[1].1, "spec stats only with a draft worker: {texts:?}");
+        // The ids match too: the text re-encodes to the reference ids.
+        assert_eq!(e.tokenizer.encode(&texts[0].0, false).unwrap(), e.tokenizer.encode(&want, false).unwrap());
+    }
+}
+
+#[test]
+fn no_target_is_503_and_full_queues_are_429() {
+    let _g = serial();
+    let dead = Proc { child: Command::new("true").spawn().unwrap(), addr: format!("127.0.0.1:{}", free_port()) };
+    let r = router(&[&dead], &[], &[]);
+    let (s, b) = http(&r.addr, "GET", "/health", None);
+    assert_eq!(s, 503, "{b}");
+    let (s, b) = http(&r.addr, "POST", "/v1/chat/completions", Some(&chat_body("hi", 4)));
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["error"]["type"], "service_unavailable");
+    drop(r);
+
+    let target = worker(&["target-worker", "--max-running-requests", "1", "--max-queued-requests", "1"]);
+    let r = router(&[&target], &[], &[]);
+    let addr = r.addr.clone();
+    // One long request runs, one waits; the third finds every queue full.
+    let long = std::thread::spawn(move || http(&addr, "POST", "/v1/chat/completions", Some(&chat_body("Tell a long story.", 600))));
+    std::thread::sleep(Duration::from_millis(1500));
+    let addr = r.addr.clone();
+    let waiting = std::thread::spawn(move || http(&addr, "POST", "/v1/chat/completions", Some(&chat_body("hi", 4))));
+    std::thread::sleep(Duration::from_millis(500));
+    let (s, b) = http(&r.addr, "POST", "/v1/chat/completions", Some(&chat_body("hello", 4)));
+    assert_eq!(s, 429, "{b}");
+    assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["error"]["type"], "rate_limit_error");
+    assert_eq!(long.join().unwrap().0, 200);
+    assert_eq!(waiting.join().unwrap().0, 200);
+}
+
+#[test]
+fn sixty_four_streaming_clients_some_leaving_midway_and_kv_returns_to_zero() {
+    use aerie_proto::v1::target_service_client::TargetServiceClient;
+    use aerie_proto::v1::LoadRequest;
+    let _g = serial();
+    let draft = worker(&["draft-worker", "--speculative-num-steps", "3", "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "4"]);
+    let target = worker(&["target-worker", "--max-running-requests", "16"]);
+    let r = router(&[&target], &[&draft], &[]);
+    let mut threads = Vec::new();
+    for k in 0..64usize {
+        let addr = r.addr.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut body = chat_body(PROMPTS[k % 10], 24);
+            body["stream"] = json!(true);
+            let b = body.to_string();
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+            write!(s, "POST /v1/chat/completions HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()).unwrap();
+            let mut reader = BufReader::new(s);
+            let mut events = 0;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return (k, events, false);
+                }
+                if line.starts_with("data: ") {
+                    events += 1;
+                    if line.trim() == "data: [DONE]" {
+                        return (k, events, true);
+                    }
+                    // Every fourth client hangs up after a few chunks.
+                    if k % 4 == 1 && events == 3 {
+                        return (k, events, false);
+                    }
+                }
+            }
+        }));
+    }
+    for t in threads {
+        let (k, events, done) = t.join().unwrap();
+        if k % 4 == 1 {
+            assert_eq!(events, 3);
+        } else {
+            assert!(done, "client {k} got no [DONE] after {events} events");
+        }
+    }
+    // Everything the leavers started is aborted and its KV released.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c = TargetServiceClient::connect(format!("http://{}", target.addr)).await.unwrap();
+        let t = Instant::now();
+        loop {
+            let l = c.get_load(LoadRequest {}).await.unwrap().into_inner();
+            if l.kv_tokens_used == 0 && l.running == 0 && l.waiting == 0 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "KV never returned to zero: {l:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let (s, _) = http(&r.addr, "GET", "/health", None);
+    assert_eq!(s, 200);
+}
+
+#[test]
+fn adversarial_requests_get_4xx_and_every_process_stays_up() {
+    let _g = serial();
+    let target = worker(&["target-worker"]);
+    let r = router(&[&target], &[], &[]);
+    let stops: Vec<String> = (0..2000).map(|i| format!("s{i}")).collect();
+    let cases: Vec<(&str, Value)> = vec![
+        ("wrong type", json!({"model": "smollm2", "messages": [{"role": "user", "content": 5}]})),
+        ("2000 stop strings", json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "stop": stops})),
+        ("max_tokens 1e9", json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1_000_000_000u64})),
+        ("empty messages", json!({"model": "smollm2", "messages": []})),
+        ("prompt over the context", json!({"model": "smollm2", "messages": [{"role": "user", "content": "word ".repeat(12000)}]})),
+        ("bad role", json!({"model": "smollm2", "messages": [{"role": "wizard", "content": "hi"}]})),
+        ("negative max_tokens", json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -3})),
+        ("completions with two prompts", json!({"model": "smollm2", "prompt": ["a", "b"]})),
+    ];
+    for (what, body) in cases {
+        let path = if body.get("prompt").is_some() { "/v1/completions" } else { "/v1/chat/completions" };
+        let (s, b) = http(&r.addr, "POST", path, Some(&body));
+        assert_eq!(s, 400, "{what}: {b}");
+        let v: Value = serde_json::from_str(&b).unwrap_or_else(|_| panic!("{what}: not JSON: {b}"));
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+    }
+    assert_eq!(http(&r.addr, "GET", "/health", None).0, 200);
+    let (s, b) = http(&r.addr, "POST", "/v1/chat/completions", Some(&chat_body("Say hi.", 4)));
+    assert_eq!(s, 200, "{b}");
+}

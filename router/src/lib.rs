@@ -1,0 +1,21 @@
+//! Aerie's router: the OpenAI-compatible front door.
+//!
+//! - [`openai`]: request and response types, with unknown fields refused;
+//! - [`error`]: the OpenAI error schema and the status each failure gets;
+//! - [`text`]: incremental detokenization and stop strings across tokens;
+//! - [`worker`]: the `Worker` trait, target and draft handles, the registry
+//!   and its health checks;
+//! - [`policies`]: routing policies, one file each;
+//! - [`server`]: the HTTP handlers that tie them together.
+
+pub mod config;
+pub mod error;
+pub mod metrics_names;
+pub mod openai;
+pub mod policies;
+pub mod server;
+pub mod text;
+pub mod worker;
+
+pub use config::RouterConfig;
+pub use server::{router_app, RouterState};

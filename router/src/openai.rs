@@ -1,0 +1,263 @@
+//! OpenAI request types. Every struct refuses unknown fields, so a parameter
+//! Aerie does not implement is a 400 that names it, never silently ignored.
+//! Parameters that exist in OpenAI's API but that Aerie does not support
+//! (`logprobs`, `n > 1`, penalties other than 0, …) are refused by
+//! [`CommonFields::check`] with the same kind of message.
+
+use crate::error::ApiError;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StringOrList::One(s) => vec![s],
+            StringOrList::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// A text part of a message (`{"type": "text", "text": "…"}`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Declares a request struct with the fields both endpoints share, plus
+/// `take_common` to move those out. (serde cannot combine `flatten` with
+/// `deny_unknown_fields`, so the shared fields are spelled into each struct.)
+macro_rules! openai_request {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$fdoc])* pub $field: $ty,)*
+            pub model: Option<String>,
+            pub max_tokens: Option<u64>,
+            pub temperature: Option<f32>,
+            pub top_p: Option<f32>,
+            pub top_k: Option<i64>,
+            pub min_p: Option<f32>,
+            pub seed: Option<i64>,
+            pub stop: Option<StringOrList>,
+            pub n: Option<u32>,
+            pub stream: Option<bool>,
+            pub stream_options: Option<StreamOptions>,
+            pub logprobs: Option<serde_json::Value>,
+            pub top_logprobs: Option<u32>,
+            pub user: Option<String>,
+            pub presence_penalty: Option<f32>,
+            pub frequency_penalty: Option<f32>,
+            pub ignore_eos: Option<bool>,
+        }
+
+        impl $name {
+            pub fn take_common(&mut self) -> CommonFields {
+                CommonFields {
+                    model: self.model.take(),
+                    max_tokens: self.max_tokens.take(),
+                    temperature: self.temperature.take(),
+                    top_p: self.top_p.take(),
+                    top_k: self.top_k.take(),
+                    min_p: self.min_p.take(),
+                    seed: self.seed.take(),
+                    stop: self.stop.take(),
+                    n: self.n.take(),
+                    stream: self.stream.take(),
+                    stream_options: self.stream_options.take(),
+                    logprobs: self.logprobs.take(),
+                    top_logprobs: self.top_logprobs.take(),
+                    user: self.user.take(),
+                    presence_penalty: self.presence_penalty.take(),
+                    frequency_penalty: self.frequency_penalty.take(),
+                    ignore_eos: self.ignore_eos.take(),
+                }
+            }
+        }
+    };
+}
+
+openai_request!(
+    /// `POST /v1/chat/completions`.
+    ChatRequest {
+        messages: Vec<Message>,
+        max_completion_tokens: Option<u64>,
+    }
+);
+
+openai_request!(
+    /// `POST /v1/completions`.
+    CompletionRequest {
+        prompt: StringOrList,
+        echo: Option<bool>,
+        suffix: Option<String>,
+        best_of: Option<u32>,
+    }
+);
+
+/// The fields both endpoints share.
+#[derive(Debug, Default)]
+pub struct CommonFields {
+    pub model: Option<String>,
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<StringOrList>,
+    pub n: Option<u32>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub logprobs: Option<serde_json::Value>,
+    pub top_logprobs: Option<u32>,
+    pub user: Option<String>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub ignore_eos: Option<bool>,
+}
+
+/// What a request asks for, after checks.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub stops: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub ignore_eos: bool,
+}
+
+impl CommonFields {
+    /// Refuses what Aerie does not implement and checks ranges.
+    pub fn check(self, max_stops: usize) -> Result<(String, Sampling), ApiError> {
+        let model = self.model.ok_or_else(|| ApiError::invalid("you must provide a model parameter", Some("model")).with_code("missing_required_parameter"))?;
+        if let Some(n) = self.n {
+            if n != 1 {
+                return Err(ApiError::invalid(format!("n = {n} is not supported; Aerie returns one choice (n = 1)"), Some("n")));
+            }
+        }
+        let lp = match &self.logprobs {
+            None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
+            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(0) => false,
+            _ => true,
+        };
+        if lp || self.top_logprobs.unwrap_or(0) > 0 {
+            return Err(ApiError::invalid("logprobs are not supported by Aerie yet", Some("logprobs")).with_code("unsupported_parameter"));
+        }
+        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if v.is_some_and(|x| x != 0.0) {
+                return Err(ApiError::invalid(format!("{name} is not supported by Aerie (only 0)"), Some(name)).with_code("unsupported_parameter"));
+            }
+        }
+        if let Some(t) = self.temperature {
+            if !t.is_finite() || !(0.0..=2.0).contains(&t) {
+                return Err(ApiError::invalid(format!("temperature must be between 0 and 2, got {t}"), Some("temperature")));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !p.is_finite() || p <= 0.0 || p > 1.0 {
+                return Err(ApiError::invalid(format!("top_p must be in (0, 1], got {p}"), Some("top_p")));
+            }
+        }
+        if let Some(p) = self.min_p {
+            if !p.is_finite() || !(0.0..=1.0).contains(&p) {
+                return Err(ApiError::invalid(format!("min_p must be in [0, 1], got {p}"), Some("min_p")));
+            }
+        }
+        let top_k = match self.top_k {
+            None | Some(-1) | Some(0) => None,
+            Some(k) if k > 0 && k <= u32::MAX as i64 => Some(k as u32),
+            Some(k) => return Err(ApiError::invalid(format!("top_k must be -1, 0 or positive, got {k}"), Some("top_k"))),
+        };
+        if self.max_tokens == Some(0) {
+            return Err(ApiError::invalid("max_tokens must be at least 1", Some("max_tokens")));
+        }
+        let stops: Vec<String> = self.stop.map(StringOrList::into_vec).unwrap_or_default().into_iter().filter(|s| !s.is_empty()).collect();
+        if stops.len() > max_stops {
+            return Err(ApiError::invalid(format!("{} stop strings given; at most {max_stops} are allowed", stops.len()), Some("stop")));
+        }
+        if stops.iter().any(|s| s.len() > 256) {
+            return Err(ApiError::invalid("stop strings may be at most 256 bytes", Some("stop")));
+        }
+        let stream = self.stream.unwrap_or(false);
+        if self.stream_options.is_some() && !stream {
+            return Err(ApiError::invalid("stream_options is only allowed when stream is true", Some("stream_options")));
+        }
+        let _ = self.user; // accepted: end-user ids are only logged
+        Ok((
+            model,
+            Sampling {
+                max_tokens: self.max_tokens,
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k,
+                min_p: self.min_p,
+                seed: self.seed.map(|s| s as u64),
+                stops,
+                stream,
+                include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+                ignore_eos: self.ignore_eos.unwrap_or(false),
+            },
+        ))
+    }
+}
+
+impl Message {
+    /// The message's text: a string, or its text parts joined.
+    pub fn text(&self) -> Result<String, ApiError> {
+        match &self.content {
+            None => Ok(String::new()),
+            Some(Content::Text(s)) => Ok(s.clone()),
+            Some(Content::Parts(parts)) => {
+                let mut out = String::new();
+                for p in parts {
+                    if p.kind != "text" {
+                        return Err(ApiError::invalid(format!("content part type `{}` is not supported (text only)", p.kind), Some("messages")));
+                    }
+                    out.push_str(p.text.as_deref().unwrap_or(""));
+                }
+                Ok(out)
+            }
+        }
+    }
+}

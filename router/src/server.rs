@@ -1,0 +1,564 @@
+//! The HTTP surface: OpenAI endpoints, `/health`, `/metrics`.
+//!
+//! Per request: authenticate, parse (unknown fields refused), template and
+//! tokenize, check the context, pick a target (the policy) and pair a draft
+//! worker, then relay the target's token stream as text. Retries go to the
+//! next healthy target only while nothing has been sent to the client, i.e.
+//! when `Generate` itself fails with UNAVAILABLE or RESOURCE_EXHAUSTED. A
+//! client that goes away drops the relay, which drops the gRPC stream, which
+//! makes the target abort the request and free its KV.
+
+use crate::config::RouterConfig;
+use crate::error::{from_status, ApiError};
+use crate::metrics_names as m;
+use crate::openai::{ChatRequest, CompletionRequest, Sampling};
+use crate::policies::{self, RoutingPolicy};
+use crate::text::TextStream;
+use crate::worker::{DraftHandle, InFlight, Registry, TargetHandle, Worker};
+use aerie_engine::{ChatMessage, ChatTemplate, Tokenizer};
+use aerie_proto::v1::{GenerateRequest, GenerateResponse, SamplingParams as WireSampling};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio_stream::StreamExt;
+
+/// Everything the handlers share.
+pub struct RouterState {
+    pub cfg: RouterConfig,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    context_length: usize,
+    pub registry: Arc<Registry>,
+    policy: Box<dyn RoutingPolicy>,
+    next_id: AtomicU64,
+    metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+}
+
+impl RouterState {
+    /// `tokenizer` and `template` come from the served model; the router
+    /// keeps no weights.
+    pub fn new(
+        cfg: RouterConfig,
+        tokenizer: Tokenizer,
+        template: Option<ChatTemplate>,
+        context_length: usize,
+        metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+    ) -> Result<Arc<Self>, String> {
+        if cfg.targets.is_empty() {
+            return Err("the router needs at least one target worker".into());
+        }
+        let registry = Registry::new(&cfg.targets, &cfg.drafts, tokenizer.hash())?;
+        let policy = policies::by_name(&cfg.policy, cfg.prefix_tokens)?;
+        Ok(Arc::new(RouterState { cfg, tokenizer, template, context_length, registry, policy, next_id: AtomicU64::new(1), metrics }))
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
+        let mut ids = self.tokenizer.encode(text, true).map_err(|e| ApiError::invalid(format!("cannot tokenize the prompt: {e}"), None))?;
+        if self.tokenizer.add_bos {
+            if let Some(b) = self.tokenizer.bos_id {
+                if ids.first() != Some(&b) {
+                    ids.insert(0, b);
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
+/// The axum app.
+pub fn router_app(state: Arc<RouterState>) -> axum::Router {
+    let limit = state.cfg.max_body_bytes;
+    axum::Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_page))
+        .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn authorize(state: &RouterState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &state.cfg.api_key else { return Ok(()) };
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    if given == Some(key.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+fn request_id(state: &RouterState, headers: &HeaderMap, prefix: &str) -> String {
+    match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        Some(v) if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) => v.to_string(),
+        _ => format!("{prefix}-{:x}-{}", now_secs(), state.next_id.fetch_add(1, Ordering::Relaxed)),
+    }
+}
+
+/// Parses a body into `T`, naming the offending field on failure.
+fn parse<T: serde::de::DeserializeOwned>(state: &RouterState, body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| if e.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::too_large(state.cfg.max_body_bytes) } else { ApiError::invalid(e.body_text(), None) })?;
+    serde_json::from_slice::<T>(&body).map_err(|e| {
+        let msg = e.to_string();
+        let param = msg.split('`').nth(1).filter(|_| msg.starts_with("unknown field")).map(str::to_string);
+        let code = if param.is_some() { "unknown_parameter" } else { "invalid_json" };
+        ApiError { param, ..ApiError::invalid(format!("invalid request body: {msg}"), None).with_code(code) }
+    })
+}
+
+fn check_model(state: &RouterState, model: &str) -> Result<(), ApiError> {
+    if model == state.cfg.served_model_name {
+        Ok(())
+    } else {
+        Err(ApiError::model_not_found(model))
+    }
+}
+
+/// Tokens to generate, after the context check.
+fn budget(state: &RouterState, prompt_len: usize, asked: Option<u64>) -> Result<usize, ApiError> {
+    let ctx = state.context_length;
+    match asked {
+        Some(m) if (prompt_len as u64).saturating_add(m) > ctx as u64 => Err(ApiError::context_length(prompt_len.saturating_add(m.min(usize::MAX as u64) as usize), ctx)),
+        Some(m) => Ok(m as usize),
+        None if prompt_len >= ctx => Err(ApiError::context_length(prompt_len + 1, ctx)),
+        None => Ok(ctx - prompt_len),
+    }
+}
+
+/// Which endpoint a relay serves; it shapes the JSON.
+#[derive(Clone, Copy, PartialEq)]
+enum Endpoint {
+    Chat,
+    Completion,
+}
+
+impl Endpoint {
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Completion => "completions",
+        }
+    }
+}
+
+/// An admitted request: where it runs and what it asked for.
+struct Job {
+    id: String,
+    endpoint: Endpoint,
+    model: String,
+    prompt_len: usize,
+    sampling: Sampling,
+    stream: tonic::Streaming<GenerateResponse>,
+    started: Instant,
+    _in_flight: InFlight,
+    pairing: Option<(Arc<Registry>, Arc<DraftHandle>)>,
+    target: String,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some((reg, d)) = &self.pairing {
+            reg.unpair(d);
+        }
+        metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+    }
+}
+
+async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, model: String, prompt: Vec<u32>, sampling: Sampling, max_tokens: usize) -> Result<Job, ApiError> {
+    let started = Instant::now();
+    let mut tried: Vec<String> = Vec::new();
+    let mut last: Option<ApiError> = None;
+    loop {
+        let candidates: Vec<Arc<TargetHandle>> = state.registry.healthy_targets().into_iter().filter(|t| !tried.iter().any(|a| a == t.addr())).collect();
+        if candidates.is_empty() {
+            return Err(last.unwrap_or_else(|| ApiError::unavailable("no target worker is available")));
+        }
+        let target = candidates[state.policy.pick(&candidates, &prompt)].clone();
+        let draft = state.registry.pair_draft(&target);
+        metrics::counter!(m::ROUTING_DECISIONS, "policy" => state.policy.name(), "speculative" => if draft.is_some() { "true" } else { "false" }).increment(1);
+        let req = GenerateRequest {
+            request_id: id.clone(),
+            prompt_ids: prompt.clone(),
+            max_tokens: Some(max_tokens.min(u32::MAX as usize) as u32),
+            sampling: Some(WireSampling { temperature: sampling.temperature, top_p: sampling.top_p, top_k: sampling.top_k, min_p: sampling.min_p, seed: sampling.seed }),
+            stop_ids: Vec::new(),
+            draft_worker: draft.as_ref().map(|d| d.addr().to_string()).unwrap_or_default(),
+            ignore_eos: sampling.ignore_eos,
+        };
+        let in_flight = target.track();
+        match target.client().generate(req).await {
+            Ok(resp) => {
+                metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+                return Ok(Job {
+                    id,
+                    endpoint,
+                    model,
+                    prompt_len: prompt.len(),
+                    sampling,
+                    stream: resp.into_inner(),
+                    started,
+                    _in_flight: in_flight,
+                    pairing: draft.map(|d| (state.registry.clone(), d)),
+                    target: target.addr().to_string(),
+                });
+            }
+            Err(st) => {
+                if let Some(d) = &draft {
+                    state.registry.unpair(d);
+                }
+                match st.code() {
+                    tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                        if st.code() != tonic::Code::ResourceExhausted {
+                            target.mark_unhealthy();
+                        }
+                        tracing::warn!(request_id = %id, worker = target.addr(), "retrying elsewhere: {}", st.message());
+                        tried.push(target.addr().to_string());
+                        last = Some(from_status(&st));
+                    }
+                    _ => return Err(from_status(&st)),
+                }
+            }
+        }
+    }
+}
+
+/// Speculation counters, accumulated from step chunks and replaced by the
+/// worker's own totals when its final message arrives.
+#[derive(Default)]
+struct Usage {
+    completion_tokens: usize,
+    verify_ct: u32,
+    correct: u32,
+    proposed: u32,
+    step_tokens: usize,
+    finished: Option<aerie_proto::v1::Finished>,
+}
+
+impl Usage {
+    fn add(&mut self, m: &GenerateResponse) {
+        self.completion_tokens += m.token_ids.len();
+        if let Some(s) = &m.step {
+            self.verify_ct += 1;
+            self.correct += s.accepted_drafts;
+            self.proposed += s.proposed_depth;
+            self.step_tokens += m.token_ids.len();
+        }
+        if let Some(f) = &m.finished {
+            self.finished = Some(f.clone());
+        }
+    }
+
+    fn json(&self, prompt_len: usize) -> Value {
+        let mut u = json!({
+            "prompt_tokens": prompt_len,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": prompt_len + self.completion_tokens,
+        });
+        if self.verify_ct > 0 {
+            let (ct, correct, len, rate) = match &self.finished {
+                Some(f) if f.spec_verify_ct > 0 => (f.spec_verify_ct, f.spec_num_correct_drafts, f.spec_accept_length, f.spec_accept_rate),
+                _ => (
+                    self.verify_ct,
+                    self.correct,
+                    self.step_tokens as f64 / self.verify_ct as f64,
+                    if self.proposed > 0 { self.correct as f64 / self.proposed as f64 } else { 0.0 },
+                ),
+            };
+            u["spec_verify_ct"] = json!(ct);
+            u["spec_num_correct_drafts"] = json!(correct);
+            u["spec_accept_length"] = json!(len);
+            u["spec_accept_rate"] = json!(rate);
+        }
+        u
+    }
+}
+
+fn chunk_json(job: &Job, created: u64, text: Option<&str>, finish: Option<&str>, first: bool) -> Value {
+    match job.endpoint {
+        Endpoint::Chat => {
+            let mut delta = json!({});
+            if first {
+                delta["role"] = json!("assistant");
+            }
+            if let Some(t) = text {
+                delta["content"] = json!(t);
+            }
+            json!({"id": job.id, "object": "chat.completion.chunk", "created": created, "model": job.model,
+                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+        }
+        Endpoint::Completion => json!({"id": job.id, "object": "text_completion", "created": created, "model": job.model,
+                   "choices": [{"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}]}),
+    }
+}
+
+fn sse(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn record(endpoint: Endpoint, status: u16, started: Instant) {
+    metrics::counter!(m::REQUESTS, "endpoint" => endpoint.label(), "status" => status.to_string()).increment(1);
+    metrics::histogram!(m::E2E).record(started.elapsed().as_secs_f64());
+}
+
+/// Relays a job as Server-Sent Events.
+fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
+    let id = job.id.clone();
+    tokio::spawn(async move {
+        let created = now_secs();
+        let mut text = TextStream::new(job.sampling.stops.clone());
+        let mut usage = Usage::default();
+        let mut last = Instant::now();
+        let mut first = true;
+        if job.endpoint == Endpoint::Chat && tx.send(Ok(sse(&chunk_json(&job, created, Some(""), None, true)))).await.is_err() {
+            return;
+        }
+        first = first && job.endpoint != Endpoint::Chat;
+        let mut finish: Option<String> = None;
+        let mut failed: Option<ApiError> = None;
+        while let Some(msg) = job.stream.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(st) => {
+                    failed = Some(from_status(&st));
+                    break;
+                }
+            };
+            usage.add(&msg);
+            let mut out = String::new();
+            for &t in &msg.token_ids {
+                out.push_str(&text.push(&state.tokenizer, t));
+            }
+            if !msg.token_ids.is_empty() {
+                let h = if usage.completion_tokens == msg.token_ids.len() { m::TTFT } else { m::ITL };
+                let since = if h == m::TTFT { job.started } else { last };
+                metrics::histogram!(h).record(since.elapsed().as_secs_f64());
+                last = Instant::now();
+            }
+            if !out.is_empty() && tx.send(Ok(sse(&chunk_json(&job, created, Some(&out), None, first)))).await.is_err() {
+                return; // the client left; dropping the stream aborts the request
+            }
+            if text.stopped {
+                finish = Some("stop".into());
+                break;
+            }
+            if let Some(f) = &msg.finished {
+                finish = Some(f.finish_reason.clone());
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            tracing::warn!(request_id = %job.id, "stream failed: {}", e.message);
+            let _ = tx.send(Ok(sse(&e.body()))).await;
+            let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+            record(job.endpoint, e.status.as_u16(), job.started);
+            return;
+        }
+        let tail = text.finish();
+        if !tail.is_empty() && !text.stopped {
+            let _ = tx.send(Ok(sse(&chunk_json(&job, created, Some(&tail), None, false)))).await;
+        }
+        let reason = finish.unwrap_or_else(|| "length".into());
+        let mut fin = chunk_json(&job, created, None, Some(&reason), false);
+        if job.endpoint == Endpoint::Completion {
+            fin["choices"][0]["text"] = json!("");
+        }
+        let _ = tx.send(Ok(sse(&fin))).await;
+        if job.sampling.include_usage {
+            let u = json!({"id": job.id, "object": if job.endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" },
+                           "created": created, "model": job.model, "choices": [], "usage": usage.json(job.prompt_len)});
+            let _ = tx.send(Ok(sse(&u))).await;
+        }
+        let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+        finish_log(&job, &usage, &reason, 200);
+    });
+    let mut r = Response::new(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)));
+    let h = r.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/event-stream"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert("x-request-id", v);
+    }
+    r
+}
+
+fn finish_log(job: &Job, usage: &Usage, reason: &str, status: u16) {
+    record(job.endpoint, status, job.started);
+    metrics::counter!(m::PROMPT_TOKENS).increment(job.prompt_len as u64);
+    metrics::counter!(m::COMPLETION_TOKENS).increment(usage.completion_tokens as u64);
+    let draft = job.pairing.as_ref().map(|(_, d)| d.addr().to_string()).unwrap_or_default();
+    tracing::info!(
+        request_id = %job.id, endpoint = job.endpoint.label(), status, finish = reason,
+        prompt_tokens = job.prompt_len, completion_tokens = usage.completion_tokens,
+        ms = job.started.elapsed().as_millis() as u64, target = %job.target, draft = %draft,
+        "request done"
+    );
+}
+
+/// Collects a job into one JSON response.
+async fn whole_response(state: Arc<RouterState>, mut job: Job) -> Response {
+    let mut text = TextStream::new(job.sampling.stops.clone());
+    let mut usage = Usage::default();
+    let mut out = String::new();
+    let mut finish = None;
+    while let Some(msg) = job.stream.next().await {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(st) => {
+                let e = from_status(&st);
+                record(job.endpoint, e.status.as_u16(), job.started);
+                return e.into_response();
+            }
+        };
+        usage.add(&msg);
+        for &t in &msg.token_ids {
+            out.push_str(&text.push(&state.tokenizer, t));
+        }
+        if text.stopped {
+            finish = Some("stop".to_string());
+            break;
+        }
+        if let Some(f) = &msg.finished {
+            finish = Some(f.finish_reason.clone());
+            break;
+        }
+    }
+    if !text.stopped {
+        out.push_str(&text.finish());
+    }
+    let reason = finish.unwrap_or_else(|| "length".into());
+    let created = now_secs();
+    let body = match job.endpoint {
+        Endpoint::Chat => json!({"id": job.id, "object": "chat.completion", "created": created, "model": job.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "logprobs": null, "finish_reason": reason}],
+            "usage": usage.json(job.prompt_len)}),
+        Endpoint::Completion => json!({"id": job.id, "object": "text_completion", "created": created, "model": job.model,
+            "choices": [{"index": 0, "text": out, "logprobs": null, "finish_reason": reason}],
+            "usage": usage.json(job.prompt_len)}),
+    };
+    finish_log(&job, &usage, &reason, 200);
+    let mut r = axum::Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&job.id) {
+        r.headers_mut().insert("x-request-id", v);
+    }
+    r
+}
+
+fn refuse(endpoint: Endpoint, started: Instant, e: ApiError) -> Response {
+    record(endpoint, e.status.as_u16(), started);
+    e.into_response()
+}
+
+async fn chat(State(state): State<Arc<RouterState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let prepared = (|| {
+        authorize(&state, &headers)?;
+        let mut req: ChatRequest = parse(&state, body)?;
+        let max_completion = req.max_completion_tokens;
+        let (model, mut sampling) = req.take_common().check(state.cfg.max_stop_strings)?;
+        check_model(&state, &model)?;
+        if req.messages.is_empty() {
+            return Err(ApiError::invalid("messages must contain at least one message", Some("messages")));
+        }
+        let mut msgs = Vec::with_capacity(req.messages.len());
+        for (i, m) in req.messages.iter().enumerate() {
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
+                return Err(ApiError::invalid(format!("messages[{i}].role `{}` is not supported (system, user, assistant)", m.role), Some("messages")));
+            }
+            let role = if m.role == "developer" { "system" } else { m.role.as_str() };
+            msgs.push(ChatMessage::new(role, &m.text()?));
+        }
+        let template = state.template.as_ref().ok_or_else(|| ApiError::invalid("this model has no chat template; use /v1/completions", None))?;
+        let text = template.render(&msgs, true).map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")))?;
+        let prompt = state.encode(&text)?;
+        sampling.max_tokens = max_completion.or(sampling.max_tokens);
+        let max_tokens = budget(&state, prompt.len(), sampling.max_tokens)?;
+        Ok((model, sampling, prompt, max_tokens))
+    })();
+    let (model, sampling, prompt, max_tokens) = match prepared {
+        Ok(p) => p,
+        Err(e) => return refuse(Endpoint::Chat, started, e),
+    };
+    let id = request_id(&state, &headers, "chatcmpl");
+    run(state, id, Endpoint::Chat, model, sampling, prompt, max_tokens, started).await
+}
+
+async fn completions(State(state): State<Arc<RouterState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let prepared = (|| {
+        authorize(&state, &headers)?;
+        let mut req: CompletionRequest = parse(&state, body)?;
+        let (model, sampling) = req.take_common().check(state.cfg.max_stop_strings)?;
+        check_model(&state, &model)?;
+        if req.echo == Some(true) {
+            return Err(ApiError::invalid("echo is not supported by Aerie", Some("echo")).with_code("unsupported_parameter"));
+        }
+        if req.suffix.is_some() {
+            return Err(ApiError::invalid("suffix is not supported by Aerie", Some("suffix")).with_code("unsupported_parameter"));
+        }
+        if req.best_of.is_some_and(|b| b != 1) {
+            return Err(ApiError::invalid("best_of other than 1 is not supported", Some("best_of")).with_code("unsupported_parameter"));
+        }
+        let prompts = std::mem::replace(&mut req.prompt, crate::openai::StringOrList::Many(Vec::new())).into_vec();
+        if prompts.len() != 1 {
+            return Err(ApiError::invalid(format!("prompt must be a string or a list of one string; got {} prompts", prompts.len()), Some("prompt")));
+        }
+        let prompt = state.encode(&prompts[0])?;
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt is empty", Some("prompt")));
+        }
+        let max_tokens = budget(&state, prompt.len(), sampling.max_tokens.or(Some(16)))?;
+        Ok((model, sampling, prompt, max_tokens))
+    })();
+    let (model, sampling, prompt, max_tokens) = match prepared {
+        Ok(p) => p,
+        Err(e) => return refuse(Endpoint::Completion, started, e),
+    };
+    let id = request_id(&state, &headers, "cmpl");
+    run(state, id, Endpoint::Completion, model, sampling, prompt, max_tokens, started).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(state: Arc<RouterState>, id: String, endpoint: Endpoint, model: String, sampling: Sampling, prompt: Vec<u32>, max_tokens: usize, started: Instant) -> Response {
+    let stream = sampling.stream;
+    match dispatch(&state, id, endpoint, model, prompt, sampling, max_tokens).await {
+        Ok(job) if stream => stream_response(state, job),
+        Ok(job) => whole_response(state, job).await,
+        Err(e) => refuse(endpoint, started, e),
+    }
+}
+
+async fn models(State(state): State<Arc<RouterState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    axum::Json(json!({"object": "list", "data": [{"id": state.cfg.served_model_name, "object": "model", "created": 0, "owned_by": "aerie"}]})).into_response()
+}
+
+async fn health(State(state): State<Arc<RouterState>>) -> Response {
+    let n = state.registry.healthy_targets().len();
+    if n > 0 {
+        (StatusCode::OK, axum::Json(json!({"status": "ok", "healthy_targets": n}))).into_response()
+    } else {
+        ApiError::unavailable("no target worker is healthy").into_response()
+    }
+}
+
+async fn metrics_page(State(state): State<Arc<RouterState>>) -> Response {
+    match &state.metrics {
+        Some(render) => render().into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
+}
