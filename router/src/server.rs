@@ -461,76 +461,92 @@ fn refuse(endpoint: Endpoint, started: Instant, e: ApiError) -> Response {
     e.into_response()
 }
 
-async fn chat(State(state): State<Arc<RouterState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let started = Instant::now();
-    let prepared = (|| {
-        authorize(&state, &headers)?;
-        let mut req: ChatRequest = parse(&state, body)?;
+/// A parsed, checked, tokenized request, ready to dispatch.
+pub struct Prepared {
+    pub model: String,
+    pub sampling: Sampling,
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+}
+
+impl RouterState {
+    /// Everything `/v1/chat/completions` does before dispatch. Pure: no
+    /// worker is contacted, so the parser can be fuzzed on its own.
+    pub fn prepare_chat(&self, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Prepared, ApiError> {
+        let state = self;
+        authorize(state, headers)?;
+        let mut req: ChatRequest = parse(state, body)?;
         let max_completion = req.max_completion_tokens;
         let (model, mut sampling) = req.take_common().check(state.cfg.max_stop_strings)?;
-        check_model(&state, &model)?;
+        check_model(state, &model)?;
         if req.messages.is_empty() {
             return Err(ApiError::invalid("messages must contain at least one message", Some("messages")));
+    }
+    let mut msgs = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
+            return Err(ApiError::invalid(format!("messages[{i}].role `{}` is not supported (system, user, assistant)", m.role), Some("messages")));
         }
-        let mut msgs = Vec::with_capacity(req.messages.len());
-        for (i, m) in req.messages.iter().enumerate() {
-            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
-                return Err(ApiError::invalid(format!("messages[{i}].role `{}` is not supported (system, user, assistant)", m.role), Some("messages")));
-            }
-            let role = if m.role == "developer" { "system" } else { m.role.as_str() };
-            msgs.push(ChatMessage::new(role, &m.text()?));
-        }
-        let template = state.template.as_ref().ok_or_else(|| ApiError::invalid("this model has no chat template; use /v1/completions", None))?;
-        let text = template.render(&msgs, true).map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")))?;
-        let prompt = state.encode(&text)?;
-        sampling.max_tokens = max_completion.or(sampling.max_tokens);
-        let max_tokens = budget(&state, prompt.len(), sampling.max_tokens)?;
-        Ok((model, sampling, prompt, max_tokens))
-    })();
-    let (model, sampling, prompt, max_tokens) = match prepared {
+        let role = if m.role == "developer" { "system" } else { m.role.as_str() };
+        msgs.push(ChatMessage::new(role, &m.text()?));
+    }
+    let template = state.template.as_ref().ok_or_else(|| ApiError::invalid("this model has no chat template; use /v1/completions", None))?;
+    let text = template.render(&msgs, true).map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")))?;
+    let prompt = state.encode(&text)?;
+    sampling.max_tokens = max_completion.or(sampling.max_tokens);
+    let max_tokens = budget(state, prompt.len(), sampling.max_tokens)?;
+    Ok(Prepared { model, sampling, prompt, max_tokens })
+    }
+
+    /// Everything `/v1/completions` does before dispatch.
+    pub fn prepare_completion(&self, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Prepared, ApiError> {
+        let state = self;
+        authorize(state, headers)?;
+        let mut req: CompletionRequest = parse(state, body)?;
+        let (model, sampling) = req.take_common().check(state.cfg.max_stop_strings)?;
+        check_model(state, &model)?;
+        if req.echo == Some(true) {
+            return Err(ApiError::invalid("echo is not supported by Aerie", Some("echo")).with_code("unsupported_parameter"));
+    }
+    if req.suffix.is_some() {
+        return Err(ApiError::invalid("suffix is not supported by Aerie", Some("suffix")).with_code("unsupported_parameter"));
+    }
+    if req.best_of.is_some_and(|b| b != 1) {
+        return Err(ApiError::invalid("best_of other than 1 is not supported", Some("best_of")).with_code("unsupported_parameter"));
+    }
+    let prompts = std::mem::replace(&mut req.prompt, crate::openai::StringOrList::Many(Vec::new())).into_vec();
+    if prompts.len() != 1 {
+        return Err(ApiError::invalid(format!("prompt must be a string or a list of one string; got {} prompts", prompts.len()), Some("prompt")));
+    }
+    let prompt = state.encode(&prompts[0])?;
+    if prompt.is_empty() {
+        return Err(ApiError::invalid("prompt is empty", Some("prompt")));
+    }
+    let max_tokens = budget(state, prompt.len(), sampling.max_tokens.or(Some(16)))?;
+    Ok(Prepared { model, sampling, prompt, max_tokens })
+    }
+}
+
+async fn chat(State(state): State<Arc<RouterState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let p = match state.prepare_chat(&headers, body) {
         Ok(p) => p,
         Err(e) => return refuse(Endpoint::Chat, started, e),
     };
     let id = request_id(&state, &headers, "chatcmpl");
-    run(state, id, Endpoint::Chat, model, sampling, prompt, max_tokens, started).await
+    run(state, id, Endpoint::Chat, p.model, p.sampling, p.prompt, p.max_tokens, started).await
 }
 
 async fn completions(State(state): State<Arc<RouterState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
-    let prepared = (|| {
-        authorize(&state, &headers)?;
-        let mut req: CompletionRequest = parse(&state, body)?;
-        let (model, sampling) = req.take_common().check(state.cfg.max_stop_strings)?;
-        check_model(&state, &model)?;
-        if req.echo == Some(true) {
-            return Err(ApiError::invalid("echo is not supported by Aerie", Some("echo")).with_code("unsupported_parameter"));
-        }
-        if req.suffix.is_some() {
-            return Err(ApiError::invalid("suffix is not supported by Aerie", Some("suffix")).with_code("unsupported_parameter"));
-        }
-        if req.best_of.is_some_and(|b| b != 1) {
-            return Err(ApiError::invalid("best_of other than 1 is not supported", Some("best_of")).with_code("unsupported_parameter"));
-        }
-        let prompts = std::mem::replace(&mut req.prompt, crate::openai::StringOrList::Many(Vec::new())).into_vec();
-        if prompts.len() != 1 {
-            return Err(ApiError::invalid(format!("prompt must be a string or a list of one string; got {} prompts", prompts.len()), Some("prompt")));
-        }
-        let prompt = state.encode(&prompts[0])?;
-        if prompt.is_empty() {
-            return Err(ApiError::invalid("prompt is empty", Some("prompt")));
-        }
-        let max_tokens = budget(&state, prompt.len(), sampling.max_tokens.or(Some(16)))?;
-        Ok((model, sampling, prompt, max_tokens))
-    })();
-    let (model, sampling, prompt, max_tokens) = match prepared {
+    let p = match state.prepare_completion(&headers, body) {
         Ok(p) => p,
         Err(e) => return refuse(Endpoint::Completion, started, e),
     };
     let id = request_id(&state, &headers, "cmpl");
-    run(state, id, Endpoint::Completion, model, sampling, prompt, max_tokens, started).await
+    run(state, id, Endpoint::Completion, p.model, p.sampling, p.prompt, p.max_tokens, started).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run(state: Arc<RouterState>, id: String, endpoint: Endpoint, model: String, sampling: Sampling, prompt: Vec<u32>, max_tokens: usize, started: Instant) -> Response {
     let stream = sampling.stream;
     match dispatch(&state, id, endpoint, model, prompt, sampling, max_tokens).await {
