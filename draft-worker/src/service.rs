@@ -256,7 +256,7 @@ impl Session {
                 "bad_features",
                 format!(
                     "features are {} × {w}; {rows} × {width} expected",
-                    if w == 0 { 0 } else { data.len() / w }
+                    data.len().checked_div(w).unwrap_or(0)
                 ),
             ));
         }

@@ -86,6 +86,15 @@ async fn bind(host: &str, port: u16) -> Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding {host}:{port}"))
 }
 
+/// Binds the gRPC and metrics ports and starts serving `/metrics`.
+async fn listen(l: &ListenArgs, handle: metrics_exporter_prometheus::PrometheusHandle) -> Result<(tokio::net::TcpListener, SocketAddr, SocketAddr)> {
+    let listener = bind(&l.host, l.port).await?;
+    let mlistener = bind(&l.host, l.metrics_port).await?;
+    let (grpc, metrics) = (listener.local_addr()?, mlistener.local_addr()?);
+    tokio::spawn(metrics_http::serve(mlistener, handle));
+    Ok((listener, grpc, metrics))
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     // The forward passes run on their own threads; the runtime only moves messages.
     tokio::runtime::Builder::new_multi_thread()
@@ -135,12 +144,9 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
     let handle = metrics_http::install()?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let listener = bind(&a.listen.host, a.listen.port).await?;
-        let mlistener = bind(&a.listen.host, a.listen.metrics_port).await?;
-        let (grpc, maddr) = (listener.local_addr()?, mlistener.local_addr()?);
+        let (listener, grpc, maddr) = listen(&a.listen, handle).await?;
         let server = TargetServer::start(&engine, cfg).context("starting the scheduler")?;
         let shared = server.shared();
-        tokio::spawn(metrics_http::serve(mlistener, handle));
         let svc = TargetServiceServer::new(server).max_decoding_message_size(MAX_MESSAGE_BYTES);
         announce("target", grpc, maddr);
         let serve = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener));
@@ -192,12 +198,9 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
     let handle = metrics_http::install()?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let listener = bind(&a.listen.host, a.listen.port).await?;
-        let mlistener = bind(&a.listen.host, a.listen.metrics_port).await?;
-        let (grpc, maddr) = (listener.local_addr()?, mlistener.local_addr()?);
+        let (listener, grpc, maddr) = listen(&a.listen, handle).await?;
         let server = DraftServer::new(factory, Arc::clone(&engine.model), draft_model);
         tracing::info!(kind = %server.info().kind, features = %server.info().features, "draft worker ready");
-        tokio::spawn(metrics_http::serve(mlistener, handle));
         let svc = DraftServiceServer::new(server).max_decoding_message_size(MAX_MESSAGE_BYTES);
         announce("draft", grpc, maddr);
         let serve = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener));

@@ -3,38 +3,17 @@
 //! through gRPC. Each test starts its own workers; a file-wide lock keeps
 //! two clusters from sharing the two CPU cores at once.
 
+mod common;
+use common::{engine, serial, PROMPTS};
+
 use aerie_engine::generate::{generate, GenerateRequest as EngineRequest};
-use aerie_engine::{ChatMessage, DType, Engine, SamplingParams};
+use aerie_engine::{ChatMessage, SamplingParams};
 use aerie_proto::v1::target_service_client::TargetServiceClient;
 use aerie_proto::v1::{Finished, GenerateRequest, HealthRequest, SamplingParams as WireSampling};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
-
-const PROMPTS: [&str; 10] = [
-    "Name three rivers in Europe.",
-    "Write a Python function that checks whether a number is prime.",
-    "Count from 1 to 40, separated by commas.",
-    "Explain why the sky is blue in two sentences.",
-    "Repeat the sentence 'The quick brown fox jumps over the lazy dog.' five times.",
-    "Give me a recipe for pancakes.",
-    "What is the capital of Australia, and why is it not Sydney?",
-    "Translate 'Good morning, how are you?' into French, Spanish and German.",
-    "List the planets of the solar system in order from the Sun.",
-    "Write a haiku about autumn leaves.",
-];
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static L: Mutex<()> = Mutex::new(());
-    L.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn engine() -> &'static Engine {
-    static E: OnceLock<Engine> = OnceLock::new();
-    E.get_or_init(|| Engine::load("smollm2", DType::Auto).expect("load smollm2"))
-}
 
 fn prompt_ids(i: usize) -> Vec<u32> {
     engine()

@@ -2,24 +2,16 @@
 //! processes) checked by the official `openai` Python client, plus the
 //! routing, error and disconnect behaviour that needs worker control.
 
+mod common;
+use common::{engine, serial, PROMPTS};
+
 use aerie_engine::generate::{generate, GenerateRequest};
-use aerie_engine::{ChatMessage, DType, Engine, SamplingParams};
+use aerie_engine::{ChatMessage, SamplingParams};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static L: Mutex<()> = Mutex::new(());
-    L.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn engine() -> &'static Engine {
-    static E: OnceLock<Engine> = OnceLock::new();
-    E.get_or_init(|| Engine::load("smollm2", DType::Auto).expect("load smollm2"))
-}
 
 fn repo() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -107,19 +99,6 @@ fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Str
 fn chat_body(content: &str, max_tokens: u64) -> Value {
     json!({"model": "smollm2", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true})
 }
-
-const PROMPTS: [&str; 10] = [
-    "Name three rivers in Europe.",
-    "Write a Python function that checks whether a number is prime.",
-    "Count from 1 to 40, separated by commas.",
-    "Explain why the sky is blue in two sentences.",
-    "Repeat the sentence 'The quick brown fox jumps over the lazy dog.' five times.",
-    "Give me a recipe for pancakes.",
-    "What is the capital of Australia, and why is it not Sydney?",
-    "Translate 'Good morning, how are you?' into French, Spanish and German.",
-    "List the planets of the solar system in order from the Sun.",
-    "Write a haiku about autumn leaves.",
-];
 
 #[test]
 fn openai_python_client_conformance_through_aerie_serve() {

@@ -83,7 +83,7 @@ fn f32_bytes(data: &[f32]) -> Vec<u8> {
 }
 
 fn inline_payload(width: usize, data: &[f32]) -> FeaturePayload {
-    let rows = if width == 0 { 0 } else { data.len() / width };
+    let rows = data.len().checked_div(width).unwrap_or(0);
     FeaturePayload { rows: rows as u32, width: width as u32, data: Some(Data::Inline(f32_bytes(data))) }
 }
 
@@ -166,7 +166,7 @@ impl FeatureSender for ShmRingSender {
         }
         let crc32 = crc32fast::hash(dst);
         st.head = end;
-        let rows = if width == 0 { 0 } else { data.len() / width };
+        let rows = data.len().checked_div(width).unwrap_or(0);
         (FeaturePayload { rows: rows as u32, width: width as u32, data: Some(Data::Shm(ShmSlice { offset: start, len, crc32 })) }, "shm")
     }
 

@@ -176,7 +176,8 @@ impl Drop for Job {
     }
 }
 
-async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, model: String, prompt: Vec<u32>, sampling: Sampling, max_tokens: usize) -> Result<Job, ApiError> {
+async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: Prepared) -> Result<Job, ApiError> {
+    let Prepared { model, sampling, prompt, max_tokens } = p;
     let started = Instant::now();
     let mut tried: Vec<String> = Vec::new();
     let mut last: Option<ApiError> = None;
@@ -534,7 +535,7 @@ async fn chat(State(state): State<Arc<RouterState>>, headers: HeaderMap, body: R
         Err(e) => return refuse(Endpoint::Chat, started, e),
     };
     let id = request_id(&state, &headers, "chatcmpl");
-    run(state, id, Endpoint::Chat, p.model, p.sampling, p.prompt, p.max_tokens, started).await
+    run(state, id, Endpoint::Chat, p, started).await
 }
 
 async fn completions(State(state): State<Arc<RouterState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
@@ -544,12 +545,12 @@ async fn completions(State(state): State<Arc<RouterState>>, headers: HeaderMap, 
         Err(e) => return refuse(Endpoint::Completion, started, e),
     };
     let id = request_id(&state, &headers, "cmpl");
-    run(state, id, Endpoint::Completion, p.model, p.sampling, p.prompt, p.max_tokens, started).await
+    run(state, id, Endpoint::Completion, p, started).await
 }
 
-async fn run(state: Arc<RouterState>, id: String, endpoint: Endpoint, model: String, sampling: Sampling, prompt: Vec<u32>, max_tokens: usize, started: Instant) -> Response {
-    let stream = sampling.stream;
-    match dispatch(&state, id, endpoint, model, prompt, sampling, max_tokens).await {
+async fn run(state: Arc<RouterState>, id: String, endpoint: Endpoint, p: Prepared, started: Instant) -> Response {
+    let stream = p.sampling.stream;
+    match dispatch(&state, id, endpoint, p).await {
         Ok(job) if stream => stream_response(state, job),
         Ok(job) => whole_response(state, job).await,
         Err(e) => refuse(endpoint, started, e),

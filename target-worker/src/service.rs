@@ -85,7 +85,7 @@ impl TargetServer {
             return Err(TargetError::InvalidRequest(format!("stop id {t} is outside the vocabulary (size {vocab})")));
         }
         let max_tokens = r.max_tokens.map(|x| x as usize).unwrap_or(DEFAULT_MAX_TOKENS);
-        let s = r.sampling.clone().unwrap_or_default();
+        let s = r.sampling.unwrap_or_default();
         let d = SamplingParams::default();
         let sampling = SamplingParams {
             temperature: s.temperature.unwrap_or(d.temperature),
