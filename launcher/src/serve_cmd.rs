@@ -79,6 +79,9 @@ pub fn spawn_worker(name: &str, args: &[String], timeout: Duration) -> Result<Wo
     // SIGTERM to this child when its parent dies.
     unsafe {
         use std::os::unix::process::CommandExt;
+        // Its own process group: a terminal's Ctrl-C reaches `serve` only,
+        // which then stops the children in order.
+        cmd.process_group(0);
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())
@@ -152,7 +155,10 @@ pub fn spawn_worker(name: &str, args: &[String], timeout: Duration) -> Result<Wo
 impl Worker {
     /// SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
-        // SAFETY: signalling our own child by pid.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // already reaped: its pid may belong to someone else now
+        }
+        // SAFETY: signalling our own child by pid; it has not been reaped.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
@@ -337,9 +343,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
             }
         }
     })?;
-    // The router first (no new requests), then targets (they drain), then drafts.
+    // The router first (it stops accepting and finishes its responses), then
+    // targets (they drain), then drafts.
     for w in workers.iter_mut().filter(|w| w.name == "router") {
-        w.stop(Duration::from_secs(5));
+        w.stop(Duration::from_secs(35));
     }
     for w in workers.iter_mut().filter(|w| w.name.starts_with("target")) {
         w.stop(Duration::from_secs(35));

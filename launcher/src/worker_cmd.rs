@@ -21,8 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::wrappers::TcpListenerStream;
 
-/// Largest gRPC message a worker accepts (prompts of a 128k context fit).
-const MAX_MESSAGE_BYTES: usize = 16 << 20;
+use aerie_proto::MAX_MESSAGE_BYTES;
 
 #[derive(Args, Debug, Clone)]
 pub struct ListenArgs {
@@ -274,10 +273,8 @@ pub fn run_router(a: RouterArgs) -> Result<()> {
         state.registry.spawn_health_checks(state.cfg.health_interval);
         let app = aerie_router::router_app(state);
         announce("router", addr, addr);
-        tokio::select! {
-            r = axum::serve(listener, app) => r.context("HTTP server failed")?,
-            _ = termination() => {}
-        }
+        // On SIGTERM: stop accepting, let in-flight responses finish.
+        axum::serve(listener, app).with_graceful_shutdown(termination()).await.context("HTTP server failed")?;
         Ok(())
     })
 }

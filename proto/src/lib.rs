@@ -12,3 +12,14 @@ pub mod v1 {
 
 pub mod metric_names;
 pub mod transport;
+
+/// Largest gRPC message any Aerie process sends or accepts. Both ends of
+/// every channel use it, so a message one side may send the other accepts.
+/// (A 16k-token prompt's EAGLE features inline are about 38 MB.)
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// HTTP/2 keep-alive between processes, so a peer that vanishes without
+/// closing its socket (power loss, a network cut, SIGSTOP) is noticed.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a keep-alive ping may go unanswered.
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);

@@ -156,7 +156,8 @@ impl FeatureSender for ShmRingSender {
             start += self.capacity - pos; // skip the tail: blocks never wrap
         }
         let end = start + len;
-        if end - self.consumed.load(Ordering::Acquire) > self.capacity {
+        // saturating: a peer reporting progress beyond `head` gains nothing.
+        if end.saturating_sub(self.consumed.load(Ordering::Acquire)) > self.capacity {
             return (inline_payload(width, data), "inline");
         }
         let at = (start % self.capacity) as usize;
@@ -195,6 +196,9 @@ impl FeatureReceiver {
     pub fn open(path: &Path, capacity: u64) -> Result<Self, TransportError> {
         let io = |source| TransportError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
+        if capacity == 0 {
+            return Err(TransportError::Malformed(format!("ring {} announced with capacity 0", path.display())));
+        }
         let actual = file.metadata().map_err(io)?.len();
         if actual < capacity {
             return Err(TransportError::Malformed(format!("ring {} holds {actual} bytes, announced {capacity}", path.display())));

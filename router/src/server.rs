@@ -163,16 +163,26 @@ struct Job {
     stream: tonic::Streaming<GenerateResponse>,
     started: Instant,
     _in_flight: InFlight,
-    pairing: Option<(Arc<Registry>, Arc<DraftHandle>)>,
+    pairing: Option<Pairing>,
     target: String,
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if let Some((reg, d)) = &self.pairing {
-            reg.unpair(d);
-        }
         metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// A draft worker assigned to a request, released on drop (also when the
+/// client leaves while the request is being dispatched).
+struct Pairing {
+    registry: Arc<Registry>,
+    draft: Arc<DraftHandle>,
+}
+
+impl Drop for Pairing {
+    fn drop(&mut self) {
+        self.registry.unpair(&self.draft);
     }
 }
 
@@ -187,15 +197,17 @@ async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: P
             return Err(last.unwrap_or_else(|| ApiError::unavailable("no target worker is available")));
         }
         let target = candidates[state.policy.pick(&candidates, &prompt)].clone();
-        let draft = state.registry.pair_draft(&target);
+        let draft = state.registry.pair_draft(&target).map(|draft| Pairing { registry: state.registry.clone(), draft });
         metrics::counter!(m::ROUTING_DECISIONS, "policy" => state.policy.name(), "speculative" => if draft.is_some() { "true" } else { "false" }).increment(1);
         let req = GenerateRequest {
-            request_id: id.clone(),
+            // Unique per attempt: a client reusing its x-request-id, or a
+            // retry, never collides with a request still live on a worker.
+            request_id: format!("{id}#{}", state.next_id.fetch_add(1, Ordering::Relaxed)),
             prompt_ids: prompt.clone(),
             max_tokens: Some(max_tokens.min(u32::MAX as usize) as u32),
             sampling: Some(WireSampling { temperature: sampling.temperature, top_p: sampling.top_p, top_k: sampling.top_k, min_p: sampling.min_p, seed: sampling.seed }),
             stop_ids: Vec::new(),
-            draft_worker: draft.as_ref().map(|d| d.addr().to_string()).unwrap_or_default(),
+            draft_worker: draft.as_ref().map(|d| d.draft.addr().to_string()).unwrap_or_default(),
             ignore_eos: sampling.ignore_eos,
         };
         let in_flight = target.track();
@@ -211,14 +223,12 @@ async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: P
                     stream: resp.into_inner(),
                     started,
                     _in_flight: in_flight,
-                    pairing: draft.map(|d| (state.registry.clone(), d)),
+                    pairing: draft,
                     target: target.addr().to_string(),
                 });
             }
             Err(st) => {
-                if let Some(d) = &draft {
-                    state.registry.unpair(d);
-                }
+                drop(draft);
                 match st.code() {
                     tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::Unknown | tonic::Code::Cancelled => {
                         if st.code() != tonic::Code::ResourceExhausted {
@@ -360,6 +370,9 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
                 break;
             }
         }
+        if finish.is_none() && failed.is_none() {
+            failed = Some(ApiError::internal("the target worker ended the stream without finishing the request"));
+        }
         if let Some(e) = failed {
             tracing::warn!(request_id = %job.id, "stream failed: {}", e.message);
             let _ = tx.send(Ok(sse(&e.body()))).await;
@@ -399,7 +412,7 @@ fn finish_log(job: &Job, usage: &Usage, reason: &str, status: u16) {
     record(job.endpoint, status, job.started);
     metrics::counter!(m::PROMPT_TOKENS).increment(job.prompt_len as u64);
     metrics::counter!(m::COMPLETION_TOKENS).increment(usage.completion_tokens as u64);
-    let draft = job.pairing.as_ref().map(|(_, d)| d.addr().to_string()).unwrap_or_default();
+    let draft = job.pairing.as_ref().map(|p| p.draft.addr().to_string()).unwrap_or_default();
     tracing::info!(
         request_id = %job.id, endpoint = job.endpoint.label(), status, finish = reason,
         prompt_tokens = job.prompt_len, completion_tokens = usage.completion_tokens,
@@ -439,7 +452,11 @@ async fn whole_response(state: Arc<RouterState>, mut job: Job) -> Response {
     if !text.stopped {
         out.push_str(&text.finish());
     }
-    let reason = finish.unwrap_or_else(|| "length".into());
+    let Some(reason) = finish else {
+        let e = ApiError::internal("the target worker ended the stream without finishing the request");
+        record(job.endpoint, e.status.as_u16(), job.started);
+        return e.into_response();
+    };
     let created = now_secs();
     let body = match job.endpoint {
         Endpoint::Chat => json!({"id": job.id, "object": "chat.completion", "created": created, "model": job.model,
@@ -482,21 +499,24 @@ impl RouterState {
         check_model(state, &model)?;
         if req.messages.is_empty() {
             return Err(ApiError::invalid("messages must contain at least one message", Some("messages")));
-    }
-    let mut msgs = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.iter().enumerate() {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
-            return Err(ApiError::invalid(format!("messages[{i}].role `{}` is not supported (system, user, assistant)", m.role), Some("messages")));
         }
-        let role = if m.role == "developer" { "system" } else { m.role.as_str() };
-        msgs.push(ChatMessage::new(role, &m.text()?));
-    }
-    let template = state.template.as_ref().ok_or_else(|| ApiError::invalid("this model has no chat template; use /v1/completions", None))?;
-    let text = template.render(&msgs, true).map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")))?;
-    let prompt = state.encode(&text)?;
-    sampling.max_tokens = max_completion.or(sampling.max_tokens);
-    let max_tokens = budget(state, prompt.len(), sampling.max_tokens)?;
-    Ok(Prepared { model, sampling, prompt, max_tokens })
+        let mut msgs = Vec::with_capacity(req.messages.len());
+        for (i, m) in req.messages.iter().enumerate() {
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
+                return Err(ApiError::invalid(format!("messages[{i}].role `{}` is not supported (system, user, assistant)", m.role), Some("messages")));
+            }
+            let role = if m.role == "developer" { "system" } else { m.role.as_str() };
+            msgs.push(ChatMessage::new(role, &m.text()?));
+        }
+        let template = state.template.as_ref().ok_or_else(|| ApiError::invalid("this model has no chat template; use /v1/completions", None))?;
+        let text = template.render(&msgs, true).map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")))?;
+        let prompt = state.encode(&text)?;
+        sampling.max_tokens = max_completion.or(sampling.max_tokens);
+        if sampling.max_tokens == Some(0) {
+            return Err(ApiError::invalid("max_completion_tokens must be at least 1", Some("max_completion_tokens")));
+        }
+        let max_tokens = budget(state, prompt.len(), sampling.max_tokens)?;
+        Ok(Prepared { model, sampling, prompt, max_tokens })
     }
 
     /// Everything `/v1/completions` does before dispatch.
@@ -508,23 +528,23 @@ impl RouterState {
         check_model(state, &model)?;
         if req.echo == Some(true) {
             return Err(ApiError::invalid("echo is not supported by Aerie", Some("echo")).with_code("unsupported_parameter"));
-    }
-    if req.suffix.is_some() {
-        return Err(ApiError::invalid("suffix is not supported by Aerie", Some("suffix")).with_code("unsupported_parameter"));
-    }
-    if req.best_of.is_some_and(|b| b != 1) {
-        return Err(ApiError::invalid("best_of other than 1 is not supported", Some("best_of")).with_code("unsupported_parameter"));
-    }
-    let prompts = std::mem::replace(&mut req.prompt, crate::openai::StringOrList::Many(Vec::new())).into_vec();
-    if prompts.len() != 1 {
-        return Err(ApiError::invalid(format!("prompt must be a string or a list of one string; got {} prompts", prompts.len()), Some("prompt")));
-    }
-    let prompt = state.encode(&prompts[0])?;
-    if prompt.is_empty() {
-        return Err(ApiError::invalid("prompt is empty", Some("prompt")));
-    }
-    let max_tokens = budget(state, prompt.len(), sampling.max_tokens.or(Some(16)))?;
-    Ok(Prepared { model, sampling, prompt, max_tokens })
+        }
+        if req.suffix.is_some() {
+            return Err(ApiError::invalid("suffix is not supported by Aerie", Some("suffix")).with_code("unsupported_parameter"));
+        }
+        if req.best_of.is_some_and(|b| b != 1) {
+            return Err(ApiError::invalid("best_of other than 1 is not supported", Some("best_of")).with_code("unsupported_parameter"));
+        }
+        let prompts = std::mem::replace(&mut req.prompt, crate::openai::StringOrList::Many(Vec::new())).into_vec();
+        if prompts.len() != 1 {
+            return Err(ApiError::invalid(format!("prompt must be a string or a list of one string; got {} prompts", prompts.len()), Some("prompt")));
+        }
+        let prompt = state.encode(&prompts[0])?;
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt is empty", Some("prompt")));
+        }
+        let max_tokens = budget(state, prompt.len(), sampling.max_tokens.or(Some(16)))?;
+        Ok(Prepared { model, sampling, prompt, max_tokens })
     }
 }
 

@@ -46,8 +46,13 @@ impl TargetHandle {
         let ep = Endpoint::from_shared(addr.to_string())
             .map_err(|e| format!("bad target address `{addr}`: {e}"))?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
-        let client = TargetServiceClient::new(ep.connect_lazy()).max_decoding_message_size(16 << 20).max_encoding_message_size(16 << 20);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(aerie_proto::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(aerie_proto::KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let client = TargetServiceClient::new(ep.connect_lazy())
+            .max_decoding_message_size(aerie_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(aerie_proto::MAX_MESSAGE_BYTES);
         Ok(Arc::new(TargetHandle {
             addr: addr.to_string(),
             client,

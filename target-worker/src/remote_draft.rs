@@ -33,6 +33,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
+/// Most tree nodes a proposal may hold: the KV slack each request reserves.
+pub const MAX_TREE_NODES: usize = crate::scheduler::TREE_SLACK;
+
 /// What a proposer receives from the reader task.
 enum Answer {
     Tree(Proposal),
@@ -49,20 +52,27 @@ pub struct DraftLink {
     features: FeatureKind,
     next_seq: AtomicU64,
     propose_timeout: Duration,
+    /// Token ids in proposals must be below this.
+    vocab_size: usize,
 }
 
 impl DraftLink {
     /// Connects, checks the draft was built for this target, and opens the session.
-    pub async fn connect(addr: &str, fingerprint: &str, num_layers: usize, cfg: &TargetConfig) -> std::result::Result<Arc<DraftLink>, String> {
+    pub async fn connect(addr: &str, fingerprint: &str, num_layers: usize, vocab_size: usize, cfg: &TargetConfig) -> std::result::Result<Arc<DraftLink>, String> {
         let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
             .map_err(|e| format!("bad draft worker address `{addr}`: {e}"))?
             .connect_timeout(cfg.draft_connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(aerie_proto::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(aerie_proto::KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let channel = tokio::time::timeout(cfg.draft_connect_timeout, endpoint.connect())
             .await
             .map_err(|_| format!("draft worker {addr}: connect timed out"))?
             .map_err(|e| format!("draft worker {addr}: {e}"))?;
-        let mut client = DraftServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        let mut client = DraftServiceClient::new(channel)
+            .max_decoding_message_size(aerie_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(aerie_proto::MAX_MESSAGE_BYTES);
         let info = tokio::time::timeout(cfg.draft_connect_timeout, client.info(InfoRequest {}))
             .await
             .map_err(|_| format!("draft worker {addr}: Info timed out"))?
@@ -97,9 +107,9 @@ impl DraftLink {
         let (tx, rx) = mpsc::unbounded_channel();
         let open = SessionOpen { target_fingerprint: fingerprint.to_string(), shm_path, shm_capacity };
         tx.send(SessionRequest { msg: Some(Msg::Open(open)) }).map_err(|_| "session channel closed".to_string())?;
-        let responses = client
-            .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        let responses = tokio::time::timeout(cfg.draft_connect_timeout, client.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)))
             .await
+            .map_err(|_| format!("draft worker {addr}: Session timed out"))?
             .map_err(|e| format!("draft worker {addr}: Session: {}", e.message()))?
             .into_inner();
         let link = Arc::new(DraftLink {
@@ -111,6 +121,7 @@ impl DraftLink {
             features,
             next_seq: AtomicU64::new(1),
             propose_timeout: cfg.propose_timeout,
+            vocab_size,
         });
         tracing::info!(addr, transport = link.sender.name(), "draft session open");
         tokio::spawn(read_answers(link.clone(), responses));
@@ -223,10 +234,17 @@ impl RemoteProposer {
         }
     }
 
-    fn payload(&self, feats: &Features) -> aerie_proto::v1::FeaturePayload {
+    /// The features as a payload, or `None` (and this request drops
+    /// speculation) when they could not travel in one message: failing one
+    /// sequence beats the draft refusing the message and losing the session.
+    fn payload(&mut self, feats: &Features) -> Option<aerie_proto::v1::FeaturePayload> {
         let (p, via) = self.link.sender.encode(feats.width, &feats.data);
+        if via == "inline" && feats.data.len() * 4 + (1 << 20) > aerie_proto::MAX_MESSAGE_BYTES {
+            self.fail("features_too_large");
+            return None;
+        }
         metrics::counter!(m::TARGET_FEATURE_BYTES, "transport" => via).increment((feats.data.len() * 4) as u64);
-        p
+        Some(p)
     }
 
     fn to_tree(&self, p: Proposal, root: u32) -> std::result::Result<DraftTree, String> {
@@ -239,6 +257,12 @@ impl RemoteProposer {
                 x => Err(format!("parent index {x}")),
             })
             .collect();
+        if p.tokens.len() > MAX_TREE_NODES {
+            return Err(format!("{} nodes; at most {MAX_TREE_NODES} are verified", p.tokens.len()));
+        }
+        if let Some(t) = p.tokens.iter().find(|&&t| t as usize >= self.link.vocab_size) {
+            return Err(format!("token {t} is outside the vocabulary (size {})", self.link.vocab_size));
+        }
         let tree = DraftTree::from_parents(p.tokens, parents?).map_err(|e| e.to_string())?;
         if tree.tokens[0] != root {
             return Err(format!("tree rooted at {} but the last committed token is {root}", tree.tokens[0]));
@@ -271,8 +295,9 @@ impl Proposer for RemoteProposer {
     fn begin(&mut self, tokens: &[u32], feats: &Features) -> Result<()> {
         self.root = tokens.last().copied();
         if !self.failed {
-            let features = Some(self.payload(feats));
-            self.send(Msg::Begin(SequenceBegin { seq_id: self.seq_id, tokens: tokens.to_vec(), features }));
+            if let Some(p) = self.payload(feats) {
+                self.send(Msg::Begin(SequenceBegin { seq_id: self.seq_id, tokens: tokens.to_vec(), features: Some(p) }));
+            }
         }
         Ok(())
     }
@@ -282,8 +307,9 @@ impl Proposer for RemoteProposer {
             self.root = Some(t);
         }
         if !self.failed {
-            let features = Some(self.payload(feats));
-            self.send(Msg::Commit(SequenceCommit { seq_id: self.seq_id, tokens: tokens.to_vec(), features }));
+            if let Some(p) = self.payload(feats) {
+                self.send(Msg::Commit(SequenceCommit { seq_id: self.seq_id, tokens: tokens.to_vec(), features: Some(p) }));
+            }
         }
         Ok(())
     }
@@ -313,7 +339,12 @@ impl Proposer for RemoteProposer {
                     tracing::warn!(seq = self.seq_id, "draft error: {e}");
                     self.fail("draft_error");
                 }
-                Err(std_mpsc::RecvTimeoutError::Timeout) => self.fail("timeout"),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    // A stalled draft would stall every step: later requests
+                    // reconnect instead of waiting on it again.
+                    self.link.mark_dead("a proposal timed out");
+                    self.fail("timeout");
+                }
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => self.fail("draft_down"),
             }
         }

@@ -89,10 +89,14 @@ impl Shared {
 
     /// Queues a job, or refuses it when the queue is full or the worker drains.
     pub fn submit(&self, job: Job) -> Result<(), TargetError> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the queue lock, so a drain that saw the queue empty
+        // never has a job slip in behind it.
         if self.is_draining() {
             return Err(TargetError::Draining);
         }
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // Requests whose clients left do not hold queue places.
+        self.purge_abandoned(&mut q);
         // Every request waits at least until the scheduler's next loop, so
         // the queue bound counts requests not yet running.
         if q.len() >= self.max_queued {
@@ -147,7 +151,33 @@ impl Shared {
 
     /// No request running or waiting.
     pub fn is_idle(&self) -> bool {
-        self.running() == 0 && self.waiting() == 0
+        // Under the queue lock: admission moves a job from the queue to
+        // `running` while holding it, so no job is ever in neither.
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.running() == 0 && q.is_empty()
+    }
+
+    /// Drops queued jobs whose client went away or that were aborted.
+    fn purge_abandoned(&self, q: &mut VecDeque<Job>) {
+        q.retain(|j| {
+            let gone = j.cancel.load(Ordering::Acquire) || j.out.is_closed();
+            if gone {
+                self.forget(&j.id);
+                metrics::counter!(m::TARGET_REQUESTS, "outcome" => "aborted").increment(1);
+                let _ = j.out.send(Err(tonic::Status::cancelled("aborted")));
+            }
+            !gone
+        });
+    }
+
+    /// After a scheduler failure: refuse new work and fail what waits.
+    fn fail_everything(&self, why: &str) {
+        self.start_draining();
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        for j in q.drain(..) {
+            self.forget(&j.id);
+            let _ = j.out.send(Err(tonic::Status::internal(why.to_string())));
+        }
     }
 
     pub fn mean_tau(&self) -> f64 {
@@ -184,7 +214,16 @@ impl Running {
 
 /// Starts the scheduler thread.
 pub fn spawn(model: Arc<Model>, shared: Arc<Shared>) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("aerie-scheduler".into()).spawn(move || run(&model, &shared))
+    std::thread::Builder::new().name("aerie-scheduler".into()).spawn(move || {
+        // A panic here is a bug, but it must not leave requests hanging: the
+        // running ones lose their senders (their streams end in an error at
+        // the router), the queued ones are failed, and the worker stops
+        // taking work, so Health fails and routers move on.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&model, &shared))).is_err() {
+            tracing::error!("the scheduler thread panicked; failing all requests and refusing new ones");
+            shared.fail_everything("the target worker's scheduler failed");
+        }
+    })
 }
 
 fn finished_message(r: &mut Running) -> GenerateResponse {
@@ -219,6 +258,8 @@ fn run(model: &Model, shared: &Shared) {
                 shared.kv_used.fetch_sub(r.reserve, Ordering::AcqRel);
                 shared.forget(&r.id);
                 metrics::counter!(m::TARGET_REQUESTS, "outcome" => "aborted").increment(1);
+                // An Abort RPC ends the stream with CANCELLED, never silently.
+                let _ = r.out.send(Err(tonic::Status::cancelled("aborted")));
                 false
             } else {
                 true
@@ -231,14 +272,9 @@ fn run(model: &Model, shared: &Shared) {
             if running.is_empty() && q.is_empty() {
                 q = shared.wake.wait_timeout(q, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
             }
+            shared.purge_abandoned(&mut q);
             while running.len() + admitted.len() < shared.max_running {
                 let Some(front) = q.front() else { break };
-                if front.cancel.load(Ordering::Acquire) || front.out.is_closed() {
-                    let j = q.pop_front().expect("front exists");
-                    shared.forget(&j.id);
-                    metrics::counter!(m::TARGET_REQUESTS, "outcome" => "aborted").increment(1);
-                    continue;
-                }
                 if shared.kv_used() + front.reserve > shared.max_total_tokens {
                     break;
                 }

@@ -64,7 +64,8 @@ impl TargetServer {
             }
         }
         links.remove(addr);
-        let link = DraftLink::connect(addr, &self.model.fingerprint, self.model.config.num_layers, &self.cfg).await?;
+        let c = &self.model.config;
+        let link = DraftLink::connect(addr, &self.model.fingerprint, c.num_layers, c.vocab_size, &self.cfg).await?;
         links.insert(addr.to_string(), link.clone());
         Ok(link)
     }
