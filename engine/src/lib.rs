@@ -67,14 +67,6 @@ impl Engine {
 
     /// Prompt ids for raw text with special tokens recognized.
     pub fn raw_prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = self.tokenizer.encode(text, true)?;
-        if self.tokenizer.add_bos {
-            if let Some(b) = self.tokenizer.bos_id {
-                if ids.first() != Some(&b) {
-                    ids.insert(0, b);
-                }
-            }
-        }
-        Ok(ids)
+        self.tokenizer.prompt_ids(text)
     }
 }

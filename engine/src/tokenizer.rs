@@ -174,6 +174,20 @@ impl Tokenizer {
         &self.hash
     }
 
+    /// Prompt ids for text with special tokens recognized, BOS added if the
+    /// tokenizer asks for one and the text did not already produce it.
+    pub fn prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(text, true)?;
+        if self.add_bos {
+            if let Some(b) = self.bos_id {
+                if ids.first() != Some(&b) {
+                    ids.insert(0, b);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
     pub fn is_eos(&self, id: u32) -> bool {
         self.eos_ids.contains(&id)
     }

@@ -60,15 +60,7 @@ impl RouterState {
     }
 
     fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
-        let mut ids = self.tokenizer.encode(text, true).map_err(|e| ApiError::invalid(format!("cannot tokenize the prompt: {e}"), None))?;
-        if self.tokenizer.add_bos {
-            if let Some(b) = self.tokenizer.bos_id {
-                if ids.first() != Some(&b) {
-                    ids.insert(0, b);
-                }
-            }
-        }
-        Ok(ids)
+        self.tokenizer.prompt_ids(text).map_err(|e| ApiError::invalid(format!("cannot tokenize the prompt: {e}"), None))
     }
 }
 

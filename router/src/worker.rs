@@ -37,8 +37,6 @@ pub struct TargetHandle {
     host: Mutex<String>,
     /// The tokenizer hash the worker reported; checked against the router's.
     tokenizer_ok: AtomicBool,
-    /// Context length the worker reported (0 until known).
-    pub context_length: AtomicUsize,
 }
 
 impl TargetHandle {
@@ -61,7 +59,6 @@ impl TargetHandle {
             in_flight: AtomicUsize::new(0),
             host: Mutex::new(String::new()),
             tokenizer_ok: AtomicBool::new(false),
-            context_length: AtomicUsize::new(0),
         }))
     }
 
@@ -220,7 +217,6 @@ impl Registry {
                 }
                 t.tokenizer_ok.store(tok_ok, Ordering::Release);
                 *t.host.lock().unwrap_or_else(|e| e.into_inner()) = info.host_id;
-                t.context_length.store(info.context_length as usize, Ordering::Release);
                 t.reported_load.store((load.running + load.waiting) as usize, Ordering::Release);
                 true
             }

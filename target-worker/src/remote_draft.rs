@@ -132,11 +132,6 @@ impl DraftLink {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// `shm` or `inline`.
-    pub fn transport(&self) -> &'static str {
-        self.sender.name()
-    }
-
     fn mark_dead(&self, why: &str) {
         if self.alive.swap(false, Ordering::AcqRel) {
             tracing::warn!(addr = %self.addr, "draft session lost: {why}");

@@ -335,9 +335,4 @@ impl SpecSession<'_> {
     pub fn finalize(&mut self) {
         self.finish_stats();
     }
-
-    /// Tokens in the target KV cache.
-    pub fn cache_len(&self) -> usize {
-        self.cache.len()
-    }
 }
