@@ -250,4 +250,15 @@ impl StreamDecoder {
             Ok(None)
         }
     }
+
+    /// At the end of generation: whatever is still held back, with an
+    /// incomplete trailing character as U+FFFD (as other OpenAI servers
+    /// send it) rather than silently dropped.
+    pub fn flush(&mut self, tok: &Tokenizer) -> Result<Option<String>> {
+        let before = tok.decode(&self.ids[self.prefix..self.read], self.skip_special)?;
+        let now = tok.decode(&self.ids[self.prefix..], self.skip_special)?;
+        self.prefix = self.ids.len();
+        self.read = self.ids.len();
+        Ok(now.get(before.len()..).filter(|t| !t.is_empty()).map(str::to_string))
+    }
 }

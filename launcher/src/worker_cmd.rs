@@ -14,7 +14,7 @@ use aerie_engine::{DType, Engine};
 use aerie_proto::v1::draft_service_server::DraftServiceServer;
 use aerie_proto::v1::target_service_server::TargetServiceServer;
 use aerie_target_worker::{FeatureTransportMode, TargetConfig, TargetServer};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -226,11 +226,15 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 30000)]
     pub port: u16,
     /// A target worker's gRPC address (repeat for several).
-    #[arg(long = "target", required = true)]
+    #[arg(long = "target", required_unless_present = "workers_file")]
     pub targets: Vec<String>,
     /// A draft worker's gRPC address (repeat; none = no speculation).
     #[arg(long = "draft")]
     pub drafts: Vec<String>,
+    /// A TOML worker list (`targets = [...]`, `drafts = [...]`), added to
+    /// any --target/--draft given.
+    #[arg(long)]
+    pub workers_file: Option<std::path::PathBuf>,
     /// round_robin, least_load or prefix_affinity.
     #[arg(long, default_value = "least_load")]
     pub policy: String,
@@ -246,6 +250,13 @@ pub struct RouterArgs {
 }
 
 pub fn run_router(a: RouterArgs) -> Result<()> {
+    let mut workers = aerie_router::config::WorkerList { targets: a.targets, drafts: a.drafts };
+    if let Some(path) = &a.workers_file {
+        workers.merge(aerie_router::config::WorkerList::load(path).map_err(anyhow::Error::msg)?);
+    }
+    if workers.targets.is_empty() {
+        bail!("no target workers: give --target or list `targets` in --workers-file");
+    }
     let engine = Engine::load(&a.model_path, DType::Auto).with_context(|| format!("loading the tokenizer of `{}`", a.model_path))?;
     let context_length = engine.model.config.max_position_embeddings;
     // Keep the tokenizer and template; the weights are dropped here.
@@ -253,8 +264,8 @@ pub fn run_router(a: RouterArgs) -> Result<()> {
     drop(model);
     let cfg = aerie_router::RouterConfig {
         served_model_name: a.served_model_name.unwrap_or_else(|| a.model_path.clone()),
-        targets: a.targets,
-        drafts: a.drafts,
+        targets: workers.targets,
+        drafts: workers.drafts,
         policy: a.policy,
         api_key: a.api_key,
         max_body_bytes: a.max_body_bytes,

@@ -171,3 +171,23 @@ fn bad_speculative_settings_fail_cleanly() {
         assert!(err.contains(needle), "{extra:?}: error should mention `{needle}`: {err}");
     }
 }
+
+#[test]
+fn router_refuses_a_bad_worker_list_before_loading_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let misspelt = dir.path().join("misspelt.toml");
+    std::fs::write(&misspelt, "target = [\"http://127.0.0.1:1\"]\n").unwrap();
+    let no_scheme = dir.path().join("no_scheme.toml");
+    std::fs::write(&no_scheme, "targets = [\"127.0.0.1:1\"]\n").unwrap();
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "drafts = [\"http://127.0.0.1:2\"]\n").unwrap();
+    let missing = dir.path().join("missing.toml");
+    let cases = [(&misspelt, "unknown field `target`"), (&no_scheme, "http://"), (&empty, "no target workers"), (&missing, "missing.toml")];
+    for (file, needle) in cases {
+        let out = aerie(&["router", "--port", "0", "--workers-file", file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file:?} should fail");
+        assert!(!err.contains("panicked"), "{file:?} panicked: {err}");
+        assert!(err.contains(needle), "{file:?}: error should mention `{needle}`: {err}");
+    }
+}

@@ -3,57 +3,18 @@
 //! routing, error and disconnect behaviour that needs worker control.
 
 mod common;
-use common::{engine, serial, PROMPTS};
+use common::{engine, ready_field, serial, serve, start, Proc, PROMPTS};
 
 use aerie_engine::generate::{generate, GenerateRequest};
 use aerie_engine::{ChatMessage, SamplingParams};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn repo() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct Proc {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `aerie ARGS` and waits for a stdout line starting with `ready`;
-/// `field` picks the address out of it.
-fn start(args: &[&str], ready: &str, field: &dyn Fn(&str) -> String) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aerie"))
-        .args(["--threads", "1"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with(ready) => break l,
-            Some(Ok(_)) => continue,
-            _ => panic!("{args:?} exited before `{ready}`: {:?}", child.wait()),
-        }
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Proc { addr: field(&line), child }
-}
-
-fn ready_field(key: &'static str) -> impl Fn(&str) -> String {
-    move |l: &str| l.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap().to_string()
 }
 
 fn worker(args: &[&str]) -> Proc {
@@ -73,7 +34,8 @@ fn router(targets: &[&Proc], drafts: &[&Proc], extra: &[&str]) -> Proc {
     let r = start(&refs, "READY ", &ready_field("grpc="));
     // Wait for the first health probe to see the targets.
     let t = Instant::now();
-    while http(&r.addr, "GET", "/health", None).0 != 200 && t.elapsed() < Duration::from_secs(10) && !targets.is_empty() {
+    let expect_healthy = !targets.is_empty() || extra.contains(&"--workers-file");
+    while expect_healthy && http(&r.addr, "GET", "/health", None).0 != 200 && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
     }
     r
@@ -103,10 +65,7 @@ fn chat_body(content: &str, max_tokens: u64) -> Value {
 #[test]
 fn openai_python_client_conformance_through_aerie_serve() {
     let _g = serial();
-    let port = free_port().to_string();
-    let mut serve = start(&["serve", "--port", &port, "--api-key", "sk-test"], "OpenAI endpoint:", &|l: &str| {
-        l.split_whitespace().nth(2).unwrap().trim_start_matches("http://").trim_end_matches("/v1").to_string()
-    });
+    let mut serve = serve(&["--api-key", "sk-test"]);
     let out = Command::new(repo().join(".venv/bin/python"))
         .arg(repo().join("tests/openai/conformance.py"))
         .args(["--base-url", &format!("http://{}/v1", serve.addr), "--model", "smollm2", "--api-key", "sk-test", "--expect-spec"])
@@ -134,7 +93,11 @@ fn greedy_text_is_identical_with_and_without_speculation() {
     let _g = serial();
     let draft = worker(&["draft-worker", "--speculative-num-steps", "3", "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "4"]);
     let target = worker(&["target-worker"]);
-    let with = router(&[&target], &[&draft], &[]);
+    // The speculative router finds its workers through a worker list file.
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("workers.toml");
+    std::fs::write(&list, format!("targets = [\"http://{}\"]\ndrafts = [\"http://{}\"]\n", target.addr, draft.addr)).unwrap();
+    let with = router(&[], &[], &["--workers-file", list.to_str().unwrap()]);
     let without = router(&[&target], &[], &[]);
     let e = engine();
     for (i, p) in PROMPTS.iter().enumerate() {

@@ -39,3 +39,91 @@ impl Default for RouterConfig {
         }
     }
 }
+
+/// A static worker list read from a TOML file (`aerie router --workers-file`):
+///
+/// ```toml
+/// # gRPC addresses, as for --target / --draft
+/// targets = ["http://10.0.0.5:31000", "http://10.0.0.6:31000"]
+/// drafts  = ["http://10.0.0.7:32000"]
+/// ```
+///
+/// Both keys are optional; any other key is an error, so a misspelt
+/// `target = [...]` cannot silently leave the router with no workers.
+#[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerList {
+    /// Target worker gRPC addresses.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// Draft worker gRPC addresses.
+    #[serde(default)]
+    pub drafts: Vec<String>,
+}
+
+impl WorkerList {
+    /// Parses a worker list; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
+        let list: WorkerList = toml::from_str(text).map_err(|e| format!("{origin}: {}", e.to_string().trim_end()))?;
+        for a in list.targets.iter().chain(&list.drafts) {
+            if !(a.starts_with("http://") || a.starts_with("https://")) {
+                return Err(format!("{origin}: worker address `{a}` must start with http:// or https://"));
+            }
+        }
+        Ok(list)
+    }
+
+    /// Reads and parses a worker list file.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading worker list {}: {e}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Adds `other`'s workers that are not already listed, keeping order.
+    pub fn merge(&mut self, other: WorkerList) {
+        for (mine, theirs) in [(&mut self.targets, other.targets), (&mut self.drafts, other.drafts)] {
+            for a in theirs {
+                if !mine.contains(&a) {
+                    mine.push(a);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkerList;
+
+    #[test]
+    fn worker_list_parses_both_roles_and_either_may_be_absent() {
+        let l = WorkerList::parse("targets = [\"http://a:1\", \"http://b:2\"]\ndrafts = [\"http://c:3\"]\n", "w.toml").unwrap();
+        assert_eq!(l.targets, ["http://a:1", "http://b:2"]);
+        assert_eq!(l.drafts, ["http://c:3"]);
+        let l = WorkerList::parse("targets = [\"http://a:1\"]", "w.toml").unwrap();
+        assert!(l.drafts.is_empty());
+        assert_eq!(WorkerList::parse("", "w.toml").unwrap(), WorkerList::default());
+    }
+
+    #[test]
+    fn worker_list_errors_name_the_file_and_the_problem() {
+        let e = WorkerList::parse("target = [\"http://a:1\"]", "w.toml").unwrap_err();
+        assert!(e.starts_with("w.toml:") && e.contains("target"), "{e}");
+        let e = WorkerList::parse("targets = \"http://a:1\"", "w.toml").unwrap_err();
+        assert!(e.contains("w.toml") && e.contains("sequence"), "{e}");
+        let e = WorkerList::parse("targets = [\"a:1\"]", "w.toml").unwrap_err();
+        assert!(e.contains("`a:1`") && e.contains("http://"), "{e}");
+        let e = WorkerList::parse("targets = [", "w.toml").unwrap_err();
+        assert!(e.starts_with("w.toml:"), "{e}");
+        let e = WorkerList::load(std::path::Path::new("/nonexistent/w.toml")).unwrap_err();
+        assert!(e.contains("/nonexistent/w.toml"), "{e}");
+    }
+
+    #[test]
+    fn merging_keeps_order_and_drops_duplicates() {
+        let mut a = WorkerList { targets: vec!["http://a:1".into()], drafts: vec![] };
+        a.merge(WorkerList { targets: vec!["http://b:2".into(), "http://a:1".into()], drafts: vec!["http://c:3".into()] });
+        assert_eq!(a.targets, ["http://a:1", "http://b:2"]);
+        assert_eq!(a.drafts, ["http://c:3"]);
+    }
+}

@@ -117,6 +117,12 @@ openai_request!(
     ChatRequest {
         messages: Vec<Message>,
         max_completion_tokens: Option<u64>,
+        /// vLLM/SGLang extension: the final (assistant) message is left
+        /// open and the model continues it instead of starting a new turn.
+        continue_final_message: Option<bool>,
+        /// vLLM/SGLang extension; only `true` (the default) or, with
+        /// `continue_final_message`, `false`.
+        add_generation_prompt: Option<bool>,
     }
 );
 

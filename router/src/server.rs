@@ -372,8 +372,8 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
             record(job.endpoint, e.status.as_u16(), job.started);
             return;
         }
-        let tail = text.finish();
-        if !tail.is_empty() && !text.stopped {
+        let tail = text.finish(&state.tokenizer);
+        if !tail.is_empty() {
             let _ = tx.send(Ok(sse(&chunk_json(&job, created, Some(&tail), None, false)))).await;
         }
         let reason = finish.unwrap_or_else(|| "length".into());
@@ -441,9 +441,7 @@ async fn whole_response(state: Arc<RouterState>, mut job: Job) -> Response {
             break;
         }
     }
-    if !text.stopped {
-        out.push_str(&text.finish());
-    }
+    out.push_str(&text.finish(&state.tokenizer));
     let Some(reason) = finish else {
         let e = ApiError::internal("the target worker ended the stream without finishing the request");
         record(job.endpoint, e.status.as_u16(), job.started);
@@ -501,7 +499,13 @@ impl RouterState {
             msgs.push(ChatMessage::new(role, &m.text()?));
         }
         let template = state.template.as_ref().ok_or_else(|| ApiError::invalid("this model has no chat template; use /v1/completions", None))?;
-        let text = template.render(&msgs, true).map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")))?;
+        let continue_final = req.continue_final_message.unwrap_or(false);
+        if req.add_generation_prompt.is_some_and(|g| g == continue_final) {
+            let why = if continue_final { "add_generation_prompt cannot be true with continue_final_message" } else { "add_generation_prompt false needs continue_final_message" };
+            return Err(ApiError::invalid(why, Some("add_generation_prompt")));
+        }
+        let render = |msgs: &[ChatMessage], gen: bool| template.render(msgs, gen).map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")));
+        let text = if continue_final { open_final_message(&msgs, render)? } else { render(&msgs, true)? };
         let prompt = state.encode(&text)?;
         sampling.max_tokens = max_completion.or(sampling.max_tokens);
         if sampling.max_tokens == Some(0) {
@@ -560,6 +564,22 @@ async fn completions(State(state): State<Arc<RouterState>>, headers: HeaderMap, 
     run(state, id, Endpoint::Completion, p, started).await
 }
 
+/// The prompt for `continue_final_message`: the conversation rendered with
+/// its final assistant message, cut right after that message's text so
+/// the template's end-of-turn marker is not there and the model continues
+/// the message. An empty final message is the generation prompt itself.
+fn open_final_message(msgs: &[ChatMessage], render: impl Fn(&[ChatMessage], bool) -> Result<String, ApiError>) -> Result<String, ApiError> {
+    let last = msgs.last().filter(|m| m.role == "assistant").ok_or_else(|| ApiError::invalid("continue_final_message needs the last message to be from the assistant", Some("messages")))?;
+    if last.content.is_empty() {
+        return render(&msgs[..msgs.len() - 1], true);
+    }
+    let full = render(msgs, false)?;
+    match full.rfind(&last.content) {
+        Some(at) => Ok(full[..at + last.content.len()].to_string()),
+        None => Err(ApiError::invalid("the chat template rewrites the final message, so it cannot be continued", Some("continue_final_message"))),
+    }
+}
+
 async fn run(state: Arc<RouterState>, id: String, endpoint: Endpoint, p: Prepared, started: Instant) -> Response {
     let stream = p.sampling.stream;
     match dispatch(&state, id, endpoint, p).await {
@@ -589,5 +609,37 @@ async fn metrics_page(State(state): State<Arc<RouterState>>) -> Response {
     match &state.metrics {
         Some(render) => render().into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_final_message;
+    use aerie_engine::chat::ChatTemplate;
+    use aerie_engine::ChatMessage;
+
+    const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+    fn open(msgs: &[ChatMessage]) -> Result<String, String> {
+        let t = ChatTemplate::new(CHATML, "", "").unwrap();
+        open_final_message(msgs, |m, g| t.render(m, g).map_err(|e| crate::error::ApiError::invalid(e.to_string(), None))).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn the_final_assistant_message_is_left_open() {
+        let msgs = [ChatMessage::new("user", "Name a color."), ChatMessage::new("assistant", "Color: ")];
+        assert_eq!(open(&msgs).unwrap(), "<|im_start|>user\nName a color.<|im_end|>\n<|im_start|>assistant\nColor: ");
+        // Empty: exactly the generation prompt.
+        let msgs = [ChatMessage::new("user", "Hi"), ChatMessage::new("assistant", "")];
+        assert_eq!(open(&msgs).unwrap(), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        // The cut is at the last occurrence: earlier equal text is kept.
+        let msgs = [ChatMessage::new("user", "ab"), ChatMessage::new("assistant", "ab")];
+        assert_eq!(open(&msgs).unwrap(), "<|im_start|>user\nab<|im_end|>\n<|im_start|>assistant\nab");
+    }
+
+    #[test]
+    fn continuing_needs_a_final_assistant_message() {
+        let e = open(&[ChatMessage::new("user", "Hi")]).unwrap_err();
+        assert!(e.contains("last message"), "{e}");
     }
 }

@@ -45,8 +45,19 @@ impl TextStream {
         std::mem::replace(&mut self.pending, rest)
     }
 
-    /// The held-back tail, at the end of generation.
-    pub fn finish(&mut self) -> String {
+    /// The held-back tail, at the end of generation, including a trailing
+    /// incomplete character (as U+FFFD).
+    pub fn finish(&mut self, tok: &Tokenizer) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        if let Ok(Some(t)) = self.decoder.flush(tok) {
+            self.pending.push_str(&t);
+        }
+        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+            self.stopped = true;
+            self.pending.truncate(at);
+        }
         std::mem::take(&mut self.pending)
     }
 }
@@ -67,10 +78,30 @@ mod tests {
             assert!(!stops.iter().any(|st| piece.contains(st)));
             out.push_str(&piece);
         }
-        if !s.stopped {
-            out.push_str(&s.finish());
-        }
+        out.push_str(&s.finish(&e.tokenizer));
         (out, s.stopped)
+    }
+
+    #[test]
+    fn a_character_cut_by_the_token_budget_ends_as_a_replacement_character() {
+        let e = Engine::load("smollm2", DType::Auto).unwrap();
+        // Find a character that takes more than one byte-level token.
+        let (ch, ids) = ["☃", "日", "語", "🦀", "😀"]
+            .iter()
+            .map(|c| (*c, e.tokenizer.encode(c, false).unwrap()))
+            .find(|(_, ids)| ids.len() > 1)
+            .expect("some character splits into byte tokens");
+        let mut s = TextStream::new(Vec::new());
+        let mut out = String::new();
+        for &id in &ids[..ids.len() - 1] {
+            out.push_str(&s.push(&e.tokenizer, id));
+        }
+        assert_eq!(out, "", "a partial {ch} is never released mid-stream");
+        assert_eq!(s.finish(&e.tokenizer), "\u{FFFD}");
+        // Complete, it comes out whole and finish adds nothing.
+        let mut s = TextStream::new(Vec::new());
+        let out: String = ids.iter().map(|&id| s.push(&e.tokenizer, id)).collect();
+        assert_eq!(out + &s.finish(&e.tokenizer), ch);
     }
 
     #[test]

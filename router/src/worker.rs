@@ -75,6 +75,19 @@ impl TargetHandle {
     pub fn mark_unhealthy(&self) {
         self.healthy.store(false, Ordering::Release);
     }
+
+    /// What a successful probe learnt: host, load, tokenizer agreement.
+    /// Health itself is set by the caller.
+    pub(crate) fn record_probe(&self, host: String, reported_load: usize, tokenizer_ok: bool) {
+        *self.host.lock().unwrap_or_else(|e| e.into_inner()) = host;
+        self.reported_load.store(reported_load, Ordering::Release);
+        self.tokenizer_ok.store(tokenizer_ok, Ordering::Release);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Release);
+    }
 }
 
 /// Decrements a target's in-flight count on drop.
@@ -120,6 +133,16 @@ impl DraftHandle {
             host: Mutex::new(String::new()),
             assigned: AtomicUsize::new(0),
         }))
+    }
+
+    /// What a successful probe learnt: the host.
+    pub(crate) fn record_probe(&self, host: String) {
+        *self.host.lock().unwrap_or_else(|e| e.into_inner()) = host;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Release);
     }
 }
 
@@ -191,7 +214,7 @@ impl Registry {
             .await;
             let healthy = match ok {
                 Ok(Ok(info)) => {
-                    *d.host.lock().unwrap_or_else(|e| e.into_inner()) = info.host_id;
+                    d.record_probe(info.host_id);
                     true
                 }
                 _ => false,
@@ -215,9 +238,7 @@ impl Registry {
                 if !tok_ok && t.tokenizer_ok.load(Ordering::Acquire) {
                     tracing::error!(worker = %t.addr, "target's tokenizer differs from the router's; not routing to it");
                 }
-                t.tokenizer_ok.store(tok_ok, Ordering::Release);
-                *t.host.lock().unwrap_or_else(|e| e.into_inner()) = info.host_id;
-                t.reported_load.store((load.running + load.waiting) as usize, Ordering::Release);
+                t.record_probe(info.host_id, (load.running + load.waiting) as usize, tok_ok);
                 true
             }
             _ => false,
@@ -243,4 +264,66 @@ fn set_health(flag: &AtomicBool, healthy: bool, role: &'static str, addr: &str) 
         tracing::info!(role, worker = addr, healthy, "worker health changed");
     }
     metrics::gauge!(m::WORKER_HEALTHY, "role" => role, "worker" => addr.to_string()).set(if healthy { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(addr: &str, host: &str, healthy: bool) -> Arc<DraftHandle> {
+        let d = DraftHandle::new(addr).unwrap();
+        d.record_probe(host.into());
+        d.set_healthy(healthy);
+        d
+    }
+
+    fn target_on(host: &str) -> Arc<TargetHandle> {
+        let t = TargetHandle::new("http://127.0.0.1:1").unwrap();
+        t.record_probe(host.into(), 0, true);
+        t
+    }
+
+    fn registry(drafts: Vec<Arc<DraftHandle>>) -> Registry {
+        Registry { targets: vec![], drafts, tokenizer_hash: String::new() }
+    }
+
+    #[tokio::test]
+    async fn pairing_prefers_a_draft_on_the_targets_host_then_the_least_assigned() {
+        let reg = registry(vec![draft("http://a:1", "host-a", true), draft("http://b:1", "host-b", true), draft("http://b:2", "host-b", true)]);
+        let on_b = target_on("host-b");
+        // Both host-b drafts are used before any other; a third pairing
+        // stays on host-b too, because same-host beats load.
+        let picks: Vec<String> = (0..3).map(|_| reg.pair_draft(&on_b).unwrap().addr().to_string()).collect();
+        assert_eq!(picks[..2].iter().filter(|a| a.starts_with("http://b")).count(), 2, "{picks:?}");
+        assert_ne!(picks[0], picks[1]);
+        assert!(picks[2].starts_with("http://b"), "{picks:?}");
+        // A target on an unknown host gets the least-assigned draft anywhere.
+        assert_eq!(reg.pair_draft(&target_on("host-z")).unwrap().addr(), "http://a:1");
+        // Unpairing frees the slot.
+        let b1 = reg.drafts[1].clone();
+        let before = b1.load();
+        reg.unpair(&b1);
+        assert_eq!(b1.load(), before - 1);
+    }
+
+    #[tokio::test]
+    async fn pairing_skips_unhealthy_drafts_and_gives_none_when_none_is_healthy() {
+        let reg = registry(vec![draft("http://a:1", "host-a", false), draft("http://b:1", "host-b", true)]);
+        assert_eq!(reg.pair_draft(&target_on("host-a")).unwrap().addr(), "http://b:1");
+        reg.drafts[1].set_healthy(false);
+        assert!(reg.pair_draft(&target_on("host-a")).is_none());
+        // An empty host id never counts as "same host".
+        let reg = registry(vec![draft("http://a:1", "", true), draft("http://b:1", "h", true)]);
+        reg.pair_draft(&target_on("h")).unwrap();
+        assert_eq!(reg.pair_draft(&target_on("")).unwrap().addr(), "http://a:1");
+    }
+
+    #[tokio::test]
+    async fn a_target_whose_tokenizer_differs_is_not_healthy() {
+        let t = target_on("h");
+        t.set_healthy(true);
+        assert!(t.is_healthy());
+        t.record_probe("h".into(), 0, false);
+        assert!(!t.is_healthy());
+    }
 }

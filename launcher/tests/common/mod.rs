@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use aerie_engine::{DType, Engine};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 pub const PROMPTS: [&str; 10] = [
@@ -27,4 +29,52 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 pub fn engine() -> &'static Engine {
     static E: OnceLock<Engine> = OnceLock::new();
     E.get_or_init(|| Engine::load("smollm2", DType::Auto).expect("load smollm2"))
+}
+
+/// A child `aerie` process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `aerie ARGS` and waits for a stdout line starting with `ready`;
+/// `field` picks the address out of it.
+pub fn start(args: &[&str], ready: &str, field: &dyn Fn(&str) -> String) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aerie"))
+        .args(["--threads", "1"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with(ready) => break l,
+            Some(Ok(_)) => continue,
+            _ => panic!("{args:?} exited before `{ready}`: {:?}", child.wait()),
+        }
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Proc { addr: field(&line), child }
+}
+
+pub fn ready_field(key: &'static str) -> impl Fn(&str) -> String {
+    move |l: &str| l.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap().to_string()
+}
+
+/// `aerie serve` (the default speculative cluster) on a free port, with
+/// `extra` flags; `addr` is the router's host:port.
+pub fn serve(extra: &[&str]) -> Proc {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let args: Vec<&str> = [&["serve", "--port", &port][..], extra].concat();
+    start(&args, "OpenAI endpoint:", &|l: &str| l.split_whitespace().nth(2).unwrap().trim_start_matches("http://").trim_end_matches("/v1").to_string())
 }
