@@ -28,6 +28,10 @@ impl StringOrList {
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
+    /// vLLM extension: with `include_usage`, every chunk carries the usage
+    /// so far (a client that stops reading early still knows its cost).
+    #[serde(default)]
+    pub continuous_usage_stats: bool,
 }
 
 /// A text part of a message (`{"type": "text", "text": "…"}`).
@@ -170,6 +174,8 @@ pub struct Sampling {
     pub stops: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Usage on every chunk (`stream_options.continuous_usage_stats`).
+    pub continuous_usage: bool,
     pub ignore_eos: bool,
 }
 
@@ -241,7 +247,8 @@ impl CommonFields {
                 seed: self.seed.map(|s| s as u64),
                 stops,
                 stream,
-                include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+                include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage),
+                continuous_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage && o.continuous_usage_stats),
                 ignore_eos: self.ignore_eos.unwrap_or(false),
             },
         ))

@@ -350,7 +350,11 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
                 metrics::histogram!(h).record(since.elapsed().as_secs_f64());
                 last = Instant::now();
             }
-            if !out.is_empty() && tx.send(Ok(sse(&chunk_json(&job, created, Some(&out), None, first)))).await.is_err() {
+            let mut chunk = chunk_json(&job, created, Some(&out), None, first);
+            if job.sampling.continuous_usage {
+                chunk["usage"] = usage.json(job.prompt_len);
+            }
+            if !out.is_empty() && tx.send(Ok(sse(&chunk))).await.is_err() {
                 return; // the client left; dropping the stream aborts the request
             }
             if text.stopped {

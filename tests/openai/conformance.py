@@ -66,6 +66,33 @@ def chat_stream_equals_non_stream_and_reports_usage(c, a):
 
 
 @check
+def continuous_usage_stats_puts_usage_on_every_chunk(c, a):
+    chunks = list(chat(c, a.model, "Name three rivers in Europe.", max_tokens=12, temperature=0, stream=True,
+                       stream_options={"include_usage": True, "continuous_usage_stats": True}))
+    content = [ch for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert content and all(ch.usage is not None for ch in content), chunks
+    counts = [ch.usage.completion_tokens for ch in content]
+    assert counts == sorted(counts) and counts[-1] <= 12 and counts[0] >= 1, counts
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+@check
+def continue_final_message_continues_the_assistant_turn(c, a):
+    msgs = [{"role": "user", "content": "List the first five planets from the Sun."},
+            {"role": "assistant", "content": "1. Mercury\n2. Venus\n3."}]
+    r = c.chat.completions.create(model=a.model, messages=msgs, max_tokens=8, temperature=0,
+                                  extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    text = r.choices[0].message.content
+    # It goes on with the list (" Earth"), not a new answer from the top.
+    assert "Earth" in text and "Mercury" not in text, text
+    try:
+        c.chat.completions.create(model=a.model, messages=msgs[:1], max_tokens=4, extra_body={"continue_final_message": True})
+        raise AssertionError("continuing a user message must fail")
+    except openai.BadRequestError as e:
+        assert "last message" in str(e), e
+
+
+@check
 def chat_stream_without_usage_has_none(c, a):
     chunks = list(chat(c, a.model, "Hello!", max_tokens=8, temperature=0, stream=True))
     assert all(getattr(ch, "usage", None) is None for ch in chunks)
