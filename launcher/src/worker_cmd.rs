@@ -61,6 +61,9 @@ pub struct TargetWorkerArgs {
     /// Longest wait for one proposal before a request drops speculation, ms.
     #[arg(long, default_value_t = 10_000)]
     pub propose_timeout_ms: u64,
+    /// Longest wait to open a session to a draft worker, ms.
+    #[arg(long, default_value_t = 3_000)]
+    pub draft_connect_timeout_ms: u64,
     /// On SIGTERM, how long in-flight requests may take to finish, seconds.
     #[arg(long, default_value_t = 30)]
     pub drain_grace_secs: u64,
@@ -138,6 +141,7 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
         feature_transport: a.feature_transport,
         shm_ring_bytes: a.shm_ring_bytes,
         propose_timeout: Duration::from_millis(a.propose_timeout_ms),
+        draft_connect_timeout: Duration::from_millis(a.draft_connect_timeout_ms),
         ..TargetConfig::default()
     };
     let handle = metrics_http::install()?;

@@ -285,6 +285,34 @@ fn sixteen_concurrent_mixed_requests_batch_and_complete() {
 }
 
 #[test]
+fn a_stalled_draft_connect_delays_only_its_own_requests() {
+    let _g = serial();
+    let draft = draft_worker();
+    let target = target_worker(&["--draft-connect-timeout-ms", "30000"]);
+    // A fake draft worker, named as such: it accepts TCP (the kernel's
+    // backlog does) and never speaks HTTP/2, a stall a real draft worker
+    // will not produce on demand.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = format!("http://{}", silent.local_addr().unwrap());
+    rt().block_on(async {
+        let c = client(&target).await;
+        let mut stalled = greedy(0, 4, None);
+        stalled.draft_worker = silent_addr;
+        let waiting = tokio::spawn(collect(c.clone(), stalled));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A request paired with the healthy draft worker does not queue
+        // behind the stalled connect (30 s).
+        let t = Instant::now();
+        let (toks, f) = collect(c.clone(), greedy(1, 8, Some(&draft))).await.unwrap();
+        assert_eq!(toks, reference(1, 8));
+        assert!(f.spec_verify_ct > 0, "the healthy draft worker was used");
+        assert!(t.elapsed() < Duration::from_secs(15), "waited {:?} behind another address's connect", t.elapsed());
+        waiting.abort();
+    });
+    drop(silent);
+}
+
+#[test]
 fn draft_worker_killed_mid_stream_requests_finish_identically() {
     let _g = serial();
     const N: u32 = 96;

@@ -22,13 +22,19 @@ use tonic::{Request, Response, Status};
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 
 /// The target worker's gRPC service.
+/// The session to one draft address, if open.
+type DraftSlot = Arc<tokio::sync::Mutex<Option<Arc<DraftLink>>>>;
+
 pub struct TargetServer {
     model: Arc<Model>,
     tokenizer_hash: String,
     eos_ids: Vec<u32>,
     cfg: TargetConfig,
     shared: Arc<Shared>,
-    drafts: tokio::sync::Mutex<HashMap<String, Arc<DraftLink>>>,
+    /// One slot per draft address. The map lock is held only to find a
+    /// slot; connecting holds just that address's slot, so a dead draft
+    /// worker's connect timeout never delays requests paired elsewhere.
+    drafts: tokio::sync::Mutex<HashMap<String, DraftSlot>>,
     host_id: String,
     next_id: AtomicU64,
 }
@@ -57,17 +63,17 @@ impl TargetServer {
 
     /// The session to `addr`, opened on first use and reopened when lost.
     async fn draft_link(&self, addr: &str) -> Result<Arc<DraftLink>, String> {
-        let mut links = self.drafts.lock().await;
-        if let Some(l) = links.get(addr) {
-            if l.is_alive() {
-                return Ok(l.clone());
-            }
+        let slot = self.drafts.lock().await.entry(addr.to_string()).or_default().clone();
+        // Requests for the same address wait for one connect, not one each.
+        let mut link = slot.lock().await;
+        if let Some(l) = link.as_ref().filter(|l| l.is_alive()) {
+            return Ok(l.clone());
         }
-        links.remove(addr);
+        *link = None;
         let c = &self.model.config;
-        let link = DraftLink::connect(addr, &self.model.fingerprint, c.num_layers, c.vocab_size, &self.cfg).await?;
-        links.insert(addr.to_string(), link.clone());
-        Ok(link)
+        let fresh = DraftLink::connect(addr, &self.model.fingerprint, c.num_layers, c.vocab_size, &self.cfg).await?;
+        *link = Some(fresh.clone());
+        Ok(fresh)
     }
 
     fn validate(&self, r: &GenerateRequest) -> Result<(usize, SamplingParams), TargetError> {
