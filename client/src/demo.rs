@@ -4,7 +4,8 @@
 
 use crate::program::{gen, Program, ProgramBuilder, Role};
 
-const CHARACTER_PROMPT: &str = "Construct a character within the following format:\nName: Steve Jobs.\nBirthday: February 24, 1955.\nJob: Apple CEO.\n\nPlease generate new Name, Birthday and Job.\n";
+/// The character request with its one-line few-shot example.
+pub const CHARACTER_PROMPT: &str = "Construct a character within the following format:\nName: Steve Jobs.\nBirthday: February 24, 1955.\nJob: Apple CEO.\n\nPlease generate new Name, Birthday and Job.\n";
 
 /// The character program for a given kind of person ("" for any).
 pub fn character_of(kind: &str) -> Program {

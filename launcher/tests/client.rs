@@ -67,7 +67,7 @@ fn programs_run_against_a_real_cluster() {
     // A forced mismatch: the model writes "Birthday:" where the program
     // says "Favourite colour:". Name is kept, the rest falls back.
     let forced = Program::builder()
-        .user("Construct a character within the following format:\nName: Steve Jobs.\nBirthday: February 24, 1955.\nJob: Apple CEO.\n\nPlease generate new Name, Birthday and Job.\n")
+        .user(demo::CHARACTER_PROMPT)
         .assistant([
             "Name:".into(),
             gen("name").stop("\n").max_tokens(24).temperature(0.0).into(),
