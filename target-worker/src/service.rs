@@ -21,10 +21,10 @@ use tonic::{Request, Response, Status};
 /// Default `max_tokens` when a request leaves it unset.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 
-/// The target worker's gRPC service.
 /// The session to one draft address, if open.
 type DraftSlot = Arc<tokio::sync::Mutex<Option<Arc<DraftLink>>>>;
 
+/// The target worker's gRPC service.
 pub struct TargetServer {
     model: Arc<Model>,
     tokenizer_hash: String,
