@@ -1,5 +1,6 @@
 //! `aerie`: the command line of the Aerie serving stack.
 
+mod bench_cmd;
 mod eval_cmd;
 mod generate_cmd;
 mod loss_plot;
@@ -45,6 +46,9 @@ enum Cmd {
     /// Train an EAGLE head for a target: ShareGPT data, target features,
     /// training; resumable.
     TrainEagle(train_cmd::TrainEagleArgs),
+    /// Serving benchmarks: `serve` (running servers), `sweep` (speculative
+    /// settings), `compare` (against llama.cpp's server).
+    Bench(bench_cmd::BenchArgs),
     /// Measure a drafter's acceptance (τ, per-position acceptance, histogram)
     /// on a prompt file, optionally against plain decoding.
     EvalDraft(eval_cmd::EvalDraftArgs),
@@ -109,6 +113,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Generate(args) => generate_cmd::run(args),
         Cmd::TrainEagle(args) => train_cmd::run(args),
         Cmd::EvalDraft(args) => eval_cmd::run(args),
+        Cmd::Bench(args) => bench_cmd::run(args, cli.threads),
         Cmd::RandomHead { model, kind, draft_vocab_size, seed, out } => {
             use aerie_draft_worker::eagle::EagleKind;
             use aerie_draft_worker::random_head::{write_random_head, RandomHeadSpec};
