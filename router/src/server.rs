@@ -350,12 +350,14 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
                 metrics::histogram!(h).record(since.elapsed().as_secs_f64());
                 last = Instant::now();
             }
-            let mut chunk = chunk_json(&job, created, Some(&out), None, first);
-            if job.sampling.continuous_usage {
-                chunk["usage"] = usage.json(job.prompt_len);
-            }
-            if !out.is_empty() && tx.send(Ok(sse(&chunk))).await.is_err() {
-                return; // the client left; dropping the stream aborts the request
+            if !out.is_empty() {
+                let mut chunk = chunk_json(&job, created, Some(&out), None, first);
+                if job.sampling.continuous_usage {
+                    chunk["usage"] = usage.json(job.prompt_len);
+                }
+                if tx.send(Ok(sse(&chunk))).await.is_err() {
+                    return; // the client left; dropping the stream aborts the request
+                }
             }
             if text.stopped {
                 finish = Some("stop".into());

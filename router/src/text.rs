@@ -32,9 +32,7 @@ impl TextStream {
         if let Ok(Some(t)) = self.decoder.push(tok, id) {
             self.pending.push_str(&t);
         }
-        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
-            self.stopped = true;
-            self.pending.truncate(at);
+        if self.cut_at_stop() {
             return std::mem::take(&mut self.pending);
         }
         let mut cut = self.pending.len().saturating_sub(self.hold);
@@ -54,11 +52,17 @@ impl TextStream {
         if let Ok(Some(t)) = self.decoder.flush(tok) {
             self.pending.push_str(&t);
         }
-        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
-            self.stopped = true;
-            self.pending.truncate(at);
-        }
+        self.cut_at_stop();
         std::mem::take(&mut self.pending)
+    }
+
+    /// Cuts the pending text before the earliest stop string, if one has
+    /// appeared, and marks the stream stopped.
+    fn cut_at_stop(&mut self) -> bool {
+        let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() else { return false };
+        self.stopped = true;
+        self.pending.truncate(at);
+        true
     }
 }
 
