@@ -21,7 +21,7 @@
 use crate::api::{CallSpec, ClientConfig, Http, Reply};
 use crate::error::{ClientError, ProgramError};
 use crate::matcher::{match_reply, Finish, Outcome};
-use crate::program::{Gen, Program, Role, Term};
+use crate::program::{Program, Role, Term};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -145,11 +145,15 @@ impl Run<'_, '_> {
         self.completion_tokens += r.completion_tokens;
         self.usage_exact &= r.usage_exact;
     }
-    fn fill(&mut self, k: usize, value: String, source: Source, complete: bool) {
+    /// Records term `k`'s value; `notify` is false for a field the caller
+    /// already handed to `on_field` while streaming.
+    fn fill(&mut self, k: usize, value: String, source: Source, complete: bool, notify: bool) {
         let Term::Gen(g) = &self.program.turn[k] else { return };
         let f = Field { name: g.name.clone(), value, source, complete };
         self.transcript.push_str(&f.value);
-        (self.on_field)(&f);
+        if notify {
+            (self.on_field)(&f);
+        }
         self.filled[k] = Some(f);
     }
     /// The prefix a call continues: the turn so far, without trailing
@@ -158,10 +162,6 @@ impl Run<'_, '_> {
     fn prefix(&self) -> &str {
         self.transcript.trim_end()
     }
-}
-
-fn first_gen(p: &Program) -> Option<&Gen> {
-    p.gens().next()
 }
 
 impl Client {
@@ -214,7 +214,7 @@ impl Client {
                 Term::Gen(g) => {
                     let r = self.http.complete(&CallSpec { history: &p.history, prefix: run.prefix(), max_tokens: g.max_tokens, stops: &g.stops, sampling: &g.sampling })?;
                     run.count(&r);
-                    run.fill(k, r.text.trim().to_string(), source, r.finish != Some(Finish::Length));
+                    run.fill(k, r.text.trim().to_string(), source, r.finish != Some(Finish::Length), true);
                 }
             }
         }
@@ -226,7 +226,7 @@ impl Client {
         if budget == 0 {
             return Err(ProgramError::ZeroSpecTokens.into());
         }
-        let first = first_gen(p).ok_or(ProgramError::NoGen)?;
+        let first = p.gens().next().ok_or(ProgramError::NoGen)?;
         if let Some(g) = p.gens().find(|g| g.sampling != first.sampling) {
             return Err(ProgramError::MixedSampling { name: g.name.clone() }.into());
         }
@@ -269,15 +269,10 @@ impl Client {
         for k in start..stop_at {
             match &p.turn[k] {
                 Term::Text(t) => run.transcript.push_str(t),
-                Term::Gen(g) => {
+                Term::Gen(_) => {
                     // Every gen before the stopping point has a value.
                     let Some(idx) = m.fields.iter().position(|(i, _)| *i == k) else { continue };
-                    let f = Field { name: g.name.clone(), value: m.fields[idx].1.clone(), source: Source::Speculative, complete: true };
-                    run.transcript.push_str(&f.value);
-                    if idx >= delivered {
-                        (run.on_field)(&f);
-                    }
-                    run.filled[k] = Some(f);
+                    run.fill(k, m.fields[idx].1.clone(), Source::Speculative, true, idx >= delivered);
                 }
             }
         }
@@ -290,7 +285,7 @@ impl Client {
                 let r = self.http.complete(&CallSpec { history: &p.history, prefix: prefix.trim_end(), max_tokens: g.max_tokens, stops: &g.stops, sampling: &g.sampling })?;
                 run.count(&r);
                 let joined = format!("{partial}{}", r.text);
-                run.fill(term, joined.trim().to_string(), Source::Fallback, r.finish != Some(Finish::Length));
+                run.fill(term, joined.trim().to_string(), Source::Fallback, r.finish != Some(Finish::Length), true);
                 self.per_field(run, term + 1, Source::Fallback)
             }
             Outcome::Mismatch { term } | Outcome::EndedBefore { term } | Outcome::NeedMore { term } => self.per_field(run, term, Source::Fallback),
