@@ -10,8 +10,7 @@ use aerie_engine::generate::{generate, GenerateRequest as EngineRequest};
 use aerie_engine::{ChatMessage, SamplingParams};
 use aerie_proto::v1::target_service_client::TargetServiceClient;
 use aerie_proto::v1::{Finished, GenerateRequest, HealthRequest, SamplingParams as WireSampling};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 
@@ -35,53 +34,20 @@ fn reference(i: usize, max_tokens: usize) -> Vec<u32> {
         .token_ids
 }
 
-/// A worker process, killed when dropped.
-struct Proc {
-    child: Child,
+/// A worker process (killed when dropped) and the addresses its READY line names.
+struct Worker {
+    proc: common::Proc,
     grpc: String,
     metrics: String,
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(args: &[&str]) -> Worker {
+    let proc = common::start(args, "READY ", &common::ready_field("grpc="));
+    let metrics = format!("http://{}/metrics", common::ready_field("metrics=")(&proc.ready));
+    Worker { grpc: format!("http://{}", proc.addr), metrics, proc }
 }
 
-fn start(args: &[&str]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aerie"))
-        .args(["--threads", "1"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn aerie");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("READY ") => break l,
-            Some(Ok(_)) => continue,
-            _ => panic!("{args:?} exited before READY: {:?}", child.wait()),
-        }
-    };
-    // Keep draining stdout so the worker never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap()
-            .to_string()
-    };
-    Proc {
-        child,
-        grpc: format!("http://{}", field("grpc=")),
-        metrics: format!("http://{}/metrics", field("metrics=")),
-    }
-}
-
-fn draft_worker() -> Proc {
+fn draft_worker() -> Worker {
     // The shipped head as a (3, 1, 4) chain with its hot vocabulary.
     start(&[
         "draft-worker",
@@ -94,7 +60,7 @@ fn draft_worker() -> Proc {
     ])
 }
 
-fn target_worker(extra: &[&str]) -> Proc {
+fn target_worker(extra: &[&str]) -> Worker {
     let mut args = vec!["target-worker"];
     args.extend_from_slice(extra);
     start(&args)
@@ -108,11 +74,11 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn client(p: &Proc) -> TargetServiceClient<tonic::transport::Channel> {
+async fn client(p: &Worker) -> TargetServiceClient<tonic::transport::Channel> {
     TargetServiceClient::connect(p.grpc.clone()).await.unwrap()
 }
 
-fn greedy(i: usize, max_tokens: u32, draft: Option<&Proc>) -> GenerateRequest {
+fn greedy(i: usize, max_tokens: u32, draft: Option<&Worker>) -> GenerateRequest {
     GenerateRequest {
         request_id: String::new(),
         prompt_ids: prompt_ids(i),
@@ -155,7 +121,7 @@ async fn http_get(url: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
-async fn scrape(p: &Proc) -> String {
+async fn scrape(p: &Worker) -> String {
     http_get(&p.metrics).await.unwrap()
 }
 
@@ -339,8 +305,8 @@ fn draft_worker_killed_mid_stream_requests_finish_identically() {
                 got[i].extend(m.token_ids);
             }
         }
-        draft.child.kill().unwrap();
-        draft.child.wait().unwrap();
+        draft.proc.child.kill().unwrap();
+        draft.proc.child.wait().unwrap();
         for (i, mut s) in streams.into_iter().enumerate() {
             let fin = loop {
                 let m = s
@@ -390,7 +356,7 @@ fn target_worker_killed_every_stream_ends_with_an_error_quickly() {
             s.next().await.unwrap().unwrap();
             streams.push(s);
         }
-        target.child.kill().unwrap();
+        target.proc.child.kill().unwrap();
         let t = Instant::now();
         for mut s in streams {
             let end = tokio::time::timeout(Duration::from_secs(5), async {
@@ -515,7 +481,7 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
         let mut s = c.generate(greedy(4, 48, None)).await.unwrap().into_inner();
         let mut toks = s.next().await.unwrap().unwrap().token_ids;
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(target.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(target.proc.child.id() as i32, libc::SIGTERM) };
         while let Some(m) = s.next().await {
             let m = m.expect("an in-flight request failed during drain");
             toks.extend(m.token_ids);
@@ -524,7 +490,7 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
     });
     let t = Instant::now();
     let status = loop {
-        if let Some(st) = target.child.try_wait().unwrap() {
+        if let Some(st) = target.proc.child.try_wait().unwrap() {
             break st;
         }
         assert!(

@@ -124,7 +124,7 @@ fn greedy_text_is_identical_with_and_without_speculation() {
 #[test]
 fn no_target_is_503_and_full_queues_are_429() {
     let _g = serial();
-    let dead = Proc { child: Command::new("true").spawn().unwrap(), addr: format!("127.0.0.1:{}", free_port()) };
+    let dead = Proc { child: Command::new("true").spawn().unwrap(), addr: format!("127.0.0.1:{}", free_port()), ready: String::new() };
     let r = router(&[&dead], &[], &[]);
     let (s, b) = http(&r.addr, "GET", "/health", None);
     assert_eq!(s, 503, "{b}");

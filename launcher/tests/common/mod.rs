@@ -35,6 +35,8 @@ pub fn engine() -> &'static Engine {
 pub struct Proc {
     pub child: Child,
     pub addr: String,
+    /// The stdout line that said it was ready.
+    pub ready: String,
 }
 
 impl Drop for Proc {
@@ -64,9 +66,10 @@ pub fn start(args: &[&str], ready: &str, field: &dyn Fn(&str) -> String) -> Proc
         }
     };
     std::thread::spawn(move || for _ in lines.by_ref() {});
-    Proc { addr: field(&line), child }
+    Proc { addr: field(&line), child, ready: line }
 }
 
+/// The value after `key` in a READY line (`grpc=`, `metrics=`, …).
 pub fn ready_field(key: &'static str) -> impl Fn(&str) -> String {
     move |l: &str| l.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap().to_string()
 }
