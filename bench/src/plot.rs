@@ -224,6 +224,8 @@ pub fn heat_map(path: &Path, heat: &Heat) -> Result<()> {
     let scale = Scale { lo, hi };
     // Shrink cell labels as cells get smaller so "123.45" stays inside its cell.
     let label_size = (560.0 / nx as f64 / 3.8).min(320.0 / ny as f64 * 0.5).clamp(7.0, 18.0);
+    // Room for the longest row label plus the axis title beside it.
+    let y_area = (40 + 7 * heat.ys.iter().map(|y| y.chars().count()).max().unwrap_or(0) as u32).clamp(80, 220);
 
     render(path, |root| {
         let body = root.titled(&heat.title, (FONT, TITLE_SIZE))?;
@@ -231,7 +233,7 @@ pub fn heat_map(path: &Path, heat: &Heat) -> Result<()> {
         let mut chart = ChartBuilder::on(&main)
             .margin(12)
             .x_label_area_size(44)
-            .y_label_area_size(80)
+            .y_label_area_size(y_area)
             .build_cartesian_2d(Categories::new(nx), Categories::new(ny))?;
         chart
             .configure_mesh()

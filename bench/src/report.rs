@@ -30,9 +30,16 @@ impl Meta {
     /// the working directory (`AERIE_COMMIT` overrides; "unknown" without git).
     pub fn collect() -> Meta {
         let command = std::env::args().map(|a| if a.contains(' ') { format!("'{a}'") } else { a }).collect::<Vec<_>>().join(" ");
-        let commit = std::env::var("AERIE_COMMIT").ok().or_else(|| {
-            let out = std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()?;
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git").args(args).output().ok()?;
             out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        // A working tree with uncommitted changes to tracked files is not
+        // the commit; say so.
+        let commit = std::env::var("AERIE_COMMIT").ok().or_else(|| {
+            let head = git(&["rev-parse", "--short", "HEAD"])?;
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            Some(if dirty { format!("{head} (with uncommitted changes)") } else { head })
         });
         Meta { date: utc_now(), machine: machine(), commit: commit.unwrap_or_else(|| "unknown".into()), command }
     }
@@ -116,13 +123,18 @@ pub fn serve_markdown(summaries: &[Summary], baseline: Option<&str>) -> String {
     for load in loads {
         let here: Vec<&Summary> = summaries.iter().filter(|s| s.load == load).collect();
         let cats: BTreeSet<&String> = here.iter().flat_map(|s| s.by_category.keys()).collect();
-        let _ = writeln!(md, "\nBy category, {load} (stream tok/s, τ in brackets{}):\n", if baseline.is_some() { ", speedup over the baseline" } else { "" });
+        let _ = writeln!(md, "\nBy category, {load} (stream tok/s, τ in brackets; ratios of stream tok/s):\n");
         let _ = write!(md, "| category |");
         for s in &here {
             let _ = write!(md, " {} |", s.label);
         }
-        let _ = writeln!(md, "{}", if baseline.is_some() { " speedup |".repeat(here.len().saturating_sub(1)) } else { String::new() });
-        let cols = here.len() + if baseline.is_some() { here.len().saturating_sub(1) } else { 0 };
+        let base = here.iter().find(|s| Some(s.label.as_str()) == baseline);
+        let others: Vec<&&Summary> = here.iter().filter(|s| base.is_some_and(|b| b.label != s.label)).collect();
+        for s in &others {
+            let _ = write!(md, " {} ÷ {} |", s.label, base.map_or("", |b| b.label.as_str()));
+        }
+        let _ = writeln!(md);
+        let cols = here.len() + others.len();
         let _ = writeln!(md, "|---|{}", "---|".repeat(cols));
         for c in cats {
             let _ = write!(md, "| {c} |");
@@ -130,11 +142,9 @@ pub fn serve_markdown(summaries: &[Summary], baseline: Option<&str>) -> String {
                 let f = s.by_category.get(c);
                 let _ = write!(md, " {} ({}) |", opt(f.map(|f| f.stream_tok_s), 1), opt(f.and_then(|f| f.tau), 2));
             }
-            if let Some(b) = here.iter().find(|s| Some(s.label.as_str()) == baseline) {
-                let bt = b.by_category.get(c).map(|f| f.stream_tok_s).filter(|&x| x > 0.0);
-                for s in here.iter().filter(|s| s.label != b.label) {
-                    let _ = write!(md, " {} |", opt(bt.and_then(|bt| s.by_category.get(c).map(|f| f.stream_tok_s / bt)), 2));
-                }
+            let bt = base.and_then(|b| b.by_category.get(c)).map(|f| f.stream_tok_s).filter(|&x| x > 0.0);
+            for s in &others {
+                let _ = write!(md, " {} |", opt(bt.and_then(|bt| s.by_category.get(c).map(|f| f.stream_tok_s / bt)), 2));
             }
             let _ = writeln!(md);
         }

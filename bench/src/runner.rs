@@ -262,7 +262,7 @@ pub fn send(agent: &ureq::Agent, server: &Server, spec: &LoadSpec, p: &Prompt, s
         let per_chunk = (rec.completion_tokens.saturating_sub(1) as f64 / (chunk_times.len() - 1) as f64).max(1.0);
         for w in chunk_times.windows(2) {
             let gap = (w[1] - w[0]) / per_chunk;
-            rec.itl_s.extend(std::iter::repeat(gap).take(per_chunk.round() as usize));
+            rec.itl_s.resize(rec.itl_s.len() + per_chunk.round() as usize, gap);
         }
     }
     rec.ok = rec.error.is_none();

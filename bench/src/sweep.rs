@@ -64,8 +64,17 @@ impl Setting {
     }
 }
 
-/// The settings to run (baseline first) and the skipped ones with why.
-pub fn settings(grid: &Grid) -> Result<(Vec<Setting>, Vec<(TreeSpec, String)>)> {
+/// What a grid comes to.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The settings to run, baseline first.
+    pub run: Vec<Setting>,
+    /// The trees left out, with why.
+    pub skipped: Vec<(TreeSpec, String)>,
+}
+
+/// The settings to run and the skipped ones.
+pub fn settings(grid: &Grid) -> Result<Plan> {
     for (name, v) in [("concurrency", &grid.concurrency), ("steps", &grid.steps), ("topk", &grid.topk), ("draft tokens", &grid.draft_tokens)] {
         if v.is_empty() || v.contains(&0) {
             return Err(BenchError::Config(format!("sweep {name}: give one or more positive values")));
@@ -93,7 +102,7 @@ pub fn settings(grid: &Grid) -> Result<(Vec<Setting>, Vec<(TreeSpec, String)>)> 
     if !run.iter().any(|s| matches!(s, Setting::Tree(_))) && !grid.baseline {
         return Err(BenchError::Config("every point of the sweep grid is impossible".into()));
     }
-    Ok((run, skipped))
+    Ok(Plan { run, skipped })
 }
 
 /// One measured (setting, concurrency): a JSONL line of `bench sweep`.
@@ -175,7 +184,7 @@ pub type StartCluster<'a> = dyn Fn(&Setting) -> Result<crate::servers::LocalServ
 /// output and progress). `model` is the name sent in requests (default:
 /// the first the cluster lists). Returns all rows with speedups filled in.
 pub fn run_sweep(grid: &Grid, prompts: &[Prompt], spec: &LoadSpec, model: Option<&str>, start: &StartCluster, on_row: &mut dyn FnMut(&SweepRow), on_request: &(dyn Fn(&crate::runner::RequestRecord) + Sync)) -> Result<Vec<SweepRow>> {
-    let (todo, _) = settings(grid)?;
+    let todo = settings(grid)?.run;
     let mut rows = Vec::new();
     for setting in todo {
         let cluster = start(&setting)?;
@@ -203,7 +212,7 @@ pub fn run_sweep(grid: &Grid, prompts: &[Prompt], spec: &LoadSpec, model: Option
 /// settings) and one speedup heat map per concurrency into `dir`.
 pub fn write_report(dir: &Path, meta: &crate::report::Meta, grid: &Grid, rows: &[SweepRow], verdict: &str) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| BenchError::io(dir, e))?;
-    let (_, skipped) = settings(grid)?;
+    let skipped = settings(grid)?.skipped;
     let mut files = Vec::new();
     let mut md = format!("# Speculative settings sweep\n\n{}\n", meta.markdown());
     let _ = writeln!(md, "| setting | concurrency | output tok/s | speedup | stream tok/s | τ | accept rate | TTFT p50 ms | ITL p50 ms | failed |");
@@ -266,7 +275,7 @@ mod tests {
     #[test]
     fn the_grid_skips_impossible_and_redundant_trees() {
         let grid = Grid { concurrency: vec![1, 4], steps: vec![1, 3], topk: vec![1, 4], draft_tokens: vec![2, 4, 8], baseline: true };
-        let (run, skipped) = settings(&grid).unwrap();
+        let Plan { run, skipped } = settings(&grid).unwrap();
         let trees: Vec<(usize, usize, usize)> = run.iter().filter_map(|s| match s { Setting::Tree(t) => Some((t.num_steps, t.topk, t.num_draft_tokens)), _ => None }).collect();
         assert_eq!(run[0], Setting::Baseline);
         // steps 1 topk 4 holds at most 4 drafts + root = 5 tokens: 8 is impossible.

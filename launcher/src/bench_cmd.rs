@@ -176,7 +176,11 @@ struct Jsonl(Option<std::fs::File>);
 
 impl Jsonl {
     fn open(path: &Option<PathBuf>) -> Result<Jsonl> {
-        Ok(Jsonl(path.as_ref().map(|p| std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))).transpose()?))
+        let Some(p) = path else { return Ok(Jsonl(None)) };
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(Jsonl(Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)))
     }
 
     fn write(&mut self, v: &impl serde::Serialize) -> Result<()> {
@@ -286,8 +290,8 @@ fn run_sweep(a: SweepArgs, threads: Option<usize>) -> Result<()> {
         bail!("bench sweep measures concurrencies; --request-rate is for bench serve");
     }
     let grid = Grid { concurrency: w.concurrency.clone(), steps: a.steps.clone(), topk: a.topk.clone(), draft_tokens: a.draft_tokens.clone(), baseline: !a.no_baseline };
-    let (todo, skipped) = sweep::settings(&grid)?;
-    for (t, why) in &skipped {
+    let plan = sweep::settings(&grid)?;
+    for (t, why) in &plan.skipped {
         eprintln!("sweep: skipping steps {} topk {} tokens {}: {why}", t.num_steps, t.topk, t.num_draft_tokens);
     }
     let prompts = w.prompts()?;
@@ -299,10 +303,16 @@ fn run_sweep(a: SweepArgs, threads: Option<usize>) -> Result<()> {
         start_aerie(&exe, &s.label(), threads, &args, timeout, a.verbose)
     };
     let mut out = Jsonl::open(&w.output)?;
-    let pb = progress(todo.len() * grid.concurrency.len() * prompts.len(), "sweep");
+    let pb = progress(plan.run.len() * grid.concurrency.len() * prompts.len(), "sweep");
     let mut failed_write = None;
     let rows = sweep::run_sweep(&grid, &prompts, &w.spec(Load::Concurrency(1)), w.model.as_deref(), &start, &mut |r: &SweepRow| {
-        pb.println(format!("{} at concurrency {}: {:.1} tok/s, τ {}", if r.speculative { format!("steps {:?} topk {:?} tokens {:?}", r.steps.unwrap_or(0), r.topk.unwrap_or(0), r.draft_tokens.unwrap_or(0)) } else { "baseline".into() }, r.concurrency, r.output_tok_s, r.tau.map_or("–".into(), |t| format!("{t:.2}"))));
+        // A hidden bar (no terminal) drops println; the row must still show.
+        let line = format!("{} at concurrency {}: {:.1} tok/s, τ {}", if r.speculative { format!("steps {} topk {} tokens {}", r.steps.unwrap_or(0), r.topk.unwrap_or(0), r.draft_tokens.unwrap_or(0)) } else { "baseline".into() }, r.concurrency, r.output_tok_s, r.tau.map_or("–".into(), |t| format!("{t:.2}")));
+        if pb.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            pb.println(line);
+        }
         if let Err(e) = out.write(r) {
             failed_write.get_or_insert(e);
         }

@@ -84,12 +84,31 @@ fn bench_serve_measures_two_servers_interleaved_and_writes_records_summaries_and
     }
 
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
-    for needle in ["Machine:", "Commit:", "Command: `", "bench serve", "| server | load |", "By category, concurrency 2", "tok_s_by_category.svg", "speedup_vs_concurrency.svg"] {
+    for needle in ["Machine:", "Commit:", "Command: `", "bench serve", "| server | load |", "By category, concurrency 2", "| eagle ÷ plain |", "tok_s_by_category.svg", "speedup_vs_concurrency.svg"] {
         assert!(md.contains(needle), "{needle} missing from\n{md}");
     }
     assert!(svg(&report.join("tok_s_by_category.svg")).contains("predictable"));
     assert!(svg(&report.join("tau_by_category.svg")).contains("eagle"));
     assert!(svg(&report.join("speedup_vs_concurrency.svg")).contains("concurrency"));
+
+    // Poisson arrivals: every request is sent at its scheduled time, not
+    // before, and the summary names the rate.
+    let out = dir.path().join("rate.jsonl");
+    let o = aerie_bench(&["serve", "--base-url", &format!("http://{}/v1", eagle.addr), "--dataset", "categories", "--num-prompts", "4", "--max-tokens", "8", "--request-rate", "4", "--seed", "3", "--output", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = jsonl(&out);
+    let sent: Vec<f64> = lines.iter().filter(|v| v["type"] == "request").map(|v| v["sent_at_s"].as_f64().unwrap()).collect();
+    let planned = aerie_bench_schedule(4, 4.0, 3);
+    assert_eq!(sent.len(), 4);
+    for (s, p) in sent.iter().zip(&planned) {
+        assert!(s >= p && *s < p + 0.5, "sent at {s}, scheduled at {p}");
+    }
+    assert!(lines.iter().any(|v| v["type"] == "summary" && v["load"] == "rate 4/s" && v["failed"] == 0));
+}
+
+/// The schedule `bench serve --request-rate R --seed S` uses (the same code).
+fn aerie_bench_schedule(n: usize, rate: f64, seed: u64) -> Vec<f64> {
+    aerie_bench::schedule::poisson_arrivals(n, rate, seed)
 }
 
 #[test]
