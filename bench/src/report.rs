@@ -81,7 +81,8 @@ pub fn format_utc(secs: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}")
 }
 
-fn opt(x: Option<f64>, digits: usize) -> String {
+/// A figure with `digits` decimals, or a dash when there is none.
+pub(crate) fn opt(x: Option<f64>, digits: usize) -> String {
     x.map_or("–".into(), |v| format!("{v:.digits$}"))
 }
 
@@ -166,9 +167,8 @@ fn unique_in_order<'a>(xs: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
 /// Writes `report.md` and the plots of a serve/compare run into `dir`;
 /// returns the files written.
 pub fn write_serve_report(dir: &Path, title: &str, meta: &Meta, summaries: &[Summary], baseline: Option<&str>, verdict: &str) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| BenchError::io(dir, e))?;
     let mut files = Vec::new();
-    let mut md = format!("# {title}\n\n{}\n", meta.markdown());
+    let mut md = begin(dir, title, meta)?;
     md.push_str(&serve_markdown(summaries, baseline));
     let cats: Vec<String> = summaries.iter().flat_map(|s| s.by_category.keys().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
     let name = |s: &Summary| format!("{} ({})", s.label, s.load);
@@ -214,6 +214,19 @@ pub fn write_serve_report(dir: &Path, title: &str, meta: &Meta, summaries: &[Sum
             files.push(p);
         }
     }
+    finish(dir, md, verdict, files)
+}
+
+/// Creates the report directory and returns the Markdown's title and
+/// provenance lines.
+pub(crate) fn begin(dir: &Path, title: &str, meta: &Meta) -> Result<String> {
+    std::fs::create_dir_all(dir).map_err(|e| BenchError::io(dir, e))?;
+    Ok(format!("# {title}\n\n{}\n", meta.markdown()))
+}
+
+/// Appends the verdict (if any), writes `report.md`, and returns every file
+/// of the report.
+pub(crate) fn finish(dir: &Path, mut md: String, verdict: &str, mut files: Vec<PathBuf>) -> Result<Vec<PathBuf>> {
     if !verdict.is_empty() {
         let _ = write!(md, "\n## Verdict\n\n{verdict}\n");
     }

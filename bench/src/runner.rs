@@ -152,6 +152,14 @@ pub fn require_loopback(base_url: &str) -> Result<()> {
     }
 }
 
+/// The model name to send: `explicit` when given, else the server's first.
+pub fn model_name(explicit: Option<&str>, base_url: &str, api_key: Option<&str>) -> Result<String> {
+    match explicit {
+        Some(m) => Ok(m.to_string()),
+        None => served_model(base_url, api_key),
+    }
+}
+
 /// The first model `GET {base_url}/models` lists.
 pub fn served_model(base_url: &str, api_key: Option<&str>) -> Result<String> {
     let url = format!("{}/models", base_url.trim_end_matches('/'));

@@ -153,10 +153,11 @@ impl SweepRow {
         }
     }
 
-    fn setting_label(&self) -> String {
+    /// The setting this row measured.
+    pub fn setting(&self) -> Setting {
         match (self.steps, self.topk, self.draft_tokens) {
-            (Some(s), Some(k), Some(n)) => format!("steps {s} topk {k} tokens {n}"),
-            _ => "baseline".into(),
+            (Some(num_steps), Some(topk), Some(num_draft_tokens)) => Setting::Tree(TreeSpec { num_steps, topk, num_draft_tokens }),
+            _ => Setting::Baseline,
         }
     }
 }
@@ -188,10 +189,7 @@ pub fn run_sweep(grid: &Grid, prompts: &[Prompt], spec: &LoadSpec, model: Option
     let mut rows = Vec::new();
     for setting in todo {
         let cluster = start(&setting)?;
-        let model = match model {
-            Some(m) => m.to_string(),
-            None => crate::runner::served_model(&cluster.base_url, None)?,
-        };
+        let model = crate::runner::model_name(model, &cluster.base_url, None)?;
         let server = Server { label: setting.label(), base_url: cluster.base_url.clone(), api_key: None, model, extra: Default::default() };
         let warm = LoadSpec { max_tokens: 8, ..spec.clone() };
         let _ = run(&server, &prompts[..1.min(prompts.len())], &warm, &|_| {});
@@ -211,24 +209,23 @@ pub fn run_sweep(grid: &Grid, prompts: &[Prompt], spec: &LoadSpec, model: Option
 /// Writes `report.md` (all rows, the best per concurrency, the skipped
 /// settings) and one speedup heat map per concurrency into `dir`.
 pub fn write_report(dir: &Path, meta: &crate::report::Meta, grid: &Grid, rows: &[SweepRow], verdict: &str) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| BenchError::io(dir, e))?;
     let skipped = settings(grid)?.skipped;
     let mut files = Vec::new();
-    let mut md = format!("# Speculative settings sweep\n\n{}\n", meta.markdown());
+    let mut md = crate::report::begin(dir, "Speculative settings sweep", meta)?;
     let _ = writeln!(md, "| setting | concurrency | output tok/s | speedup | stream tok/s | τ | accept rate | TTFT p50 ms | ITL p50 ms | failed |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
-    let f = |x: Option<f64>, d: usize| x.map_or("–".into(), |v| format!("{v:.d$}"));
+    let f = crate::report::opt;
     for r in rows {
-        let _ = writeln!(md, "| {} | {} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} |", r.setting_label(), r.concurrency, r.output_tok_s, f(r.speedup, 2), r.stream_tok_s, f(r.tau, 2), f(r.accept_rate, 2), f(r.ttft_p50_ms, 0), f(r.itl_p50_ms, 1), r.failed);
+        let _ = writeln!(md, "| {} | {} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} |", r.setting().label(), r.concurrency, r.output_tok_s, f(r.speedup, 2), r.stream_tok_s, f(r.tau, 2), f(r.accept_rate, 2), f(r.ttft_p50_ms, 0), f(r.itl_p50_ms, 1), r.failed);
     }
     let _ = writeln!(md, "\nBest per concurrency:\n");
     for r in best_per_concurrency(rows) {
-        let _ = writeln!(md, "- concurrency {}: {} ({:.1} tok/s, speedup {})", r.concurrency, r.setting_label(), r.output_tok_s, f(r.speedup, 2));
+        let _ = writeln!(md, "- concurrency {}: {} ({:.1} tok/s, speedup {})", r.concurrency, r.setting().label(), r.output_tok_s, f(r.speedup, 2));
     }
     if !skipped.is_empty() {
         let _ = writeln!(md, "\nSkipped:\n");
         for (t, why) in &skipped {
-            let _ = writeln!(md, "- steps {} topk {} tokens {}: {why}", t.num_steps, t.topk, t.num_draft_tokens);
+            let _ = writeln!(md, "- {}: {why}", Setting::Tree(*t).label());
         }
     }
     let spec_rows: Vec<&SweepRow> = rows.iter().filter(|r| r.speculative).collect();
@@ -259,13 +256,7 @@ pub fn write_report(dir: &Path, meta: &crate::report::Meta, grid: &Grid, rows: &
             files.push(p);
         }
     }
-    if !verdict.is_empty() {
-        let _ = write!(md, "\n## Verdict\n\n{verdict}\n");
-    }
-    let p = dir.join("report.md");
-    std::fs::write(&p, md).map_err(|e| BenchError::io(&p, e))?;
-    files.push(p);
-    Ok(files)
+    crate::report::finish(dir, md, verdict, files)
 }
 
 #[cfg(test)]
@@ -312,6 +303,6 @@ mod tests {
         fill_speedups(&mut rows);
         assert_eq!(rows.iter().map(|r| r.speedup.unwrap()).collect::<Vec<_>>(), vec![1.0, 1.0, 1.5, 0.75, 1.2]);
         let best = best_per_concurrency(&rows);
-        assert_eq!(best.iter().map(|r| (r.concurrency, r.setting_label())).collect::<Vec<_>>(), vec![(1, "steps 3 topk 1 tokens 4".to_string()), (8, "baseline".to_string())]);
+        assert_eq!(best.iter().map(|r| (r.concurrency, r.setting().label())).collect::<Vec<_>>(), vec![(1, "steps 3 topk 1 tokens 4".to_string()), (8, "baseline".to_string())]);
     }
 }

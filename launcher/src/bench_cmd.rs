@@ -11,7 +11,7 @@
 
 use aerie_bench::dataset::{self, Prompt};
 use aerie_bench::report::{write_serve_report, Meta};
-use aerie_bench::runner::{require_loopback, run_interleaved, served_model, Load, LoadSpec, RequestRecord, Server};
+use aerie_bench::runner::{require_loopback, run_interleaved, model_name, Load, LoadSpec, RequestRecord, Server};
 use aerie_bench::servers::{llama_cpp_python, start_aerie, start_llama_cpp, LocalServer};
 use aerie_bench::summary::Summary;
 use aerie_bench::sweep::{self, Grid, Setting, SweepRow};
@@ -107,16 +107,30 @@ struct SweepArgs {
     /// Skip the non-speculative baseline (no speedups then).
     #[arg(long)]
     no_baseline: bool,
-    /// An extra `aerie serve` argument for every cluster (repeat; e.g. `--serve-arg=--max-running-requests=8`).
-    #[arg(long, allow_hyphen_values = true)]
-    serve_arg: Vec<String>,
-    #[arg(long, default_value_t = 600)]
-    startup_timeout_secs: u64,
-    /// Show the clusters' logs.
-    #[arg(long)]
-    verbose: bool,
+    #[command(flatten)]
+    local: LocalServers,
     #[command(flatten)]
     workload: Workload,
+}
+
+/// How `sweep` and `compare` start their own servers.
+#[derive(Args, Debug)]
+struct LocalServers {
+    /// An extra `aerie serve` argument for every Aerie cluster started (repeat; e.g. `--serve-arg=--max-running-requests=8`).
+    #[arg(long, allow_hyphen_values = true)]
+    serve_arg: Vec<String>,
+    /// Longest wait for a started server to become ready, seconds.
+    #[arg(long, default_value_t = 600)]
+    startup_timeout_secs: u64,
+    /// Show the started servers' logs.
+    #[arg(long)]
+    verbose: bool,
+}
+
+impl LocalServers {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.startup_timeout_secs)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -130,13 +144,8 @@ struct CompareArgs {
     /// Fail instead of installing the peer when it is missing.
     #[arg(long)]
     no_install_peer: bool,
-    /// An extra argument for Aerie's `serve` (repeat).
-    #[arg(long, allow_hyphen_values = true)]
-    serve_arg: Vec<String>,
-    #[arg(long, default_value_t = 600)]
-    startup_timeout_secs: u64,
-    #[arg(long)]
-    verbose: bool,
+    #[command(flatten)]
+    local: LocalServers,
     #[command(flatten)]
     workload: Workload,
 }
@@ -259,10 +268,7 @@ fn serve(a: ServeBenchArgs) -> Result<()> {
             _ => (if a.base_url.len() == 1 { "server".to_string() } else { format!("server{}", i + 1) }, spec.clone()),
         };
         require_loopback(&url)?;
-        let model = match &w.model {
-            Some(m) => m.clone(),
-            None => served_model(&url, a.api_key.as_deref())?,
-        };
+        let model = model_name(w.model.as_deref(), &url, a.api_key.as_deref())?;
         servers.push(Server { label, base_url: url, api_key: a.api_key.clone(), model, extra: Default::default() });
     }
     if let Some(b) = &a.baseline {
@@ -276,11 +282,8 @@ fn serve(a: ServeBenchArgs) -> Result<()> {
     print_and_report(&summaries, a.baseline.as_deref(), w, &format!("bench serve: {}", w.dataset))
 }
 
-fn aerie_server(s: &LocalServer, label: &str, w: &Workload) -> Result<Server> {
-    let model = match &w.model {
-        Some(m) => m.clone(),
-        None => served_model(&s.base_url, None)?,
-    };
+fn local_server(s: &LocalServer, label: &str, w: &Workload) -> Result<Server> {
+    let model = model_name(w.model.as_deref(), &s.base_url, None)?;
     Ok(Server { label: label.into(), base_url: s.base_url.clone(), api_key: None, model, extra: Default::default() })
 }
 
@@ -292,22 +295,21 @@ fn run_sweep(a: SweepArgs, threads: Option<usize>) -> Result<()> {
     let grid = Grid { concurrency: w.concurrency.clone(), steps: a.steps.clone(), topk: a.topk.clone(), draft_tokens: a.draft_tokens.clone(), baseline: !a.no_baseline };
     let plan = sweep::settings(&grid)?;
     for (t, why) in &plan.skipped {
-        eprintln!("sweep: skipping steps {} topk {} tokens {}: {why}", t.num_steps, t.topk, t.num_draft_tokens);
+        eprintln!("sweep: skipping {}: {why}", Setting::Tree(*t).label());
     }
     let prompts = w.prompts()?;
     let exe = std::env::current_exe()?;
-    let timeout = Duration::from_secs(a.startup_timeout_secs);
     let start = |s: &Setting| {
         let mut args = s.serve_args();
-        args.extend(a.serve_arg.iter().cloned());
-        start_aerie(&exe, &s.label(), threads, &args, timeout, a.verbose)
+        args.extend(a.local.serve_arg.iter().cloned());
+        start_aerie(&exe, &s.label(), threads, &args, a.local.timeout(), a.local.verbose)
     };
     let mut out = Jsonl::open(&w.output)?;
     let pb = progress(plan.run.len() * grid.concurrency.len() * prompts.len(), "sweep");
     let mut failed_write = None;
     let rows = sweep::run_sweep(&grid, &prompts, &w.spec(Load::Concurrency(1)), w.model.as_deref(), &start, &mut |r: &SweepRow| {
         // A hidden bar (no terminal) drops println; the row must still show.
-        let line = format!("{} at concurrency {}: {:.1} tok/s, τ {}", if r.speculative { format!("steps {} topk {} tokens {}", r.steps.unwrap_or(0), r.topk.unwrap_or(0), r.draft_tokens.unwrap_or(0)) } else { "baseline".into() }, r.concurrency, r.output_tok_s, r.tau.map_or("–".into(), |t| format!("{t:.2}")));
+        let line = format!("{} at concurrency {}: {:.1} tok/s, τ {}", r.setting().label(), r.concurrency, r.output_tok_s, r.tau.map_or("–".into(), |t| format!("{t:.2}")));
         if pb.is_hidden() {
             eprintln!("{line}");
         } else {
@@ -330,10 +332,7 @@ fn run_sweep(a: SweepArgs, threads: Option<usize>) -> Result<()> {
     }
     println!("Best per concurrency:");
     for r in sweep::best_per_concurrency(&rows) {
-        let setting = match (r.steps, r.topk, r.draft_tokens) {
-            (Some(s), Some(k), Some(n)) => format!("--speculative-num-steps {s} --speculative-eagle-topk {k} --speculative-num-draft-tokens {n}"),
-            _ => "--no-speculation".into(),
-        };
+        let setting = r.setting().serve_args().join(" ");
         println!("  concurrency {}: {setting}  ({:.1} tok/s, speedup {})", r.concurrency, r.output_tok_s, r.speedup.map_or("–".into(), |x| format!("{x:.2}")));
     }
     if let Some(dir) = &w.report_dir {
@@ -354,19 +353,19 @@ fn compare(a: CompareArgs, threads: Option<usize>) -> Result<()> {
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let python = llama_cpp_python(!a.no_install_peer)?;
     let exe = std::env::current_exe()?;
-    let timeout = Duration::from_secs(a.startup_timeout_secs);
+    let (timeout, verbose) = (a.local.timeout(), a.local.verbose);
     let mut base = vec!["--model-path".to_string(), gguf.display().to_string()];
-    base.extend(a.serve_arg.iter().cloned());
-    let mut local = vec![("aerie", start_aerie(&exe, "aerie", Some(threads), &base, timeout, a.verbose)?)];
+    base.extend(a.local.serve_arg.iter().cloned());
+    let mut local = vec![("aerie", start_aerie(&exe, "aerie", Some(threads), &base, timeout, verbose)?)];
     if !a.no_plain {
         let mut plain = base.clone();
         plain.push("--no-speculation".into());
-        local.push(("aerie-plain", start_aerie(&exe, "aerie-plain", Some(threads), &plain, timeout, a.verbose)?));
+        local.push(("aerie-plain", start_aerie(&exe, "aerie-plain", Some(threads), &plain, timeout, verbose)?));
     }
-    local.push(("llama.cpp", start_llama_cpp(&python, &gguf, threads, timeout, a.verbose)?));
+    local.push(("llama.cpp", start_llama_cpp(&python, &gguf, threads, timeout, verbose)?));
     let mut servers = Vec::new();
     for (label, s) in &local {
-        let mut srv = aerie_server(s, label, w)?;
+        let mut srv = local_server(s, label, w)?;
         if *label == "llama.cpp" {
             // llama.cpp's server defaults to a repeat penalty of 1.1; Aerie
             // has none, and greedy outputs are only comparable without it.
