@@ -13,68 +13,39 @@
 //! server, and Aerie's ratios to llama.cpp. The peer's python comes from
 //! `AERIE_LLAMA_CPP_PYTHON` or the installer's default venv.
 
+use aerie_bench::servers::{llama_cpp_python, start_aerie, start_llama_cpp, LocalServer};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 struct Server {
     name: &'static str,
-    child: Child,
-    url: String,
+    /// Stops the process when dropped.
+    local: LocalServer,
     extra: Value,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Server {
+    fn url(&self) -> String {
+        format!("{}/chat/completions", self.local.base_url)
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+fn aerie(name: &'static str, threads: usize, extra: &[&str]) -> Server {
+    let args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    let local = start_aerie(std::path::Path::new(env!("CARGO_BIN_EXE_aerie")), name, Some(threads), &args, Duration::from_secs(600), true).expect("aerie serve failed");
+    Server { name, local, extra: json!({}) }
 }
 
-fn aerie(name: &'static str, threads: &str, extra: &[&str]) -> Server {
-    let port = free_port().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aerie")).args(["--threads", threads, "serve", "--port", &port]).args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("OpenAI endpoint:"))).expect("aerie serve failed").unwrap();
-    std::thread::spawn(move || for _ in lines {});
-    Server { name, child, url: format!("http://127.0.0.1:{port}/v1/chat/completions"), extra: json!({}) }
-}
-
-fn llama_cpp(gguf: &str, threads: &str) -> Server {
-    let python = std::env::var("AERIE_LLAMA_CPP_PYTHON").unwrap_or_else(|_| format!("{}/.cache/aerie/peers/llama-cpp/bin/python", std::env::var("HOME").unwrap_or_default()));
-    if !std::path::Path::new(&python).exists() {
-        eprintln!("llama.cpp's server is not installed ({python}); run: bash scripts/install_llama_cpp.sh");
-        std::process::exit(2);
-    }
-    let port = free_port();
-    let child = Command::new(&python)
-        .args(["-m", "llama_cpp.server", "--model", gguf, "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--n_threads", threads, "--n_threads_batch", threads, "--n_ctx", "2048", "--verbose", "false"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let s = Server { name: "llama.cpp server", child, url: format!("http://127.0.0.1:{port}/v1/chat/completions"), extra: json!({"repeat_penalty": 1.0}) };
-    let t = Instant::now();
-    while ureq::get(&format!("http://127.0.0.1:{port}/v1/models")).call().is_err() {
-        assert!(t.elapsed() < Duration::from_secs(120), "llama.cpp server did not start");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    s
+fn llama_cpp(gguf: &std::path::Path, threads: usize) -> Server {
+    let python = match std::env::var("AERIE_LLAMA_CPP_PYTHON") {
+        Ok(p) => std::path::PathBuf::from(p),
+        Err(_) => llama_cpp_python(false).unwrap_or_else(|e| {
+            eprintln!("{e}; run: bash scripts/install_llama_cpp.sh");
+            std::process::exit(2);
+        }),
+    };
+    let local = start_llama_cpp(&python, gguf, threads, Duration::from_secs(120), true).expect("llama.cpp server did not start");
+    Server { name: "llama.cpp server", local, extra: json!({"repeat_penalty": 1.0}) }
 }
 
 /// (completion tokens, seconds, text)
@@ -84,7 +55,7 @@ fn ask(s: &Server, question: &str, max_tokens: usize) -> (u64, f64, String) {
         body[k] = v.clone();
     }
     let t = Instant::now();
-    let resp = ureq::post(&s.url).set("Content-Type", "application/json").send_string(&body.to_string()).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+    let resp = ureq::post(&s.url()).set("Content-Type", "application/json").send_string(&body.to_string()).unwrap_or_else(|e| panic!("{}: {e}", s.name));
     let v: Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
     let secs = t.elapsed().as_secs_f64();
     (v["usage"]["completion_tokens"].as_u64().unwrap_or(0), secs, v["choices"][0]["message"]["content"].as_str().unwrap_or("").to_string())
@@ -94,7 +65,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let questions: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(16);
     let max_tokens: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(128);
-    let threads = std::env::var("AERIE_THREADS").unwrap_or_else(|_| "2".into());
+    let threads: usize = std::env::var("AERIE_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
     let gguf = aerie_engine::fetch::resolve_model("smollm2").expect("fetch smollm2");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mt_bench.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
@@ -102,7 +73,7 @@ fn main() {
     let n = questions.min(lines.len());
     let qs: Vec<String> = (0..n).map(|i| serde_json::from_str::<Value>(lines[i * lines.len() / n]).unwrap()["turns"][0].as_str().unwrap().to_string()).collect();
 
-    let servers = [aerie("aerie (EAGLE)", &threads, &[]), aerie("aerie (no speculation)", &threads, &["--no-speculation"]), llama_cpp(gguf.to_str().unwrap(), &threads)];
+    let servers = [aerie("aerie (EAGLE)", threads, &[]), aerie("aerie (no speculation)", threads, &["--no-speculation"]), llama_cpp(&gguf, threads)];
     for s in &servers {
         ask(s, "Hello", 8); // warm-up
     }
