@@ -15,6 +15,13 @@ command -v cc >/dev/null || missing+=(build-essential)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 # The cluster tests scrape the workers with a real Prometheus.
 command -v prometheus >/dev/null || missing+=(prometheus)
+# etcd-client (router discovery) compiles etcd's protos with protoc at build time.
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+# The discovery tests run a real single-node etcd on loopback.
+command -v etcd >/dev/null || missing+=(etcd-server)
+# The container test builds its Debian base image with debootstrap (only
+# where a Docker engine is present; it is skipped otherwise).
+if command -v docker >/dev/null && ! command -v debootstrap >/dev/null; then missing+=(debootstrap); fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
