@@ -17,5 +17,5 @@ pub const COMPLETION_TOKENS: &str = "aerie_router_completion_tokens_total";
 pub const IN_FLIGHT: &str = "aerie_router_in_flight_requests";
 /// Gauge, labels `role`, `worker`: 1 when the worker answers its health check.
 pub const WORKER_HEALTHY: &str = "aerie_router_worker_healthy";
-/// Counter, labels `policy`, `speculative`: routing decisions.
+/// Counter, labels `policy`, `speculative`, `worker` (the target address): routing decisions.
 pub const ROUTING_DECISIONS: &str = "aerie_router_routing_decisions_total";

@@ -51,9 +51,7 @@ impl RouterState {
         context_length: usize,
         metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
     ) -> Result<Arc<Self>, String> {
-        if cfg.targets.is_empty() {
-            return Err("the router needs at least one target worker".into());
-        }
+        // Empty lists are fine: with etcd discovery workers arrive later.
         let registry = Registry::new(&cfg.targets, &cfg.drafts, tokenizer.hash())?;
         let policy = policies::by_name(&cfg.policy, cfg.prefix_tokens)?;
         Ok(Arc::new(RouterState { cfg, tokenizer, template, context_length, registry, policy, next_id: AtomicU64::new(1), metrics }))
@@ -72,6 +70,8 @@ pub fn router_app(state: Arc<RouterState>) -> axum::Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
+        .route("/live", get(|| async { "ok" }))
+        .route("/workers", get(workers))
         .route("/metrics", get(metrics_page))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .layer(DefaultBodyLimit::max(limit))
@@ -190,7 +190,7 @@ async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: P
         }
         let target = candidates[state.policy.pick(&candidates, &prompt)].clone();
         let draft = state.registry.pair_draft(&target).map(|draft| Pairing { registry: state.registry.clone(), draft });
-        metrics::counter!(m::ROUTING_DECISIONS, "policy" => state.policy.name(), "speculative" => if draft.is_some() { "true" } else { "false" }).increment(1);
+        metrics::counter!(m::ROUTING_DECISIONS, "policy" => state.policy.name(), "speculative" => if draft.is_some() { "true" } else { "false" }, "worker" => target.addr().to_string()).increment(1);
         let req = GenerateRequest {
             // Unique per attempt: a client reusing its x-request-id, or a
             // retry, never collides with a request still live on a worker.
@@ -609,6 +609,14 @@ async fn health(State(state): State<Arc<RouterState>>) -> Response {
     } else {
         ApiError::unavailable("no target worker is healthy").into_response()
     }
+}
+
+/// The router's current view of its workers (discovery plus probes).
+async fn workers(State(state): State<Arc<RouterState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    axum::Json(state.registry.view()).into_response()
 }
 
 async fn metrics_page(State(state): State<Arc<RouterState>>) -> Response {

@@ -12,14 +12,20 @@ use aerie_proto::v1::draft_service_client::DraftServiceClient;
 use aerie_proto::v1::target_service_client::TargetServiceClient;
 use aerie_proto::v1::{HealthRequest, InfoRequest, LoadRequest};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use aerie_discovery::{Change, Discovery, Role, Status, WorkerRecord};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 /// What routing needs to know about any worker.
 pub trait Worker: Send + Sync {
+    /// The discovery id: unique per role within a cluster.
+    fn id(&self) -> &str;
     fn addr(&self) -> &str;
+    /// Answering probes and not draining: eligible for new work.
     fn is_healthy(&self) -> bool;
+    fn is_draining(&self) -> bool;
+    fn set_draining(&self, draining: bool);
     /// Requests running or waiting there, as last reported plus those this
     /// router sent since.
     fn load(&self) -> usize;
@@ -29,7 +35,11 @@ pub trait Worker: Send + Sync {
 
 /// A target worker.
 pub struct TargetHandle {
+    /// The discovery id (etcd key segment, or the address for static lists).
+    id: String,
     addr: String,
+    /// Announced by the worker on SIGTERM: finish in-flight work, take no new.
+    draining: AtomicBool,
     client: TargetServiceClient<Channel>,
     healthy: AtomicBool,
     reported_load: AtomicUsize,
@@ -41,6 +51,10 @@ pub struct TargetHandle {
 
 impl TargetHandle {
     pub fn new(addr: &str) -> Result<Arc<Self>, String> {
+        Self::with_id(addr, addr)
+    }
+
+    pub fn with_id(id: &str, addr: &str) -> Result<Arc<Self>, String> {
         let ep = Endpoint::from_shared(addr.to_string())
             .map_err(|e| format!("bad target address `{addr}`: {e}"))?
             .connect_timeout(Duration::from_secs(2))
@@ -52,7 +66,9 @@ impl TargetHandle {
             .max_decoding_message_size(aerie_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(aerie_proto::MAX_MESSAGE_BYTES);
         Ok(Arc::new(TargetHandle {
+            id: id.to_string(),
             addr: addr.to_string(),
+            draining: AtomicBool::new(false),
             client,
             healthy: AtomicBool::new(false),
             reported_load: AtomicUsize::new(0),
@@ -100,11 +116,20 @@ impl Drop for InFlight {
 }
 
 impl Worker for TargetHandle {
+    fn id(&self) -> &str {
+        &self.id
+    }
     fn addr(&self) -> &str {
         &self.addr
     }
     fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire) && self.tokenizer_ok.load(Ordering::Acquire)
+        self.healthy.load(Ordering::Acquire) && self.tokenizer_ok.load(Ordering::Acquire) && !self.is_draining()
+    }
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+    fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Release);
     }
     fn load(&self) -> usize {
         self.reported_load.load(Ordering::Acquire) + self.in_flight.load(Ordering::Acquire)
@@ -116,7 +141,9 @@ impl Worker for TargetHandle {
 
 /// A draft worker.
 pub struct DraftHandle {
+    id: String,
     addr: String,
+    draining: AtomicBool,
     client: DraftServiceClient<Channel>,
     healthy: AtomicBool,
     host: Mutex<String>,
@@ -125,9 +152,15 @@ pub struct DraftHandle {
 
 impl DraftHandle {
     pub fn new(addr: &str) -> Result<Arc<Self>, String> {
+        Self::with_id(addr, addr)
+    }
+
+    pub fn with_id(id: &str, addr: &str) -> Result<Arc<Self>, String> {
         let ep = Endpoint::from_shared(addr.to_string()).map_err(|e| format!("bad draft address `{addr}`: {e}"))?.connect_timeout(Duration::from_secs(2));
         Ok(Arc::new(DraftHandle {
+            id: id.to_string(),
             addr: addr.to_string(),
+            draining: AtomicBool::new(false),
             client: DraftServiceClient::new(ep.connect_lazy()),
             healthy: AtomicBool::new(false),
             host: Mutex::new(String::new()),
@@ -147,11 +180,20 @@ impl DraftHandle {
 }
 
 impl Worker for DraftHandle {
+    fn id(&self) -> &str {
+        &self.id
+    }
     fn addr(&self) -> &str {
         &self.addr
     }
     fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+        self.healthy.load(Ordering::Acquire) && !self.is_draining()
+    }
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+    fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Release);
     }
     fn load(&self) -> usize {
         self.assigned.load(Ordering::Acquire)
@@ -161,31 +203,159 @@ impl Worker for DraftHandle {
     }
 }
 
-/// Every worker the router knows.
+/// Every worker the router knows, kept current by a [`Discovery`] source
+/// (see [`follow`](Registry::follow)) and by the router's own probes.
+///
+/// Discovery says which workers exist and whether they are draining; probes
+/// say whether each answers. A worker is routable only when both agree, so a
+/// worker that died between discovery updates is skipped at the next failed
+/// probe, and one that etcd dropped is gone even if it still answers.
 pub struct Registry {
+    targets: RwLock<Vec<Arc<TargetHandle>>>,
+    drafts: RwLock<Vec<Arc<DraftHandle>>>,
+    tokenizer_hash: String,
+    /// `static` or `etcd`, for `/workers`.
+    source: Mutex<&'static str>,
+    /// Workers listed on the command line: every snapshot keeps them, since
+    /// a discovery source cannot know about them.
+    pinned: Vec<WorkerRecord>,
+}
+
+/// Handles that an applied change created; they need a first probe.
+#[derive(Default)]
+pub struct Added {
     pub targets: Vec<Arc<TargetHandle>>,
     pub drafts: Vec<Arc<DraftHandle>>,
-    tokenizer_hash: String,
+}
+
+fn read<T: Clone>(l: &RwLock<Vec<T>>) -> Vec<T> {
+    l.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Applies one role's part of a change to `list`; returns the new handles.
+fn apply_role<H: Worker + ?Sized>(list: &RwLock<Vec<Arc<H>>>, change: &Change, role: Role, make: impl Fn(&WorkerRecord) -> Result<Arc<H>, String>) -> Vec<Arc<H>> {
+    let mut list = list.write().unwrap_or_else(|e| e.into_inner());
+    let mut added = Vec::new();
+    let mut upsert = |list: &mut Vec<Arc<H>>, r: &WorkerRecord| {
+        if let Some(pos) = list.iter().position(|h| h.id() == r.id) {
+            if list[pos].addr() == r.addr {
+                list[pos].set_draining(r.status == Status::Draining);
+                return;
+            }
+            // Same id at a new address (a restarted pod): a fresh handle.
+            list.remove(pos);
+        }
+        match make(r) {
+            Ok(h) => {
+                h.set_draining(r.status == Status::Draining);
+                tracing::info!(role = role.as_str(), id = %r.id, addr = %r.addr, "worker joined");
+                list.push(h.clone());
+                added.push(h);
+            }
+            Err(e) => tracing::warn!(role = role.as_str(), id = %r.id, "ignoring worker: {e}"),
+        }
+    };
+    match change {
+        Change::Snapshot(all) => {
+            let mine: Vec<&WorkerRecord> = all.iter().filter(|r| r.role == role).collect();
+            list.retain(|h| {
+                let keep = mine.iter().any(|r| r.id == h.id());
+                if !keep {
+                    tracing::info!(role = role.as_str(), id = h.id(), "worker left (resync)");
+                }
+                keep
+            });
+            for r in mine {
+                upsert(&mut list, r);
+            }
+        }
+        Change::Put(r) if r.role == role => upsert(&mut list, r),
+        Change::Delete { role: r, id } if *r == role => {
+            list.retain(|h| h.id() != id);
+            tracing::info!(role = role.as_str(), id, "worker left");
+        }
+        _ => {}
+    }
+    added
 }
 
 impl Registry {
+    /// An empty registry; workers arrive through [`apply`](Self::apply).
+    pub fn empty(tokenizer_hash: &str) -> Arc<Self> {
+        Self::with_pinned(tokenizer_hash, Vec::new())
+    }
+
+    fn with_pinned(tokenizer_hash: &str, pinned: Vec<WorkerRecord>) -> Arc<Self> {
+        Arc::new(Registry { targets: RwLock::new(Vec::new()), drafts: RwLock::new(Vec::new()), tokenizer_hash: tokenizer_hash.to_string(), source: Mutex::new("static"), pinned })
+    }
+
+    /// A registry holding a fixed list (ids are the addresses).
     pub fn new(targets: &[String], drafts: &[String], tokenizer_hash: &str) -> Result<Arc<Self>, String> {
-        Ok(Arc::new(Registry {
-            targets: targets.iter().map(|a| TargetHandle::new(a)).collect::<Result<_, _>>()?,
-            drafts: drafts.iter().map(|a| DraftHandle::new(a)).collect::<Result<_, _>>()?,
-            tokenizer_hash: tokenizer_hash.to_string(),
-        }))
+        for a in targets.iter().chain(drafts) {
+            Endpoint::from_shared(a.to_string()).map_err(|e| format!("bad worker address `{a}`: {e}"))?;
+        }
+        let rec = |role, a: &String| WorkerRecord { id: a.clone(), role, addr: a.clone(), model_fingerprint: String::new(), capacity: 0, host: String::new(), status: Status::Ready };
+        let all: Vec<WorkerRecord> = targets.iter().map(|a| rec(Role::Target, a)).chain(drafts.iter().map(|a| rec(Role::Draft, a))).collect();
+        let reg = Self::with_pinned(tokenizer_hash, all.clone());
+        reg.apply(&Change::Snapshot(all));
+        Ok(reg)
+    }
+
+    /// Applies a discovery change; returns the handles it created.
+    pub fn apply(&self, change: &Change) -> Added {
+        let with_pinned;
+        let change = match change {
+            Change::Snapshot(all) if !self.pinned.is_empty() => {
+                with_pinned = Change::Snapshot(all.iter().chain(&self.pinned).cloned().collect());
+                &with_pinned
+            }
+            c => c,
+        };
+        Added {
+            targets: apply_role(&self.targets, change, Role::Target, |r| TargetHandle::with_id(&r.id, &r.addr)),
+            drafts: apply_role(&self.drafts, change, Role::Draft, |r| DraftHandle::with_id(&r.id, &r.addr)),
+        }
+    }
+
+    /// Follows `source` until it closes: applies each change and probes new
+    /// workers at once, so a worker is routable within a probe's round trip
+    /// of registering rather than at the next health tick.
+    pub fn follow(self: &Arc<Self>, source: Box<dyn Discovery>) -> tokio::task::JoinHandle<()> {
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = source.kind();
+        let mut rx = source.start();
+        let reg = self.clone();
+        tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                let added = reg.apply(&change);
+                for t in &added.targets {
+                    let (reg, t) = (reg.clone(), t.clone());
+                    tokio::spawn(async move { reg.probe_target(&t).await });
+                }
+                for d in added.drafts {
+                    tokio::spawn(async move { probe_draft(&d).await });
+                }
+            }
+        })
+    }
+
+    pub fn targets(&self) -> Vec<Arc<TargetHandle>> {
+        read(&self.targets)
+    }
+
+    pub fn drafts(&self) -> Vec<Arc<DraftHandle>> {
+        read(&self.drafts)
     }
 
     pub fn healthy_targets(&self) -> Vec<Arc<TargetHandle>> {
-        self.targets.iter().filter(|t| t.is_healthy()).cloned().collect()
+        self.targets().into_iter().filter(|t| t.is_healthy()).collect()
     }
 
     /// A draft worker for a request going to `target`: a healthy one on the
     /// same host if any, else any healthy one; the least assigned wins.
     pub fn pair_draft(&self, target: &TargetHandle) -> Option<Arc<DraftHandle>> {
         let host = target.host_id();
-        let healthy: Vec<&Arc<DraftHandle>> = self.drafts.iter().filter(|d| d.is_healthy()).collect();
+        let drafts = self.drafts();
+        let healthy: Vec<&Arc<DraftHandle>> = drafts.iter().filter(|d| d.is_healthy()).collect();
         let local: Vec<&Arc<DraftHandle>> = healthy.iter().copied().filter(|d| !host.is_empty() && d.host_id() == host).collect();
         let pool = if local.is_empty() { healthy } else { local };
         let d = pool.into_iter().min_by_key(|d| d.load())?;
@@ -198,28 +368,27 @@ impl Registry {
         d.assigned.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// The router's current view, for `GET /workers`.
+    pub fn view(&self) -> serde_json::Value {
+        fn one(w: &dyn Worker) -> serde_json::Value {
+            serde_json::json!({"id": w.id(), "addr": w.addr(), "healthy": w.is_healthy(), "status": if w.is_draining() { "draining" } else { "ready" }, "host": w.host_id(), "load": w.load()})
+        }
+        let source = *self.source.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::json!({
+            "discovery": source,
+            "targets": self.targets().iter().map(|t| one(t.as_ref())).collect::<Vec<_>>(),
+            "drafts": self.drafts().iter().map(|d| one(d.as_ref())).collect::<Vec<_>>(),
+        })
+    }
+
     /// Probes every worker once.
     pub async fn probe_all(&self) {
         // Sequential: a few workers, each probe bounded by its timeout.
-        for t in &self.targets {
+        for t in &self.targets() {
             self.probe_target(t).await;
         }
-        for d in &self.drafts {
-            let mut c = d.client.clone();
-            let ok = tokio::time::timeout(Duration::from_secs(2), async {
-                let info = c.info(InfoRequest {}).await?.into_inner();
-                c.health(HealthRequest {}).await?;
-                Ok::<_, tonic::Status>(info)
-            })
-            .await;
-            let healthy = match ok {
-                Ok(Ok(info)) => {
-                    d.record_probe(info.host_id);
-                    true
-                }
-                _ => false,
-            };
-            set_health(&d.healthy, healthy, "draft", &d.addr);
+        for d in &self.drafts() {
+            probe_draft(d).await;
         }
     }
 
@@ -258,6 +427,24 @@ impl Registry {
     }
 }
 
+async fn probe_draft(d: &Arc<DraftHandle>) {
+    let mut c = d.client.clone();
+    let ok = tokio::time::timeout(Duration::from_secs(2), async {
+        let info = c.info(InfoRequest {}).await?.into_inner();
+        c.health(HealthRequest {}).await?;
+        Ok::<_, tonic::Status>(info)
+    })
+    .await;
+    let healthy = match ok {
+        Ok(Ok(info)) => {
+            d.record_probe(info.host_id);
+            true
+        }
+        _ => false,
+    };
+    set_health(&d.healthy, healthy, "draft", &d.addr);
+}
+
 fn set_health(flag: &AtomicBool, healthy: bool, role: &'static str, addr: &str) {
     let was = flag.swap(healthy, Ordering::AcqRel);
     if was != healthy {
@@ -284,7 +471,7 @@ mod tests {
     }
 
     fn registry(drafts: Vec<Arc<DraftHandle>>) -> Registry {
-        Registry { targets: vec![], drafts, tokenizer_hash: String::new() }
+        Registry { targets: RwLock::new(vec![]), drafts: RwLock::new(drafts), tokenizer_hash: String::new(), source: Mutex::new("static"), pinned: Vec::new() }
     }
 
     #[tokio::test]
@@ -300,7 +487,7 @@ mod tests {
         // A target on an unknown host gets the least-assigned draft anywhere.
         assert_eq!(reg.pair_draft(&target_on("host-z")).unwrap().addr(), "http://a:1");
         // Unpairing frees the slot.
-        let b1 = reg.drafts[1].clone();
+        let b1 = reg.drafts()[1].clone();
         let before = b1.load();
         reg.unpair(&b1);
         assert_eq!(b1.load(), before - 1);
@@ -310,7 +497,7 @@ mod tests {
     async fn pairing_skips_unhealthy_drafts_and_gives_none_when_none_is_healthy() {
         let reg = registry(vec![draft("http://a:1", "host-a", false), draft("http://b:1", "host-b", true)]);
         assert_eq!(reg.pair_draft(&target_on("host-a")).unwrap().addr(), "http://b:1");
-        reg.drafts[1].set_healthy(false);
+        reg.drafts()[1].set_healthy(false);
         assert!(reg.pair_draft(&target_on("host-a")).is_none());
         // An empty host id never counts as "same host".
         let reg = registry(vec![draft("http://a:1", "", true), draft("http://b:1", "h", true)]);
@@ -325,5 +512,63 @@ mod tests {
         assert!(t.is_healthy());
         t.record_probe("h".into(), 0, false);
         assert!(!t.is_healthy());
+    }
+
+    fn rec(role: Role, id: &str, port: u16, status: Status) -> WorkerRecord {
+        WorkerRecord { id: id.into(), role, addr: format!("http://127.0.0.1:{port}"), model_fingerprint: String::new(), capacity: 1, host: String::new(), status }
+    }
+
+    fn ids<W: Worker + ?Sized>(list: &[Arc<W>]) -> Vec<String> {
+        list.iter().map(|w| w.id().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn discovery_changes_add_update_and_remove_workers() {
+        let reg = Registry::empty("");
+        let added = reg.apply(&Change::Snapshot(vec![rec(Role::Target, "t1", 1, Status::Ready), rec(Role::Draft, "d1", 2, Status::Ready)]));
+        assert_eq!((added.targets.len(), added.drafts.len()), (1, 1));
+        let added = reg.apply(&Change::Put(rec(Role::Draft, "d2", 3, Status::Ready)));
+        assert_eq!(ids(&added.drafts), ["d2"]);
+        assert_eq!(ids(&reg.drafts()), ["d1", "d2"]);
+        // A status change updates the same handle (in-flight counts survive).
+        let t1 = reg.targets()[0].clone();
+        t1.record_probe(String::new(), 0, true);
+        t1.set_healthy(true);
+        assert!(t1.is_healthy());
+        assert!(reg.apply(&Change::Put(rec(Role::Target, "t1", 1, Status::Draining))).targets.is_empty());
+        assert!(Arc::ptr_eq(&reg.targets()[0], &t1));
+        assert!(t1.is_draining() && !t1.is_healthy(), "a draining target takes no new work");
+        assert!(reg.healthy_targets().is_empty());
+        // A delete of the other role's id is not confused with this one.
+        reg.apply(&Change::Delete { role: Role::Target, id: "d1".into() });
+        assert_eq!(ids(&reg.drafts()), ["d1", "d2"]);
+        reg.apply(&Change::Delete { role: Role::Draft, id: "d1".into() });
+        assert_eq!(ids(&reg.drafts()), ["d2"]);
+        // Same id at a new address: a fresh handle.
+        let added = reg.apply(&Change::Put(rec(Role::Draft, "d2", 9, Status::Ready)));
+        assert_eq!(added.drafts[0].addr(), "http://127.0.0.1:9");
+        assert_eq!(reg.drafts().len(), 1);
+        // A snapshot is the whole truth: absent workers go, present ones stay.
+        let added = reg.apply(&Change::Snapshot(vec![rec(Role::Target, "t1", 1, Status::Ready), rec(Role::Target, "t2", 4, Status::Ready)]));
+        assert_eq!(ids(&added.targets), ["t2"]);
+        assert_eq!(ids(&reg.targets()), ["t1", "t2"]);
+        assert!(reg.drafts().is_empty());
+        assert!(Arc::ptr_eq(&reg.targets()[0], &t1) && !t1.is_draining());
+        // Statically listed workers survive snapshots that lack them.
+        let pinned = Registry::new(&["http://127.0.0.1:7".to_string()], &[], "").unwrap();
+        pinned.apply(&Change::Snapshot(vec![rec(Role::Target, "t9", 9, Status::Ready)]));
+        assert_eq!(ids(&pinned.targets()), ["http://127.0.0.1:7", "t9"]);
+        let v = reg.view();
+        assert_eq!(v["targets"].as_array().unwrap().len(), 2);
+        assert_eq!(v["targets"][0]["status"], "ready");
+    }
+
+    #[tokio::test]
+    async fn a_draining_draft_is_not_paired() {
+        let reg = registry(vec![draft("http://a:1", "h", true), draft("http://b:1", "h", true)]);
+        reg.drafts()[0].set_draining(true);
+        for _ in 0..3 {
+            assert_eq!(reg.pair_draft(&target_on("h")).unwrap().addr(), "http://b:1");
+        }
     }
 }
