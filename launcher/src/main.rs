@@ -1,6 +1,7 @@
 //! `aerie`: the command line of the Aerie serving stack.
 
 mod bench_cmd;
+mod cluster_args;
 mod eval_cmd;
 mod generate_cmd;
 mod loss_plot;

@@ -4,6 +4,8 @@
 use aerie_proto::metric_names as m;
 use anyhow::{Context, Result};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Installs the process-wide recorder with explicit histogram buckets.
@@ -21,8 +23,10 @@ pub fn install() -> Result<PrometheusHandle> {
         .context("installing the Prometheus recorder")
 }
 
-/// Serves `/metrics` on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+/// Serves `/metrics`, `/health` (200 while `ready`, else 503: readiness for
+/// Kubernetes and load balancers) and `/live` (200: the process answers) on
+/// `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, ready: Arc<AtomicBool>) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
@@ -30,10 +34,22 @@ pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) 
             upkeep.run_upkeep();
         }
     });
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || std::future::ready(handle.render())),
-    );
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(move || std::future::ready(handle.render())))
+        .route("/live", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/health",
+            axum::routing::get(move || {
+                let up = ready.load(Ordering::Acquire);
+                async move {
+                    if up {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready or draining")
+                    }
+                }
+            }),
+        );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("metrics endpoint stopped: {e}");
     }

@@ -6,7 +6,10 @@
 //! SIGTERM or SIGINT drains: no new requests, in-flight ones finish (up to
 //! the grace period), then the process exits 0.
 
+use crate::cluster_args::{EtcdArgs, RegisterArgs, Registrant};
 use crate::metrics_http;
+use aerie_discovery::{Role, Status};
+use std::sync::atomic::{AtomicBool, Ordering};
 use crate::spec_args::SpecArgs;
 use aerie_draft_worker::service::DraftServer;
 use aerie_draft_worker::{ProposerFactory, SpecAlgorithm};
@@ -67,6 +70,12 @@ pub struct TargetWorkerArgs {
     /// On SIGTERM, how long in-flight requests may take to finish, seconds.
     #[arg(long, default_value_t = 30)]
     pub drain_grace_secs: u64,
+    /// Tensor-parallel degree (SGLang's `--tp-size`). The CPU backend runs
+    /// one rank; larger values need the CUDA backend with NCCL.
+    #[arg(long, alias = "tensor-parallel-size", default_value_t = 1)]
+    pub tp_size: usize,
+    #[command(flatten)]
+    pub register: RegisterArgs,
 }
 
 #[derive(Args, Debug)]
@@ -80,6 +89,8 @@ pub struct DraftWorkerArgs {
     /// a draft path uses the shipped head with its hot vocabulary.
     #[command(flatten)]
     pub spec: SpecArgs,
+    #[command(flatten)]
+    pub register: RegisterArgs,
 }
 
 async fn bind(host: &str, port: u16) -> Result<tokio::net::TcpListener> {
@@ -88,12 +99,13 @@ async fn bind(host: &str, port: u16) -> Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding {host}:{port}"))
 }
 
-/// Binds the gRPC and metrics ports and starts serving `/metrics`.
-async fn listen(l: &ListenArgs, handle: metrics_exporter_prometheus::PrometheusHandle) -> Result<(tokio::net::TcpListener, SocketAddr, SocketAddr)> {
+/// Binds the gRPC and metrics ports and starts serving `/metrics` and the
+/// health endpoints, which report `ready`.
+async fn listen(l: &ListenArgs, handle: metrics_exporter_prometheus::PrometheusHandle, ready: Arc<AtomicBool>) -> Result<(tokio::net::TcpListener, SocketAddr, SocketAddr)> {
     let listener = bind(&l.host, l.port).await?;
     let mlistener = bind(&l.host, l.metrics_port).await?;
     let (grpc, metrics) = (listener.local_addr()?, mlistener.local_addr()?);
-    tokio::spawn(metrics_http::serve(mlistener, handle));
+    tokio::spawn(metrics_http::serve(mlistener, handle, ready));
     Ok((listener, grpc, metrics))
 }
 
@@ -131,6 +143,9 @@ fn announce(role: &str, grpc: SocketAddr, metrics: SocketAddr) {
 }
 
 pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
+    if a.tp_size != 1 {
+        bail!("--tp-size {} needs the CUDA backend with NCCL, which this build does not have; the CPU backend runs --tp-size 1", a.tp_size);
+    }
     let engine = Engine::load(&a.model_path, DType::Auto)
         .with_context(|| format!("loading target model `{}`", a.model_path))?;
     let cfg = TargetConfig {
@@ -147,16 +162,25 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
     let handle = metrics_http::install()?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let (listener, grpc, maddr) = listen(&a.listen, handle).await?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let (listener, grpc, maddr) = listen(&a.listen, handle, ready.clone()).await?;
         let server = TargetServer::start(&engine, cfg).context("starting the scheduler")?;
         let shared = server.shared();
         let svc = TargetServiceServer::new(server).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        ready.store(true, Ordering::Release);
+        // Registered once it can serve: the listener is bound, so connections queue.
+        let registration = a.register.register(Registrant { role: Role::Target, grpc, model_fingerprint: engine.model.fingerprint.clone(), capacity: a.max_running_requests as u32 })?;
         announce("target", grpc, maddr);
         let serve = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener));
         let grace = Duration::from_secs(a.drain_grace_secs);
         tokio::select! {
             r = serve => r.context("gRPC server failed")?,
             _ = termination() => {
+                // Routers first, so new requests go elsewhere; then refuse the stragglers.
+                ready.store(false, Ordering::Release);
+                if let Some(r) = &registration {
+                    r.set_status(Status::Draining);
+                }
                 shared.start_draining();
                 tracing::info!("draining: {} running, {} waiting", shared.running(), shared.waiting());
                 let t = Instant::now();
@@ -168,6 +192,9 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
                 }
                 // Let the last chunks leave before the sockets close.
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(r) = registration {
+                    r.deregister(Duration::from_secs(3)).await;
+                }
             }
         }
         Ok(())
@@ -201,15 +228,27 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
     let handle = metrics_http::install()?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let (listener, grpc, maddr) = listen(&a.listen, handle).await?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let (listener, grpc, maddr) = listen(&a.listen, handle, ready.clone()).await?;
         let server = DraftServer::new(factory, Arc::clone(&engine.model), draft_model);
         tracing::info!(kind = %server.info().kind, features = %server.info().features, "draft worker ready");
         let svc = DraftServiceServer::new(server).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        ready.store(true, Ordering::Release);
+        let registration = a.register.register(Registrant { role: Role::Draft, grpc, model_fingerprint: engine.model.fingerprint.clone(), capacity: 0 })?;
         announce("draft", grpc, maddr);
         let serve = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener));
         tokio::select! {
             r = serve => r.context("gRPC server failed")?,
-            _ = termination() => {}
+            _ = termination() => {
+                // Unlisted first so no new session is paired here; the
+                // sessions still open end with the process, and their
+                // targets carry on without speculation.
+                ready.store(false, Ordering::Release);
+                if let Some(r) = registration {
+                    r.set_status(Status::Draining);
+                    r.deregister(Duration::from_secs(3)).await;
+                }
+            }
         }
         Ok(())
     })
@@ -230,7 +269,7 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 30000)]
     pub port: u16,
     /// A target worker's gRPC address (repeat for several).
-    #[arg(long = "target", required_unless_present = "workers_file")]
+    #[arg(long = "target", required_unless_present_any = ["workers_file", "etcd_endpoints"])]
     pub targets: Vec<String>,
     /// A draft worker's gRPC address (repeat; none = no speculation).
     #[arg(long = "draft")]
@@ -251,6 +290,9 @@ pub struct RouterArgs {
     /// Tokens hashed by the prefix_affinity policy.
     #[arg(long, default_value_t = 64)]
     pub prefix_tokens: usize,
+    /// Discover workers in etcd (added to any static ones).
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 }
 
 pub fn run_router(a: RouterArgs) -> Result<()> {
@@ -258,8 +300,14 @@ pub fn run_router(a: RouterArgs) -> Result<()> {
     if let Some(path) = &a.workers_file {
         workers.merge(aerie_router::config::WorkerList::load(path).map_err(anyhow::Error::msg)?);
     }
-    if workers.targets.is_empty() {
-        bail!("no target workers: give --target or list `targets` in --workers-file");
+    let etcd = if a.etcd.etcd_endpoints.is_empty() {
+        None
+    } else {
+        let cfg = aerie_discovery::EtcdDiscoveryConfig { endpoints: a.etcd.etcd_endpoints.clone(), cluster: a.etcd.cluster.clone(), ..Default::default() };
+        Some(aerie_discovery::EtcdDiscovery::new(cfg).context("etcd discovery")?)
+    };
+    if workers.targets.is_empty() && etcd.is_none() {
+        bail!("no target workers: give --target, list `targets` in --workers-file, or discover them with --etcd-endpoints");
     }
     let engine = Engine::load(&a.model_path, DType::Auto).with_context(|| format!("loading the tokenizer of `{}`", a.model_path))?;
     let context_length = engine.model.config.max_position_embeddings;
@@ -285,6 +333,9 @@ pub fn run_router(a: RouterArgs) -> Result<()> {
         let listener = bind(&a.host, a.port).await?;
         let addr = listener.local_addr()?;
         state.registry.probe_all().await;
+        if let Some(d) = etcd {
+            state.registry.follow(Box::new(d));
+        }
         state.registry.spawn_health_checks(state.cfg.health_interval);
         let app = aerie_router::router_app(state);
         announce("router", addr, addr);
