@@ -27,7 +27,8 @@ bash tests/chart/run.sh 2>&1 | tee target/chart.log
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== Container images and a containerised cluster (skipped without Docker)"
-bash tests/container/run.sh 2>&1 | tee target/container.log
+# The CUDA image is built too (its ~1 GB of wheels are cached after the first run).
+AERIE_TEST_CUDA_IMAGE="${AERIE_TEST_CUDA_IMAGE:-1}" bash tests/container/run.sh 2>&1 | tee target/container.log
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # One closing line over every runner: cargo's per-binary results plus NVRTC's.
 read -r passed failed < <(awk '

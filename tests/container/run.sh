@@ -21,7 +21,7 @@
 #
 # Without Docker it prints `SKIP: <reason>` and exits 0. aerie:cuda (about
 # 1 GB of wheels to fetch once) is built and checked only with
-# AERIE_TEST_CUDA_IMAGE=1. Set AERIE_TEST_KEEP=1 to leave the containers
+# AERIE_TEST_CUDA_IMAGE=1 (scripts/test.sh sets it). Set AERIE_TEST_KEEP=1 to leave the containers
 # running after the test for a look around.
 #
 # The last line is `N passed, M failed`; the exit status is 1 if any check failed.
