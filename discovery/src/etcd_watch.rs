@@ -6,7 +6,9 @@
 //! notice (`header.revision + 1`), so after a broken stream (etcd restart,
 //! network cut) the watch reopens exactly where it stopped and no event is
 //! lost or repeated. When etcd has compacted past the resume point the watch
-//! is refused; then, and only then, a full read replaces it. A full read also
+//! is refused; then a full read replaces it. So does finding etcd behind the
+//! resume point after a reconnect (it lost its data), since etcd would accept
+//! that watch and stay silent. A full read also
 //! runs every `resync_interval` as a backstop against a stream that hangs
 //! without breaking (a peer gone silent), and a failed resync counts as a
 //! broken connection.
@@ -70,9 +72,12 @@ impl Discovery for EtcdDiscovery {
 }
 
 /// Client options shared by discovery and registration: HTTP/2 pings find a
-/// silently dead connection in seconds rather than at the next TCP timeout.
+/// silently dead connection without waiting for TCP. Every 10 s, not less:
+/// etcd refuses pings closer than 5 s apart (`--grpc-keepalive-min-time`)
+/// and after a few such pings closes the connection with `too_many_pings`,
+/// which would break an idle watch every few seconds.
 pub(crate) fn connect_options(call_timeout: Duration) -> ConnectOptions {
-    ConnectOptions::new().with_connect_timeout(call_timeout).with_keep_alive(Duration::from_secs(2), call_timeout).with_keep_alive_while_idle(true)
+    ConnectOptions::new().with_connect_timeout(call_timeout).with_keep_alive(Duration::from_secs(10), Duration::from_secs(5)).with_keep_alive_while_idle(true)
 }
 
 pub(crate) async fn connect(endpoints: &[String], call_timeout: Duration) -> Result<Client, DiscoveryError> {
@@ -85,62 +90,73 @@ enum WatchEnd {
     Closed,
     /// The resume point was compacted away: a full read is needed.
     Compacted,
-    /// The connection broke; resume from the last revision.
-    Broken(String),
+    /// The connection broke; resume from the last revision. `established`:
+    /// the watch had been running (so the reconnect backoff starts afresh).
+    Broken { why: String, established: bool },
+}
+
+/// What the watch loop carries across reconnects.
+struct Cursor {
+    /// The next revision to watch from; `None` forces a full read.
+    next: Option<i64>,
+    /// Events at or below this revision are already in the last snapshot.
+    snapshot_rev: i64,
+    /// When the next periodic full read is due.
+    resync_at: tokio::time::Instant,
 }
 
 async fn run(cfg: EtcdDiscoveryConfig, tx: mpsc::Sender<Change>) {
     let prefix = cluster_prefix(&cfg.cluster);
-    // None: the next connection starts with a full read.
-    let mut resume: Option<i64> = None;
+    let mut cur = Cursor { next: None, snapshot_rev: 0, resync_at: tokio::time::Instant::now() + cfg.resync_interval };
     let mut backoff = Duration::from_millis(250);
     loop {
         if tx.is_closed() {
             return;
         }
-        let mut client = match connect(&cfg.endpoints, cfg.call_timeout).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "etcd discovery: cannot connect; keeping the last known workers");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+        let (why, established) = match resume(&cfg, &prefix, &mut cur, &tx).await {
+            Ok(WatchEnd::Closed) => return,
+            Ok(WatchEnd::Compacted) => {
+                tracing::info!(from = ?cur.next, "etcd discovery: resume point compacted; reading in full");
+                cur.next = None;
                 continue;
             }
+            Ok(WatchEnd::Broken { why, established }) => (why, established),
+            Err(e) => (e.to_string(), false),
         };
-        let start = match resume {
-            Some(rev) => rev,
-            None => match full_read(&mut client, &cfg, &prefix).await {
-                Ok((records, rev)) => {
-                    if tx.send(Change::Snapshot(records)).await.is_err() {
-                        return;
-                    }
-                    rev + 1
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "etcd discovery: full read failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-            },
-        };
-        let mut next = start;
-        match watch(&mut client, &cfg, &prefix, &mut next, &tx).await {
-            WatchEnd::Closed => return,
-            WatchEnd::Compacted => {
-                tracing::info!(from = next, "etcd discovery: resume point compacted; reading in full");
-                resume = None;
-            }
-            WatchEnd::Broken(why) => {
-                tracing::warn!(from = next, why, "etcd discovery: watch broke; resuming");
-                resume = Some(next);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
+        if established {
+            backoff = Duration::from_millis(250);
         }
-        backoff = Duration::from_millis(250);
+        tracing::warn!(from = ?cur.next, why, "etcd discovery: connection lost; keeping the last known workers and retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// One connection's life: connect, full read if needed, watch until it ends.
+async fn resume(cfg: &EtcdDiscoveryConfig, prefix: &str, cur: &mut Cursor, tx: &mpsc::Sender<Change>) -> Result<WatchEnd, DiscoveryError> {
+    let mut client = connect(&cfg.endpoints, cfg.call_timeout).await?;
+    if let Some(next) = cur.next {
+        // etcd accepts a watch from a revision it has not reached yet and
+        // then stays silent. That happens when it lost its data (an emptyDir,
+        // a restored backup); read everything again instead.
+        let now = bounded(cfg.call_timeout, client.get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))).await?;
+        let rev = now.header().map(|h| h.revision()).unwrap_or(0);
+        if rev < next - 1 {
+            tracing::warn!(etcd_revision = rev, resume_from = next, "etcd discovery: etcd is behind the resume point (data lost?); reading in full");
+            cur.next = None;
+        }
+    }
+    if cur.next.is_none() {
+        let (records, rev) = full_read(&mut client, cfg, prefix).await?;
+        if tx.send(Change::Snapshot(records)).await.is_err() {
+            return Ok(WatchEnd::Closed);
+        }
+        cur.next = Some(rev + 1);
+        cur.snapshot_rev = rev;
+        cur.resync_at = tokio::time::Instant::now() + cfg.resync_interval;
+    }
+    let end = watch(&mut client, cfg, prefix, cur, tx).await;
+    Ok(end)
 }
 
 /// Every record under the prefix, and the revision it was read at.
@@ -166,33 +182,39 @@ fn decode(cluster: &str, key: &[u8], value: &[u8]) -> Option<WorkerRecord> {
     }
 }
 
-async fn watch(client: &mut Client, cfg: &EtcdDiscoveryConfig, prefix: &str, next: &mut i64, tx: &mpsc::Sender<Change>) -> WatchEnd {
-    let opts = WatchOptions::new().with_prefix().with_start_revision(*next).with_progress_notify();
+async fn watch(client: &mut Client, cfg: &EtcdDiscoveryConfig, prefix: &str, cur: &mut Cursor, tx: &mpsc::Sender<Change>) -> WatchEnd {
+    let from = cur.next.unwrap_or(1);
+    let opts = WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify();
     let (_watcher, mut stream) = match bounded(cfg.call_timeout, client.watch(prefix, Some(opts))).await {
         Ok(w) => w,
-        Err(e) => return WatchEnd::Broken(e.to_string()),
+        Err(e) => return WatchEnd::Broken { why: e.to_string(), established: false },
     };
-    let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + cfg.resync_interval, cfg.resync_interval);
+    let mut next = from;
     loop {
         tokio::select! {
             msg = stream.message() => {
                 let resp = match msg {
                     Ok(Some(r)) => r,
-                    Ok(None) => return WatchEnd::Broken("stream ended".into()),
-                    Err(e) => return WatchEnd::Broken(e.to_string()),
+                    Ok(None) => return WatchEnd::Broken { why: "stream ended".into(), established: true },
+                    Err(e) => return WatchEnd::Broken { why: e.to_string(), established: true },
                 };
                 if resp.canceled() {
-                    return if resp.compact_revision() > 0 { WatchEnd::Compacted } else { WatchEnd::Broken(format!("watch canceled: {}", resp.cancel_reason())) };
+                    return if resp.compact_revision() > 0 { WatchEnd::Compacted } else { WatchEnd::Broken { why: format!("watch canceled: {}", resp.cancel_reason()), established: true } };
                 }
                 if resp.events().is_empty() {
                     // A progress notice: everything up to this revision was seen.
                     if let Some(h) = resp.header() {
-                        *next = (*next).max(h.revision() + 1);
+                        next = next.max(h.revision() + 1);
                     }
                 }
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
-                    *next = (*next).max(kv.mod_revision() + 1);
+                    next = next.max(kv.mod_revision() + 1);
+                    // Already part of the last snapshot: replaying it could
+                    // briefly resurrect a worker the snapshot had dropped.
+                    if kv.mod_revision() <= cur.snapshot_rev {
+                        continue;
+                    }
                     let change = match ev.event_type() {
                         EventType::Put => decode(&cfg.cluster, kv.key(), kv.value()).map(Change::Put),
                         EventType::Delete => std::str::from_utf8(kv.key()).ok().and_then(|k| parse_worker_key(&cfg.cluster, k)).map(|(role, id)| Change::Delete { role, id }),
@@ -203,17 +225,22 @@ async fn watch(client: &mut Client, cfg: &EtcdDiscoveryConfig, prefix: &str, nex
                         }
                     }
                 }
+                cur.next = Some(next);
             }
-            _ = resync.tick() => {
+            _ = tokio::time::sleep_until(cur.resync_at) => {
+                cur.resync_at = tokio::time::Instant::now() + cfg.resync_interval;
                 match full_read(client, cfg, prefix).await {
-                    Ok((records, _)) => {
-                        // The watch keeps its own resume point; the snapshot
-                        // only corrects drift, so no revision bookkeeping here.
+                    Ok((records, rev)) => {
+                        // Events up to `rev` still queued in the stream are
+                        // in this snapshot already; they are skipped above.
+                        cur.snapshot_rev = rev;
+                        next = next.max(rev + 1);
+                        cur.next = Some(next);
                         if tx.send(Change::Snapshot(records)).await.is_err() {
                             return WatchEnd::Closed;
                         }
                     }
-                    Err(e) => return WatchEnd::Broken(format!("resync failed: {e}")),
+                    Err(e) => return WatchEnd::Broken { why: format!("resync failed: {e}"), established: true },
                 }
             }
             _ = tx.closed() => return WatchEnd::Closed,

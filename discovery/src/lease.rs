@@ -48,7 +48,7 @@ impl Default for RegistrationConfig {
 }
 
 /// A live registration. Dropping it without [`deregister`](Self::deregister)
-/// stops the renewals, so the key expires within one TTL.
+/// also ends it: the lease thread revokes the lease on its way out.
 pub struct Registration {
     status: watch::Sender<Status>,
     stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
@@ -66,9 +66,12 @@ impl Registration {
         if cfg.endpoints.is_empty() {
             return Err(DiscoveryError::Config("no etcd endpoints given".into()));
         }
-        if cfg.ttl_secs < 2 {
-            return Err(DiscoveryError::Config(format!("lease TTL {} s is below etcd's 2 s minimum", cfg.ttl_secs)));
+        if cfg.ttl_secs < 3 {
+            return Err(DiscoveryError::Config(format!("lease TTL {} s is too short: renewals every TTL/2 need at least 3 s", cfg.ttl_secs)));
         }
+        // A renewal, its reply and a retry must fit in one TTL, or one slow
+        // answer would cost a healthy worker its lease.
+        let cfg = RegistrationConfig { call_timeout: cfg.call_timeout.min(Duration::from_millis(cfg.ttl_secs as u64 * 1000 / 3)), ..cfg };
         let key = worker_key(&cfg.cluster, record.role, &record.id);
         let (status_tx, status_rx) = watch::channel(record.status);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -107,7 +110,8 @@ impl Registration {
     }
 
     /// Revokes the lease, so the key disappears now rather than after a TTL,
-    /// and waits (bounded by `limit`) for etcd to confirm.
+    /// and waits (bounded by `limit`; give it more than the call timeout, as
+    /// a reconnect may come first) for etcd to confirm.
     pub async fn deregister(mut self, limit: Duration) {
         if let Some(stop) = self.stop.take() {
             let (done_tx, done_rx) = oneshot::channel();
@@ -143,16 +147,7 @@ async fn hold(cfg: RegistrationConfig, record: WorkerRecord, key: String, mut st
                 Ok(()) => DiscoveryError::Config("renewal ended".into()),
             },
             done = &mut stop => {
-                registered.store(false, Ordering::Release);
-                if let (Some(c), Some(id)) = (client.as_mut(), lease) {
-                    match bounded(cfg.call_timeout, c.lease_revoke(id)).await {
-                        Ok(_) => tracing::info!(key, "deregistered (lease revoked)"),
-                        Err(e) => tracing::warn!(key, error = %e, "could not revoke the lease; the key expires with it"),
-                    }
-                }
-                if let Ok(done) = done {
-                    let _ = done.send(());
-                }
+                finish(&mut client, &cfg, lease, &key, &registered, done.ok()).await;
                 return;
             }
         };
@@ -164,7 +159,35 @@ async fn hold(cfg: RegistrationConfig, record: WorkerRecord, key: String, mut st
             client = None;
         }
         tracing::warn!(key, error = %err, "etcd registration interrupted; retrying");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            done = &mut stop => {
+                finish(&mut client, &cfg, lease, &key, &registered, done.ok()).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Revokes the lease (connecting first if the last connection was dropped)
+/// and tells [`Registration::deregister`] it is done.
+async fn finish(client: &mut Option<Client>, cfg: &RegistrationConfig, lease: Option<i64>, key: &str, registered: &AtomicBool, done: Option<oneshot::Sender<()>>) {
+    registered.store(false, Ordering::Release);
+    if let Some(id) = lease {
+        let revoked = async {
+            let c = match client.as_mut() {
+                Some(c) => c,
+                None => client.insert(connect(&cfg.endpoints, cfg.call_timeout).await?),
+            };
+            bounded(cfg.call_timeout, c.lease_revoke(id)).await
+        };
+        match revoked.await {
+            Ok(_) => tracing::info!(key, "deregistered (lease revoked)"),
+            Err(e) => tracing::warn!(key, error = %e, "could not revoke the lease; the key expires with it"),
+        }
+    }
+    if let Some(done) = done {
+        let _ = done.send(());
     }
 }
 

@@ -193,7 +193,7 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
                 // Let the last chunks leave before the sockets close.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 if let Some(r) = registration {
-                    r.deregister(Duration::from_secs(3)).await;
+                    r.deregister(Duration::from_secs(5)).await;
                 }
             }
         }
@@ -246,7 +246,7 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
                 ready.store(false, Ordering::Release);
                 if let Some(r) = registration {
                     r.set_status(Status::Draining);
-                    r.deregister(Duration::from_secs(3)).await;
+                    r.deregister(Duration::from_secs(5)).await;
                 }
             }
         }
