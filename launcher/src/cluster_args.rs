@@ -34,11 +34,7 @@ pub struct RegisterArgs {
     pub lease_ttl_secs: i64,
 }
 
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "localhost".into())
-}
-
-/// What a worker registers; `None` when etcd is not in use.
+/// What a worker tells [`RegisterArgs::register`] about itself.
 pub struct Registrant {
     pub role: Role,
     pub grpc: SocketAddr,
@@ -47,17 +43,19 @@ pub struct Registrant {
 }
 
 impl RegisterArgs {
-    /// Registers the worker (call once it is ready to serve).
+    /// Registers the worker (call once it is ready to serve); `None` when
+    /// etcd is not in use.
     pub fn register(&self, who: Registrant) -> Result<Option<Registration>> {
         if self.etcd.etcd_endpoints.is_empty() {
             return Ok(None);
         }
-        let host = if who.grpc.ip().is_unspecified() { hostname() } else { who.grpc.ip().to_string() };
+        let hostname = Some(aerie_proto::transport::hostname()).filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into());
+        let host = if who.grpc.ip().is_unspecified() { hostname.clone() } else { who.grpc.ip().to_string() };
         let addr = self.advertise_addr.clone().unwrap_or_else(|| format!("http://{host}:{}", who.grpc.port()));
         if !(addr.starts_with("http://") || addr.starts_with("https://")) {
             anyhow::bail!("--advertise-addr `{addr}` must start with http:// or https://");
         }
-        let id = self.worker_id.clone().unwrap_or_else(|| format!("{}-{}", hostname(), who.grpc.port()));
+        let id = self.worker_id.clone().unwrap_or_else(|| format!("{hostname}-{}", who.grpc.port()));
         let record = WorkerRecord { id, role: who.role, addr, model_fingerprint: who.model_fingerprint, capacity: who.capacity, host: aerie_proto::transport::host_id(), status: Status::Ready };
         let cfg = RegistrationConfig { endpoints: self.etcd.etcd_endpoints.clone(), cluster: self.etcd.cluster.clone(), ttl_secs: self.lease_ttl_secs, ..Default::default() };
         let reg = Registration::start(cfg, record).context("registering in etcd")?;

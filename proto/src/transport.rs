@@ -259,9 +259,13 @@ impl FeatureReceiver {
 /// This host's identity: the hostname plus the kernel's boot id, so two
 /// containers with the same hostname on different machines differ.
 pub fn host_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    format!("{}/{}", host.trim(), boot.trim())
+    format!("{}/{}", hostname(), boot.trim())
+}
+
+/// This machine's hostname (empty when it cannot be read).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
 }
 
 #[cfg(test)]

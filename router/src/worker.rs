@@ -12,7 +12,7 @@ use aerie_proto::v1::draft_service_client::DraftServiceClient;
 use aerie_proto::v1::target_service_client::TargetServiceClient;
 use aerie_proto::v1::{HealthRequest, InfoRequest, LoadRequest};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use aerie_discovery::{Change, Discovery, Role, Status, WorkerRecord};
+use aerie_discovery::{Change, Discovery, Role, StaticDiscovery, Status, WorkerRecord};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -294,8 +294,7 @@ impl Registry {
         for a in targets.iter().chain(drafts) {
             Endpoint::from_shared(a.to_string()).map_err(|e| format!("bad worker address `{a}`: {e}"))?;
         }
-        let rec = |role, a: &String| WorkerRecord { id: a.clone(), role, addr: a.clone(), model_fingerprint: String::new(), capacity: 0, host: String::new(), status: Status::Ready };
-        let all: Vec<WorkerRecord> = targets.iter().map(|a| rec(Role::Target, a)).chain(drafts.iter().map(|a| rec(Role::Draft, a))).collect();
+        let all = StaticDiscovery { targets: targets.to_vec(), drafts: drafts.to_vec() }.records();
         let reg = Self::with_pinned(tokenizer_hash, all.clone());
         reg.apply(&Change::Snapshot(all));
         Ok(reg)
