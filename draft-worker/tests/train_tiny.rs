@@ -58,7 +58,7 @@ fn training_lowers_the_loss_and_the_head_reloads_and_drafts() {
     assert_eq!(cache.mask(0).iter().filter(|&&m| m == 1).count(), 47);
 
     let out = dir.path().join("head");
-    let tc = TrainConfig { epochs: 12, lr: 3e-3, warmup_steps: 5, batch_seqs: 4, hot_vocab: VOCAB, checkpoint_every: 1000, ..Default::default() };
+    let tc = TrainConfig { epochs: 12, lr: 3e-3, warmup_steps: 5, batch_seqs: 4, hot_vocab: VOCAB, checkpoint_every: 1000, ttt_steps: 2, ..Default::default() };
     let logs = aerie_draft_worker::train::train_eagle(&target, &cache, &out, &tc, &mut |_, _| {}).unwrap();
     assert_eq!(logs.len(), 12 * 12);
     let mean = |s: &[aerie_draft_worker::train::StepLog]| s.iter().map(|l| l.loss).sum::<f32>() / s.len() as f32;
@@ -66,6 +66,8 @@ fn training_lowers_the_loss_and_the_head_reloads_and_drafts() {
     assert!(last < 0.6 * first, "loss {first} -> {last}");
     let acc = |s: &[aerie_draft_worker::train::StepLog]| s.iter().map(|l| l.acc).sum::<f32>() / s.len() as f32;
     assert!(acc(&logs[logs.len() - 6..]) > acc(&logs[..6]), "token accuracy rises");
+    let acc_last = |s: &[aerie_draft_worker::train::StepLog]| s.iter().map(|l| l.acc_last).sum::<f32>() / s.len() as f32;
+    assert!(acc_last(&logs[logs.len() - 6..]) > acc_last(&logs[..6]), "second-step accuracy rises");
     assert!(out.join("checkpoint/state.safetensors").exists() && out.join("loss.csv").exists() && out.join("hot_vocab.json").exists());
 
     // The untrained start, written the same way, drafts worse.
@@ -79,6 +81,15 @@ fn training_lowers_the_loss_and_the_head_reloads_and_drafts() {
     let before = std::fs::read(out.join("model.safetensors")).unwrap();
     assert!(aerie_draft_worker::train::train_eagle(&target, &cache, &out, &tc, &mut |_, _| {}).unwrap().is_empty());
     assert_eq!(before, std::fs::read(out.join("model.safetensors")).unwrap());
+
+    // Warm start: `init` loads a written head, so zero steps from it write it back unchanged.
+    let again = dir.path().join("again");
+    let warm = TrainConfig { epochs: 0, init: Some(out.clone()), ..tc.clone() };
+    assert!(aerie_draft_worker::train::train_eagle(&target, &cache, &again, &warm, &mut |_, _| {}).unwrap().is_empty());
+    assert_eq!(before, std::fs::read(again.join("model.safetensors")).unwrap());
+    let missing = TrainConfig { init: Some(dir.path().join("nowhere")), ..warm };
+    let err = aerie_draft_worker::train::train_eagle(&target, &cache, &dir.path().join("bad"), &missing, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(err.contains("nowhere"), "{err}");
 }
 
 #[test]
@@ -107,4 +118,45 @@ fn written_checkpoint_serves_the_trained_computation() {
     assert!(worst < 0.03 * scale, "max |Δlogit| {worst} (scale {scale})");
     let argmax = |v: &[f32]| v.chunks(VOCAB).map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0).collect::<Vec<_>>();
     assert_eq!(argmax(&got), argmax(&want));
+}
+
+/// The unrolled training forward (training-time test) computes what the
+/// served head computes when it drafts a chain: step `s`, row `c + s` is the
+/// depth-`s + 1` draft after committing rows `0..=c`.
+#[test]
+fn unrolled_steps_equal_served_chain_drafting() {
+    aerie_kernels::cpu::pool::set_threads(1);
+    let target = common::tiny_llama(VOCAB, 7, 1.0);
+    let head = TrainHead::init(shape(&target), 5, 0.3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_head(dir.path(), &target, &head).unwrap();
+    let served = EagleHead::load(dir.path(), &target, None).unwrap();
+    let h = target.config.hidden_size;
+    let (n, steps) = (12, 3);
+    let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 11 + 3) % VOCAB as u32).collect();
+    let feats: Vec<f32> = (0..n * h).map(|i| ((i * 29 % 31) as f32 - 15.0) / 9.0).collect();
+    let emb = Tensor::from_vec(target.embed(&tokens).unwrap(), (n, h), &Device::Cpu).unwrap();
+    let f = Tensor::from_vec(feats.clone(), (n, h), &Device::Cpu).unwrap();
+    let outs: Vec<Vec<f32>> = head.forward_steps(&emb, &f, steps).unwrap().iter().map(|t| t.flatten_all().unwrap().to_vec1().unwrap()).collect();
+    for c in [0usize, 4, 8] {
+        // Commit rows 0..=c on true features, then draft a chain on the
+        // head's own states; each node sees the whole cache (prefix + ancestors).
+        let mut cache = served.new_cache();
+        let positions: Vec<u32> = (0..=c as u32).collect();
+        let y = served.forward(&target, &mut cache, &tokens[..=c], &feats[..(c + 1) * h], &positions, AttnMask::Causal).unwrap();
+        let mut state = y[c * h..(c + 1) * h].to_vec();
+        let scale = outs[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+        for s in 1..steps {
+            let t = c + s;
+            state = served.forward(&target, &mut cache, &tokens[t..=t], &state, &[t as u32], AttnMask::Causal).unwrap();
+            let want = &outs[s][t * h..(t + 1) * h];
+            let worst = state.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst < 0.02 * scale, "step {s}, row {t}: max |Δ| {worst} (scale {scale})");
+        }
+    }
+    // The unrolled rows differ from step 0's on the same tokens: the steps
+    // really read predicted features.
+    let t = 5;
+    let d = outs[1][t * h..(t + 1) * h].iter().zip(&outs[0][t * h..(t + 1) * h]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(d > 0.05, "step 1 equals step 0 at row {t}");
 }

@@ -14,7 +14,7 @@ pub fn write_svg(csv: &Path, out: &Path) -> Result<()> {
     let (mut loss, mut acc) = (Vec::new(), Vec::new());
     for line in text.lines().skip(1) {
         let f: Vec<f64> = line.split(',').filter_map(|x| x.parse().ok()).collect();
-        if f.len() == 6 {
+        if f.len() >= 6 {
             loss.push(f[2]);
             acc.push(f[5]);
         }

@@ -66,6 +66,16 @@ pub struct TrainEagleArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
+    /// Draft steps unrolled in training (training-time test, as EAGLE-3
+    /// and HASS do): 1 trains on true features only.
+    #[arg(long, default_value_t = 3)]
+    pub ttt_steps: usize,
+    /// Loss weight of unrolled step s is ttt_decay^s.
+    #[arg(long, default_value_t = 0.8)]
+    pub ttt_decay: f64,
+    /// Start from this head directory (published layout) instead of random weights.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -132,18 +142,23 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
         seed: a.seed,
         checkpoint_every: a.checkpoint_every,
         max_pairs: a.max_len,
+        ttt_steps: a.ttt_steps,
+        ttt_decay: a.ttt_decay,
+        init: a.init.clone(),
         ..Default::default()
     };
     let t_train = Instant::now();
     let pb = bar(1, "training");
-    let (mut ema_loss, mut ema_acc) = (None::<f32>, None::<f32>);
+    let (mut ema_loss, mut ema_acc, mut ema_last) = (None::<f32>, None::<f32>, None::<f32>);
+    let tc_steps = tc.ttt_steps;
     let logs = train_eagle(&engine.model, &cache, &a.out, &tc, &mut |log, total| {
         pb.set_length(total as u64);
         pb.set_position(log.step as u64);
         let e = |prev: Option<f32>, x: f32| Some(prev.map_or(x, |p| 0.95 * p + 0.05 * x));
         ema_loss = e(ema_loss, log.loss);
         ema_acc = e(ema_acc, log.acc);
-        pb.set_message(format!("loss {:.4} acc {:.3}", ema_loss.unwrap_or(0.0), ema_acc.unwrap_or(0.0)));
+        ema_last = e(ema_last, log.acc_last);
+        pb.set_message(format!("loss {:.4} acc {:.3} (step {}: {:.3})", ema_loss.unwrap_or(0.0), ema_acc.unwrap_or(0.0), tc_steps, ema_last.unwrap_or(0.0)));
     })?;
     pb.finish();
     let train_secs = t_train.elapsed().as_secs_f64();

@@ -55,6 +55,25 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Pairs per sequence at most (the attention is n²). Default 1024.
     pub max_pairs: usize,
+    /// Draft steps unrolled per sequence (training-time test). Default 1
+    /// (EAGLE-1's single-step loss); the shipped head uses 3.
+    #[serde(default = "one")]
+    pub ttt_steps: usize,
+    /// Loss weight of unrolled step `s` is `ttt_decay^s`. Default 0.8 (EAGLE-3).
+    #[serde(default = "decay")]
+    pub ttt_decay: f64,
+    /// Start from this head (published layout) instead of a random one, e.g.
+    /// to add training-time test to a head trained on single steps. Default none.
+    #[serde(default)]
+    pub init: Option<std::path::PathBuf>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn decay() -> f64 {
+    0.8
 }
 
 impl Default for TrainConfig {
@@ -73,6 +92,9 @@ impl Default for TrainConfig {
             seed: 0,
             checkpoint_every: 100,
             max_pairs: 1024,
+            ttt_steps: 1,
+            ttt_decay: 0.8,
+            init: None,
         }
     }
 }
@@ -97,6 +119,8 @@ pub struct StepLog {
     pub l1: f32,
     pub ce: f32,
     pub acc: f32,
+    /// Token accuracy at the last unrolled step (equals `acc` without unrolling).
+    pub acc_last: f32,
 }
 
 struct AdamW {
@@ -180,6 +204,21 @@ fn save_state(dir: &Path, head: &TrainHead, opt: &AdamW, state: &TrainState) -> 
     std::fs::write(&p, serde_json::to_string_pretty(state).expect("json")).map_err(io(&p))
 }
 
+/// Sets `head`'s parameters from a head written in the published layout
+/// (`dir/model.safetensors`); every parameter must be there with its shape.
+fn load_head_weights(dir: &Path, head: &TrainHead) -> Result<()> {
+    let file = dir.join("model.safetensors");
+    let map = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| DraftError::Train(format!("{}: {e}", file.display())))?;
+    for (name, v) in &head.params {
+        let t = map.get(name).ok_or_else(|| DraftError::Train(format!("{}: no tensor {name}", file.display())))?;
+        if t.dims() != v.as_tensor().dims() {
+            return Err(DraftError::Train(format!("{}: {name} is {:?}, this target's head needs {:?}", file.display(), t.dims(), v.as_tensor().dims())));
+        }
+        v.set(&t.to_dtype(candle_core::DType::F32).map_err(cerr)?).map_err(cerr)?;
+    }
+    Ok(())
+}
+
 fn load_state(dir: &Path, head: &TrainHead, opt: &mut AdamW) -> Result<Option<TrainState>> {
     let p = dir.join("state.json");
     if !p.exists() {
@@ -235,6 +274,9 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
         rope_theta: tc.rope_theta,
     };
     let head = TrainHead::init(shape, cfg.seed, 0.02)?;
+    if let Some(dir) = &cfg.init {
+        load_head_weights(dir, &head)?;
+    }
     let mut opt = AdamW::new(&head.params).map_err(cerr)?;
     let ck = out.join("checkpoint");
     let steps_per_epoch = cache.len().div_ceil(cfg.batch_seqs.max(1));
@@ -254,7 +296,7 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
     let mut log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
     if state.step == 0 {
         log_file.set_len(0).map_err(io(&log_path))?;
-        writeln!(log_file, "step,lr,loss,smooth_l1,cross_entropy,token_accuracy").map_err(io(&log_path))?;
+        writeln!(log_file, "step,lr,loss,smooth_l1,cross_entropy,token_accuracy,last_step_accuracy").map_err(io(&log_path))?;
     }
     let mut logs = Vec::new();
     // The epoch's shuffled order, made once per epoch (and again on resume).
@@ -273,7 +315,7 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
         let mut parts = Vec::new();
         for &i in picked {
             if let Some(pb) = pairs(target, cache, i, cfg.max_pairs, cfg.noise, &mut rng)? {
-                parts.push(head.loss(&pb, &lm_hot, cfg.ce_weight)?);
+                parts.push(head.loss(&pb, &lm_hot, cfg.ce_weight, cfg.ttt_steps, cfg.ttt_decay)?);
             }
         }
         let rows: f32 = parts.iter().map(|p| p.rows).sum();
@@ -285,9 +327,9 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
         }
         state.step += 1;
         let r = rows.max(1.0);
-        let (l1, ce, correct) = parts.iter().fold((0.0, 0.0, 0.0), |a, p| (a.0 + p.l1, a.1 + p.ce, a.2 + p.correct));
-        let log = StepLog { step: state.step, lr, loss: (l1 + cfg.ce_weight as f32 * ce) / r, l1: l1 / r, ce: ce / r, acc: correct / r };
-        writeln!(log_file, "{},{:.3e},{:.5},{:.5},{:.5},{:.4}", log.step, log.lr, log.loss, log.l1, log.ce, log.acc).map_err(io(&log_path))?;
+        let (l1, ce, correct, last) = parts.iter().fold((0.0, 0.0, 0.0, 0.0), |a, p| (a.0 + p.l1, a.1 + p.ce, a.2 + p.correct, a.3 + p.correct_last));
+        let log = StepLog { step: state.step, lr, loss: (l1 + cfg.ce_weight as f32 * ce) / r, l1: l1 / r, ce: ce / r, acc: correct / r, acc_last: last / r };
+        writeln!(log_file, "{},{:.3e},{:.5},{:.5},{:.5},{:.4},{:.4}", log.step, log.lr, log.loss, log.l1, log.ce, log.acc, log.acc_last).map_err(io(&log_path))?;
         on_step(&log, state.total_steps);
         logs.push(log);
         if state.step % cfg.checkpoint_every.max(1) == 0 || state.step == state.total_steps {
