@@ -48,6 +48,12 @@ impl Linear {
         Linear { parts, widths, bias }
     }
 
+    /// The same layer with its f32 weights stored as `fmt` blocks (see
+    /// [`Matrix::quantized`]).
+    pub fn quantized(self, fmt: aerie_kernels::cpu::BlockFormat) -> Linear {
+        Linear { parts: self.parts.into_iter().map(|m| m.quantized(fmt)).collect(), ..self }
+    }
+
     pub fn out_features(&self) -> usize {
         self.widths.iter().sum()
     }

@@ -11,6 +11,7 @@
 //! Sessions are independent; [`step_batch`] verifies several in one forward.
 
 use super::proposer::{FeatureKind, Features, Proposer};
+use super::tree::DraftTree;
 use super::verify::{greedy_verify_lazy, sample_verify, Accepted};
 use crate::error::{EngineError, Result};
 use crate::generate::{FinishReason, GenerateRequest, GenerationStats};
@@ -249,7 +250,6 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
         model.forward(&mut inputs, &opts)?
     };
     let verify_ms = t.elapsed().as_secs_f64() * 1e3;
-    let h = model.config.hidden_size;
     let mut outs = outs.into_iter();
     let mut bases = bases.into_iter();
     let mut news = Vec::with_capacity(sessions.len());
@@ -261,12 +261,12 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
         let out = outs.next().expect("one output per tree");
         let base = bases.next().expect("one base per tree");
         let t = Instant::now();
-        let logits = |i: usize| model.lm_head(&out.hidden[i * h..(i + 1) * h]);
+        let mut logits = PathLogits::new(model, tree, &out.hidden);
         let acc: Accepted = if s.sampling.is_greedy() {
-            greedy_verify_lazy(tree, &mut |i| ops::argmax(&logits(i)).0 as u32)
+            greedy_verify_lazy(tree, &mut |i| ops::argmax(&logits.row(i)).0 as u32)
         } else {
             let params = s.sampling.clone();
-            sample_verify(tree, &mut |i| target_probs(&logits(i), &params), &mut s.sampler)
+            sample_verify(tree, &mut |i| target_probs(&logits.row(i), &params), &mut s.sampler)
         };
         s.spec.verify_ms += verify_ms + t.elapsed().as_secs_f64() * 1e3;
         s.spec.spec_verify_ct += 1;
@@ -334,5 +334,47 @@ impl SpecSession<'_> {
     /// Closes the session's statistics (call once it is finished).
     pub fn finalize(&mut self) {
         self.finish_stats();
+    }
+}
+
+/// A node's children are scored with it when the node and its children are
+/// at most this many rows.
+const LOOKAHEAD_ROWS: usize = 4;
+
+/// Target logits of tree nodes, computed on demand from the final hidden
+/// states, for the nodes verification walks through. Why the lookahead: the
+/// lm_head (28M weights for SmolLM2) is memory-bound, so scoring a node with
+/// its few children costs about as much as the node alone, and an accepted
+/// child then needs no second pass over the head. Rows are batch-invariant,
+/// so a row's logits are the same alone or with others.
+struct PathLogits<'a> {
+    model: &'a Model,
+    hidden: &'a [f32],
+    children: Vec<Vec<usize>>,
+    done: Vec<Option<Vec<f32>>>,
+}
+
+impl<'a> PathLogits<'a> {
+    fn new(model: &'a Model, tree: &DraftTree, hidden: &'a [f32]) -> Self {
+        PathLogits { model, hidden, children: tree.children(), done: vec![None; tree.len()] }
+    }
+
+    /// The logits after node `i` (each node is asked for at most once).
+    fn row(&mut self, i: usize) -> Vec<f32> {
+        if let Some(l) = self.done[i].take() {
+            return l;
+        }
+        let h = self.model.config.hidden_size;
+        let mut rows = vec![i];
+        if 1 + self.children[i].len() <= LOOKAHEAD_ROWS {
+            rows.extend(&self.children[i]);
+        }
+        let x: Vec<f32> = rows.iter().flat_map(|&r| self.hidden[r * h..(r + 1) * h].iter().copied()).collect();
+        let all = self.model.lm_head(&x);
+        let v = all.len() / rows.len();
+        for (j, &r) in rows.iter().enumerate().skip(1) {
+            self.done[r] = Some(all[j * v..(j + 1) * v].to_vec());
+        }
+        all[..v].to_vec()
     }
 }

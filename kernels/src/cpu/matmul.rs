@@ -126,6 +126,18 @@ impl Matrix {
         Ok(Matrix { rows, cols, data })
     }
 
+    /// The same matrix stored as `fmt` blocks. Quantized matrices, and f32
+    /// ones whose width is not a multiple of 32, come back unchanged.
+    pub fn quantized(self, fmt: BlockFormat) -> Matrix {
+        match &self.data {
+            WeightData::F32(v) if self.cols % QK == 0 => {
+                let bytes = crate::cpu::blocks::quantize_matrix(fmt, v, self.cols);
+                Matrix { rows: self.rows, cols: self.cols, data: WeightData::Quant { fmt, bytes } }
+            }
+            _ => self,
+        }
+    }
+
     /// Bytes of weight storage.
     pub fn storage_bytes(&self) -> usize {
         match &self.data {
