@@ -60,6 +60,10 @@ pub struct DraftOptions {
     /// `--speculative-token-map`.
     pub token_map: Option<PathBuf>,
     pub ngram: NgramConfig,
+    /// `--speculative-min-draft-score`: model drafters neither expand nor
+    /// verify a node whose path probability is below this. 0 (the default)
+    /// keeps SGLang's fixed-size trees. N-gram drafts ignore it.
+    pub min_draft_score: f32,
 }
 
 /// The EAGLE head Aerie trained and ships for `target`, if it is SmolLM2-135M
@@ -118,7 +122,7 @@ impl ProposerFactory {
                     None => need_path()?,
                 };
                 let map = opts.token_map.as_deref().map(token_map::TokenMap::load).transpose()?;
-                let head = eagle::EagleHead::load(&dir, &target, map.as_ref())?;
+                let head = eagle::EagleHead::load(&dir, &target, map.as_ref())?.quantized_q8();
                 let want = if opts.algorithm == SpecAlgorithm::Eagle3 { eagle::EagleKind::Eagle3 } else { eagle::EagleKind::Eagle };
                 if head.kind() != want {
                     return Err(DraftError::BadSetting(format!(
@@ -150,15 +154,17 @@ impl ProposerFactory {
     /// target itself, for tests and self-drafting).
     pub fn standalone(draft: Arc<Model>, target: Arc<Model>, tree: TreeSpec) -> Result<Self> {
         tree.validate()?;
-        let opts = DraftOptions { algorithm: SpecAlgorithm::Standalone, draft_model_path: None, tree, token_map: None, ngram: NgramConfig::default() };
+        let opts = DraftOptions { algorithm: SpecAlgorithm::Standalone, draft_model_path: None, tree, token_map: None, ngram: NgramConfig::default(), min_draft_score: 0.0 };
         Ok(ProposerFactory { opts, target, shared: Shared::Standalone(draft) })
     }
 
     /// A fresh proposer for one request.
     pub fn proposer(&self) -> Box<dyn Proposer> {
         match &self.shared {
-            Shared::Eagle(h) => Box::new(eagle::EagleProposer::new(h.clone(), self.target.clone(), self.opts.tree)),
-            Shared::Standalone(m) => Box::new(standalone::StandaloneProposer::new(m.clone(), self.target.config.vocab_size, self.opts.tree)),
+            Shared::Eagle(h) => Box::new(eagle::EagleProposer::new(h.clone(), self.target.clone(), self.opts.tree).with_min_score(self.opts.min_draft_score)),
+            Shared::Standalone(m) => {
+                Box::new(standalone::StandaloneProposer::new(m.clone(), self.target.config.vocab_size, self.opts.tree).with_min_score(self.opts.min_draft_score))
+            }
             Shared::Ngram(t) => Box::new(NgramProposer::new(self.opts.ngram.clone(), t.clone())),
         }
     }

@@ -18,6 +18,8 @@ pub struct StandaloneProposer {
     /// draft whose embedding is larger than the target's vocabulary).
     vocab: usize,
     tree: TreeSpec,
+    /// Minimum path probability of a drafted node (see `tree_search`).
+    min_score: f32,
     cache: KvCache,
     tokens: Vec<u32>,
     root_topk: Vec<(u32, f32)>,
@@ -60,7 +62,13 @@ impl StandaloneProposer {
     pub fn new(draft: Arc<Model>, vocab: usize, tree: TreeSpec) -> Self {
         let cache = draft.new_cache();
         let vocab = vocab.min(draft.config.vocab_size);
-        StandaloneProposer { draft, vocab, tree, cache, tokens: Vec::new(), root_topk: Vec::new() }
+        StandaloneProposer { draft, vocab, tree, min_score: 0.0, cache, tokens: Vec::new(), root_topk: Vec::new() }
+    }
+
+    /// Sets the minimum path probability of a drafted node (default 0).
+    pub fn with_min_score(mut self, min_score: f32) -> Self {
+        self.min_score = min_score;
+        self
     }
 }
 
@@ -101,6 +109,6 @@ impl Proposer for StandaloneProposer {
         let committed = self.cache.len();
         let topk = self.root_topk.clone();
         let mut net = ModelNet { draft: &self.draft, vocab: self.vocab, cache: &mut self.cache, committed };
-        Ok(grow_tree(&mut net, root, &topk, &[], root_pos, &self.tree, max_depth)?)
+        Ok(grow_tree(&mut net, root, &topk, &[], root_pos, &self.tree, max_depth, self.min_score)?)
     }
 }

@@ -11,11 +11,20 @@
 //! 3. The best N-1 candidates, ordered parents first, form the tree under
 //!    the root ([`DraftTree::select`]).
 //!
+//! With a minimum draft score `m` (`--speculative-min-draft-score`, default
+//! 0, which is SGLang's behaviour), candidates whose path probability is
+//! below `m` are neither expanded nor verified, so a round where the drafter
+//! is unsure verifies fewer nodes (the root alone, at worst) and runs fewer
+//! draft steps. A node's path probability estimates its chance of being
+//! accepted, and a verified row costs a fraction of a decode step, so rows
+//! the drafter gives little chance cost more than they return. Path scores
+//! never grow from parent to child, so the kept set stays a tree.
+//!
 //! Draft-KV rows written during the search see the committed prefix, their
 //! own ancestors and themselves, and are dropped afterwards.
 
 use crate::error::Result;
-use aerie_engine::spec::{Candidate, DraftTree, Features, TreeSpec};
+use aerie_engine::spec::{prune_candidates, Candidate, DraftTree, Features, TreeSpec};
 
 /// The best `k` entries of a probability row as `(index, prob)`, highest
 /// first, ties to the lower index.
@@ -74,8 +83,9 @@ pub fn grow_tree(
     root_pos: u32,
     spec: &TreeSpec,
     max_depth: usize,
+    min_score: f32,
 ) -> Result<DraftTree> {
-    if max_depth == 0 || root_topk.is_empty() {
+    if max_depth == 0 || root_topk.first().is_none_or(|&(_, p)| p < min_score) {
         return Ok(DraftTree::chain(root, &[]));
     }
     let committed = net.kv_len();
@@ -87,8 +97,8 @@ pub fn grow_tree(
     // State each candidate carries from its parent.
     let width = root_state.len();
     let mut parent_state: Vec<Vec<f32>> = Vec::new();
-    for &(tok, p) in root_topk.iter().take(k) {
-        cands.push(Candidate { token: tok, parent: None, score: p });
+    for &(tok, p) in root_topk.iter().take(k).filter(|&&(_, p)| p >= min_score) {
+        cands.push(Candidate { token: tok, parent: None, score: p.min(1.0) });
         depth.push(1);
         kv_row.push(None);
         parent_state.push(root_state.to_vec());
@@ -120,12 +130,14 @@ pub fn grow_tree(
                 let st = if out.states.width > 0 { out.states.row(i).to_vec() } else { Vec::new() };
                 for &(tok, p) in out.topk[i].iter().take(k) {
                     fresh.push(cands.len());
-                    cands.push(Candidate { token: tok, parent: Some(l), score: cands[l].score * p });
+                    // Clamped so that a child never outscores its parent.
+                    cands.push(Candidate { token: tok, parent: Some(l), score: cands[l].score * p.min(1.0) });
                     depth.push(depth[l] + 1);
                     kv_row.push(None);
                     parent_state.push(st.clone());
                 }
             }
+            fresh.retain(|&c| cands[c].score >= min_score);
             fresh.sort_by(|&a, &b| cands[b].score.total_cmp(&cands[a].score).then(a.cmp(&b)));
             fresh.truncate(k);
             fresh.sort_unstable();
@@ -138,5 +150,55 @@ pub fn grow_tree(
     })();
     net.truncate_kv(committed);
     result?;
+    let cands = prune_candidates(&cands, min_score);
     Ok(DraftTree::select(root, &cands, spec)?.limit_depth(max_depth))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scripted stand-in for a draft network (a fake, for the search
+    /// logic alone): every row's children are `token*10 + 1` with
+    /// probability 0.9 and `token*10 + 2` with 0.1. It counts its forwards.
+    struct ScriptedNet {
+        kv: usize,
+        steps: usize,
+    }
+
+    impl DraftNet for ScriptedNet {
+        fn step(&mut self, rows: &StepRows, topk: usize) -> Result<DraftOut> {
+            self.steps += 1;
+            self.kv += rows.tokens.len();
+            let topk = rows.tokens.iter().map(|&t| [(t * 10 + 1, 0.9), (t * 10 + 2, 0.1)].into_iter().take(topk).collect()).collect();
+            Ok(DraftOut { topk, states: Features::empty() })
+        }
+        fn kv_len(&self) -> usize {
+            self.kv
+        }
+        fn truncate_kv(&mut self, len: usize) {
+            self.kv = len;
+        }
+    }
+
+    #[test]
+    fn min_score_stops_expanding_and_verifying_unlikely_nodes() {
+        let spec = TreeSpec { num_steps: 5, topk: 2, num_draft_tokens: 12 };
+        let root_topk = [(1, 0.9), (2, 0.1)];
+        // Without a minimum: all five steps run and the tree is full.
+        let mut net = ScriptedNet { kv: 7, steps: 0 };
+        let full = grow_tree(&mut net, 0, &root_topk, &[], 10, &spec, 8, 0.0).unwrap();
+        assert_eq!((full.len(), net.steps, net.kv), (12, 4, 7));
+        // At 0.7: the chain 1 → 11 → 111 (0.9, 0.81, 0.729) passes, the next
+        // node (0.656) does not, so the search stops after two forwards.
+        let mut net = ScriptedNet { kv: 7, steps: 0 };
+        let t = grow_tree(&mut net, 0, &root_topk, &[], 10, &spec, 8, 0.7).unwrap();
+        assert_eq!(t.tokens, vec![0, 1, 11, 111]);
+        assert_eq!(t.parents, vec![None, Some(0), Some(1), Some(2)]);
+        assert_eq!((net.steps, net.kv), (3, 7), "the leaf 111 still runs once to score its children; KV is rolled back");
+        // An unsure root verifies alone, with no draft forward at all.
+        let mut net = ScriptedNet { kv: 7, steps: 0 };
+        let t = grow_tree(&mut net, 0, &[(1, 0.3), (2, 0.2)], &[], 10, &spec, 8, 0.5).unwrap();
+        assert_eq!((t.tokens.clone(), net.steps), (vec![0], 0));
+    }
 }

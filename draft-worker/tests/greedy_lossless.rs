@@ -29,7 +29,7 @@ fn factory(alg: SpecAlgorithm, tree: TreeSpec) -> ProposerFactory {
                 _ => None,
             };
             let ngram = NgramConfig { num_draft_tokens: tree.num_draft_tokens, ..Default::default() };
-            ProposerFactory::new(DraftOptions { algorithm: alg, draft_model_path, tree, token_map: None, ngram }, e.model.clone(), &e.tokenizer).unwrap()
+            ProposerFactory::new(DraftOptions { algorithm: alg, draft_model_path, tree, token_map: None, ngram, min_draft_score: 0.0 }, e.model.clone(), &e.tokenizer).unwrap()
         }
     }
 }
@@ -133,7 +133,7 @@ fn shipped_trained_head_is_lossless_and_accepted() {
     let e = smollm2();
     let dir = aerie_draft_worker::shipped_head(&e.model).expect("models/smollm2-135m-eagle is part of the repository");
     let tree = TreeSpec { num_steps: 3, topk: 1, num_draft_tokens: 4 };
-    let o = DraftOptions { algorithm: SpecAlgorithm::Eagle, draft_model_path: None, tree, token_map: Some(dir.join("hot_vocab.json")), ngram: NgramConfig::default() };
+    let o = DraftOptions { algorithm: SpecAlgorithm::Eagle, draft_model_path: None, tree, token_map: Some(dir.join("hot_vocab.json")), ngram: NgramConfig::default(), min_draft_score: 0.0 };
     let f = ProposerFactory::new(o, e.model.clone(), &e.tokenizer).unwrap();
     let (mut verifies, mut emitted) = (0, 0);
     for (i, want) in plain_greedy().iter().enumerate() {

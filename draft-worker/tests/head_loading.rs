@@ -12,7 +12,7 @@ use common::smollm2;
 use std::path::PathBuf;
 
 fn opts(algorithm: SpecAlgorithm, dir: Option<PathBuf>, tree: TreeSpec, token_map: Option<PathBuf>) -> DraftOptions {
-    DraftOptions { algorithm, draft_model_path: dir, tree, token_map, ngram: NgramConfig::default() }
+    DraftOptions { algorithm, draft_model_path: dir, tree, token_map, ngram: NgramConfig::default(), min_draft_score: 0.0 }
 }
 
 fn build_err(o: DraftOptions) -> String {

@@ -107,6 +107,7 @@ fn main() {
         tree,
         token_map: Some(head.join("hot_vocab.json")),
         ngram: Default::default(),
+        min_draft_score: 0.0,
     };
     let factory = ProposerFactory::new(opts, e.model.clone(), &e.tokenizer).unwrap();
     let t = threads.as_str();

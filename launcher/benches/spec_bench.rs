@@ -67,6 +67,7 @@ fn main() {
             tree,
             token_map,
             ngram: NgramConfig { num_draft_tokens: tree.num_draft_tokens, ..Default::default() },
+            min_draft_score: 0.0,
         };
         ProposerFactory::new(o, e.model.clone(), &e.tokenizer).unwrap()
     };

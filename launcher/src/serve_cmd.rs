@@ -238,6 +238,10 @@ fn draft_flags(a: &ServeArgs) -> Vec<String> {
             .as_ref()
             .map(|p| p.display().to_string()),
     );
+    push(
+        "speculative-min-draft-score",
+        s.speculative_min_draft_score.map(|x| x.to_string()),
+    );
     v
 }
 

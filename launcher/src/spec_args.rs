@@ -23,6 +23,11 @@ pub struct SpecArgs {
     /// Tree nodes verified per round, root included (default 8; a chain's default is steps + 1).
     #[arg(long)]
     pub speculative_num_draft_tokens: Option<usize>,
+    /// Model drafters neither expand nor verify a node whose path probability
+    /// (the product of draft probabilities from the root) is below this, so
+    /// unsure rounds verify fewer rows (default 0: SGLang's fixed-size trees).
+    #[arg(long, value_parser = parse_score)]
+    pub speculative_min_draft_score: Option<f32>,
     /// FR-Spec hot-vocabulary id list for EAGLE heads (.json, .npy or .safetensors).
     #[arg(long)]
     pub speculative_token_map: Option<PathBuf>,
@@ -50,6 +55,14 @@ fn parse_alg(s: &str) -> Result<SpecAlgorithm, String> {
     s.parse()
 }
 
+fn parse_score(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is not a probability (0 to 1)")),
+        Err(e) => Err(format!("`{s}`: {e}")),
+    }
+}
+
 impl SpecArgs {
     /// The tree implied by the flags: SGLang's (5, 4, 8) for what is unset;
     /// with topk 1 and no token count, a chain of steps + 1.
@@ -75,6 +88,6 @@ impl SpecArgs {
             capacity: self.speculative_ngram_capacity.unwrap_or(d.capacity),
             num_draft_tokens: tree.num_draft_tokens,
         };
-        Some(DraftOptions { algorithm, draft_model_path: self.speculative_draft_model_path.clone(), tree, token_map: self.speculative_token_map.clone(), ngram })
+        Some(DraftOptions { algorithm, draft_model_path: self.speculative_draft_model_path.clone(), tree, token_map: self.speculative_token_map.clone(), ngram, min_draft_score: self.speculative_min_draft_score.unwrap_or(0.0) })
     }
 }

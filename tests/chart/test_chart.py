@@ -477,11 +477,12 @@ def speculative_flags_only_on_draft_workers():
         spec = [a for a in args_of(docs, component) if a.startswith("--speculative")]
         assert not spec, f"{component} got speculative flags {spec}"
     docs = render({"draftWorker": {"speculative": {
-        "algorithm": "EAGLE3", "numSteps": 5, "eagleTopk": 4, "numDraftTokens": 8, "draftModelPath": "/models/head"}}})
+        "algorithm": "EAGLE3", "numSteps": 5, "eagleTopk": 4, "numDraftTokens": 8, "minDraftScore": 0.25,
+        "draftModelPath": "/models/head"}}})
     d = args_of(docs, "draft-worker")
     eq([flag(d, f) for f in ("--speculative-algorithm", "--speculative-num-steps", "--speculative-eagle-topk",
-                              "--speculative-num-draft-tokens", "--speculative-draft-model-path")],
-       ["EAGLE3", "5", "4", "8", "/models/head"], "configured speculative flags")
+                              "--speculative-num-draft-tokens", "--speculative-min-draft-score", "--speculative-draft-model-path")],
+       ["EAGLE3", "5", "4", "8", "0.25", "/models/head"], "configured speculative flags")
 
 
 @test

@@ -51,6 +51,9 @@ pub struct EagleProposer {
     head: Arc<EagleHead>,
     target: Arc<Model>,
     tree: TreeSpec,
+    /// Candidates below this path probability are not drafted further nor
+    /// verified (see `tree_search`).
+    min_score: f32,
     cache: KvCache,
     tokens: Vec<u32>,
     /// Target features of pairs not yet run (rows for `t = processed..`).
@@ -88,7 +91,13 @@ impl EagleProposer {
     pub fn new(head: Arc<EagleHead>, target: Arc<Model>, tree: TreeSpec) -> Self {
         let cache = head.new_cache();
         let width = head.feature_width();
-        EagleProposer { head, target, tree, cache, tokens: Vec::new(), pending: Features { width, data: Vec::new() }, processed: 0, root: None }
+        EagleProposer { head, target, tree, min_score: 0.0, cache, tokens: Vec::new(), pending: Features { width, data: Vec::new() }, processed: 0, root: None }
+    }
+
+    /// Sets the minimum path probability of a drafted node (default 0).
+    pub fn with_min_score(mut self, min_score: f32) -> Self {
+        self.min_score = min_score;
+        self
     }
 }
 
@@ -160,6 +169,6 @@ impl Proposer for EagleProposer {
         let root_pos = (self.tokens.len() - 2) as u32;
         let committed = self.cache.len();
         let mut net = HeadNet { head: &self.head, target: &self.target, cache: &mut self.cache, committed };
-        Ok(grow_tree(&mut net, root, &topk, &state, root_pos, &self.tree, max_depth)?)
+        Ok(grow_tree(&mut net, root, &topk, &state, root_pos, &self.tree, max_depth, self.min_score)?)
     }
 }
