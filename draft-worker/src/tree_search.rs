@@ -24,7 +24,7 @@
 //! own ancestors and themselves, and are dropped afterwards.
 
 use crate::error::Result;
-use aerie_engine::spec::{prune_candidates, Candidate, DraftTree, Features, TreeSpec};
+use aerie_engine::spec::{Candidate, DraftTree, Features, TreeSpec};
 
 /// The best `k` entries of a probability row as `(index, prob)`, highest
 /// first, ties to the lower index.
@@ -129,15 +129,18 @@ pub fn grow_tree(
                 kv_row[l] = Some(first_row + i);
                 let st = if out.states.width > 0 { out.states.row(i).to_vec() } else { Vec::new() };
                 for &(tok, p) in out.topk[i].iter().take(k) {
-                    fresh.push(cands.len());
                     // Clamped so that a child never outscores its parent.
-                    cands.push(Candidate { token: tok, parent: Some(l), score: cands[l].score * p.min(1.0) });
+                    let score = cands[l].score * p.min(1.0);
+                    if score < min_score {
+                        continue;
+                    }
+                    fresh.push(cands.len());
+                    cands.push(Candidate { token: tok, parent: Some(l), score });
                     depth.push(depth[l] + 1);
                     kv_row.push(None);
                     parent_state.push(st.clone());
                 }
             }
-            fresh.retain(|&c| cands[c].score >= min_score);
             fresh.sort_by(|&a, &b| cands[b].score.total_cmp(&cands[a].score).then(a.cmp(&b)));
             fresh.truncate(k);
             fresh.sort_unstable();
@@ -150,7 +153,6 @@ pub fn grow_tree(
     })();
     net.truncate_kv(committed);
     result?;
-    let cands = prune_candidates(&cands, min_score);
     Ok(DraftTree::select(root, &cands, spec)?.limit_depth(max_depth))
 }
 

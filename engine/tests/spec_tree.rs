@@ -3,7 +3,7 @@
 
 mod common;
 use aerie_engine::generate::{generate, GenerateRequest};
-use aerie_engine::spec::{greedy_verify, prune_candidates, Candidate, DraftTree, TreeSpec};
+use aerie_engine::spec::{greedy_verify, Candidate, DraftTree, TreeSpec};
 use aerie_engine::{ChatMessage, ForwardOptions, LogitsRows, SamplingParams, SeqInput};
 use aerie_kernels::cpu::ops::argmax;
 
@@ -31,29 +31,6 @@ fn selection_keeps_best_paths_parents_first() {
     assert_eq!(t.positions(40), vec![40, 41, 41, 42, 42]);
     let bad = [c(10, Some(1), 0.5), c(11, None, 0.4)];
     assert!(DraftTree::select(0, &bad, &spec).is_err(), "parent after child is refused");
-}
-
-#[test]
-fn min_score_pruning_keeps_a_tree() {
-    // Same candidates as above; at 0.25 the .24 and .03 leaves go, and so
-    // does everything under a dropped parent.
-    let c = |token, parent, score| Candidate { token, parent, score };
-    let cands = [c(10, None, 0.6), c(11, None, 0.3), c(12, Some(0), 0.3), c(13, Some(0), 0.24), c(14, Some(1), 0.27), c(15, Some(1), 0.03)];
-    let kept = prune_candidates(&cands, 0.25);
-    assert_eq!(kept.iter().map(|c| c.token).collect::<Vec<_>>(), vec![10, 11, 12, 14]);
-    assert_eq!(kept.iter().map(|c| c.parent).collect::<Vec<_>>(), vec![None, None, Some(0), Some(1)]);
-    let spec = TreeSpec { num_steps: 2, topk: 2, num_draft_tokens: 6 };
-    let t = DraftTree::select(99, &kept, &spec).unwrap();
-    assert_eq!(t.tokens, vec![99, 10, 11, 12, 14]);
-    t.validate().unwrap();
-    // At 0.35 only the first child survives; B's subtree goes with B even
-    // where a child would pass on its own (a child scoring above its parent
-    // cannot come out of a search, but pruning must not orphan one).
-    let odd = [c(10, None, 0.6), c(11, None, 0.3), c(14, Some(1), 0.4)];
-    let kept = prune_candidates(&odd, 0.35);
-    assert_eq!(kept, vec![c(10, None, 0.6)]);
-    assert!(prune_candidates(&cands, 0.9).is_empty());
-    assert_eq!(prune_candidates(&cands, 0.0), cands.to_vec());
 }
 
 #[test]

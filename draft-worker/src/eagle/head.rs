@@ -169,13 +169,6 @@ impl EagleHead {
         }
     }
 
-    /// Bytes of the head's own weight storage (not counting the target's
-    /// embedding or lm_head it reads when it has no hot vocabulary).
-    pub fn storage_bytes(&self) -> usize {
-        let layers: usize = self.layers.iter().map(|l| l.qkv.storage_bytes() + l.wo.storage_bytes() + l.gate_up.storage_bytes() + l.down.storage_bytes()).sum();
-        self.fc.storage_bytes() + layers + self.lm_head.as_ref().map_or(0, |m| m.storage_bytes())
-    }
-
     pub fn kind(&self) -> EagleKind {
         self.config.kind
     }

@@ -370,11 +370,12 @@ impl<'a> PathLogits<'a> {
             rows.extend(&self.children[i]);
         }
         let x: Vec<f32> = rows.iter().flat_map(|&r| self.hidden[r * h..(r + 1) * h].iter().copied()).collect();
-        let all = self.model.lm_head(&x);
+        let mut all = self.model.lm_head(&x);
         let v = all.len() / rows.len();
         for (j, &r) in rows.iter().enumerate().skip(1) {
             self.done[r] = Some(all[j * v..(j + 1) * v].to_vec());
         }
-        all[..v].to_vec()
+        all.truncate(v);
+        all
     }
 }

@@ -9,5 +9,5 @@ pub mod verify;
 
 pub use decode::{speculative_generate, step_batch, SpecSession, SpecStats};
 pub use proposer::{FeatureKind, Features, NoProposer, Proposer};
-pub use tree::{prune_candidates, Candidate, DraftTree, TreeSpec};
+pub use tree::{Candidate, DraftTree, TreeSpec};
 pub use verify::{greedy_verify, greedy_verify_lazy, sample_verify, Accepted};

@@ -68,28 +68,6 @@ pub struct Candidate {
     pub score: f32,
 }
 
-/// The candidates scoring at least `min_score`, in their order, with parent
-/// links renumbered. A candidate whose parent is dropped is dropped too, so
-/// the result is always closed under parents.
-pub fn prune_candidates(cands: &[Candidate], min_score: f32) -> Vec<Candidate> {
-    let mut slot = vec![None; cands.len()];
-    let mut kept = Vec::with_capacity(cands.len());
-    for (i, c) in cands.iter().enumerate() {
-        let parent = match c.parent {
-            None => None,
-            Some(p) => match slot.get(p).copied().flatten() {
-                Some(np) => Some(np),
-                None => continue,
-            },
-        };
-        if c.score >= min_score {
-            slot[i] = Some(kept.len());
-            kept.push(Candidate { parent, ..*c });
-        }
-    }
-    kept
-}
-
 /// A verified-tree layout: node 0 is the root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DraftTree {
