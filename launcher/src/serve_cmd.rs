@@ -9,8 +9,9 @@
 //! wait. SIGINT/SIGTERM shut down in order: the router, the targets (they
 //! drain their requests), then the drafts. Children get SIGTERM if `serve` itself dies.
 //!
-//! Default: SmolLM2 with Aerie's shipped EAGLE head as a (3, 1, 4) chain with
-//! its hot vocabulary, the setting the head was evaluated at;
+//! Default: SmolLM2 with Aerie's shipped EAGLE head as a (1, 1, 2) chain with
+//! `--speculative-min-draft-score 0.3` and its 2,048-token hot vocabulary,
+//! the setting that measured fastest on CPU;
 //! `--no-speculation` (or `--draft-workers 0`) serves without draft workers.
 
 use crate::spec_args::SpecArgs;
@@ -209,15 +210,19 @@ fn draft_flags(a: &ServeArgs) -> Vec<String> {
             .as_ref()
             .map(|p| p.display().to_string()),
     );
-    if defaults
+    let shipped_setting = defaults
         && s.speculative_num_steps.is_none()
         && s.speculative_eagle_topk.is_none()
-        && s.speculative_num_draft_tokens.is_none()
-    {
-        // The shipped head's evaluated setting.
-        push("speculative-num-steps", Some("3".into()));
+        && s.speculative_num_draft_tokens.is_none();
+    if shipped_setting {
+        // The shipped head's fastest CPU setting: one drafted token, verified
+        // only when the head gives it at least 0.3. Wider trees accept more
+        // per round (τ 1.47 at (3, 1, 4)) but a CPU verify costs nearly one
+        // decode per extra row, so they run slower than plain decoding
+        // (docs/benchmarks.md, "A smaller hot vocabulary").
+        push("speculative-num-steps", Some("1".into()));
         push("speculative-eagle-topk", Some("1".into()));
-        push("speculative-num-draft-tokens", Some("4".into()));
+        push("speculative-num-draft-tokens", Some("2".into()));
     } else {
         push(
             "speculative-num-steps",
@@ -238,12 +243,18 @@ fn draft_flags(a: &ServeArgs) -> Vec<String> {
             .as_ref()
             .map(|p| p.display().to_string()),
     );
+    // An explicit score wins; the default setting brings its own.
     push(
         "speculative-min-draft-score",
-        s.speculative_min_draft_score.map(|x| x.to_string()),
+        s.speculative_min_draft_score
+            .map(|x| x.to_string())
+            .or_else(|| shipped_setting.then(|| SHIPPED_MIN_DRAFT_SCORE.into())),
     );
     v
 }
+
+/// `--speculative-min-draft-score` of the default serving setting.
+const SHIPPED_MIN_DRAFT_SCORE: &str = "0.3";
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let model = aerie_engine::fetch::resolve_model(&a.model_path)
@@ -366,4 +377,49 @@ pub fn run(a: ServeArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn flags(args: &[&str]) -> Vec<String> {
+        let cli = Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).expect("serve flags parse");
+        draft_flags(&cli.serve)
+    }
+
+    fn value(v: &[String], flag: &str) -> Option<String> {
+        v.iter().position(|a| a == flag).map(|i| v[i + 1].clone())
+    }
+
+    #[test]
+    fn default_is_the_shipped_heads_fast_chain() {
+        let v = flags(&[]);
+        assert_eq!(value(&v, "--speculative-algorithm").as_deref(), Some("EAGLE"));
+        assert_eq!(value(&v, "--speculative-num-steps").as_deref(), Some("1"));
+        assert_eq!(value(&v, "--speculative-eagle-topk").as_deref(), Some("1"));
+        assert_eq!(value(&v, "--speculative-num-draft-tokens").as_deref(), Some("2"));
+        assert_eq!(value(&v, "--speculative-min-draft-score").as_deref(), Some("0.3"));
+    }
+
+    #[test]
+    fn explicit_flags_replace_the_default_setting() {
+        let v = flags(&["--speculative-num-steps", "3", "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "4"]);
+        assert_eq!(value(&v, "--speculative-num-steps").as_deref(), Some("3"));
+        assert_eq!(value(&v, "--speculative-num-draft-tokens").as_deref(), Some("4"));
+        assert_eq!(value(&v, "--speculative-min-draft-score"), None, "SGLang's fixed tree unless asked");
+        let v = flags(&["--speculative-min-draft-score", "0.5"]);
+        assert_eq!(value(&v, "--speculative-min-draft-score").as_deref(), Some("0.5"));
+        assert_eq!(value(&v, "--speculative-num-draft-tokens").as_deref(), Some("2"), "the default chain stays");
+        let v = flags(&["--speculative-algorithm", "NGRAM"]);
+        assert_eq!(value(&v, "--speculative-min-draft-score"), None);
+        assert_eq!(value(&v, "--speculative-num-steps"), None);
+    }
 }
