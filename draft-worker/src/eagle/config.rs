@@ -23,7 +23,8 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// Which head family a checkpoint holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EagleKind {
     /// EAGLE-1 and EAGLE-2 (same weights; EAGLE-2 only changes the tree).
     Eagle,

@@ -1,17 +1,27 @@
-//! The EAGLE-1/2 head as a differentiable candle graph, for training.
+//! EAGLE heads as differentiable candle graphs, for training.
 //!
-//! Same computation as [`crate::eagle::EagleHead::forward`] (which serves the
-//! trained weights): for pair `t` of a sequence,
-//! `x = fc(cat(embed(x_{t+1}), f_t))`, then one Llama decoder layer without
-//! an input norm (causal attention with half-split rotary embeddings, then a
-//! SiLU-gated MLP), and the output `x` is the predicted `f_{t+1}`.
+//! Same computations as [`crate::eagle::EagleHead::forward`] and
+//! [`crate::eagle::EagleHead::logits`] (which serve the trained weights).
+//! For pair `t` of a sequence (token `x_{t+1}`, target features of `x_t`):
 //!
-//! Loss (EAGLE-1): SmoothL1(x, f_{t+1}) averaged over the hidden size, plus
-//! `ce_weight` × cross-entropy of `lm_head(x)` against the target's
-//! distribution `softmax(lm_head(f_{t+1}))`. The lm_head is the target's,
-//! frozen, restricted to a hot vocabulary (the most frequent answer tokens)
-//! so the loss costs a fraction of a full-vocabulary product; rows are
-//! weighted by the assistant mask of the token they read.
+//! - EAGLE-1/2: `x = fc(cat(embed(x_{t+1}), f_t))`, then one Llama decoder
+//!   layer without an input norm (causal attention with half-split rotary
+//!   embeddings, then a SiLU-gated MLP). The output `x` is the predicted
+//!   `f_{t+1}`; its logits are the target's lm_head applied to it.
+//! - EAGLE-3: `h = fc(a_t)`, where `a_t` is the target's three aux-layer
+//!   outputs concatenated (3H); attention reads
+//!   `cat(input_layernorm(embed(x_{t+1})), hidden_norm(h))` (2H wide), then
+//!   `x = h + attn` and the MLP. Logits are the head's own
+//!   `lm_head(norm(x))` over its draft vocabulary.
+//!
+//! Loss. EAGLE-1: SmoothL1(x, f_{t+1}) averaged over the hidden size, plus
+//! `ce_weight` × cross-entropy of the logits against the target's
+//! distribution `softmax(lm_head(f_{t+1}))`. EAGLE-3 has no feature target
+//! (its `x` lives in no space of the target's), so its loss is the
+//! cross-entropy alone. Both restrict the distributions to a hot vocabulary
+//! (the most frequent answer tokens; for EAGLE-3 that is its draft
+//! vocabulary) so the loss costs a fraction of a full-vocabulary product;
+//! rows are weighted by the assistant mask of the token they read.
 //!
 //! Training-time test ([`TrainHead::forward_steps`]): with `steps > 1` the
 //! head is also run on its own predicted features, as it is at draft depth
@@ -20,6 +30,7 @@
 //! ever reads true features, and its acceptance collapses after the first
 //! draft token.
 
+use crate::eagle::EagleKind;
 use crate::error::{DraftError, Result};
 use crate::random_head::approx_normal;
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -43,16 +54,24 @@ pub struct HeadShape {
 /// Trainable parameters under their published names.
 pub struct TrainHead {
     pub shape: HeadShape,
+    pub kind: EagleKind,
     pub params: Vec<(String, Var)>,
+    /// EAGLE-3: the target id of each row of the head's own lm_head (written
+    /// out as `d2t`/`t2d`). Empty for EAGLE-1/2.
+    pub draft_ids: Vec<u32>,
+    /// EAGLE-3: the target layers whose outputs feed `fc`. Empty for EAGLE-1/2.
+    pub aux_layers: Vec<usize>,
 }
 
 /// One sequence's training inputs: `n` pairs.
 pub struct PairBatch {
     /// `n × H` embeddings of tokens `x_{t+1}`.
     pub emb: Tensor,
-    /// `n × H` target features `f_t` (noise already added).
+    /// `n × H` target features `f_t` (noise already added); for EAGLE-3
+    /// `n × 3H` aux-layer outputs.
     pub feat: Tensor,
-    /// `n × H` targets `f_{t+1}`.
+    /// `n × H` targets `f_{t+1}` (the target's final normed hidden states:
+    /// the L1 target of EAGLE-1/2 and, through its lm_head, everyone's soft labels).
     pub next: Tensor,
     /// `n` row weights (the assistant mask).
     pub weight: Tensor,
@@ -84,51 +103,95 @@ fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl TrainHead {
-    /// A fresh head: normal(0, std) weights, unit norms, and `fc` starting
-    /// as the identity on the feature half (so the first prediction of
-    /// `f_{t+1}` is `f_t`, a far better start than zero).
+    /// A fresh EAGLE-1/2 head: normal(0, std) weights, unit norms, and `fc`
+    /// starting as the identity on the feature half (so the first prediction
+    /// of `f_{t+1}` is `f_t`, a far better start than zero).
     pub fn init(shape: HeadShape, seed: u64, std: f32) -> Result<TrainHead> {
+        Self::build(shape, seed, std, EagleKind::Eagle, Vec::new(), Vec::new(), Vec::new())
+    }
+
+    /// A fresh EAGLE-3 head over the draft vocabulary `draft_ids`. Its
+    /// lm_head starts as `lm_rows` (`draft_ids.len() × H`, the target's rows
+    /// for those ids) and `fc` as the identity on the deepest aux layer plus
+    /// noise: the deepest layer is the nearest to the final features, so the
+    /// first logits already resemble the target's.
+    pub fn init_eagle3(shape: HeadShape, seed: u64, std: f32, aux_layers: Vec<usize>, draft_ids: Vec<u32>, lm_rows: Vec<f32>) -> Result<TrainHead> {
+        if aux_layers.len() != 3 || aux_layers.windows(2).any(|w| w[0] >= w[1]) || lm_rows.len() != draft_ids.len() * shape.hidden {
+            return Err(DraftError::Train(format!("EAGLE-3 head: aux layers {aux_layers:?} (need 3, ascending), {} lm_head values for {} draft ids", lm_rows.len(), draft_ids.len())));
+        }
+        Self::build(shape, seed, std, EagleKind::Eagle3, aux_layers, draft_ids, lm_rows)
+    }
+
+    fn build(shape: HeadShape, seed: u64, std: f32, kind: EagleKind, aux_layers: Vec<usize>, draft_ids: Vec<u32>, lm_rows: Vec<f32>) -> Result<TrainHead> {
         use rand::SeedableRng;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let HeadShape { hidden: h, heads, kv_heads, head_dim, ff, .. } = shape;
         let mut normal = |rows: usize, cols: usize| -> Vec<f32> { (0..rows * cols).map(|_| approx_normal(&mut rng, std)).collect() };
         let dev = Device::Cpu;
+        let eagle3 = kind == EagleKind::Eagle3;
+        let (fc_in, attn_in) = if eagle3 { (3 * h, 2 * h) } else { (2 * h, h) };
         let mut params = Vec::new();
-        let mut fc = normal(h, 2 * h);
+        let mut fc = normal(h, fc_in);
         for i in 0..h {
-            fc[i * 2 * h + h + i] += 1.0;
+            fc[i * fc_in + fc_in - h + i] += 1.0;
         }
         let mut push = |name: &str, data: Vec<f32>, dims: &[usize]| -> Result<()> {
             params.push((name.to_string(), Var::from_vec(data, dims, &dev).map_err(cerr)?));
             Ok(())
         };
-        push("fc.weight", fc, &[h, 2 * h])?;
-        push("fc.bias", vec![0.0; h], &[h])?;
+        push("fc.weight", fc, &[h, fc_in])?;
+        if !eagle3 {
+            push("fc.bias", vec![0.0; h], &[h])?;
+        }
+        let pre = layer_prefix(kind);
         let (qd, kvd) = (heads * head_dim, kv_heads * head_dim);
-        push("layers.0.self_attn.q_proj.weight", normal(qd, h), &[qd, h])?;
-        push("layers.0.self_attn.k_proj.weight", normal(kvd, h), &[kvd, h])?;
-        push("layers.0.self_attn.v_proj.weight", normal(kvd, h), &[kvd, h])?;
-        push("layers.0.self_attn.o_proj.weight", normal(h, qd), &[h, qd])?;
-        push("layers.0.post_attention_layernorm.weight", vec![1.0; h], &[h])?;
-        push("layers.0.mlp.gate_proj.weight", normal(ff, h), &[ff, h])?;
-        push("layers.0.mlp.up_proj.weight", normal(ff, h), &[ff, h])?;
-        push("layers.0.mlp.down_proj.weight", normal(h, ff), &[h, ff])?;
-        Ok(TrainHead { shape, params })
+        push(&format!("{pre}.self_attn.q_proj.weight"), normal(qd, attn_in), &[qd, attn_in])?;
+        push(&format!("{pre}.self_attn.k_proj.weight"), normal(kvd, attn_in), &[kvd, attn_in])?;
+        push(&format!("{pre}.self_attn.v_proj.weight"), normal(kvd, attn_in), &[kvd, attn_in])?;
+        push(&format!("{pre}.self_attn.o_proj.weight"), normal(h, qd), &[h, qd])?;
+        push(&format!("{pre}.post_attention_layernorm.weight"), vec![1.0; h], &[h])?;
+        push(&format!("{pre}.mlp.gate_proj.weight"), normal(ff, h), &[ff, h])?;
+        push(&format!("{pre}.mlp.up_proj.weight"), normal(ff, h), &[ff, h])?;
+        push(&format!("{pre}.mlp.down_proj.weight"), normal(h, ff), &[h, ff])?;
+        if eagle3 {
+            push("midlayer.input_layernorm.weight", vec![1.0; h], &[h])?;
+            push("midlayer.hidden_norm.weight", vec![1.0; h], &[h])?;
+            push("norm.weight", vec![1.0; h], &[h])?;
+            push("lm_head.weight", lm_rows, &[draft_ids.len(), h])?;
+        }
+        Ok(TrainHead { shape, kind, params, draft_ids, aux_layers })
     }
 
     fn p(&self, name: &str) -> &Tensor {
         self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_tensor()).unwrap_or_else(|| panic!("parameter {name}"))
     }
 
-    /// Predicted next features (`n × H`) for one sequence's pairs (step 0
-    /// of [`Self::forward_steps`]: true features, causal attention).
+    /// A parameter of the decoder layer (`layers.0.*` or EAGLE-3's `midlayer.*`).
+    fn layer(&self, name: &str) -> &Tensor {
+        self.p(&format!("{}.{name}", layer_prefix(self.kind)))
+    }
+
+    /// Draft logits of output states (`n × H`): EAGLE-1/2 through the
+    /// target's frozen rows `lm_hot`, EAGLE-3 through its own final norm and
+    /// lm_head (whose rows are the same hot ids).
+    pub fn logits(&self, x: &Tensor, lm_hot: &Tensor) -> candle_core::Result<Tensor> {
+        match self.kind {
+            EagleKind::Eagle => x.matmul(&lm_hot.t()?),
+            EagleKind::Eagle3 => rms_norm(x, self.p("norm.weight"), self.shape.rms_eps)?.matmul(&self.p("lm_head.weight").t()?),
+        }
+    }
+
+    /// Output states (`n × H`) for one sequence's pairs (step 0 of
+    /// [`Self::forward_steps`]: true features, causal attention).
     pub fn forward(&self, emb: &Tensor, feat: &Tensor) -> candle_core::Result<Tensor> {
         Ok(self.forward_steps(emb, feat, 1)?.remove(0))
     }
 
     /// The head unrolled over `steps` draft steps (training-time test).
     ///
-    /// Step 0 reads the true features: row `t` is `(x_{t+1}, f_t)`. Step
+    /// Step 0 reads the true features: row `t` is `(x_{t+1}, f_t)` (EAGLE-3:
+    /// `f_t` is `fc` of the aux rows; later steps skip `fc`, as a served
+    /// EAGLE-3 head does with its own H-wide states). Step
     /// `s > 0` reads, at row `t`, the token `x_{t+1}` with the head's own
     /// step-`s−1` output of row `t−1` (its guess of `f_t`), as a draft does
     /// at depth `s + 1`. Row `t` of step `s` is then a tree node whose chain
@@ -174,15 +237,26 @@ impl TrainHead {
         let scale = 1.0 / (hd as f64).sqrt();
         let mut keys: Vec<(Tensor, Tensor)> = Vec::with_capacity(steps);
         let mut outs: Vec<Tensor> = Vec::with_capacity(steps);
+        let eagle3 = self.kind == EagleKind::Eagle3;
+        // EAGLE-3's normed embeddings are the same at every step.
+        let emb_normed = if eagle3 { Some(rms_norm(emb, self.p("midlayer.input_layernorm.weight"), s.rms_eps)?) } else { None };
         for step in 0..steps {
             let f = if step == 0 { feat.clone() } else { shift(&outs[step - 1], 0, 1)? };
-            let x = Tensor::cat(&[emb, &f], 1)?.matmul(&self.p("fc.weight").t()?)?.broadcast_add(self.p("fc.bias"))?;
-            let proj = |name: &str, heads: usize| -> candle_core::Result<Tensor> {
-                x.matmul(&self.p(name).t()?)?.reshape((n, heads, hd))?.transpose(0, 1)?.contiguous()
+            let x = match (eagle3, step) {
+                (false, _) => Tensor::cat(&[emb, &f], 1)?.matmul(&self.p("fc.weight").t()?)?.broadcast_add(self.p("fc.bias"))?,
+                (true, 0) => f.matmul(&self.p("fc.weight").t()?)?,
+                (true, _) => f,
             };
-            let q = rope(&proj("layers.0.self_attn.q_proj.weight", nh)?)?;
-            let k = expand(&rope(&proj("layers.0.self_attn.k_proj.weight", nkv)?)?)?;
-            let v = expand(&proj("layers.0.self_attn.v_proj.weight", nkv)?)?;
+            let attn_in = match &emb_normed {
+                Some(e) => Tensor::cat(&[e, &rms_norm(&x, self.p("midlayer.hidden_norm.weight"), s.rms_eps)?], 1)?,
+                None => x.clone(),
+            };
+            let proj = |name: &str, heads: usize| -> candle_core::Result<Tensor> {
+                attn_in.matmul(&self.layer(name).t()?)?.reshape((n, heads, hd))?.transpose(0, 1)?.contiguous()
+            };
+            let q = rope(&proj("self_attn.q_proj.weight", nh)?)?;
+            let k = expand(&rope(&proj("self_attn.k_proj.weight", nkv)?)?)?;
+            let v = expand(&proj("self_attn.v_proj.weight", nkv)?)?;
             keys.push((k, v));
             // The committed prefix: step-0 keys at positions j <= t - step.
             let mask: Vec<f32> = (0..n).flat_map(|i| (0..n).map(move |j| if j + step <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
@@ -200,18 +274,19 @@ impl TrainHead {
                 o = (o + att.narrow(2, n + r - 1, 1)?.broadcast_mul(&vr)?)?;
             }
             let o = o.transpose(0, 1)?.reshape((n, nh * hd))?;
-            let x = (x + o.matmul(&self.p("layers.0.self_attn.o_proj.weight").t()?)?)?;
-            let xn = rms_norm(&x, self.p("layers.0.post_attention_layernorm.weight"), s.rms_eps)?;
-            let gate = xn.matmul(&self.p("layers.0.mlp.gate_proj.weight").t()?)?.silu()?;
-            let up = xn.matmul(&self.p("layers.0.mlp.up_proj.weight").t()?)?;
-            outs.push((x + (gate * up)?.matmul(&self.p("layers.0.mlp.down_proj.weight").t()?)?)?);
+            let x = (x + o.matmul(&self.layer("self_attn.o_proj.weight").t()?)?)?;
+            let xn = rms_norm(&x, self.layer("post_attention_layernorm.weight"), s.rms_eps)?;
+            let gate = xn.matmul(&self.layer("mlp.gate_proj.weight").t()?)?.silu()?;
+            let up = xn.matmul(&self.layer("mlp.up_proj.weight").t()?)?;
+            outs.push((x + (gate * up)?.matmul(&self.layer("mlp.down_proj.weight").t()?)?)?);
         }
         Ok(outs)
     }
 
     /// The loss of one sequence (`lm_hot`: `V_hot × H`, frozen), over
     /// `steps` unrolled draft steps with weights `decay^s` (EAGLE-3's
-    /// training-time test; `steps = 1` is EAGLE-1's loss).
+    /// training-time test; `steps = 1` is EAGLE-1's loss). `ce_weight`
+    /// applies to EAGLE-1/2, whose loss also has the L1 term.
     pub fn loss(&self, b: &PairBatch, lm_hot: &Tensor, ce_weight: f64, steps: usize, decay: f64) -> Result<LossParts> {
         (|| -> candle_core::Result<LossParts> {
             let steps = steps.max(1);
@@ -226,15 +301,21 @@ impl TrainHead {
                 // Rows t < step have no chain of `step` drafts before them.
                 let valid: Vec<f32> = (0..n).map(|t| if t >= step { 1.0 } else { 0.0 }).collect();
                 let w = (Tensor::from_vec(valid, n, b.emb.device())? * &b.weight)?;
-                let d = (pred - &b.next)?.abs()?;
-                let small = d.minimum(1.0)?;
-                // SmoothL1 with beta 1: 0.5·d² below 1, d − 0.5 above.
-                let l1_rows = ((small.sqr()? * 0.5)? + (d - small)?)?.mean(D::Minus1)?;
-                let logits = pred.matmul(&lm_hot.t()?)?;
+                let logits = self.logits(pred, lm_hot)?;
                 let ce_rows = (target_p.clone() * log_softmax(&logits)?)?.sum(D::Minus1)?.neg()?;
-                let l1 = (l1_rows * &w)?.sum_all()?;
                 let ce = (ce_rows * &w)?.sum_all()?;
-                let part = ((&l1 + (&ce * ce_weight)?)? * decay.powi(step as i32))?;
+                let (l1, part) = if self.kind == EagleKind::Eagle3 {
+                    (Tensor::zeros((), DType::F32, b.emb.device())?, ce.clone())
+                } else {
+                    let d = (pred - &b.next)?.abs()?;
+                    let small = d.minimum(1.0)?;
+                    // SmoothL1 with beta 1: 0.5·d² below 1, d − 0.5 above.
+                    let l1_rows = ((small.sqr()? * 0.5)? + (d - small)?)?.mean(D::Minus1)?;
+                    let l1 = (l1_rows * &w)?.sum_all()?;
+                    let part = (&l1 + (&ce * ce_weight)?)?;
+                    (l1, part)
+                };
+                let part = (part * decay.powi(step as i32))?;
                 total = Some(match total { None => part, Some(t) => (t + part)? });
                 let hit = logits.argmax(D::Minus1)?.eq(&target_top)?.to_dtype(DType::F32)?;
                 correct.push((hit * &w)?.sum_all()?.to_scalar::<f32>()?);
@@ -247,5 +328,13 @@ impl TrainHead {
             Ok(LossParts { l1: l1_sum, ce: ce_sum, total: total.expect("at least one step"), correct: correct[0], correct_last: *correct.last().expect("a step"), rows })
         })()
         .map_err(cerr)
+    }
+}
+
+/// Parameter prefix of the head's decoder layer in the published layouts.
+fn layer_prefix(kind: EagleKind) -> &'static str {
+    match kind {
+        EagleKind::Eagle => "layers.0",
+        EagleKind::Eagle3 => "midlayer",
     }
 }

@@ -30,6 +30,9 @@ use std::path::Path;
 /// Training settings; the defaults trained the shipped head.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// Head family. Default EAGLE-1/2; EAGLE-3 needs a cache with three aux layers.
+    #[serde(default = "eagle")]
+    pub kind: EagleKind,
     /// Passes over the cache. Default 4.
     pub epochs: usize,
     /// Peak learning rate. Default 1e-3 (a one-layer head from scratch).
@@ -39,10 +42,14 @@ pub struct TrainConfig {
     /// Sequences per optimizer step. Default 4.
     pub batch_seqs: usize,
     /// Width of the uniform noise on input features. Default 0.2 (EAGLE).
+    /// EAGLE-3 adds none: training-time test is its remedy for imperfect
+    /// features, as in the EAGLE-3 paper.
     pub noise: f32,
-    /// Weight of the cross-entropy term. Default 0.1 (EAGLE).
+    /// Weight of the cross-entropy term. Default 0.1 (EAGLE). EAGLE-3's loss
+    /// is the cross-entropy alone.
     pub ce_weight: f64,
-    /// Hot vocabulary for the cross-entropy (most frequent answer tokens). Default 8192.
+    /// Hot vocabulary for the cross-entropy (most frequent answer tokens),
+    /// and EAGLE-3's draft vocabulary. Default 8192.
     pub hot_vocab: usize,
     /// Global gradient-norm clip. Default 0.5 (EAGLE).
     pub grad_clip: f64,
@@ -68,6 +75,10 @@ pub struct TrainConfig {
     pub init: Option<std::path::PathBuf>,
 }
 
+fn eagle() -> EagleKind {
+    EagleKind::Eagle
+}
+
 fn one() -> usize {
     1
 }
@@ -79,6 +90,7 @@ fn decay() -> f64 {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
+            kind: EagleKind::Eagle,
             epochs: 4,
             lr: 1e-3,
             warmup_steps: 50,
@@ -106,7 +118,7 @@ pub struct TrainState {
     /// Steps the whole run takes.
     pub total_steps: usize,
     pub config: Option<TrainConfig>,
-    /// Hot vocabulary (target ids), fixed at the start.
+    /// Hot vocabulary (target ids), fixed at the start; EAGLE-3's draft vocabulary.
     pub hot_ids: Vec<u32>,
 }
 
@@ -178,7 +190,9 @@ pub fn hot_vocabulary(cache: &FeatureCache, vocab: usize, k: usize) -> Vec<u32> 
     ids
 }
 
-/// Writes the head in the published EAGLE layout (f16) to `dir`.
+/// Writes the head in the published layout (f16) to `dir`. An EAGLE-3 head
+/// also gets `d2t` (target id = i + d2t[i]) and `t2d` (which target ids
+/// are drafted), and names its aux layers in `config.json`.
 pub fn write_head(dir: &Path, target: &Model, head: &TrainHead) -> Result<()> {
     let mut tensors = Vec::new();
     for (name, v) in &head.params {
@@ -186,7 +200,26 @@ pub fn write_head(dir: &Path, target: &Model, head: &TrainHead) -> Result<()> {
         let data: Vec<f32> = t.flatten_all().and_then(|x| x.to_vec1()).map_err(cerr)?;
         tensors.push((name.clone(), t.dims().to_vec(), data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(), safetensors::Dtype::F16));
     }
-    write_head_files(dir, &tensors, &head_config(&target.config, EagleKind::Eagle, head.shape.ff, target.config.vocab_size))
+    let vocab = target.config.vocab_size;
+    if head.kind == EagleKind::Eagle3 {
+        let ids = &head.draft_ids;
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(DraftError::Train(format!("draft id {bad} is outside the target vocabulary of {vocab}")));
+        }
+        let d2t: Vec<u8> = ids.iter().enumerate().flat_map(|(i, &t)| (t as i64 - i as i64).to_le_bytes()).collect();
+        let mut t2d = vec![0u8; vocab];
+        for &t in ids {
+            t2d[t as usize] = 1;
+        }
+        tensors.push(("d2t".into(), vec![ids.len()], d2t, safetensors::Dtype::I64));
+        tensors.push(("t2d".into(), vec![vocab], t2d, safetensors::Dtype::BOOL));
+    }
+    let draft_vocab = if head.kind == EagleKind::Eagle3 { head.draft_ids.len() } else { vocab };
+    let mut config = head_config(&target.config, head.kind, head.shape.ff, draft_vocab);
+    if head.kind == EagleKind::Eagle3 {
+        config["eagle_config"] = serde_json::json!({ "eagle_aux_hidden_state_layer_ids": head.aux_layers });
+    }
+    write_head_files(dir, &tensors, &config)
 }
 
 fn save_state(dir: &Path, head: &TrainHead, opt: &AdamW, state: &TrainState) -> Result<()> {
@@ -205,26 +238,58 @@ fn save_state(dir: &Path, head: &TrainHead, opt: &AdamW, state: &TrainState) -> 
 }
 
 /// Sets `head`'s parameters from a head written in the published layout
-/// (`dir/model.safetensors`); every parameter must be there with its shape.
+/// (`dir/model.safetensors`); every parameter must be there with its shape,
+/// and an EAGLE-3 head must draft the same vocabulary.
 fn load_head_weights(dir: &Path, head: &TrainHead) -> Result<()> {
+    use safetensors::Dtype;
     let file = dir.join("model.safetensors");
-    let map = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| DraftError::Train(format!("{}: {e}", file.display())))?;
+    let bad = |e: &dyn std::fmt::Display| DraftError::Train(format!("{}: {e}", file.display()));
+    let bytes = std::fs::read(&file).map_err(io(&file))?;
+    // Tensor by tensor: candle cannot load the boolean `t2d` of an EAGLE-3 head.
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(&e))?;
+    let view = |name: &str| st.tensor(name).map_err(|_| bad(&format!("no tensor {name}")));
+    let get = |name: &str| -> Result<Tensor> {
+        let v = view(name)?;
+        let data: Vec<f32> = match v.dtype() {
+            Dtype::F32 => v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => v.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => v.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => return Err(bad(&format!("{name} is {other:?}; expected F32, F16 or BF16"))),
+        };
+        Tensor::from_vec(data, v.shape(), &Device::Cpu).map_err(cerr)
+    };
+    if head.kind == EagleKind::Eagle3 {
+        let v = view("d2t")?;
+        let d2t: Vec<i64> = match v.dtype() {
+            Dtype::I64 => v.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
+            other => return Err(bad(&format!("d2t is {other:?}; expected I64"))),
+        };
+        let ids: Vec<u32> = d2t.iter().enumerate().map(|(i, &d)| (i as i64 + d) as u32).collect();
+        if ids != head.draft_ids {
+            return Err(bad(&"its draft vocabulary (d2t) differs from this run's; use the same data and --hot-vocab"));
+        }
+    }
     for (name, v) in &head.params {
-        let t = map.get(name).ok_or_else(|| DraftError::Train(format!("{}: no tensor {name}", file.display())))?;
+        let t = &get(name)?;
         if t.dims() != v.as_tensor().dims() {
             return Err(DraftError::Train(format!("{}: {name} is {:?}, this target's head needs {:?}", file.display(), t.dims(), v.as_tensor().dims())));
         }
-        v.set(&t.to_dtype(candle_core::DType::F32).map_err(cerr)?).map_err(cerr)?;
+        v.set(t).map_err(cerr)?;
     }
     Ok(())
 }
 
-fn load_state(dir: &Path, head: &TrainHead, opt: &mut AdamW) -> Result<Option<TrainState>> {
+/// The saved run state in `dir`, if a run was checkpointed there.
+fn read_state(dir: &Path) -> Result<Option<TrainState>> {
     let p = dir.join("state.json");
     if !p.exists() {
         return Ok(None);
     }
-    let state: TrainState = read_json(&p)?;
+    read_json(&p).map(Some)
+}
+
+/// Restores weights and Adam moments from the checkpoint in `dir`.
+fn load_state(dir: &Path, head: &TrainHead, opt: &mut AdamW) -> Result<()> {
     let map = candle_core::safetensors::load(dir.join("state.safetensors"), &Device::Cpu).map_err(cerr)?;
     for (i, (name, v)) in head.params.iter().enumerate() {
         let get = |k: String| map.get(&k).cloned().ok_or_else(|| DraftError::Train(format!("checkpoint lacks {k}")));
@@ -232,11 +297,12 @@ fn load_state(dir: &Path, head: &TrainHead, opt: &mut AdamW) -> Result<Option<Tr
         opt.m[i] = get(format!("m.{name}"))?;
         opt.v[i] = get(format!("v.{name}"))?;
     }
-    Ok(Some(state))
+    Ok(())
 }
 
-/// Builds one sequence's pairs: inputs `(x_{t+1}, f_t + noise)`, targets `f_{t+1}`.
-fn pairs(target: &Model, cache: &FeatureCache, i: usize, max_pairs: usize, noise: f32, rng: &mut impl Rng) -> Result<Option<PairBatch>> {
+/// Builds one sequence's pairs: inputs `(x_{t+1}, f_t + noise)` (EAGLE-3:
+/// `(x_{t+1}, aux_t)`, no noise), targets `f_{t+1}`.
+fn pairs(target: &Model, cache: &FeatureCache, i: usize, kind: EagleKind, max_pairs: usize, noise: f32, rng: &mut impl Rng) -> Result<Option<PairBatch>> {
     let h = cache.meta.hidden_size;
     let tokens = cache.tokens(i);
     let n = tokens.len().min(max_pairs + 1);
@@ -245,15 +311,23 @@ fn pairs(target: &Model, cache: &FeatureCache, i: usize, max_pairs: usize, noise
     }
     let hidden = cache.hidden(i);
     let emb = target.embed(&tokens[1..n]).map_err(DraftError::from)?;
-    let feat: Vec<f32> = hidden[..(n - 1) * h].iter().map(|&x| x + noise * (rng.gen::<f32>() - 0.5)).collect();
+    let (feat, width) = match kind {
+        EagleKind::Eagle => (hidden[..(n - 1) * h].iter().map(|&x| x + noise * (rng.gen::<f32>() - 0.5)).collect::<Vec<f32>>(), h),
+        EagleKind::Eagle3 => {
+            let w = h * cache.meta.aux_layers.len();
+            let mut aux = cache.aux(i).ok_or_else(|| DraftError::Train("the feature cache holds no aux-layer outputs".into()))?;
+            aux.truncate((n - 1) * w);
+            (aux, w)
+        }
+    };
     let next = hidden[h..n * h].to_vec();
     let weight: Vec<f32> = cache.mask(i)[1..n].iter().map(|&m| m as f32).collect();
     let dev = Device::Cpu;
-    let t = |v: Vec<f32>| Tensor::from_vec(v, (n - 1, h), &dev).map_err(cerr);
-    Ok(Some(PairBatch { emb: t(emb)?, feat: t(feat)?, next: t(next)?, weight: Tensor::from_vec(weight, n - 1, &dev).map_err(cerr)? }))
+    let t = |v: Vec<f32>, w: usize| Tensor::from_vec(v, (n - 1, w), &dev).map_err(cerr);
+    Ok(Some(PairBatch { emb: t(emb, h)?, feat: t(feat, width)?, next: t(next, h)?, weight: Tensor::from_vec(weight, n - 1, &dev).map_err(cerr)? }))
 }
 
-/// Trains an EAGLE-1/2 head for `target` on `cache`, writing it to `out`.
+/// Trains an EAGLE-1/2 or EAGLE-3 head (`cfg.kind`) for `target` on `cache`, writing it to `out`.
 /// `on_step` sees every step (progress bars, logs). Resumes from
 /// `out/checkpoint` when present.
 pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &TrainConfig, on_step: &mut dyn FnMut(&StepLog, usize)) -> Result<Vec<StepLog>> {
@@ -264,6 +338,12 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
     if cache.is_empty() {
         return Err(DraftError::Train("the feature cache is empty".into()));
     }
+    if cfg.kind == EagleKind::Eagle3 && cache.meta.aux_layers.len() != 3 {
+        return Err(DraftError::Train(format!(
+            "EAGLE-3 trains on three aux-layer outputs; this feature cache stores {:?} (build it with --kind eagle3)",
+            cache.meta.aux_layers
+        )));
+    }
     let shape = HeadShape {
         hidden: tc.hidden_size,
         heads: tc.num_heads,
@@ -273,24 +353,38 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
         rms_eps: tc.rms_norm_eps as f64,
         rope_theta: tc.rope_theta,
     };
-    let head = TrainHead::init(shape, cfg.seed, 0.02)?;
+    let ck = out.join("checkpoint");
+    let saved = read_state(&ck)?;
+    // The hot vocabulary is fixed by the first run; a resumed run reuses it.
+    let hot_ids = match &saved {
+        Some(s) => s.hot_ids.clone(),
+        None => hot_vocabulary(cache, tc.vocab_size, cfg.hot_vocab),
+    };
+    let lm = target.weights.lm_head();
+    let h = tc.hidden_size;
+    let mut rows = vec![0.0f32; hot_ids.len() * h];
+    for (r, &t) in hot_ids.iter().enumerate() {
+        lm.row_f32(t as usize, &mut rows[r * h..(r + 1) * h]);
+    }
+    let lm_hot = Tensor::from_vec(rows.clone(), (hot_ids.len(), h), &Device::Cpu).map_err(cerr)?;
+    let head = match cfg.kind {
+        EagleKind::Eagle => TrainHead::init(shape, cfg.seed, 0.02)?,
+        EagleKind::Eagle3 => TrainHead::init_eagle3(shape, cfg.seed, 0.02, cache.meta.aux_layers.clone(), hot_ids.clone(), rows)?,
+    };
     if let Some(dir) = &cfg.init {
         load_head_weights(dir, &head)?;
     }
     let mut opt = AdamW::new(&head.params).map_err(cerr)?;
-    let ck = out.join("checkpoint");
     let steps_per_epoch = cache.len().div_ceil(cfg.batch_seqs.max(1));
-    let mut state = match load_state(&ck, &head, &mut opt)? {
-        Some(s) => s,
-        None => TrainState { step: 0, total_steps: steps_per_epoch * cfg.epochs, config: Some(cfg.clone()), hot_ids: hot_vocabulary(cache, tc.vocab_size, cfg.hot_vocab) },
+    let mut state = match saved {
+        Some(s) => {
+            load_state(&ck, &head, &mut opt)?;
+            s
+        }
+        None => TrainState { step: 0, total_steps: steps_per_epoch * cfg.epochs, config: Some(cfg.clone()), hot_ids },
     };
-    let lm = target.weights.lm_head();
-    let h = tc.hidden_size;
-    let mut rows = vec![0.0f32; state.hot_ids.len() * h];
-    for (r, &t) in state.hot_ids.iter().enumerate() {
-        lm.row_f32(t as usize, &mut rows[r * h..(r + 1) * h]);
-    }
-    let lm_hot = Tensor::from_vec(rows, (state.hot_ids.len(), h), &Device::Cpu).map_err(cerr)?;
+    // EAGLE-3's loss is the cross-entropy alone (no L1 term to balance).
+    let ce_weight = if cfg.kind == EagleKind::Eagle3 { 1.0 } else { cfg.ce_weight };
     let log_path = out.join("loss.csv");
     std::fs::create_dir_all(out).map_err(io(out))?;
     let mut log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
@@ -314,8 +408,8 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ (state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut parts = Vec::new();
         for &i in picked {
-            if let Some(pb) = pairs(target, cache, i, cfg.max_pairs, cfg.noise, &mut rng)? {
-                parts.push(head.loss(&pb, &lm_hot, cfg.ce_weight, cfg.ttt_steps, cfg.ttt_decay)?);
+            if let Some(pb) = pairs(target, cache, i, cfg.kind, cfg.max_pairs, cfg.noise, &mut rng)? {
+                parts.push(head.loss(&pb, &lm_hot, ce_weight, cfg.ttt_steps, cfg.ttt_decay)?);
             }
         }
         let rows: f32 = parts.iter().map(|p| p.rows).sum();
@@ -328,7 +422,7 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
         state.step += 1;
         let r = rows.max(1.0);
         let (l1, ce, correct, last) = parts.iter().fold((0.0, 0.0, 0.0, 0.0), |a, p| (a.0 + p.l1, a.1 + p.ce, a.2 + p.correct, a.3 + p.correct_last));
-        let log = StepLog { step: state.step, lr, loss: (l1 + cfg.ce_weight as f32 * ce) / r, l1: l1 / r, ce: ce / r, acc: correct / r, acc_last: last / r };
+        let log = StepLog { step: state.step, lr, loss: (l1 + ce_weight as f32 * ce) / r, l1: l1 / r, ce: ce / r, acc: correct / r, acc_last: last / r };
         writeln!(log_file, "{},{:.3e},{:.5},{:.5},{:.5},{:.4},{:.4}", log.step, log.lr, log.loss, log.l1, log.ce, log.acc, log.acc_last).map_err(io(&log_path))?;
         on_step(&log, state.total_steps);
         logs.push(log);
@@ -338,7 +432,10 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
         }
     }
     write_head(out, target, &head)?;
-    let hot = out.join("hot_vocab.json");
-    std::fs::write(&hot, serde_json::to_string(&state.hot_ids).expect("json")).map_err(io(&hot))?;
+    if cfg.kind == EagleKind::Eagle {
+        // An FR-Spec token map for the head (EAGLE-3 carries its vocabulary in d2t).
+        let hot = out.join("hot_vocab.json");
+        std::fs::write(&hot, serde_json::to_string(&state.hot_ids).expect("json")).map_err(io(&hot))?;
+    }
     Ok(logs)
 }

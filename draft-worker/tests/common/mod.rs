@@ -71,7 +71,12 @@ pub fn random_head(kind: EagleKind) -> PathBuf {
 
 /// Writes a tiny Llama in Hugging Face layout: 2 layers, hidden 16.
 pub fn write_tiny_llama(dir: &Path, vocab: usize, seed: u64, logit_scale: f32) {
-    let (h, ff, layers, heads, kv, hd) = (16usize, 32usize, 2usize, 2usize, 1usize, 8usize);
+    write_tiny_llama_layers(dir, vocab, seed, logit_scale, 2);
+}
+
+/// [`write_tiny_llama`] with `layers` decoder layers.
+pub fn write_tiny_llama_layers(dir: &Path, vocab: usize, seed: u64, logit_scale: f32, layers: usize) {
+    let (h, ff, heads, kv, hd) = (16usize, 32usize, 2usize, 1usize, 8usize);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut t: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut rand = |name: String, shape: Vec<usize>, std: f32, rng: &mut StdRng| {
@@ -112,8 +117,13 @@ pub fn write_tiny_llama(dir: &Path, vocab: usize, seed: u64, logit_scale: f32) {
 
 /// A loaded tiny random Llama (see [`write_tiny_llama`]).
 pub fn tiny_llama(vocab: usize, seed: u64, logit_scale: f32) -> Arc<Model> {
+    tiny_llama_layers(vocab, seed, logit_scale, 2)
+}
+
+/// [`tiny_llama`] with `layers` decoder layers.
+pub fn tiny_llama_layers(vocab: usize, seed: u64, logit_scale: f32, layers: usize) -> Arc<Model> {
     let dir = tempfile::tempdir().unwrap();
-    write_tiny_llama(dir.path(), vocab, seed, logit_scale);
+    write_tiny_llama_layers(dir.path(), vocab, seed, logit_scale, layers);
     let ck = aerie_engine::loader::load(dir.path(), DType::Auto).unwrap();
     Arc::new(Model::new(ck.config, ck.weights, ck.fingerprint))
 }
