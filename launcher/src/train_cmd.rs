@@ -106,7 +106,7 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
     let t_all = Instant::now();
     let engine = Engine::load(&a.model, DType::Auto).with_context(|| format!("loading {}", a.model))?;
     let layers = engine.model.config.num_layers;
-    let aux_layers = match (kind, &a.aux_layers) {
+    let mut aux_layers = match (kind, &a.aux_layers) {
         (EagleKind::Eagle, None) => Vec::new(),
         (EagleKind::Eagle, Some(_)) => bail!("--aux-layers applies to --kind eagle3"),
         (EagleKind::Eagle3, Some(ids)) => ids.clone(),
@@ -115,13 +115,12 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
     };
     // The target returns aux outputs in ascending layer order, and served
     // heads read them so.
-    let mut aux_layers = aux_layers;
     aux_layers.sort_unstable();
     aux_layers.dedup();
     if aux_layers.iter().any(|&l| l >= layers) || (kind == EagleKind::Eagle3 && aux_layers.len() != 3) {
         bail!("--aux-layers {aux_layers:?}: EAGLE-3 needs three distinct layers below {layers}");
     }
-    let data_cfg = DataConfig {
+    let mut data_cfg = DataConfig {
         conversations: a.conversations,
         max_prompt_tokens: a.max_prompt_tokens,
         max_len: a.max_len,
@@ -129,10 +128,18 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
         source,
         batch: a.feature_batch,
         seed: a.seed,
-        aux_layers: aux_layers.clone(),
+        aux_layers,
     };
     let cache_dir = a.cache.clone().unwrap_or_else(|| a.out.join("features"));
-    let meta = CacheMeta { target: engine.model.fingerprint.clone(), hidden_size: engine.model.config.hidden_size, aux_layers, recipe: data_cfg.recipe() };
+    // An EAGLE-1/2 run reads only the final hidden states, so it reuses a
+    // cache built for EAGLE-3 (which holds them too) and, if it extends
+    // that cache, keeps writing its aux layers.
+    if let Some(old) = CacheMeta::read(&cache_dir)? {
+        if kind == EagleKind::Eagle && old.target == engine.model.fingerprint && old.recipe == data_cfg.recipe() {
+            data_cfg.aux_layers = old.aux_layers;
+        }
+    }
+    let meta = CacheMeta { target: engine.model.fingerprint.clone(), hidden_size: engine.model.config.hidden_size, aux_layers: data_cfg.aux_layers.clone(), recipe: data_cfg.recipe() };
 
     // 1. Data and features (resumes a partial cache).
     let t_feat = Instant::now();

@@ -40,6 +40,18 @@ pub struct CacheMeta {
     pub recipe: String,
 }
 
+impl CacheMeta {
+    /// The meta of the cache in `dir`, if one was started there.
+    pub fn read(dir: &Path) -> Result<Option<CacheMeta>> {
+        let p = dir.join("meta.json");
+        if p.exists() {
+            read_json(&p).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
 /// The (start, len) entries of `index.u64`; a torn last entry is ignored.
 fn parse_index(bytes: &[u8]) -> Vec<(u64, u64)> {
     bytes.chunks_exact(16).map(|c| (u64::from_le_bytes(c[..8].try_into().unwrap()), u64::from_le_bytes(c[8..].try_into().unwrap()))).collect()
