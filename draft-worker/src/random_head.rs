@@ -71,10 +71,27 @@ pub fn write_random_head(dir: &Path, target: &ModelConfig, spec: &RandomHeadSpec
         tensors.push(ones("norm.weight", h));
         rand_f16(&mut tensors, "lm_head.weight", vec![dv, h], spec.std, &mut rng);
         // Draft id i is target id i: d2t is all zeros, t2d marks the first dv ids.
-        tensors.push(("d2t".into(), vec![dv], vec![0u8; dv * 8], Dtype::I64));
-        tensors.push(("t2d".into(), vec![target.vocab_size], (0..target.vocab_size).map(|i| (i < dv) as u8).collect(), Dtype::BOOL));
+        let ids: Vec<u32> = (0..dv as u32).collect();
+        tensors.extend(draft_vocab_tensors(&ids, target.vocab_size));
     }
     write_head_files(dir, &tensors, &head_config(target, spec.kind, ff, dv))
+}
+
+/// `d2t` offsets of an EAGLE-3 draft vocabulary: draft id `i` is target id
+/// `i + d2t[i]`, where `ids[i]` is that target id.
+pub(crate) fn d2t_offsets(ids: &[u32]) -> Vec<i64> {
+    ids.iter().enumerate().map(|(i, &t)| t as i64 - i as i64).collect()
+}
+
+/// The `d2t` (I64 offsets) and `t2d` (BOOL over the `vocab` target ids)
+/// tensors of an EAGLE-3 head whose draft id `i` is target id `ids[i] < vocab`.
+pub(crate) fn draft_vocab_tensors(ids: &[u32], vocab: usize) -> [(String, Vec<usize>, Vec<u8>, Dtype); 2] {
+    let d2t = d2t_offsets(ids).iter().flat_map(|d| d.to_le_bytes()).collect();
+    let mut t2d = vec![0u8; vocab];
+    for &t in ids {
+        t2d[t as usize] = 1;
+    }
+    [("d2t".into(), vec![ids.len()], d2t, Dtype::I64), ("t2d".into(), vec![vocab], t2d, Dtype::BOOL)]
 }
 
 /// A roughly normal draw with standard deviation `std`: a scaled sum of four

@@ -1,6 +1,6 @@
 //! `aerie train-eagle`: ShareGPT → target features → a trained EAGLE head.
 
-use aerie_draft_worker::eagle::EagleKind;
+use aerie_draft_worker::eagle::{default_aux_layers, EagleKind};
 use aerie_draft_worker::train::sharegpt::{locate_sharegpt, read_sharegpt};
 use aerie_draft_worker::train::{build_features, train_eagle, AnswerSource, CacheMeta, DataConfig, FeatureCache, FeatureCacheWriter, TrainConfig};
 use aerie_engine::{DType, Engine};
@@ -110,8 +110,7 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
         (EagleKind::Eagle, None) => Vec::new(),
         (EagleKind::Eagle, Some(_)) => bail!("--aux-layers applies to --kind eagle3"),
         (EagleKind::Eagle3, Some(ids)) => ids.clone(),
-        (EagleKind::Eagle3, None) if layers >= 5 => vec![1, layers / 2 - 1, layers - 4],
-        (EagleKind::Eagle3, None) => bail!("a {layers}-layer target has no default EAGLE-3 aux layers; pass --aux-layers"),
+        (EagleKind::Eagle3, None) => default_aux_layers(layers).with_context(|| format!("a {layers}-layer target has no default EAGLE-3 aux layers; pass --aux-layers"))?,
     };
     // The target returns aux outputs in ascending layer order, and served
     // heads read them so.

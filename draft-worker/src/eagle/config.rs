@@ -121,15 +121,10 @@ impl EagleConfig {
     pub fn aux_layers(&self, n: usize) -> Result<Vec<usize>> {
         let mut ids = match &self.aux_layer_ids {
             Some(ids) => ids.clone(),
-            None => {
-                if n < 5 {
-                    return Err(DraftError::HeadMismatch {
-                        path: self.path.clone(),
-                        msg: format!("a {n}-layer target has no default EAGLE-3 aux layers; set eagle_config.eagle_aux_hidden_state_layer_ids"),
-                    });
-                }
-                vec![1, n / 2 - 1, n - 4]
-            }
+            None => default_aux_layers(n).ok_or_else(|| DraftError::HeadMismatch {
+                path: self.path.clone(),
+                msg: format!("a {n}-layer target has no default EAGLE-3 aux layers; set eagle_config.eagle_aux_hidden_state_layer_ids"),
+            })?,
         };
         if ids.len() != 3 {
             return Err(DraftError::HeadMismatch { path: self.path.clone(), msg: format!("EAGLE-3 needs three aux layers, config names {ids:?}") });
@@ -137,4 +132,11 @@ impl EagleConfig {
         ids.sort_unstable();
         Ok(ids)
     }
+}
+
+/// EAGLE-3's default aux layers for an `n`-layer target: 1, n/2−1 and n−4
+/// (low, middle and high features). `None` below 5 layers, where n−4 would
+/// not be a layer above 0.
+pub fn default_aux_layers(n: usize) -> Option<Vec<usize>> {
+    (n >= 5).then(|| vec![1, n / 2 - 1, n - 4])
 }

@@ -9,7 +9,7 @@
 pub mod config;
 pub mod head;
 
-pub use config::{EagleConfig, EagleKind};
+pub use config::{default_aux_layers, EagleConfig, EagleKind};
 pub use head::EagleHead;
 
 use crate::error::Result;

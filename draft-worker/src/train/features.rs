@@ -19,7 +19,7 @@
 //! frozen lm_head applied to `hidden`, recomputed at training time rather
 //! than stored.
 
-use super::{io, read_json};
+use super::{io, read_json, read_json_if_exists};
 use crate::error::{DraftError, Result};
 use half::f16;
 use memmap2::Mmap;
@@ -43,12 +43,7 @@ pub struct CacheMeta {
 impl CacheMeta {
     /// The meta of the cache in `dir`, if one was started there.
     pub fn read(dir: &Path) -> Result<Option<CacheMeta>> {
-        let p = dir.join("meta.json");
-        if p.exists() {
-            read_json(&p).map(Some)
-        } else {
-            Ok(None)
-        }
+        read_json_if_exists(&dir.join("meta.json"))
     }
 }
 
@@ -75,8 +70,7 @@ impl FeatureCacheWriter {
     pub fn open(dir: &Path, meta: &CacheMeta) -> Result<FeatureCacheWriter> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let meta_path = dir.join("meta.json");
-        if meta_path.exists() {
-            let old: CacheMeta = read_json(&meta_path)?;
+        if let Some(old) = CacheMeta::read(dir)? {
             if &old != meta {
                 return Err(DraftError::Train(format!(
                     "{} was built for another target or recipe ({:?}); use a new --cache directory",

@@ -29,3 +29,12 @@ pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> DraftError + '_ {
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&std::fs::read_to_string(path).map_err(io(path))?).map_err(|e| DraftError::Train(format!("{}: {e}", path.display())))
 }
+
+/// [`read_json`] for a file an earlier run may not have written yet.
+pub(crate) fn read_json_if_exists<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    if path.exists() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
+}

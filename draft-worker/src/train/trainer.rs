@@ -15,10 +15,11 @@
 
 use super::features::FeatureCache;
 use super::head_model::{cerr, HeadShape, PairBatch, TrainHead};
-use super::{io, read_json};
+use super::{io, read_json_if_exists};
 use crate::eagle::EagleKind;
 use crate::error::{DraftError, Result};
-use crate::random_head::{head_config, write_head_files};
+use crate::random_head::{d2t_offsets, draft_vocab_tensors, head_config, write_head_files};
+use aerie_engine::loader::hf::SafetensorsDir;
 use aerie_engine::Model;
 use candle_core::{backprop::GradStore, Device, Tensor, Var};
 use rand::seq::SliceRandom;
@@ -201,24 +202,19 @@ pub fn write_head(dir: &Path, target: &Model, head: &TrainHead) -> Result<()> {
         tensors.push((name.clone(), t.dims().to_vec(), data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(), safetensors::Dtype::F16));
     }
     let vocab = target.config.vocab_size;
-    if head.kind == EagleKind::Eagle3 {
-        let ids = &head.draft_ids;
-        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(DraftError::Train(format!("draft id {bad} is outside the target vocabulary of {vocab}")));
+    let config = match head.kind {
+        EagleKind::Eagle => head_config(&target.config, head.kind, head.shape.ff, vocab),
+        EagleKind::Eagle3 => {
+            let ids = &head.draft_ids;
+            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                return Err(DraftError::Train(format!("draft id {bad} is outside the target vocabulary of {vocab}")));
+            }
+            tensors.extend(draft_vocab_tensors(ids, vocab));
+            let mut config = head_config(&target.config, head.kind, head.shape.ff, ids.len());
+            config["eagle_config"] = serde_json::json!({ "eagle_aux_hidden_state_layer_ids": head.aux_layers });
+            config
         }
-        let d2t: Vec<u8> = ids.iter().enumerate().flat_map(|(i, &t)| (t as i64 - i as i64).to_le_bytes()).collect();
-        let mut t2d = vec![0u8; vocab];
-        for &t in ids {
-            t2d[t as usize] = 1;
-        }
-        tensors.push(("d2t".into(), vec![ids.len()], d2t, safetensors::Dtype::I64));
-        tensors.push(("t2d".into(), vec![vocab], t2d, safetensors::Dtype::BOOL));
-    }
-    let draft_vocab = if head.kind == EagleKind::Eagle3 { head.draft_ids.len() } else { vocab };
-    let mut config = head_config(&target.config, head.kind, head.shape.ff, draft_vocab);
-    if head.kind == EagleKind::Eagle3 {
-        config["eagle_config"] = serde_json::json!({ "eagle_aux_hidden_state_layer_ids": head.aux_layers });
-    }
+    };
     write_head_files(dir, &tensors, &config)
 }
 
@@ -241,51 +237,20 @@ fn save_state(dir: &Path, head: &TrainHead, opt: &AdamW, state: &TrainState) -> 
 /// (`dir/model.safetensors`); every parameter must be there with its shape,
 /// and an EAGLE-3 head must draft the same vocabulary.
 fn load_head_weights(dir: &Path, head: &TrainHead) -> Result<()> {
-    use safetensors::Dtype;
-    let file = dir.join("model.safetensors");
-    let bad = |e: &dyn std::fmt::Display| DraftError::Train(format!("{}: {e}", file.display()));
-    let bytes = std::fs::read(&file).map_err(io(&file))?;
-    // Tensor by tensor: candle cannot load the boolean `t2d` of an EAGLE-3 head.
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(&e))?;
-    let view = |name: &str| st.tensor(name).map_err(|_| bad(&format!("no tensor {name}")));
-    let get = |name: &str| -> Result<Tensor> {
-        let v = view(name)?;
-        let data: Vec<f32> = match v.dtype() {
-            Dtype::F32 => v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => v.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => v.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            other => return Err(bad(&format!("{name} is {other:?}; expected F32, F16 or BF16"))),
-        };
-        Tensor::from_vec(data, v.shape(), &Device::Cpu).map_err(cerr)
-    };
-    if head.kind == EagleKind::Eagle3 {
-        let v = view("d2t")?;
-        let d2t: Vec<i64> = match v.dtype() {
-            Dtype::I64 => v.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
-            other => return Err(bad(&format!("d2t is {other:?}; expected I64"))),
-        };
-        let ids: Vec<u32> = d2t.iter().enumerate().map(|(i, &d)| (i as i64 + d) as u32).collect();
-        if ids != head.draft_ids {
-            return Err(bad(&"its draft vocabulary (d2t) differs from this run's; use the same data and --hot-vocab"));
-        }
+    // The engine's reader, not candle's: candle cannot load the boolean
+    // `t2d` of an EAGLE-3 head.
+    let st = SafetensorsDir::open(dir)?;
+    if head.kind == EagleKind::Eagle3 && st.ints("d2t")? != d2t_offsets(&head.draft_ids) {
+        return Err(DraftError::Train(format!("{}: its draft vocabulary (d2t) differs from this run's; use the same data and --hot-vocab", dir.display())));
     }
     for (name, v) in &head.params {
-        let t = &get(name)?;
-        if t.dims() != v.as_tensor().dims() {
-            return Err(DraftError::Train(format!("{}: {name} is {:?}, this target's head needs {:?}", file.display(), t.dims(), v.as_tensor().dims())));
+        let (dims, data) = st.tensor(name)?;
+        if dims != v.as_tensor().dims() {
+            return Err(DraftError::Train(format!("{}: {name} is {dims:?}, this target's head needs {:?}", dir.display(), v.as_tensor().dims())));
         }
-        v.set(t).map_err(cerr)?;
+        v.set(&Tensor::from_vec(data, dims, &Device::Cpu).map_err(cerr)?).map_err(cerr)?;
     }
     Ok(())
-}
-
-/// The saved run state in `dir`, if a run was checkpointed there.
-fn read_state(dir: &Path) -> Result<Option<TrainState>> {
-    let p = dir.join("state.json");
-    if !p.exists() {
-        return Ok(None);
-    }
-    read_json(&p).map(Some)
 }
 
 /// Restores weights and Adam moments from the checkpoint in `dir`.
@@ -354,7 +319,7 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
         rope_theta: tc.rope_theta,
     };
     let ck = out.join("checkpoint");
-    let saved = read_state(&ck)?;
+    let saved: Option<TrainState> = read_json_if_exists(&ck.join("state.json"))?;
     // The hot vocabulary is fixed by the first run; a resumed run reuses it.
     let hot_ids = match &saved {
         Some(s) => s.hot_ids.clone(),
