@@ -4,6 +4,14 @@
 //! reuse that makes scoring 8 tree nodes cost far less than 8 decodes). Each
 //! row keeps its own accumulator, summed in block order, so a row's result is
 //! identical whether it is computed alone or in a tile: batch invariance.
+//!
+//! Two instruction sets, chosen once at run time: AVX2 (byte multiply-add,
+//! then a 16-bit multiply-add into i32 lanes) and, where the CPU has
+//! AVX512-VNNI, one `vpdpbusd` on 256-bit registers for the same i32 lanes.
+//! The lanes hold exact integer sums, so every later float operation sees
+//! the same inputs and the two give identical bits: a machine with VNNI
+//! computes the same logits as one without, only faster when compute-bound
+//! (verify batches, prefill).
 
 use super::blocks::{read_f16, ActBlock, BlockFormat, QK};
 use std::sync::OnceLock;
@@ -25,9 +33,37 @@ pub(crate) fn has_avx2() -> bool {
     })
 }
 
+/// Whether the CPU can do the 8-bit block dot in one instruction
+/// (`vpdpbusd` on 256-bit registers: AVX512-VNNI with AVX512VL). Only
+/// speed changes: the dot of two blocks is an exact integer either way, so
+/// results are bit-identical with and without it. `AERIE_NO_VNNI` turns it
+/// off, for A/B runs.
+pub(crate) fn has_vnni() -> bool {
+    static FLAG: OnceLock<bool> = OnceLock::new();
+    *FLAG.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            has_avx2()
+                && std::env::var_os("AERIE_NO_VNNI").is_none()
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Dots one quantized weight row with R quantized activation rows.
 #[inline]
 pub(crate) fn dot_q_rows<const R: usize>(fmt: BlockFormat, w: &[u8], acts: &[&[ActBlock]; R]) -> [f32; R] {
+    #[cfg(target_arch = "x86_64")]
+    if has_vnni() {
+        // SAFETY: AVX2, FMA, F16C, AVX512-VNNI and AVX512VL present
+        // (checked above); slice bounds as below.
+        return unsafe { avx2::vnni_dot_q_rows::<R>(fmt, w, acts) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked above); slices are
@@ -42,6 +78,11 @@ pub(crate) fn dot_q_rows<const R: usize>(fmt: BlockFormat, w: &[u8], acts: &[&[A
 /// two `dot_q_rows` calls).
 #[inline]
 pub(crate) fn dot2_q_rows<const R: usize>(fmt: BlockFormat, w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; R]) -> [[f32; R]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if has_vnni() {
+        // SAFETY: as for dot_q_rows.
+        return unsafe { avx2::vnni_dot2_q_rows::<R>(fmt, w0, w1, acts) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: as for dot_q_rows.
@@ -239,11 +280,29 @@ mod avx2 {
         _mm256_and_si256(_mm256_set1_epi8(0xF), bytes)
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
-        let dot = _mm256_maddubs_epi16(ax, sy);
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
+    /// The 8-bit products of a block, unsigned `ax` times signed `sy`,
+    /// summed in groups of four into eight i32 lanes, as floats. The sums
+    /// are exact integers (no 16-bit step can saturate: |ax| ≤ 128 and
+    /// |sy| ≤ 127), so both ways give identical bits.
+    trait PairSum {
+        unsafe fn sum(ax: __m256i, sy: __m256i) -> __m256;
+    }
+    /// AVX2: byte multiply-add to i16 pairs, then i16 multiply-add by 1.
+    struct Madd;
+    /// AVX512-VNNI: one `vpdpbusd`.
+    struct Vnni;
+    impl PairSum for Madd {
+        #[inline(always)]
+        unsafe fn sum(ax: __m256i, sy: __m256i) -> __m256 {
+            let dot = _mm256_maddubs_epi16(ax, sy);
+            _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
+        }
+    }
+    impl PairSum for Vnni {
+        #[inline(always)]
+        unsafe fn sum(ax: __m256i, sy: __m256i) -> __m256 {
+            _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy))
+        }
     }
 
     pub(crate) use super::hsum;
@@ -307,7 +366,7 @@ mod avx2 {
     /// kernels use. Activation rounding makes the model chaotic at the 1e-7
     /// level, so matching ggml's order keeps Aerie closest to llama.cpp.
     #[inline(always)]
-    unsafe fn dot_fmt<F: Fmt, const R: usize>(w: &[u8], acts: &[&[ActBlock]; R]) -> [f32; R] {
+    unsafe fn dot_fmt<F: Fmt, P: PairSum, const R: usize>(w: &[u8], acts: &[&[ActBlock]; R]) -> [f32; R] {
         let nb = w.len() / F::BYTES;
         let mut acc = [_mm256_setzero_ps(); R];
         let mut summs = [0.0f32; R];
@@ -322,7 +381,7 @@ mod avx2 {
                 let a = &*aps[r].add(b);
                 let qy = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
                 let sy = if F::UNSIGNED { qy } else { _mm256_sign_epi8(qy, qx) };
-                let xy = mul_sum_us8_pairs_float(ax, sy);
+                let xy = P::sum(ax, sy);
                 acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), xy, acc[r]);
                 if F::UNSIGNED {
                     summs[r] += m * a.s;
@@ -340,7 +399,7 @@ mod avx2 {
     /// both. Per (weight row, activation row) the arithmetic and its order
     /// are exactly those of `dot_fmt`, so results are bit-identical to it.
     #[inline(always)]
-    unsafe fn dot2_fmt<F: Fmt, const R: usize>(w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; R]) -> [[f32; R]; 2] {
+    unsafe fn dot2_fmt<F: Fmt, P: PairSum, const R: usize>(w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; R]) -> [[f32; R]; 2] {
         let nb = w0.len() / F::BYTES;
         let mut acc = [[_mm256_setzero_ps(); R]; 2];
         let mut summs = [[0.0f32; R]; 2];
@@ -356,8 +415,8 @@ mod avx2 {
                 let a = &*aps[r].add(b);
                 let qy = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
                 let (sy0, sy1) = if F::UNSIGNED { (qy, qy) } else { (_mm256_sign_epi8(qy, qx[0]), _mm256_sign_epi8(qy, qx[1])) };
-                let xy0 = mul_sum_us8_pairs_float(ax[0], sy0);
-                let xy1 = mul_sum_us8_pairs_float(ax[1], sy1);
+                let xy0 = P::sum(ax[0], sy0);
+                let xy1 = P::sum(ax[1], sy1);
                 acc[0][r] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a.d), xy0, acc[0][r]);
                 acc[1][r] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a.d), xy1, acc[1][r]);
                 if F::UNSIGNED {
@@ -378,18 +437,36 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot2_q_rows<const R: usize>(fmt: BlockFormat, w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; R]) -> [[f32; R]; 2] {
         match fmt {
-            BlockFormat::Q4_0 => dot2_fmt::<Q40, R>(w0, w1, acts),
-            BlockFormat::Q4_1 => dot2_fmt::<Q41, R>(w0, w1, acts),
-            BlockFormat::Q8_0 => dot2_fmt::<Q80, R>(w0, w1, acts),
+            BlockFormat::Q4_0 => dot2_fmt::<Q40, Madd, R>(w0, w1, acts),
+            BlockFormat::Q4_1 => dot2_fmt::<Q41, Madd, R>(w0, w1, acts),
+            BlockFormat::Q8_0 => dot2_fmt::<Q80, Madd, R>(w0, w1, acts),
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q_rows<const R: usize>(fmt: BlockFormat, w: &[u8], acts: &[&[ActBlock]; R]) -> [f32; R] {
         match fmt {
-            BlockFormat::Q4_0 => dot_fmt::<Q40, R>(w, acts),
-            BlockFormat::Q4_1 => dot_fmt::<Q41, R>(w, acts),
-            BlockFormat::Q8_0 => dot_fmt::<Q80, R>(w, acts),
+            BlockFormat::Q4_0 => dot_fmt::<Q40, Madd, R>(w, acts),
+            BlockFormat::Q4_1 => dot_fmt::<Q41, Madd, R>(w, acts),
+            BlockFormat::Q8_0 => dot_fmt::<Q80, Madd, R>(w, acts),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn vnni_dot2_q_rows<const R: usize>(fmt: BlockFormat, w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; R]) -> [[f32; R]; 2] {
+        match fmt {
+            BlockFormat::Q4_0 => dot2_fmt::<Q40, Vnni, R>(w0, w1, acts),
+            BlockFormat::Q4_1 => dot2_fmt::<Q41, Vnni, R>(w0, w1, acts),
+            BlockFormat::Q8_0 => dot2_fmt::<Q80, Vnni, R>(w0, w1, acts),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn vnni_dot_q_rows<const R: usize>(fmt: BlockFormat, w: &[u8], acts: &[&[ActBlock]; R]) -> [f32; R] {
+        match fmt {
+            BlockFormat::Q4_0 => dot_fmt::<Q40, Vnni, R>(w, acts),
+            BlockFormat::Q4_1 => dot_fmt::<Q41, Vnni, R>(w, acts),
+            BlockFormat::Q8_0 => dot_fmt::<Q80, Vnni, R>(w, acts),
         }
     }
 
@@ -438,5 +515,82 @@ mod avx2 {
             out[r] = hsum(acc[r]);
         }
         out
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Random blocks of `fmt` with sane f16 scales and every byte pattern
+    /// in the values, extremes included (Q8_0 -128, activations ±127).
+    fn random_row(fmt: BlockFormat, blocks: usize, seed: &mut u64) -> Vec<u8> {
+        let mut next = || {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed
+        };
+        let mut out = Vec::new();
+        for b in 0..blocks {
+            let scale = half::f16::from_f32(0.01 + (next() % 1000) as f32 * 1e-4).to_bits().to_le_bytes();
+            out.extend_from_slice(&scale);
+            if fmt == BlockFormat::Q4_1 {
+                out.extend_from_slice(&half::f16::from_f32(-0.05).to_bits().to_le_bytes());
+            }
+            let n = fmt.block_bytes() - out.len() % fmt.block_bytes();
+            for i in 0..n {
+                // The first block holds the extreme values.
+                out.push(if b == 0 { [0x80, 0x7f, 0xff, 0x00][i % 4] } else { next() as u8 });
+            }
+        }
+        out
+    }
+
+    /// The VNNI block dot gives the same bits as the AVX2 one, for every
+    /// format and tile width. Skipped (and said so) on CPUs without VNNI.
+    #[test]
+    fn vnni_and_avx2_dots_are_bit_identical() {
+        if !has_vnni() {
+            eprintln!("no AVX512-VNNI on this CPU (or AERIE_NO_VNNI set): nothing to compare");
+            return;
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let blocks = 18;
+        let acts: Vec<Vec<ActBlock>> = (0..4)
+            .map(|r| {
+                let raw = random_row(BlockFormat::Q8_0, blocks, &mut seed);
+                raw.chunks(34)
+                    .enumerate()
+                    .map(|(b, c)| {
+                        let mut qs = [0i8; QK];
+                        for (q, &v) in qs.iter_mut().zip(&c[2..]) {
+                            // Activations are rounded to [-127, 127].
+                            *q = if r == 0 && b == 0 { 127 * (1 - 2 * (v & 1) as i8) } else { (v as i8).max(-127) };
+                        }
+                        ActBlock { d: 0.003 * (b + 1) as f32, s: 0.1 * r as f32 - 0.05, qs }
+                    })
+                    .collect()
+            })
+            .collect();
+        for fmt in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+            let (w0, w1) = (random_row(fmt, blocks, &mut seed), random_row(fmt, blocks, &mut seed));
+            let a4: [&[ActBlock]; 4] = std::array::from_fn(|r| acts[r].as_slice());
+            let a1: [&[ActBlock]; 1] = [acts[0].as_slice()];
+            // SAFETY: AVX2, FMA, F16C and VNNI checked by has_vnni; every
+            // row holds `blocks` blocks.
+            unsafe {
+                let (v, a) = (avx2::vnni_dot2_q_rows::<4>(fmt, &w0, &w1, &a4), avx2::dot2_q_rows::<4>(fmt, &w0, &w1, &a4));
+                assert_eq!(v.map(|r| r.map(f32::to_bits)), a.map(|r| r.map(f32::to_bits)), "{fmt:?} paired");
+                let (v, a) = (avx2::vnni_dot_q_rows::<1>(fmt, &w1, &a1), avx2::dot_q_rows::<1>(fmt, &w1, &a1));
+                assert_eq!(v[0].to_bits(), a[0].to_bits(), "{fmt:?} single");
+                // And both equal the scalar reference to float rounding.
+                let s = scalar_dot_q_rows::<4>(fmt, &w0, &a4);
+                let v = avx2::vnni_dot_q_rows::<4>(fmt, &w0, &a4);
+                for r in 0..4 {
+                    assert!((v[r] - s[r]).abs() <= 1e-3 * (1.0 + s[r].abs()), "{fmt:?} row {r}: {} vs {}", v[r], s[r]);
+                }
+            }
+        }
     }
 }
