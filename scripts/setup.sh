@@ -32,12 +32,12 @@ if ! command -v cargo >/dev/null; then
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! command -v cargo >/dev/null; then
-  echo "setup: installing Debian's cargo (Aerie needs Rust >= 1.80)"
+  echo "setup: installing Debian's cargo (Aerie needs Rust >= 1.89)"
   as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc
 fi
 rustv=$(rustc --version | awk '{print $2}')
-if [ "$(printf '%s\n1.80.0\n' "$rustv" | sort -V | head -1)" != "1.80.0" ]; then
-  echo "setup: rustc $rustv is older than 1.80; install a newer toolchain (rustup) and retry" >&2
+if [ "$(printf '%s\n1.89.0\n' "$rustv" | sort -V | head -1)" != "1.89.0" ]; then
+  echo "setup: rustc $rustv is older than 1.89; install a newer toolchain (rustup) and retry" >&2
   exit 1
 fi
 

@@ -434,40 +434,43 @@ mod avx2 {
         out
     }
 
+    /// Picks the format's kernel, with `P` for the block dot.
+    #[inline(always)]
+    unsafe fn dot2_any<P: PairSum, const R: usize>(fmt: BlockFormat, w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; R]) -> [[f32; R]; 2] {
+        match fmt {
+            BlockFormat::Q4_0 => dot2_fmt::<Q40, P, R>(w0, w1, acts),
+            BlockFormat::Q4_1 => dot2_fmt::<Q41, P, R>(w0, w1, acts),
+            BlockFormat::Q8_0 => dot2_fmt::<Q80, P, R>(w0, w1, acts),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot_any<P: PairSum, const R: usize>(fmt: BlockFormat, w: &[u8], acts: &[&[ActBlock]; R]) -> [f32; R] {
+        match fmt {
+            BlockFormat::Q4_0 => dot_fmt::<Q40, P, R>(w, acts),
+            BlockFormat::Q4_1 => dot_fmt::<Q41, P, R>(w, acts),
+            BlockFormat::Q8_0 => dot_fmt::<Q80, P, R>(w, acts),
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot2_q_rows<const R: usize>(fmt: BlockFormat, w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; R]) -> [[f32; R]; 2] {
-        match fmt {
-            BlockFormat::Q4_0 => dot2_fmt::<Q40, Madd, R>(w0, w1, acts),
-            BlockFormat::Q4_1 => dot2_fmt::<Q41, Madd, R>(w0, w1, acts),
-            BlockFormat::Q8_0 => dot2_fmt::<Q80, Madd, R>(w0, w1, acts),
-        }
+        dot2_any::<Madd, R>(fmt, w0, w1, acts)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q_rows<const R: usize>(fmt: BlockFormat, w: &[u8], acts: &[&[ActBlock]; R]) -> [f32; R] {
-        match fmt {
-            BlockFormat::Q4_0 => dot_fmt::<Q40, Madd, R>(w, acts),
-            BlockFormat::Q4_1 => dot_fmt::<Q41, Madd, R>(w, acts),
-            BlockFormat::Q8_0 => dot_fmt::<Q80, Madd, R>(w, acts),
-        }
+        dot_any::<Madd, R>(fmt, w, acts)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     pub(super) unsafe fn vnni_dot2_q_rows<const R: usize>(fmt: BlockFormat, w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; R]) -> [[f32; R]; 2] {
-        match fmt {
-            BlockFormat::Q4_0 => dot2_fmt::<Q40, Vnni, R>(w0, w1, acts),
-            BlockFormat::Q4_1 => dot2_fmt::<Q41, Vnni, R>(w0, w1, acts),
-            BlockFormat::Q8_0 => dot2_fmt::<Q80, Vnni, R>(w0, w1, acts),
-        }
+        dot2_any::<Vnni, R>(fmt, w0, w1, acts)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     pub(super) unsafe fn vnni_dot_q_rows<const R: usize>(fmt: BlockFormat, w: &[u8], acts: &[&[ActBlock]; R]) -> [f32; R] {
-        match fmt {
-            BlockFormat::Q4_0 => dot_fmt::<Q40, Vnni, R>(w, acts),
-            BlockFormat::Q4_1 => dot_fmt::<Q41, Vnni, R>(w, acts),
-            BlockFormat::Q8_0 => dot_fmt::<Q80, Vnni, R>(w, acts),
-        }
+        dot_any::<Vnni, R>(fmt, w, acts)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
