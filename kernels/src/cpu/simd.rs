@@ -551,7 +551,8 @@ mod tests {
     }
 
     /// The VNNI block dot gives the same bits as the AVX2 one, for every
-    /// format and tile width. Skipped (and said so) on CPUs without VNNI.
+    /// format, paired (4 activation rows) and single (1 row). Skipped (and
+    /// said so) on CPUs without VNNI.
     #[test]
     fn vnni_and_avx2_dots_are_bit_identical() {
         if !has_vnni() {
