@@ -79,7 +79,8 @@ pub fn quantize_row(x: &[f32], with_sum: bool, out: &mut [ActBlock]) {
     for (chunk, blk) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = chunk.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        // 127/amax as in ggml's activation quantizers (see simd.rs).
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in blk.qs.iter_mut().zip(chunk) {
             // Round half to even, as ggml's SIMD path does.

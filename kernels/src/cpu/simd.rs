@@ -245,7 +245,9 @@ pub(crate) unsafe fn quantize_block_avx2(x: &[f32], with_sum: bool, out: &mut Ac
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     let amax = _mm_cvtss_f32(m4);
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    // 127/amax, not 1/d: the two differ in the last bit for some amax, and
+    // that bit decides roundings that land on a half (ggml's SIMD paths).
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let idv = _mm256_set1_ps(id);
     let mut q = [_mm256_setzero_si256(); 4];
     for i in 0..4 {
