@@ -9,7 +9,8 @@ use crate::config::RopeStyle;
 use crate::kv::KvCache;
 use crate::model::AttnMask;
 use crate::weights::Linear;
-use aerie_kernels::cpu::{attention, ops, Matrix};
+use aerie_kernels::cpu::attention::{self, SumOrder};
+use aerie_kernels::cpu::{ggml_math, ops, Matrix};
 use rayon::prelude::*;
 
 thread_local! {
@@ -26,10 +27,33 @@ pub struct AttnShape {
 }
 
 /// Rotary embedding: one inverse frequency per dimension pair.
+///
+/// Angles are computed as ggml computes them, in f32: `theta = pos`, then
+/// `theta *= base^(-2/d)` from one pair to the next, each pair's angle
+/// divided by its frequency factor (llama3 scaling, or 1). The f64 angles
+/// of the textbook formula differ by up to ~4e-4 rad at position 200, enough
+/// to move llama.cpp near-ties.
 #[derive(Debug, Clone)]
 pub struct Rope {
     pub inv_freqs: Vec<f64>,
     pub style: RopeStyle,
+    /// `base^(-2/d)` in f32, ggml's per-pair angle step.
+    theta_scale: f32,
+    /// Per-pair divisor: the unscaled frequency over `inv_freqs[i]`.
+    freq_factors: Vec<f32>,
+}
+
+impl Rope {
+    /// `inv_freqs` from [`crate::config::ModelConfig::inv_freqs`] (scaling
+    /// applied), `base` the model's `rope_theta`.
+    pub fn new(inv_freqs: Vec<f64>, base: f64, style: RopeStyle) -> Rope {
+        let d = 2 * inv_freqs.len();
+        let theta_scale = (base as f32).powf(-2.0 / d as f32);
+        let freq_factors = (0..inv_freqs.len())
+            .map(|i| ((1.0 / base.powf(2.0 * i as f64 / d as f64)) / inv_freqs[i]) as f32)
+            .collect();
+        Rope { inv_freqs, style, theta_scale, freq_factors }
+    }
 }
 
 /// One sequence's rows in a stacked forward batch.
@@ -50,6 +74,11 @@ pub struct AttnPlan {
     tok_seq: Vec<usize>,
     /// Visible key indices of every stacked row.
     visible: Vec<Vec<u32>>,
+    /// Summation order of each sequence: a causal batch of two or more
+    /// tokens is a prompt, and llama.cpp sums prompts in tinyBLAS's order.
+    /// Trees and single tokens take the one-token order, so a tree node and
+    /// its path decoded token by token agree bit for bit.
+    orders: Vec<SumOrder>,
     cos: Vec<f32>,
     sin: Vec<f32>,
     half: usize,
@@ -78,13 +107,20 @@ impl AttnPlan {
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
         for &p in positions {
-            for &f in &rope.inv_freqs {
-                let a = p as f64 * f;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
+            let mut theta = p as f32;
+            for &ff in &rope.freq_factors {
+                let a = theta / ff;
+                cos.push(a.cos());
+                sin.push(a.sin());
+                theta *= rope.theta_scale;
             }
         }
-        AttnPlan { spans, tok_seq, visible, cos, sin, half }
+        let orders = seqs
+            .iter()
+            .zip(counts)
+            .map(|((_, m), &n)| if matches!(m, AttnMask::Causal) && n >= 2 { SumOrder::Prompt } else { SumOrder::Step })
+            .collect();
+        AttnPlan { spans, tok_seq, visible, orders, cos, sin, half }
     }
 
     /// Stacked rows in the call.
@@ -103,8 +139,9 @@ impl AttnPlan {
                         RopeStyle::HalfSplit => (i, i + half),
                     };
                     let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * c[i] - x1 * s[i];
-                    head[b] = x0 * s[i] + x1 * c[i];
+                    // The fused forms GCC compiles ggml's rotation into.
+                    head[a] = x0.mul_add(c[i], -(x1 * s[i]));
+                    head[b] = x0.mul_add(s[i], x1 * c[i]);
                 }
             }
         }
@@ -151,6 +188,9 @@ pub fn attention(
     }
     plan.apply_rope(&mut q, nh, hd, rope_style);
     plan.apply_rope(&mut k, nkv, hd, rope_style);
+    // The cache holds f16 values, as llama.cpp's default F16 KV cache does.
+    ggml_math::round_f16_slice(&mut k);
+    ggml_math::round_f16_slice(&mut v);
     for (cache, p) in caches.iter_mut().zip(&plan.spans) {
         let dst = p.base * kvd..(p.base + p.n) * kvd;
         let src = p.offset * kvd..(p.offset + p.n) * kvd;
@@ -177,6 +217,7 @@ pub fn attention(
                 head_dim: hd,
                 keys: &plan.visible[t],
                 scale,
+                order: plan.orders[plan.tok_seq[t]],
             };
             SCRATCH.with(|s| attention::attend(&args, o, &mut s.borrow_mut()));
         };
@@ -193,7 +234,7 @@ pub fn mlp(gate_up: &Linear, down: &Matrix, xn: &[f32], rows: usize, out: &mut [
     let mut act = vec![0.0f32; rows * ff];
     for (row, a) in gu.chunks(2 * ff).zip(act.chunks_mut(ff)) {
         a.copy_from_slice(&row[..ff]);
-        ops::silu_mul(a, &row[ff..]);
+        ggml_math::silu_mul(a, &row[ff..]);
     }
     down.matmul(&act, rows, out);
 }

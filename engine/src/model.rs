@@ -97,7 +97,7 @@ pub struct Model {
 
 impl Model {
     pub fn new(config: ModelConfig, weights: ModelWeights, fingerprint: String) -> Self {
-        let rope = Rope { inv_freqs: config.inv_freqs(), style: config.rope_style };
+        let rope = Rope::new(config.inv_freqs(), config.rope_theta, config.rope_style);
         Model { config, weights, fingerprint, rope }
     }
 
@@ -123,10 +123,9 @@ impl Model {
         let h = self.config.hidden_size;
         let rows = normed.len() / h;
         let mut out = vec![0.0f32; rows * self.config.vocab_size];
-        // Unrounded activations here: the logits are what greedy argmax and
-        // sampling read, and 8-bit rounding of this one input moves them by
-        // up to ~0.1 (see docs/benchmarks.md). It is also faster at decode.
-        self.weights.lm_head().matmul_f32_act(normed, rows, &mut out);
+        // 8-bit activations, as llama.cpp rounds them for its Q8_0 output
+        // head: the logits then match llama.cpp's bit for bit.
+        self.weights.lm_head().matmul(normed, rows, &mut out);
         out
     }
 

@@ -93,7 +93,11 @@ fn hf_directory_matches_gguf() {
     let worst = a.iter().zip(&b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
     let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     eprintln!("HF vs GGUF: max |Δlogit| {worst} (logit scale {scale})");
-    assert!(worst / scale < 1e-4, "HF and GGUF logits differ by {worst}");
+    // Not bit-identical: the two layouts order each head's dimensions
+    // differently, so q·k sums in another order, and an ulp there can flip
+    // the f16 rounding of an attention probability (2^-11 relative). A wrong
+    // or misplaced tensor moves logits by whole units.
+    assert!(worst / scale < 2e-3, "HF and GGUF logits differ by {worst}");
 }
 
 #[test]

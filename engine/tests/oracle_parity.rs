@@ -38,24 +38,21 @@ fn chat_template_and_prompt_ids_match() {
 }
 
 /// llama.cpp's top-2 logit margin under which a step counts as a numerical
-/// near-tie. The issue asked for 0.05; measured here, Aerie and llama.cpp
-/// differ by up to ~0.2 in individual logits (8-bit activation rounding is
-/// chaotic, and ggml's f16 KV cache, f16 attention probabilities and
-/// approximate exp differ from Aerie's f32 attention), and every divergence
-/// on these 20 prompts falls at a llama.cpp margin below 0.3. At 0.05, 8 of
-/// 20 prompts pass (docs/benchmarks.md).
-const NEAR_TIE: f64 = 0.3;
+/// near-tie (the issue's rule). Aerie reproduces ggml's CPU roundings (8-bit
+/// activation blocks, f16 KV cache and attention inputs, ggml's exp, RoPE
+/// angles and summation orders), so in practice the ids agree to the end:
+/// 1,280 of 1,280 tokens on the fixture machine (docs/benchmarks.md).
+const NEAR_TIE: f64 = 0.05;
 
-/// Greedy ids equal llama.cpp's until the two first differ, and that first
-/// difference (if any) falls on a step where llama.cpp's own top-2 margin is
-/// under `NEAR_TIE`: on at least 19 of 20 prompts. The agreed prefixes must
-/// also cover real ground (at least 200 tokens in all).
+/// Greedy ids equal llama.cpp's up to the first step where llama.cpp's own
+/// top-2 margin is under `NEAR_TIE`, on at least 19 of 20 prompts. The
+/// agreed prefixes must also cover real ground (at least 200 tokens in all).
 #[test]
 fn greedy_matches_llama_cpp() {
     let e = smollm2();
     let fx = oracle("greedy.json");
     let cases = fx["cases"].as_array().unwrap();
-    let (mut ok, mut agreed, mut strict_ok) = (0, 0, 0);
+    let (mut ok, mut agreed, mut identical) = (0, 0, 0);
     let mut report = Vec::new();
     for c in cases {
         let prompt = ids(&c["prompt_ids"]);
@@ -64,23 +61,22 @@ fn greedy_matches_llama_cpp() {
         let margins: Vec<f64> = c["margins"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect();
         let req = GenerateRequest { prompt_ids: &prompt, max_tokens: 64, sampling: SamplingParams::default(), stop_ids: &e.tokenizer.eos_ids };
         let got = generate(&e.model, &req, &mut |_| {}).unwrap().token_ids;
-        let first_diff = want.iter().zip(&got).position(|(a, b)| a != b);
-        agreed += first_diff.unwrap_or(want.len().min(got.len()));
-        let margin = first_diff.map(|d| margins[d]);
-        let same = margin.is_none_or(|m| m < NEAR_TIE);
+        let first_diff = (0..want.len().max(got.len())).find(|&i| want.get(i) != got.get(i));
+        agreed += first_diff.unwrap_or(want.len());
+        identical += first_diff.is_none() as usize;
+        // Steps before llama.cpp's first near-tie must agree.
+        let must_agree = margins.iter().position(|&m| m < NEAR_TIE).unwrap_or(want.len());
+        let same = first_diff.is_none_or(|d| d >= must_agree);
         ok += same as usize;
-        // The issue's original criterion, reported for the record.
-        let strict_len = margins.iter().position(|&m| m < 0.05).unwrap_or(want.len());
-        strict_ok += first_diff.is_none_or(|d| d >= strict_len) as usize;
         report.push(format!(
-            "q{}: first difference at {} (llama.cpp margin there {}), {}",
+            "q{}: first difference at {} (first llama.cpp near-tie at {}), {}",
             c["question_id"],
             first_diff.map_or("none".into(), |d| d.to_string()),
-            margin.map_or("-".into(), |m| format!("{m:.3}")),
+            if must_agree < want.len() { must_agree.to_string() } else { "none".into() },
             if same { "ok" } else { "MISMATCH" }
         ));
     }
-    eprintln!("{}\nagreed tokens {agreed}; {ok}/20 within NEAR_TIE={NEAR_TIE}; {strict_ok}/20 at margin 0.05", report.join("\n"));
+    eprintln!("{}\nagreed tokens {agreed}; {ok}/20 agree up to the first margin < {NEAR_TIE}; {identical}/20 identical", report.join("\n"));
     assert!(agreed >= 200, "only {agreed} tokens agree before divergences");
     assert!(ok >= 19, "{ok}/20 prompts match llama.cpp:\n{}", report.join("\n"));
 }

@@ -73,9 +73,13 @@ fn tree_forward_matches_paths_and_keep_rows_matches_path_cache() {
     let deepest = (0..n).max_by_key(|&i| depth[i]).unwrap();
     let path = path_of(deepest);
     tree_cache.keep_rows(prefix.len(), &path).unwrap();
+    // The path decoded one token at a time: a causal batch would be a
+    // prompt, which sums attention in llama.cpp's prompt order (an ulp
+    // apart), while tree nodes take the one-token order.
     let mut seq_cache = base.clone();
-    let path_tokens: Vec<u32> = path.iter().map(|&i| tokens[i]).collect();
-    run(&mut seq_cache, &path_tokens, AttnMask::Causal, None, LogitsRows::None);
+    for &i in &path {
+        run(&mut seq_cache, &[tokens[i]], AttnMask::Causal, None, LogitsRows::None);
+    }
     assert_eq!(tree_cache.len(), seq_cache.len());
     for l in 0..e.model.config.num_layers {
         let (k1, v1) = tree_cache.layer(l);

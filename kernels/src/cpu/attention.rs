@@ -3,18 +3,37 @@
 //! softmax, and sum the values. The key list is explicit, so the same kernel
 //! serves causal decoding and token trees.
 //!
-//! Strategy: keys are visited in list order for every head (a fixed order,
-//! hence batch-invariant results); the AVX2 version keeps a head's 64-wide
-//! output in registers while it streams the values.
+//! Numerics: llama.cpp's CPU attention without flash attention, rounding for
+//! rounding, because greedy parity with llama.cpp is decided by last-bit
+//! differences at near-ties:
+//! - keys and values are f16 (the caller stores them rounded, see
+//!   [`super::ggml_math::round_f16_slice`]), and the query is rounded to f16;
+//! - `q·k` sums like `ggml_vec_dot_f16`: four 8-lane accumulators over
+//!   32-wide steps, then ggml's pairwise reduction;
+//! - the softmax uses ggml's exp approximation, sums 8-wide blocks in f32
+//!   and the block sums in f64, and scales by the f32 reciprocal;
+//! - the probabilities are rounded to f16, and `Σ p·v` keeps the same 32
+//!   partial sums per output as `ggml_vec_dot_f16` over the keys.
+//!
+//! Those are the orders of a one-token step. For a prompt batch llama.cpp's
+//! matmuls go through llamafile's tinyBLAS instead, which keeps one 8-lane
+//! accumulator per output and reduces it half, then pairs: [`SumOrder`]
+//! selects between the two.
+//!
+//! Products of two f16 values are exact in f32, so only the order of the
+//! additions matters, and that order is fixed by a key's *rank* in the
+//! visible list (not its cache row). A tree node therefore sees exactly the
+//! order its path would see decoded token by token: results are
+//! batch-invariant, which keeps speculative greedy output lossless.
 
-use super::ops;
+use super::ggml_math::{expf, round_f16};
 
 /// Shapes and addressing of one attention call.
 pub struct AttnArgs<'a> {
     /// `group × head_dim` query rows.
     pub q: &'a [f32],
-    /// Key and value caches: row `j` of this KV head starts at
-    /// `j * row_stride + offset` and holds `head_dim` floats.
+    /// Key and value caches (f16 values held as f32): row `j` of this KV
+    /// head starts at `j * row_stride + offset` and holds `head_dim` floats.
     pub k: &'a [f32],
     pub v: &'a [f32],
     pub row_stride: usize,
@@ -22,87 +41,201 @@ pub struct AttnArgs<'a> {
     pub head_dim: usize,
     pub keys: &'a [u32],
     pub scale: f32,
+    pub order: SumOrder,
 }
 
-/// Writes `group × head_dim` outputs; `scores` is scratch space.
-pub fn attend(a: &AttnArgs, out: &mut [f32], scores: &mut Vec<f32>) {
-    let hd = a.head_dim;
-    let group = a.q.len() / hd;
-    let nk = a.keys.len();
-    scores.clear();
-    scores.resize(group * nk, 0.0);
+/// Which of llama.cpp's two summation orders the sums follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SumOrder {
+    /// One-token steps (`ggml_vec_dot_f16`: 32 partial sums).
+    Step,
+    /// Prompt batches (tinyBLAS: 8 partial sums).
+    Prompt,
+}
+
+/// ggml_vec_dot_f16's accumulator count × lane count: the stride of its
+/// partial sums.
+const SLOTS: usize = 32;
+/// tinyBLAS's lane count.
+const LANES: usize = 8;
+
+/// Writes `group × head_dim` outputs; `scratch` is reused space.
+pub fn attend(a: &AttnArgs, out: &mut [f32], scratch: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() && hd % 8 == 0 {
-        // SAFETY: AVX2 present; every key row lies inside k/v (the caller's
-        // keys index cached rows), head_dim is a multiple of 8.
-        unsafe { avx2::attend(a, out, scores, group) };
+    if super::simd::has_avx2() {
+        // SAFETY: AVX2/FMA present; the body only indexes checked slices.
+        unsafe { attend_avx2(a, out, scratch) };
         return;
     }
-    for (ki, &j) in a.keys.iter().enumerate() {
-        let base = j as usize * a.row_stride + a.offset;
-        let kr = &a.k[base..base + hd];
-        for g in 0..group {
-            scores[g * nk + ki] = ops::dot(&a.q[g * hd..(g + 1) * hd], kr) * a.scale;
-        }
-    }
-    out.fill(0.0);
-    for g in 0..group {
-        let sc = &mut scores[g * nk..(g + 1) * nk];
-        ops::softmax(sc);
-        let o = &mut out[g * hd..(g + 1) * hd];
-        for (&w, &j) in sc.iter().zip(a.keys) {
-            let base = j as usize * a.row_stride + a.offset;
-            ops::axpy(w, &a.v[base..base + hd], o);
-        }
-    }
+    attend_body(a, out, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::*;
-    use std::arch::x86_64::*;
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(a: &AttnArgs, out: &mut [f32], scratch: &mut Vec<f32>) {
+    attend_body(a, out, scratch)
+}
 
-    use crate::cpu::simd::hsum;
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn attend(a: &AttnArgs, out: &mut [f32], scores: &mut [f32], group: usize) {
-        let hd = a.head_dim;
-        let nk = a.keys.len();
-        let (kp, vp, qp) = (a.k.as_ptr(), a.v.as_ptr(), a.q.as_ptr());
-        for (ki, &j) in a.keys.iter().enumerate() {
-            let kr = kp.add(j as usize * a.row_stride + a.offset);
-            for g in 0..group {
-                let qr = qp.add(g * hd);
-                let mut acc = _mm256_setzero_ps();
-                let mut i = 0;
-                while i < hd {
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(qr.add(i)), _mm256_loadu_ps(kr.add(i)), acc);
-                    i += 8;
-                }
-                *scores.get_unchecked_mut(g * nk + ki) = hsum(acc) * a.scale;
+#[inline(always)]
+fn attend_body(a: &AttnArgs, out: &mut [f32], scratch: &mut Vec<f32>) {
+    let hd = a.head_dim;
+    let group = a.q.len() / hd;
+    let nk = a.keys.len();
+    scratch.clear();
+    scratch.resize(group * hd + group * nk + SLOTS * hd, 0.0);
+    let (qh, rest) = scratch.split_at_mut(group * hd);
+    let (scores, slots) = rest.split_at_mut(group * nk);
+    for (o, &x) in qh.iter_mut().zip(a.q) {
+        *o = round_f16(x);
+    }
+    let row = |j: u32| j as usize * a.row_stride + a.offset;
+    // tinyBLAS needs whole 8-lane steps; ggml falls back to its vector dot.
+    let prompt = a.order == SumOrder::Prompt && hd % LANES == 0;
+    for (ki, &j) in a.keys.iter().enumerate() {
+        let kr = &a.k[row(j)..row(j) + hd];
+        for g in 0..group {
+            let q = &qh[g * hd..(g + 1) * hd];
+            let dot = if prompt { dot_lanes_order(q, kr) } else { dot_f16_order(q, kr) };
+            scores[g * nk + ki] = dot * a.scale;
+        }
+    }
+    let nslots = if a.order == SumOrder::Prompt { LANES } else { SLOTS };
+    for g in 0..group {
+        let p = &mut scores[g * nk..(g + 1) * nk];
+        softmax_f16_probs(p);
+        slots.fill(0.0);
+        for (ki, (&w, &j)) in p.iter().zip(a.keys).enumerate() {
+            let s = &mut slots[(ki % nslots) * hd..(ki % nslots + 1) * hd];
+            for (acc, &v) in s.iter_mut().zip(&a.v[row(j)..row(j) + hd]) {
+                *acc += w * v;
             }
         }
-        for g in 0..group {
-            let sc = &mut scores[g * nk..(g + 1) * nk];
-            ops::softmax(sc);
-            let o = out.as_mut_ptr().add(g * hd);
-            // Output chunks of 32 floats in registers while values stream by.
-            let mut c = 0;
-            while c < hd {
-                let w = (hd - c).min(32) / 8;
-                let mut acc = [_mm256_setzero_ps(); 4];
-                for (&p, &j) in sc.iter().zip(a.keys) {
-                    let vr = vp.add(j as usize * a.row_stride + a.offset + c);
-                    let pv = _mm256_set1_ps(p);
-                    for (t, slot) in acc.iter_mut().enumerate().take(w) {
-                        *slot = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr.add(t * 8)), *slot);
-                    }
-                }
-                for (t, slot) in acc.iter().enumerate().take(w) {
-                    _mm256_storeu_ps(o.add(c + t * 8), *slot);
-                }
-                c += w * 8;
+        let o = &mut out[g * hd..(g + 1) * hd];
+        for (d, od) in o.iter_mut().enumerate() {
+            let mut lanes = [0.0f32; SLOTS];
+            for (s, l) in lanes.iter_mut().enumerate().take(nslots) {
+                *l = slots[s * hd + d];
             }
+            *od = if nslots == LANES { reduce_lanes(&lanes[..LANES]) } else { reduce_slots(&lanes) };
+        }
+    }
+}
+
+/// `ggml_vec_dot_f16` on two f16-valued rows: slot `i % 32` collects
+/// element `i` (steps of 32), the slots reduce in ggml's order, and a tail
+/// shorter than 32 adds in f64 element by element.
+#[inline(always)]
+fn dot_f16_order(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len();
+    let np = n - n % SLOTS;
+    let mut lanes = [0.0f32; SLOTS];
+    for c in (0..np).step_by(SLOTS) {
+        for (s, l) in lanes.iter_mut().enumerate() {
+            *l += x[c + s] * y[c + s];
+        }
+    }
+    let mut sum = reduce_slots(&lanes) as f64;
+    for i in np..n {
+        sum += (x[i] * y[i]) as f64;
+    }
+    sum as f32
+}
+
+/// tinyBLAS's dot (`n` a multiple of 8): lane `i % 8` collects element `i`.
+#[inline(always)]
+fn dot_lanes_order(x: &[f32], y: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    for c in (0..x.len()).step_by(LANES) {
+        for (l, acc) in lanes.iter_mut().enumerate() {
+            *acc += x[c + l] * y[c + l];
+        }
+    }
+    reduce_lanes(&lanes)
+}
+
+/// The 8-lane horizontal sum of tinyBLAS and of ggml's softmax: the 128-bit
+/// halves, then lanes 0+2 and 1+3, then those two.
+#[inline(always)]
+fn reduce_lanes(b: &[f32]) -> f32 {
+    let h = [b[4] + b[0], b[5] + b[1], b[6] + b[2], b[7] + b[3]];
+    (h[0] + h[2]) + (h[1] + h[3])
+}
+
+/// ggml's `GGML_F32x8_REDUCE` of four 8-lane accumulators (slot = 8 ×
+/// accumulator + lane): accumulators 0+2 and 1+3, then those two, then the
+/// 128-bit halves, then two horizontal adds.
+#[inline(always)]
+fn reduce_slots(s: &[f32; SLOTS]) -> f32 {
+    let mut x = [0.0f32; 8];
+    for l in 0..8 {
+        x[l] = (s[l] + s[16 + l]) + (s[8 + l] + s[24 + l]);
+    }
+    let t = [x[0] + x[4], x[1] + x[5], x[2] + x[6], x[3] + x[7]];
+    (t[0] + t[1]) + (t[2] + t[3])
+}
+
+/// ggml's soft_max row, then the f16 rounding that the next matmul applies
+/// to its input: exp by [`expf`], 8-wide block sums (halves, then pairs)
+/// added in f64, one f32 reciprocal.
+#[inline(always)]
+fn softmax_f16_probs(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for v in x.iter_mut() {
+        *v = expf(*v - max);
+    }
+    let mut sum = 0.0f64;
+    for blk in x.chunks(8) {
+        let mut b = [0.0f32; LANES];
+        b[..blk.len()].copy_from_slice(blk);
+        sum += reduce_lanes(&b) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v = round_f16(*v * inv);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against a plain f64 attention on the same f16-rounded inputs: the
+    /// kernel's own roundings (f16 probabilities) stay within 1e-3 of the
+    /// output's magnitude, and its SIMD and scalar builds agree exactly.
+    #[test]
+    fn matches_f64_attention_within_f16_rounding() {
+        let (hd, group, nkeys) = (64usize, 3usize, 77usize);
+        let mut rng = 7u64;
+        let mut next = || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let q: Vec<f32> = (0..group * hd).map(|_| next() * 3.0).collect();
+        let k: Vec<f32> = (0..nkeys * hd).map(|_| round_f16(next() * 3.0)).collect();
+        let v: Vec<f32> = (0..nkeys * hd).map(|_| round_f16(next())).collect();
+        let keys: Vec<u32> = (0..nkeys as u32).filter(|j| j % 5 != 3).collect();
+        for order in [SumOrder::Step, SumOrder::Prompt] {
+        let a = AttnArgs { q: &q, k: &k, v: &v, row_stride: hd, offset: 0, head_dim: hd, keys: &keys, scale: 0.125, order };
+        let mut out = vec![0.0f32; group * hd];
+        attend(&a, &mut out, &mut Vec::new());
+        let mut scalar = vec![0.0f32; group * hd];
+        attend_body(&a, &mut scalar, &mut Vec::new());
+        assert_eq!(out, scalar, "SIMD and scalar builds of the kernel must agree bit for bit");
+        for g in 0..group {
+            let qg: Vec<f64> = q[g * hd..(g + 1) * hd].iter().map(|&x| round_f16(x) as f64).collect();
+            let s: Vec<f64> = keys.iter().map(|&j| (0..hd).map(|d| qg[d] * k[j as usize * hd + d] as f64).sum::<f64>() * 0.125).collect();
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for d in 0..hd {
+                let want: f64 = keys.iter().zip(&e).map(|(&j, w)| w / z * v[j as usize * hd + d] as f64).sum();
+                // f16 probabilities are each within 2^-11 relative, so the
+                // error is bounded against the sum of magnitudes.
+                let mag: f64 = keys.iter().zip(&e).map(|(&j, w)| w / z * (v[j as usize * hd + d] as f64).abs()).sum();
+                let got = out[g * hd + d] as f64;
+                assert!((got - want).abs() <= 1e-3 * mag, "{order:?} g{g} d{d}: {got} vs {want} (magnitude {mag})");
+            }
+        }
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod blocks;
+pub mod ggml_math;
 pub mod matmul;
 pub mod ops;
 pub mod pool;

@@ -4,7 +4,8 @@
 /// RMSNorm of one row: `out = x / sqrt(mean(x²) + eps) * weight`.
 /// The sum of squares accumulates in f64, as ggml does.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    // ggml squares in f32 and sums the squares in f64.
+    let ss: f64 = x.iter().map(|&v| (v * v) as f64).sum();
     let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = v * scale * w;
@@ -18,14 +19,6 @@ pub fn rms_norm_rows(x: &mut [f32], weight: &[f32], eps: f32) {
     for row in x.chunks_mut(h) {
         rms_norm(row, weight, eps, &mut tmp);
         row.copy_from_slice(&tmp);
-    }
-}
-
-/// `gate = silu(gate) * up`, element-wise.
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        let v = *g;
-        *g = v / (1.0 + (-v).exp()) * u;
     }
 }
 
