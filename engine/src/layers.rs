@@ -132,18 +132,7 @@ impl AttnPlan {
         let half = self.half;
         for (t, row) in x.chunks_mut(heads * hd).enumerate() {
             let (c, s) = (&self.cos[t * half..(t + 1) * half], &self.sin[t * half..(t + 1) * half]);
-            for head in row.chunks_mut(hd) {
-                for i in 0..half {
-                    let (a, b) = match style {
-                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                        RopeStyle::HalfSplit => (i, i + half),
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    // The fused forms GCC compiles ggml's rotation into.
-                    head[a] = x0.mul_add(c[i], -(x1 * s[i]));
-                    head[b] = x0.mul_add(s[i], x1 * c[i]);
-                }
-            }
+            ggml_math::rope_rotate(row, c, s, style == RopeStyle::Interleaved);
         }
     }
 }

@@ -67,17 +67,19 @@ pub fn attend(a: &AttnArgs, out: &mut [f32], scratch: &mut Vec<f32>) {
         unsafe { attend_avx2(a, out, scratch) };
         return;
     }
-    attend_body(a, out, scratch)
+    attend_body::<false>(a, out, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx2(a: &AttnArgs, out: &mut [f32], scratch: &mut Vec<f32>) {
-    attend_body(a, out, scratch)
+    attend_body::<true>(a, out, scratch)
 }
 
+/// `AVX2`: take the intrinsic dots (the caller has AVX2/FMA enabled); the
+/// scalar dots compute the same sums in the same order.
 #[inline(always)]
-fn attend_body(a: &AttnArgs, out: &mut [f32], scratch: &mut Vec<f32>) {
+fn attend_body<const AVX2: bool>(a: &AttnArgs, out: &mut [f32], scratch: &mut Vec<f32>) {
     let hd = a.head_dim;
     let group = a.q.len() / hd;
     let nk = a.keys.len();
@@ -95,7 +97,7 @@ fn attend_body(a: &AttnArgs, out: &mut [f32], scratch: &mut Vec<f32>) {
         let kr = &a.k[row(j)..row(j) + hd];
         for g in 0..group {
             let q = &qh[g * hd..(g + 1) * hd];
-            let dot = if prompt { dot_lanes_order(q, kr) } else { dot_f16_order(q, kr) };
+            let dot = dot::<AVX2>(prompt, q, kr);
             scores[g * nk + ki] = dot * a.scale;
         }
     }
@@ -110,14 +112,72 @@ fn attend_body(a: &AttnArgs, out: &mut [f32], scratch: &mut Vec<f32>) {
                 *acc += w * v;
             }
         }
+        // The per-output reductions, written element-wise over the output
+        // so that they vectorize across it.
         let o = &mut out[g * hd..(g + 1) * hd];
-        for (d, od) in o.iter_mut().enumerate() {
-            let mut lanes = [0.0f32; SLOTS];
-            for (s, l) in lanes.iter_mut().enumerate().take(nslots) {
-                *l = slots[s * hd + d];
+        let s = |k: usize, d: usize| slots[k * hd + d];
+        if nslots == LANES {
+            for (d, od) in o.iter_mut().enumerate() {
+                let h = [s(4, d) + s(0, d), s(5, d) + s(1, d), s(6, d) + s(2, d), s(7, d) + s(3, d)];
+                *od = (h[0] + h[2]) + (h[1] + h[3]);
             }
-            *od = if nslots == LANES { reduce_lanes(&lanes[..LANES]) } else { reduce_slots(&lanes) };
+        } else {
+            for (d, od) in o.iter_mut().enumerate() {
+                let x: [f32; 8] = std::array::from_fn(|l| (s(l, d) + s(16 + l, d)) + (s(8 + l, d) + s(24 + l, d)));
+                let t = [x[0] + x[4], x[1] + x[5], x[2] + x[6], x[3] + x[7]];
+                *od = (t[0] + t[1]) + (t[2] + t[3]);
+            }
         }
+    }
+}
+
+#[inline(always)]
+fn dot<const AVX2: bool>(prompt: bool, q: &[f32], k: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 && q.len() % SLOTS == 0 {
+        // SAFETY: AVX2 callers only (see attend_body); rows are hd long.
+        return unsafe { if prompt { simd::dot_lanes(q, k) } else { simd::dot_slots(q, k) } };
+    }
+    if prompt {
+        dot_lanes_order(q, k)
+    } else {
+        dot_f16_order(q, k)
+    }
+}
+
+/// The two dots with intrinsics, for rows whose length is a multiple of 32.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_slots(x: &[f32], y: &[f32]) -> f32 {
+        let (px, py) = (x.as_ptr(), y.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for c in (0..x.len()).step_by(32) {
+            for (a, slot) in acc.iter_mut().enumerate() {
+                let o = c + 8 * a;
+                *slot = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(o)), _mm256_loadu_ps(py.add(o)), *slot);
+            }
+        }
+        let x0 = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+        let t0 = _mm_add_ps(_mm256_castps256_ps128(x0), _mm256_extractf128_ps::<1>(x0));
+        let t1 = _mm_hadd_ps(t0, t0);
+        _mm_cvtss_f32(_mm_hadd_ps(t1, t1))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_lanes(x: &[f32], y: &[f32]) -> f32 {
+        let (px, py) = (x.as_ptr(), y.as_ptr());
+        let mut acc = _mm256_setzero_ps();
+        for c in (0..x.len()).step_by(8) {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(c)), _mm256_loadu_ps(py.add(c)), acc);
+        }
+        let h = _mm_add_ps(_mm256_extractf128_ps::<1>(acc), _mm256_castps256_ps128(acc));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
     }
 }
 
@@ -219,7 +279,7 @@ mod tests {
         let mut out = vec![0.0f32; group * hd];
         attend(&a, &mut out, &mut Vec::new());
         let mut scalar = vec![0.0f32; group * hd];
-        attend_body(&a, &mut scalar, &mut Vec::new());
+        attend_body::<false>(&a, &mut scalar, &mut Vec::new());
         assert_eq!(out, scalar, "SIMD and scalar builds of the kernel must agree bit for bit");
         for g in 0..group {
             let qg: Vec<f64> = q[g * hd..(g + 1) * hd].iter().map(|&x| round_f16(x) as f64).collect();

@@ -86,6 +86,39 @@ unsafe fn round_f16_avx2(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v = round_f16(*v));
 }
 
+/// Rotates every `cos.len() * 2`-wide head of `x` by RoPE, pair `i` by
+/// `(cos[i], sin[i])`: pairs are `(2i, 2i+1)` when `interleaved`, else
+/// `(i, i + half)`. Uses the fused multiply-adds GCC compiles ggml's
+/// rotation into (`x0·c − x1·s` as `fma(x0, c, −x1·s)`).
+pub fn rope_rotate(x: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: AVX2/FMA present.
+        unsafe { rope_rotate_avx2(x, cos, sin, interleaved) };
+        return;
+    }
+    rope_rotate_body(x, cos, sin, interleaved)
+}
+
+#[inline(always)]
+fn rope_rotate_body(x: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
+    let half = cos.len();
+    for head in x.chunks_mut(2 * half) {
+        for i in 0..half {
+            let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0.mul_add(cos[i], -(x1 * sin[i]));
+            head[b] = x0.mul_add(sin[i], x1 * cos[i]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rope_rotate_avx2(x: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
+    rope_rotate_body(x, cos, sin, interleaved)
+}
+
 /// `gate = silu(gate) * up`, with ggml's SiLU: `x / (1 + exp(-x))` on its
 /// exp approximation.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
