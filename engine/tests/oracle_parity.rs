@@ -46,7 +46,7 @@ const NEAR_TIE: f64 = 0.05;
 
 /// Greedy ids equal llama.cpp's up to the first step where llama.cpp's own
 /// top-2 margin is under `NEAR_TIE`, on at least 19 of 20 prompts. The
-/// agreed prefixes must also cover real ground (at least 200 tokens in all).
+/// agreed prefixes must also cover nearly everything (1,200 of 1,280 tokens).
 #[test]
 fn greedy_matches_llama_cpp() {
     let e = smollm2();
@@ -77,7 +77,10 @@ fn greedy_matches_llama_cpp() {
         ));
     }
     eprintln!("{}\nagreed tokens {agreed}; {ok}/20 agree up to the first margin < {NEAR_TIE}; {identical}/20 identical", report.join("\n"));
-    assert!(agreed >= 200, "only {agreed} tokens agree before divergences");
+    // The floor is 200; on the fixture machine all 1,280 agree, and
+    // 1,200 guards against a regression that the 0.05 rule alone would let
+    // through at a near-tie.
+    assert!(agreed >= 1200, "only {agreed} tokens agree before divergences");
     assert!(ok >= 19, "{ok}/20 prompts match llama.cpp:\n{}", report.join("\n"));
 }
 

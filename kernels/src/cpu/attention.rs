@@ -259,6 +259,45 @@ fn softmax_f16_probs(x: &mut [f32]) {
 mod tests {
     use super::*;
 
+    /// The order of the sums follows a key's rank among the visible keys,
+    /// not its cache row: the same keys at other rows (a tree node's
+    /// ancestors) give the same bits.
+    #[test]
+    fn order_follows_rank_not_cache_row() {
+        let (hd, group) = (64usize, 3usize);
+        let vals = |seed: u64, n: usize, amp: f32| -> Vec<f32> {
+            let mut r = seed;
+            (0..n)
+                .map(|_| {
+                    r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    round_f16((((r >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * amp)
+                })
+                .collect()
+        };
+        let q = vals(1, group * hd, 3.0);
+        let (k, v) = (vals(2, 400 * hd, 3.0), vals(3, 400 * hd, 1.0));
+        // Keys 0..200 at rows 0..200, or the same keys spread over rows
+        // 0..390 (enough keys that every partial sum rounds).
+        let rows: Vec<u32> = (0..200u32).map(|j| if j < 10 { j } else { 2 * j - 10 }).collect();
+        let mut k2 = vec![0.0f32; 400 * hd];
+        let mut v2 = vec![0.0f32; 400 * hd];
+        for (j, &r) in rows.iter().enumerate() {
+            k2[r as usize * hd..(r as usize + 1) * hd].copy_from_slice(&k[j * hd..(j + 1) * hd]);
+            v2[r as usize * hd..(r as usize + 1) * hd].copy_from_slice(&v[j * hd..(j + 1) * hd]);
+        }
+        let contiguous: Vec<u32> = (0..200).collect();
+        for order in [SumOrder::Step, SumOrder::Prompt] {
+            let run = |k: &[f32], v: &[f32], keys: &[u32]| {
+                let a = AttnArgs { q: &q, k, v, row_stride: hd, offset: 0, head_dim: hd, keys, scale: 0.125, order };
+                let mut out = vec![0.0f32; group * hd];
+                attend(&a, &mut out, &mut Vec::new());
+                out
+            };
+            let base = run(&k, &v, &contiguous);
+            assert_eq!(base, run(&k2, &v2, &rows), "{order:?}: moving keys to other cache rows changed the bits");
+        }
+    }
+
     /// Against a plain f64 attention on the same f16-rounded inputs: the
     /// kernel's own roundings (f16 probabilities) stay within 1e-3 of the
     /// output's magnitude, and its SIMD and scalar builds agree exactly.
