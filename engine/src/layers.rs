@@ -35,7 +35,6 @@ pub struct AttnShape {
 /// to move llama.cpp near-ties.
 #[derive(Debug, Clone)]
 pub struct Rope {
-    pub inv_freqs: Vec<f64>,
     pub style: RopeStyle,
     /// `base^(-2/d)` in f32, ggml's per-pair angle step.
     theta_scale: f32,
@@ -45,14 +44,15 @@ pub struct Rope {
 
 impl Rope {
     /// `inv_freqs` from [`crate::config::ModelConfig::inv_freqs`] (scaling
-    /// applied), `base` the model's `rope_theta`.
-    pub fn new(inv_freqs: Vec<f64>, base: f64, style: RopeStyle) -> Rope {
+    /// applied), `base` the model's `rope_theta`. Only the angle step and the
+    /// per-pair factors are kept: they are what the angles are made of.
+    pub fn new(inv_freqs: &[f64], base: f64, style: RopeStyle) -> Rope {
         let d = 2 * inv_freqs.len();
         let theta_scale = (base as f32).powf(-2.0 / d as f32);
         let freq_factors = (0..inv_freqs.len())
             .map(|i| ((1.0 / base.powf(2.0 * i as f64 / d as f64)) / inv_freqs[i]) as f32)
             .collect();
-        Rope { inv_freqs, style, theta_scale, freq_factors }
+        Rope { style, theta_scale, freq_factors }
     }
 }
 
@@ -103,7 +103,7 @@ impl AttnPlan {
                 visible.push((0..p.base + p.n).filter(|&j| visible_at(mask, p.base, p.n, i, j)).map(|j| j as u32).collect());
             }
         }
-        let half = rope.inv_freqs.len();
+        let half = rope.freq_factors.len();
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
         for &p in positions {

@@ -97,7 +97,7 @@ pub struct Model {
 
 impl Model {
     pub fn new(config: ModelConfig, weights: ModelWeights, fingerprint: String) -> Self {
-        let rope = Rope::new(config.inv_freqs(), config.rope_theta, config.rope_style);
+        let rope = Rope::new(&config.inv_freqs(), config.rope_theta, config.rope_style);
         Model { config, weights, fingerprint, rope }
     }
 

@@ -145,7 +145,7 @@ impl EagleHead {
         // target's file format: a GGUF target permutes its q/k rows for
         // interleaved pairs, but heads are published, trained and loaded by
         // SGLang with the half-split pairing.
-        let rope = Rope::new(c.inv_freqs(), c.rope_theta, c.rope_style);
+        let rope = Rope::new(&c.inv_freqs(), c.rope_theta, c.rope_style);
         Ok(EagleHead { config, fc, layers: layers_w, hidden_norm, final_norm, lm_head, vocab_map, rope, aux_layers })
     }
 

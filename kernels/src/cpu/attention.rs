@@ -71,7 +71,7 @@ pub fn attend(a: &AttnArgs, out: &mut [f32], scratch: &mut Vec<f32>) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_avx2(a: &AttnArgs, out: &mut [f32], scratch: &mut Vec<f32>) {
     attend_body::<true>(a, out, scratch)
 }
@@ -151,7 +151,7 @@ mod simd {
     use std::arch::x86_64::*;
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_slots(x: &[f32], y: &[f32]) -> f32 {
         let (px, py) = (x.as_ptr(), y.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -168,16 +168,15 @@ mod simd {
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_lanes(x: &[f32], y: &[f32]) -> f32 {
         let (px, py) = (x.as_ptr(), y.as_ptr());
         let mut acc = _mm256_setzero_ps();
         for c in (0..x.len()).step_by(8) {
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(c)), _mm256_loadu_ps(py.add(c)), acc);
         }
-        let h = _mm_add_ps(_mm256_extractf128_ps::<1>(acc), _mm256_castps256_ps128(acc));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+        // tinyBLAS's hsum is the crate's own: halves, then movehl, then movehdup.
+        crate::cpu::simd::hsum(acc)
     }
 }
 
@@ -314,27 +313,27 @@ mod tests {
         let v: Vec<f32> = (0..nkeys * hd).map(|_| round_f16(next())).collect();
         let keys: Vec<u32> = (0..nkeys as u32).filter(|j| j % 5 != 3).collect();
         for order in [SumOrder::Step, SumOrder::Prompt] {
-        let a = AttnArgs { q: &q, k: &k, v: &v, row_stride: hd, offset: 0, head_dim: hd, keys: &keys, scale: 0.125, order };
-        let mut out = vec![0.0f32; group * hd];
-        attend(&a, &mut out, &mut Vec::new());
-        let mut scalar = vec![0.0f32; group * hd];
-        attend_body::<false>(&a, &mut scalar, &mut Vec::new());
-        assert_eq!(out, scalar, "SIMD and scalar builds of the kernel must agree bit for bit");
-        for g in 0..group {
-            let qg: Vec<f64> = q[g * hd..(g + 1) * hd].iter().map(|&x| round_f16(x) as f64).collect();
-            let s: Vec<f64> = keys.iter().map(|&j| (0..hd).map(|d| qg[d] * k[j as usize * hd + d] as f64).sum::<f64>() * 0.125).collect();
-            let m = s.iter().cloned().fold(f64::MIN, f64::max);
-            let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-            let z: f64 = e.iter().sum();
-            for d in 0..hd {
-                let want: f64 = keys.iter().zip(&e).map(|(&j, w)| w / z * v[j as usize * hd + d] as f64).sum();
-                // f16 probabilities are each within 2^-11 relative, so the
-                // error is bounded against the sum of magnitudes.
-                let mag: f64 = keys.iter().zip(&e).map(|(&j, w)| w / z * (v[j as usize * hd + d] as f64).abs()).sum();
-                let got = out[g * hd + d] as f64;
-                assert!((got - want).abs() <= 1e-3 * mag, "{order:?} g{g} d{d}: {got} vs {want} (magnitude {mag})");
+            let a = AttnArgs { q: &q, k: &k, v: &v, row_stride: hd, offset: 0, head_dim: hd, keys: &keys, scale: 0.125, order };
+            let mut out = vec![0.0f32; group * hd];
+            attend(&a, &mut out, &mut Vec::new());
+            let mut scalar = vec![0.0f32; group * hd];
+            attend_body::<false>(&a, &mut scalar, &mut Vec::new());
+            assert_eq!(out, scalar, "SIMD and scalar builds of the kernel must agree bit for bit");
+            for g in 0..group {
+                let qg: Vec<f64> = q[g * hd..(g + 1) * hd].iter().map(|&x| round_f16(x) as f64).collect();
+                let s: Vec<f64> = keys.iter().map(|&j| (0..hd).map(|d| qg[d] * k[j as usize * hd + d] as f64).sum::<f64>() * 0.125).collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..hd {
+                    let want: f64 = keys.iter().zip(&e).map(|(&j, w)| w / z * v[j as usize * hd + d] as f64).sum();
+                    // f16 probabilities are each within 2^-11 relative, so the
+                    // error is bounded against the sum of magnitudes.
+                    let mag: f64 = keys.iter().zip(&e).map(|(&j, w)| w / z * (v[j as usize * hd + d] as f64).abs()).sum();
+                    let got = out[g * hd + d] as f64;
+                    assert!((got - want).abs() <= 1e-3 * mag, "{order:?} g{g} d{d}: {got} vs {want} (magnitude {mag})");
+                }
             }
-        }
         }
     }
 }

@@ -10,6 +10,7 @@
 //! which keeps Aerie's logits within float noise of llama.cpp's.
 
 use half::f16;
+use super::ggml_math::round_f16;
 
 /// Values per quantization block.
 pub const QK: usize = 32;
@@ -55,11 +56,6 @@ impl Default for ActBlock {
 }
 
 #[inline]
-pub(crate) fn f16_round(x: f32) -> f32 {
-    f16::from_f32(x).to_f32()
-}
-
-#[inline]
 pub(crate) fn read_f16(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
@@ -88,8 +84,8 @@ pub fn quantize_row(x: &[f32], with_sum: bool, out: &mut [ActBlock]) {
             *q = r as i8;
             sum += r;
         }
-        blk.d = f16_round(d);
-        blk.s = if with_sum { f16_round(d * sum as f32) } else { 0.0 };
+        blk.d = round_f16(d);
+        blk.s = if with_sum { round_f16(d * sum as f32) } else { 0.0 };
     }
 }
 

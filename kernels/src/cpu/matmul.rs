@@ -174,8 +174,9 @@ impl Matrix {
     /// Like [`Matrix::matmul`] but with f32 activations: quantized weight rows
     /// are dequantized on the fly (one row at a time, in registers and L1)
     /// instead of rounding the activations to 8 bits. Slower when compute
-    /// bound, and free when memory bound (decode); used where activation
-    /// rounding would matter most, the output projection.
+    /// bound, and free when memory bound (decode); the draft heads' hot
+    /// lm_head uses it. (The target's output head rounds its activations,
+    /// as llama.cpp does, so that its logits match llama.cpp's.)
     pub fn matmul_f32_act(&self, x: &[f32], m: usize, out: &mut [f32]) {
         let WeightData::Quant { fmt, bytes } = &self.data else {
             return self.matmul(x, m, out);

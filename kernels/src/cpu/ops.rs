@@ -22,43 +22,6 @@ pub fn rms_norm_rows(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// Dot product with eight independent lanes, summed in a fixed order
-/// (AVX2/FMA when the CPU has it, chosen once at run time).
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() {
-        // SAFETY: AVX2/FMA present; the kernel reads min(len) elements.
-        return unsafe { super::simd::dot_f32_avx2(a, b) };
-    }
-    let mut acc = [0.0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
-/// `y += a * x`.
-#[inline]
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() {
-        // SAFETY: AVX2/FMA present; the kernel touches min(len) elements.
-        return unsafe { super::simd::axpy_avx2(a, x, y) };
-    }
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o += a * v;
-    }
-}
-
 /// Numerically stable in-place softmax.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

@@ -188,45 +188,6 @@ pub(crate) unsafe fn hsum(x: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(r)
 }
 
-/// Dot product of two f32 slices (over the shorter length).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let mut acc = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 8 <= n {
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc);
-        i += 8;
-    }
-    let mut s = hsum(acc);
-    while i < n {
-        s += a[i] * b[i];
-        i += 1;
-    }
-    s
-}
-
-/// `y += a * x` (over the shorter length).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let n = x.len().min(y.len());
-    let av = _mm256_set1_ps(a);
-    let mut i = 0;
-    while i + 8 <= n {
-        let p = y.as_mut_ptr().add(i);
-        _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
-        i += 8;
-    }
-    while i < n {
-        y[i] += a * x[i];
-        i += 1;
-    }
-}
-
 /// Quantizes 32 values to one activation block (same rounding as the
 /// scalar path: half to even).
 #[cfg(target_arch = "x86_64")]
@@ -265,8 +226,8 @@ pub(crate) unsafe fn quantize_block_avx2(x: &[f32], with_sum: bool, out: &mut Ac
     let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let ordered = _mm256_permutevar8x32_epi32(packed, perm);
     _mm256_storeu_si256(out.qs.as_mut_ptr() as *mut __m256i, ordered);
-    out.d = super::blocks::f16_round(d);
-    out.s = if with_sum { super::blocks::f16_round(d * sum as f32) } else { 0.0 };
+    out.d = super::ggml_math::round_f16(d);
+    out.s = if with_sum { super::ggml_math::round_f16(d * sum as f32) } else { 0.0 };
 }
 
 #[cfg(target_arch = "x86_64")]
