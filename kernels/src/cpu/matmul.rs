@@ -10,11 +10,14 @@
 //! chunks of at least `MIN_CHUNK` output features, about four per thread.
 
 use super::blocks::{dequantize_row, quantize_row, ActBlock, BlockFormat, QK};
-use super::simd::{dot2_q_rows, dot_f32_rows, dot_q8_f32_rows, dot_q_rows};
+use super::simd::{dot2_q_rows, dot2_q_tile4, dot_f32_rows, dot_q8_f32_rows, dot_q_rows, TileScales};
 use super::pool;
 
 const TILE_ROWS: usize = 4;
 const MIN_CHUNK: usize = 32;
+/// Weight bytes a chunk hands to its tiles at a time: half of a 32 KiB L1
+/// data cache, leaving room for the activation tiles.
+const L1_WEIGHT_BYTES: usize = 16 * 1024;
 
 /// Storage of a weight matrix.
 #[derive(Debug, Clone)]
@@ -242,10 +245,11 @@ impl Matrix {
                 }
                 let rb = nb * fmt.block_bytes();
                 let rows: Vec<&[ActBlock]> = acts.chunks(nb).collect();
+                let scales: Vec<TileScales> = rows.chunks_exact(TILE_ROWS).map(|t| TileScales::new(&std::array::from_fn(|r| t[r]))).collect();
                 pool::run(nchunks, &|c| {
                     let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
                     let wrow = |j: usize| &bytes[(lo + j) * rb..(lo + j + 1) * rb];
-                    quant_tiles(*fmt, &rows, m, c0, c1, n, &optr, wrow);
+                    quant_tiles(*fmt, &rows, &scales, m, c0, c1, n, &optr, wrow);
                 });
             }
             WeightData::F32(wv) => {
@@ -263,9 +267,11 @@ impl Matrix {
 }
 
 /// The quantized micro-kernel loop: tiles of up to four activation rows by
-/// pairs of weight rows, writing `out[r * n + j]`.
+/// pairs of weight rows, writing `out[r * n + j]`. `scales` holds the packed
+/// scales of each full four-row tile.
 #[inline]
-fn quant_tiles<'a>(fmt: BlockFormat, rows: &[&[ActBlock]], m: usize, c0: usize, c1: usize, n: usize, out: &SyncPtr, wrow: impl Fn(usize) -> &'a [u8]) {
+#[allow(clippy::too_many_arguments)]
+fn quant_tiles<'a>(fmt: BlockFormat, rows: &[&[ActBlock]], scales: &[TileScales], m: usize, c0: usize, c1: usize, n: usize, out: &SyncPtr, wrow: impl Fn(usize) -> &'a [u8]) {
     let store = |r0: usize, j: usize, vals: &[f32]| {
         for (t, &v) in vals.iter().enumerate() {
             // SAFETY: (r0 + t, j) is inside the m × n output and only the
@@ -274,29 +280,37 @@ fn quant_tiles<'a>(fmt: BlockFormat, rows: &[&[ActBlock]], m: usize, c0: usize, 
         }
     };
     macro_rules! tile {
-        ($r:literal, $r0:expr) => {{
+        ($r:literal, $r0:expr, $j0:expr, $j1:expr, $pair:expr) => {{
             let acts: [&[ActBlock]; $r] = std::array::from_fn(|t| rows[$r0 + t]);
-            let mut j = c0;
-            while j + 1 < c1 {
-                let [a, b] = dot2_q_rows::<$r>(fmt, wrow(j), wrow(j + 1), &acts);
+            let (mut j, j1) = ($j0, $j1);
+            while j + 1 < j1 {
+                let [a, b] = $pair(&acts, wrow(j), wrow(j + 1));
                 store($r0, j, &a);
                 store($r0, j + 1, &b);
                 j += 2;
             }
-            if j < c1 {
+            if j < j1 {
                 store($r0, j, &dot_q_rows::<$r>(fmt, wrow(j), &acts));
             }
         }};
     }
-    let mut r0 = 0;
-    while r0 < m {
-        match m - r0 {
-            1 => tile!(1, r0),
-            2 => tile!(2, r0),
-            3 => tile!(3, r0),
-            _ => tile!(4, r0),
+    // Weight rows go in L1-sized blocks, each passed over by every tile
+    // before the next block is read: a chunk can be far larger than the
+    // cache (the output head's is megabytes), and without blocking every
+    // tile after the first would read it from memory again.
+    let block_rows = ((L1_WEIGHT_BYTES / wrow(c0).len()).max(2)) & !1;
+    for b0 in (c0..c1).step_by(block_rows) {
+        let b1 = (b0 + block_rows).min(c1);
+        let mut r0 = 0;
+        while r0 < m {
+            match m - r0 {
+                1 => tile!(1, r0, b0, b1, |a, w0, w1| dot2_q_rows::<1>(fmt, w0, w1, a)),
+                2 => tile!(2, r0, b0, b1, |a, w0, w1| dot2_q_rows::<2>(fmt, w0, w1, a)),
+                3 => tile!(3, r0, b0, b1, |a, w0, w1| dot2_q_rows::<3>(fmt, w0, w1, a)),
+                _ => tile!(4, r0, b0, b1, |a, w0, w1| dot2_q_tile4(fmt, w0, w1, a, &scales[r0 / TILE_ROWS])),
+            }
+            r0 += TILE_ROWS.min(m - r0);
         }
-        r0 += TILE_ROWS.min(m - r0);
     }
 }
 
