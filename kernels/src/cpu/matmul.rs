@@ -1,16 +1,19 @@
 //! `Y = X · Wᵀ` for a weight matrix `W` (rows = output features) held either
 //! as ggml quantized blocks or as f32.
 //!
-//! Strategy: the output features are split into chunks, one rayon task each.
-//! Inside a chunk, activation rows are taken four at a time, and each weight
-//! row is decoded once per tile and dotted with all four. A chunk's weights
-//! (tens of rows, a few KiB) stay in L1 while every activation tile passes
-//! over them, so a verify batch of k rows reads the weights from memory once,
-//! not k times. Parameters: `TILE_ROWS` = 4 activation rows per tile;
-//! chunks of at least `MIN_CHUNK` output features, about four per thread.
+//! Strategy: the output features are split into chunks, one pool task each.
+//! Inside a chunk, the weight rows go in blocks of about `L1_WEIGHT_BYTES`,
+//! and every activation tile passes over a block before the next is read,
+//! so a verify batch of k rows reads the weights from memory once, not k
+//! times. Activation rows are taken eight at a time where the CPU has the
+//! eight-row kernel (AVX512-VNNI, whose 32 vector registers hold its 16
+//! accumulators), then four at a time; each pair of weight rows is decoded
+//! once per tile and dotted with every row of it. Parameters: `TILE_ROWS` = 4
+//! (8 with VNNI) activation rows per tile; `L1_WEIGHT_BYTES` = 16 KiB; chunks
+//! of at least `MIN_CHUNK` output features, about four per thread.
 
 use super::blocks::{dequantize_row, quantize_row, ActBlock, BlockFormat, QK};
-use super::simd::{dot2_q_rows, dot2_q_tile4, dot_f32_rows, dot_q8_f32_rows, dot_q_rows, TileScales};
+use super::simd::{dot2_q_rows, dot2_q_tile4, dot2_q_tile8, dot_f32_rows, dot_q8_f32_rows, dot_q_rows, has_tile8, TileScales};
 use super::pool;
 
 const TILE_ROWS: usize = 4;
@@ -245,7 +248,7 @@ impl Matrix {
                 }
                 let rb = nb * fmt.block_bytes();
                 let rows: Vec<&[ActBlock]> = acts.chunks(nb).collect();
-                let scales: Vec<TileScales> = rows.chunks_exact(TILE_ROWS).map(|t| TileScales::new(&std::array::from_fn(|r| t[r]))).collect();
+                let scales = TileSet::new(&rows);
                 pool::run(nchunks, &|c| {
                     let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
                     let wrow = |j: usize| &bytes[(lo + j) * rb..(lo + j + 1) * rb];
@@ -266,12 +269,29 @@ impl Matrix {
     }
 }
 
-/// The quantized micro-kernel loop: tiles of up to four activation rows by
-/// pairs of weight rows, writing `out[r * n + j]`. `scales` holds the packed
-/// scales of each full four-row tile.
+/// The packed scales of an activation batch's full tiles: eight-row tiles
+/// first where the CPU has a kernel for them, then four-row tiles.
+struct TileSet {
+    eight: Vec<TileScales<8>>,
+    four: Vec<TileScales<4>>,
+    /// Rows covered by the eight-row tiles.
+    eight_rows: usize,
+}
+
+impl TileSet {
+    fn new(rows: &[&[ActBlock]]) -> Self {
+        let eight: Vec<TileScales<8>> = if has_tile8() { rows.chunks_exact(8).map(|t| TileScales::new(&std::array::from_fn(|r| t[r]))).collect() } else { Vec::new() };
+        let eight_rows = 8 * eight.len();
+        let four = rows[eight_rows..].chunks_exact(TILE_ROWS).map(|t| TileScales::new(&std::array::from_fn(|r| t[r]))).collect();
+        TileSet { eight, four, eight_rows }
+    }
+}
+
+/// The quantized micro-kernel loop: tiles of up to eight activation rows by
+/// pairs of weight rows, writing `out[r * n + j]`.
 #[inline]
 #[allow(clippy::too_many_arguments)]
-fn quant_tiles<'a>(fmt: BlockFormat, rows: &[&[ActBlock]], scales: &[TileScales], m: usize, c0: usize, c1: usize, n: usize, out: &SyncPtr, wrow: impl Fn(usize) -> &'a [u8]) {
+fn quant_tiles<'a>(fmt: BlockFormat, rows: &[&[ActBlock]], scales: &TileSet, m: usize, c0: usize, c1: usize, n: usize, out: &SyncPtr, wrow: impl Fn(usize) -> &'a [u8]) {
     let store = |r0: usize, j: usize, vals: &[f32]| {
         for (t, &v) in vals.iter().enumerate() {
             // SAFETY: (r0 + t, j) is inside the m × n output and only the
@@ -301,13 +321,16 @@ fn quant_tiles<'a>(fmt: BlockFormat, rows: &[&[ActBlock]], scales: &[TileScales]
     let block_rows = ((L1_WEIGHT_BYTES / wrow(c0).len()).max(2)) & !1;
     for b0 in (c0..c1).step_by(block_rows) {
         let b1 = (b0 + block_rows).min(c1);
-        let mut r0 = 0;
+        for (t, sc) in scales.eight.iter().enumerate() {
+            tile!(8, 8 * t, b0, b1, |a, w0, w1| dot2_q_tile8(fmt, w0, w1, a, sc));
+        }
+        let mut r0 = scales.eight_rows;
         while r0 < m {
             match m - r0 {
                 1 => tile!(1, r0, b0, b1, |a, w0, w1| dot2_q_rows::<1>(fmt, w0, w1, a)),
                 2 => tile!(2, r0, b0, b1, |a, w0, w1| dot2_q_rows::<2>(fmt, w0, w1, a)),
                 3 => tile!(3, r0, b0, b1, |a, w0, w1| dot2_q_rows::<3>(fmt, w0, w1, a)),
-                _ => tile!(4, r0, b0, b1, |a, w0, w1| dot2_q_tile4(fmt, w0, w1, a, &scales[r0 / TILE_ROWS])),
+                _ => tile!(4, r0, b0, b1, |a, w0, w1| dot2_q_tile4(fmt, w0, w1, a, &scales.four[(r0 - scales.eight_rows) / TILE_ROWS])),
             }
             r0 += TILE_ROWS.min(m - r0);
         }

@@ -91,27 +91,48 @@ pub(crate) fn dot2_q_rows<const R: usize>(fmt: BlockFormat, w0: &[u8], w1: &[u8]
     [scalar_dot_q_rows::<R>(fmt, w0, acts), scalar_dot_q_rows::<R>(fmt, w1, acts)]
 }
 
-/// A four-row activation tile's block scales, block-major (`d[b][r]`,
-/// `s[b][r]`): one load brings a block's four scales, so a kernel can form
-/// all its scale products with one vector multiply.
-pub(crate) struct TileScales {
-    d: Vec<Quad>,
-    s: Vec<Quad>,
+/// An activation tile's block scales, block-major (`d[b][r]`, `s[b][r]`),
+/// for tiles of R = 4 or 8 rows: one load brings a block's R scales, so a
+/// kernel can form all its scale products with one vector multiply per
+/// weight row.
+pub(crate) struct TileScales<const R: usize = 4> {
+    d: Vec<Lanes<R>>,
+    s: Vec<Lanes<R>>,
 }
 
-/// Four scales, aligned so that a kernel may read them as one 128-bit vector.
+/// R scales, aligned so that a kernel may read them as one vector.
 #[derive(Clone, Copy)]
-#[repr(C, align(16))]
-struct Quad([f32; 4]);
+#[repr(C, align(32))]
+struct Lanes<const R: usize>([f32; R]);
 
-impl TileScales {
-    pub(crate) fn new(acts: &[&[ActBlock]; 4]) -> Self {
+impl<const R: usize> TileScales<R> {
+    pub(crate) fn new(acts: &[&[ActBlock]; R]) -> Self {
         let nb = acts[0].len();
         TileScales {
-            d: (0..nb).map(|b| Quad(std::array::from_fn(|r| acts[r][b].d))).collect(),
-            s: (0..nb).map(|b| Quad(std::array::from_fn(|r| acts[r][b].s))).collect(),
+            d: (0..nb).map(|b| Lanes(std::array::from_fn(|r| acts[r][b].d))).collect(),
+            s: (0..nb).map(|b| Lanes(std::array::from_fn(|r| acts[r][b].s))).collect(),
         }
     }
+}
+
+/// Whether `dot2_q_tile8` has a kernel of its own on this CPU. It needs
+/// AVX-512VL's 32 vector registers for its 16 accumulators; elsewhere a
+/// four-row tile is faster.
+pub(crate) fn has_tile8() -> bool {
+    has_vnni()
+}
+
+/// Two quantized weight rows by an eight-row activation tile: as
+/// `dot2_q_tile4`, with each weight block decoded once for eight rows.
+#[inline]
+pub(crate) fn dot2_q_tile8(fmt: BlockFormat, w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; 8], sc: &TileScales<8>) -> [[f32; 8]; 2] {
+    assert!(sc.d.len() * fmt.block_bytes() == w0.len() && w0.len() == w1.len(), "tile scales cover the row");
+    #[cfg(target_arch = "x86_64")]
+    if has_vnni() {
+        // SAFETY: as for dot_q_rows; the scales hold one entry per block.
+        return unsafe { avx2::vnni_dot2_q_tile8(fmt, w0, w1, acts, sc) };
+    }
+    dot2_q_rows::<8>(fmt, w0, w1, acts)
 }
 
 /// Two quantized weight rows by a four-row activation tile whose scales are
@@ -457,11 +478,14 @@ mod avx2 {
         let nb = w0.len() / F::BYTES;
         let mut acc = [[_mm256_setzero_ps(); 4]; 2];
         let mut summs = _mm256_setzero_ps();
-        let mut prod = Lanes([[0.0; 8]; SEG]);
+        // Uninitialized: zeroing it cost more than a short row's dots. Pass
+        // two reads only the entries pass one of the same segment wrote.
+        let mut prod = std::mem::MaybeUninit::<Lanes>::uninit();
+        let pp = std::ptr::addr_of_mut!((*prod.as_mut_ptr()).0).cast::<[f32; 8]>();
         let wp = [w0.as_ptr(), w1.as_ptr()];
         let aps: [*const ActBlock; 4] = std::array::from_fn(|r| acts[r].as_ptr());
-        // `Quad` is 16-byte aligned and 16 bytes long: each entry reads as one `__m128`.
-        let (dp, sp) = (sc.d.as_ptr() as *const __m128, sc.s.as_ptr() as *const __m128);
+        // Each `Lanes<4>` entry is 32-byte aligned: its first 16 bytes read as one `__m128`.
+        let (dp, sp) = (sc.d.as_ptr(), sc.s.as_ptr());
         for s0 in (0..nb).step_by(SEG) {
             let s1 = (s0 + SEG).min(nb);
             for b in s0..s1 {
@@ -472,16 +496,16 @@ mod avx2 {
                 let dm = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_setr_epi32(word(wp[0]), word(wp[1]), 0, 0)));
                 // Lanes 0..4: weight row 0 with activation rows 0..4; 4..8: row 1.
                 let dw = _mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
-                _mm256_store_ps(prod.0[b - s0].as_mut_ptr(), _mm256_mul_ps(dw, _mm256_broadcast_ps(&*dp.add(b))));
+                _mm256_store_ps(pp.add(b - s0) as *mut f32, _mm256_mul_ps(dw, _mm256_broadcast_ps(&*(dp.add(b) as *const __m128))));
                 if F::UNSIGNED {
                     let mw = _mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3));
-                    summs = _mm256_add_ps(summs, _mm256_mul_ps(mw, _mm256_broadcast_ps(&*sp.add(b))));
+                    summs = _mm256_add_ps(summs, _mm256_mul_ps(mw, _mm256_broadcast_ps(&*(sp.add(b) as *const __m128))));
                 }
             }
             for b in s0..s1 {
                 let qx = [F::values(wp[0].add(b * F::BYTES)), F::values(wp[1].add(b * F::BYTES))];
                 let ax = if F::UNSIGNED { qx } else { [_mm256_sign_epi8(qx[0], qx[0]), _mm256_sign_epi8(qx[1], qx[1])] };
-                let p = prod.0[b - s0].as_ptr();
+                let p = pp.add(b - s0) as *const f32;
                 for r in 0..4 {
                     let qy = _mm256_loadu_si256((*aps[r].add(b)).qs.as_ptr() as *const __m256i);
                     let (sy0, sy1) = if F::UNSIGNED { (qy, qy) } else { (_mm256_sign_epi8(qy, qx[0]), _mm256_sign_epi8(qy, qx[1])) };
@@ -518,6 +542,74 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     pub(super) unsafe fn vnni_dot2_q_tile4(fmt: BlockFormat, w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; 4], sc: &TileScales) -> [[f32; 4]; 2] {
         dot2x4_any::<Vnni>(fmt, w0, w1, acts, sc)
+    }
+
+    /// `dot2x4_fmt` for an eight-row tile: the same operations per (weight
+    /// row, activation row) pair in the same order, so the same bits. Each
+    /// weight block is decoded once for eight rows instead of four, and a
+    /// block's scale products take two vector multiplies for sixteen pairs.
+    /// Sixteen accumulators: only for targets with 32 vector registers.
+    #[inline(always)]
+    unsafe fn dot2x8_fmt<F: Fmt, P: PairSum>(w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; 8], sc: &TileScales<8>) -> [[f32; 8]; 2] {
+        const SEG: usize = 32;
+        #[repr(align(32))]
+        struct Lanes([[f32; 16]; SEG]);
+        let nb = w0.len() / F::BYTES;
+        let mut acc = [[_mm256_setzero_ps(); 8]; 2];
+        let mut summs = [_mm256_setzero_ps(); 2];
+        let mut prod = std::mem::MaybeUninit::<Lanes>::uninit();
+        let pp = std::ptr::addr_of_mut!((*prod.as_mut_ptr()).0).cast::<[f32; 16]>();
+        let wp = [w0.as_ptr(), w1.as_ptr()];
+        let aps: [*const ActBlock; 8] = std::array::from_fn(|r| acts[r].as_ptr());
+        for s0 in (0..nb).step_by(SEG) {
+            let s1 = (s0 + SEG).min(nb);
+            for b in s0..s1 {
+                // Lanes d0, m0, d1, m1, as in `dot2x4_fmt`.
+                let word = |w: *const u8| (w.add(b * F::BYTES) as *const i32).read_unaligned();
+                let dm = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_setr_epi32(word(wp[0]), word(wp[1]), 0, 0)));
+                let lane = |i: i32| _mm256_permutevar8x32_ps(dm, _mm256_set1_epi32(i));
+                // `Lanes<8>` is 32-byte aligned: an aligned load.
+                let ad = _mm256_load_ps(sc.d[b].0.as_ptr());
+                let p = pp.add(b - s0) as *mut f32;
+                _mm256_store_ps(p, _mm256_mul_ps(lane(0), ad));
+                _mm256_store_ps(p.add(8), _mm256_mul_ps(lane(2), ad));
+                if F::UNSIGNED {
+                    let asum = _mm256_load_ps(sc.s[b].0.as_ptr());
+                    summs[0] = _mm256_add_ps(summs[0], _mm256_mul_ps(lane(1), asum));
+                    summs[1] = _mm256_add_ps(summs[1], _mm256_mul_ps(lane(3), asum));
+                }
+            }
+            for b in s0..s1 {
+                let qx = [F::values(wp[0].add(b * F::BYTES)), F::values(wp[1].add(b * F::BYTES))];
+                let ax = if F::UNSIGNED { qx } else { [_mm256_sign_epi8(qx[0], qx[0]), _mm256_sign_epi8(qx[1], qx[1])] };
+                let p = pp.add(b - s0) as *const f32;
+                for r in 0..8 {
+                    let qy = _mm256_loadu_si256((*aps[r].add(b)).qs.as_ptr() as *const __m256i);
+                    let (sy0, sy1) = if F::UNSIGNED { (qy, qy) } else { (_mm256_sign_epi8(qy, qx[0]), _mm256_sign_epi8(qy, qx[1])) };
+                    acc[0][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*p.add(r)), P::sum(ax[0], sy0), acc[0][r]);
+                    acc[1][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*p.add(8 + r)), P::sum(ax[1], sy1), acc[1][r]);
+                }
+            }
+        }
+        let mut tail = [[0.0f32; 8]; 2];
+        _mm256_storeu_ps(tail[0].as_mut_ptr(), summs[0]);
+        _mm256_storeu_ps(tail[1].as_mut_ptr(), summs[1]);
+        let mut out = [[0.0f32; 8]; 2];
+        for i in 0..2 {
+            for r in 0..8 {
+                out[i][r] = hsum(acc[i][r]) + tail[i][r];
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn vnni_dot2_q_tile8(fmt: BlockFormat, w0: &[u8], w1: &[u8], acts: &[&[ActBlock]; 8], sc: &TileScales<8>) -> [[f32; 8]; 2] {
+        match fmt {
+            BlockFormat::Q4_0 => dot2x8_fmt::<Q40, Vnni>(w0, w1, acts, sc),
+            BlockFormat::Q4_1 => dot2x8_fmt::<Q41, Vnni>(w0, w1, acts, sc),
+            BlockFormat::Q8_0 => dot2x8_fmt::<Q80, Vnni>(w0, w1, acts, sc),
+        }
     }
 
     /// Picks the format's kernel, with `P` for the block dot.
@@ -636,9 +728,9 @@ mod tests {
         out
     }
 
-    /// Random activation rows (4 × `blocks`), the first block holding ±127.
-    fn random_acts(blocks: usize, seed: &mut u64) -> Vec<Vec<ActBlock>> {
-        (0..4)
+    /// Random activation rows (`rows` × `blocks`), the first block holding ±127.
+    fn random_acts(rows: usize, blocks: usize, seed: &mut u64) -> Vec<Vec<ActBlock>> {
+        (0..rows)
             .map(|r| {
                 let raw = random_row(BlockFormat::Q8_0, blocks, seed);
                 raw.chunks(34)
@@ -668,7 +760,7 @@ mod tests {
         }
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for blocks in [1, 18, 48] {
-            let acts = random_acts(blocks, &mut seed);
+            let acts = random_acts(4, blocks, &mut seed);
             let a4: [&[ActBlock]; 4] = std::array::from_fn(|r| acts[r].as_slice());
             let sc = TileScales::new(&a4);
             for fmt in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
@@ -682,6 +774,38 @@ mod tests {
                     // SAFETY: as above, plus VNNI checked by has_vnni.
                     let v = unsafe { avx2::vnni_dot2_q_tile4(fmt, &w0, &w1, &a4, &sc) };
                     assert_eq!(v.map(|x| x.map(f32::to_bits)), r.map(|x| x.map(f32::to_bits)), "{fmt:?} VNNI");
+                }
+            }
+        }
+    }
+
+    /// The eight-row tile kernel gives the bits of the row kernel on each
+    /// half of the tile. Skipped (and said so) where it has no kernel.
+    #[test]
+    fn tile8_kernel_is_bit_identical_to_row_kernel() {
+        if !has_tile8() {
+            eprintln!("no AVX512-VNNI on this CPU (or AERIE_NO_VNNI set): no eight-row tile kernel to test");
+            return;
+        }
+        let mut seed = 0x6a09_e667_f3bc_c908u64;
+        for blocks in [1, 18, 48] {
+            let acts = random_acts(8, blocks, &mut seed);
+            let a8: [&[ActBlock]; 8] = std::array::from_fn(|r| acts[r].as_slice());
+            let sc = TileScales::new(&a8);
+            for fmt in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+                let (w0, w1) = (random_row(fmt, blocks, &mut seed), random_row(fmt, blocks, &mut seed));
+                let t = dot2_q_tile8(fmt, &w0, &w1, &a8, &sc);
+                for half in 0..2 {
+                    let a4: [&[ActBlock]; 4] = std::array::from_fn(|r| a8[4 * half + r]);
+                    // SAFETY: AVX2, FMA and F16C are implied by VNNI
+                    // (has_vnni checks them); every row holds `blocks` blocks.
+                    let r = unsafe { avx2::dot2_q_rows::<4>(fmt, &w0, &w1, &a4) };
+                    for i in 0..2 {
+                        let got: Vec<u32> = t[i][4 * half..4 * half + 4].iter().map(|x| x.to_bits()).collect();
+                        let want: Vec<u32> = r[i].iter().map(|x| x.to_bits()).collect();
+                        assert_eq!(got, want, "{fmt:?}, {blocks} blocks, weight row {i}, rows {}..{}", 4 * half, 4 * half + 4);
+                    }
+                    assert!(r.iter().flatten().all(|v| v.is_finite() && *v != 0.0), "{fmt:?}: degenerate test data");
                 }
             }
         }
