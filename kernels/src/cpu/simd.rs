@@ -749,6 +749,22 @@ mod tests {
             .collect()
     }
 
+    /// Calls `check` with random tiles of R activation rows (1, 18 and 48
+    /// blocks) and random pairs of weight rows of every format, with the
+    /// tile's packed scales.
+    #[allow(clippy::type_complexity)]
+    fn for_each_tile_case<const R: usize>(mut seed: u64, mut check: impl FnMut(BlockFormat, usize, &[u8], &[u8], &[&[ActBlock]; R], &TileScales<R>)) {
+        for blocks in [1, 18, 48] {
+            let acts = random_acts(R, blocks, &mut seed);
+            let tile: [&[ActBlock]; R] = std::array::from_fn(|r| acts[r].as_slice());
+            let sc = TileScales::new(&tile);
+            for fmt in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+                let (w0, w1) = (random_row(fmt, blocks, &mut seed), random_row(fmt, blocks, &mut seed));
+                check(fmt, blocks, &w0, &w1, &tile, &sc);
+            }
+        }
+    }
+
     /// The packed-scale tile kernel gives the same bits as the row kernel
     /// it replaces, for every format (it must: a row's logits may not
     /// depend on whether it was scored in a tile).
@@ -758,25 +774,18 @@ mod tests {
             eprintln!("no AVX2 on this CPU: the tile kernel falls back to the row kernel");
             return;
         }
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        for blocks in [1, 18, 48] {
-            let acts = random_acts(4, blocks, &mut seed);
-            let a4: [&[ActBlock]; 4] = std::array::from_fn(|r| acts[r].as_slice());
-            let sc = TileScales::new(&a4);
-            for fmt in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
-                let (w0, w1) = (random_row(fmt, blocks, &mut seed), random_row(fmt, blocks, &mut seed));
-                // SAFETY: AVX2, FMA and F16C checked by has_avx2; every row
-                // holds `blocks` blocks and the scales one entry per block.
-                let (t, r) = unsafe { (avx2::dot2_q_tile4(fmt, &w0, &w1, &a4, &sc), avx2::dot2_q_rows::<4>(fmt, &w0, &w1, &a4)) };
-                assert_eq!(t.map(|x| x.map(f32::to_bits)), r.map(|x| x.map(f32::to_bits)), "{fmt:?}, {blocks} blocks");
-                assert!(r.iter().flatten().all(|v| v.is_finite() && *v != 0.0), "{fmt:?}: degenerate test data");
-                if has_vnni() {
-                    // SAFETY: as above, plus VNNI checked by has_vnni.
-                    let v = unsafe { avx2::vnni_dot2_q_tile4(fmt, &w0, &w1, &a4, &sc) };
-                    assert_eq!(v.map(|x| x.map(f32::to_bits)), r.map(|x| x.map(f32::to_bits)), "{fmt:?} VNNI");
-                }
+        for_each_tile_case::<4>(0x2545_f491_4f6c_dd1d, |fmt, blocks, w0, w1, a4, sc| {
+            // SAFETY: AVX2, FMA and F16C checked by has_avx2; every row
+            // holds `blocks` blocks and the scales one entry per block.
+            let (t, r) = unsafe { (avx2::dot2_q_tile4(fmt, w0, w1, a4, sc), avx2::dot2_q_rows::<4>(fmt, w0, w1, a4)) };
+            assert_eq!(t.map(|x| x.map(f32::to_bits)), r.map(|x| x.map(f32::to_bits)), "{fmt:?}, {blocks} blocks");
+            assert!(r.iter().flatten().all(|v| v.is_finite() && *v != 0.0), "{fmt:?}: degenerate test data");
+            if has_vnni() {
+                // SAFETY: as above, plus VNNI checked by has_vnni.
+                let v = unsafe { avx2::vnni_dot2_q_tile4(fmt, w0, w1, a4, sc) };
+                assert_eq!(v.map(|x| x.map(f32::to_bits)), r.map(|x| x.map(f32::to_bits)), "{fmt:?} VNNI");
             }
-        }
+        });
     }
 
     /// The eight-row tile kernel gives the bits of the row kernel on each
@@ -787,28 +796,21 @@ mod tests {
             eprintln!("no AVX512-VNNI on this CPU (or AERIE_NO_VNNI set): no eight-row tile kernel to test");
             return;
         }
-        let mut seed = 0x6a09_e667_f3bc_c908u64;
-        for blocks in [1, 18, 48] {
-            let acts = random_acts(8, blocks, &mut seed);
-            let a8: [&[ActBlock]; 8] = std::array::from_fn(|r| acts[r].as_slice());
-            let sc = TileScales::new(&a8);
-            for fmt in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
-                let (w0, w1) = (random_row(fmt, blocks, &mut seed), random_row(fmt, blocks, &mut seed));
-                let t = dot2_q_tile8(fmt, &w0, &w1, &a8, &sc);
-                for half in 0..2 {
-                    let a4: [&[ActBlock]; 4] = std::array::from_fn(|r| a8[4 * half + r]);
-                    // SAFETY: AVX2, FMA and F16C are implied by VNNI
-                    // (has_vnni checks them); every row holds `blocks` blocks.
-                    let r = unsafe { avx2::dot2_q_rows::<4>(fmt, &w0, &w1, &a4) };
-                    for i in 0..2 {
-                        let got: Vec<u32> = t[i][4 * half..4 * half + 4].iter().map(|x| x.to_bits()).collect();
-                        let want: Vec<u32> = r[i].iter().map(|x| x.to_bits()).collect();
-                        assert_eq!(got, want, "{fmt:?}, {blocks} blocks, weight row {i}, rows {}..{}", 4 * half, 4 * half + 4);
-                    }
-                    assert!(r.iter().flatten().all(|v| v.is_finite() && *v != 0.0), "{fmt:?}: degenerate test data");
+        for_each_tile_case::<8>(0x6a09_e667_f3bc_c908, |fmt, blocks, w0, w1, a8, sc| {
+            let t = dot2_q_tile8(fmt, w0, w1, a8, sc);
+            for half in 0..2 {
+                let a4: [&[ActBlock]; 4] = std::array::from_fn(|r| a8[4 * half + r]);
+                // SAFETY: AVX2, FMA and F16C are implied by VNNI (has_vnni
+                // checks them); every row holds `blocks` blocks.
+                let r = unsafe { avx2::dot2_q_rows::<4>(fmt, w0, w1, &a4) };
+                for i in 0..2 {
+                    let got: Vec<u32> = t[i][4 * half..4 * half + 4].iter().map(|x| x.to_bits()).collect();
+                    let want: Vec<u32> = r[i].iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(got, want, "{fmt:?}, {blocks} blocks, weight row {i}, rows {}..{}", 4 * half, 4 * half + 4);
                 }
+                assert!(r.iter().flatten().all(|v| v.is_finite() && *v != 0.0), "{fmt:?}: degenerate test data");
             }
-        }
+        });
     }
 
     /// The VNNI block dot gives the same bits as the AVX2 one, for every
@@ -822,22 +824,7 @@ mod tests {
         }
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let blocks = 18;
-        let acts: Vec<Vec<ActBlock>> = (0..4)
-            .map(|r| {
-                let raw = random_row(BlockFormat::Q8_0, blocks, &mut seed);
-                raw.chunks(34)
-                    .enumerate()
-                    .map(|(b, c)| {
-                        let mut qs = [0i8; QK];
-                        for (q, &v) in qs.iter_mut().zip(&c[2..]) {
-                            // Activations are rounded to [-127, 127].
-                            *q = if r == 0 && b == 0 { 127 * (1 - 2 * (v & 1) as i8) } else { (v as i8).max(-127) };
-                        }
-                        ActBlock { d: 0.003 * (b + 1) as f32, s: 0.1 * r as f32 - 0.05, qs }
-                    })
-                    .collect()
-            })
-            .collect();
+        let acts = random_acts(4, blocks, &mut seed);
         for fmt in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
             let (w0, w1) = (random_row(fmt, blocks, &mut seed), random_row(fmt, blocks, &mut seed));
             let a4: [&[ActBlock]; 4] = std::array::from_fn(|r| acts[r].as_slice());
