@@ -11,9 +11,10 @@
 #   OUT_DIR defaults to target/eagle-train; the shipped head was made with
 #   the defaults below (see models/smollm2-135m-eagle/TRAINING.md). Both
 #   stages and the features resume where an interrupted run stopped.
-# Environment: CONVERSATIONS (default 2000), EPOCHS (stage 1, 2), TTT_EPOCHS
+# Environment: CONVERSATIONS (default 2000; 1000 for eagle3), EPOCHS (stage 1, 2), TTT_EPOCHS
 #   (stage 2, 1), TTT_STEPS (3), TTT_LR (5e-4), MAX_NEW_TOKENS (256),
 #   FEATURE_BATCH (sequences per target forward while building features, 16),
+#   EVAL_QUESTIONS (MT-bench first turns in the closing eval, 20 of the 80),
 #   AERIE_THREADS.
 #   KIND=eagle3 trains an EAGLE-3 head instead, in one stage: EPOCHS epochs
 #   (default 4) of TTT_STEPS unrolled steps at LR (1e-3), with a draft
@@ -25,7 +26,8 @@ out="${1:-target/eagle-train}"
 [ $# -gt 0 ] && shift
 data=$(bash scripts/fetch_sharegpt.sh)
 start=$(date +%s)
-common=(--model smollm2 --data "$data" --cache "$out/features" --conversations "${CONVERSATIONS:-2000}" --max-new-tokens "${MAX_NEW_TOKENS:-256}"
+conversations=${CONVERSATIONS:-$([ "${KIND:-eagle}" = eagle3 ] && echo 1000 || echo 2000)}
+common=(--model smollm2 --data "$data" --cache "$out/features" --conversations "$conversations" --max-new-tokens "${MAX_NEW_TOKENS:-256}"
   --feature-batch "${FEATURE_BATCH:-16}")
 if [ "${KIND:-eagle}" = eagle3 ]; then
   ./target/release/aerie train-eagle --kind eagle3 "${common[@]}" --out "$out" --epochs "${EPOCHS:-4}" \
@@ -39,6 +41,6 @@ else
     --lr "${TTT_LR:-5e-4}" --init "$out/stage1" "$@"
   ./target/release/aerie eval-draft --model smollm2 --draft "$out" \
     --speculative-num-steps 3 --speculative-eagle-topk 1 --speculative-token-map "$out/hot_vocab.json" \
-    --prompts ../shared/data/mt_bench.jsonl --plain | tee "$out/eval_mt_bench.txt"
+    --prompts ../shared/data/mt_bench.jsonl --questions "${EVAL_QUESTIONS:-20}" --plain | tee "$out/eval_mt_bench.txt"
 fi
 echo "pipeline wall time: $(( $(date +%s) - start )) s"
