@@ -11,11 +11,8 @@
 #   OUT_DIR defaults to target/eagle-train; the shipped head was made with
 #   the defaults below (see models/smollm2-135m-eagle/TRAINING.md). Both
 #   stages and the features resume where an interrupted run stopped.
-# Environment: CONVERSATIONS (default 2000; 1000 for eagle3), EPOCHS (stage 1, 2), TTT_EPOCHS
-#   (stage 2, 1), TTT_STEPS (3), TTT_LR (5e-4), MAX_NEW_TOKENS (256),
-#   FEATURE_BATCH (sequences per target forward while building features, 16),
-#   EVAL_QUESTIONS (MT-bench first turns in the closing eval, 20 of the 80),
-#   AERIE_THREADS.
+# Environment: CONVERSATIONS (default 1000), EPOCHS (stage 1, 4), TTT_EPOCHS
+#   (stage 2, 2), TTT_STEPS (3), TTT_LR (5e-4), MAX_NEW_TOKENS (256), AERIE_THREADS.
 #   KIND=eagle3 trains an EAGLE-3 head instead, in one stage: EPOCHS epochs
 #   (default 4) of TTT_STEPS unrolled steps at LR (1e-3), with a draft
 #   vocabulary of HOT_VOCAB ids (2048), as in the pilot in docs/benchmarks.md.
@@ -26,9 +23,7 @@ out="${1:-target/eagle-train}"
 [ $# -gt 0 ] && shift
 data=$(bash scripts/fetch_sharegpt.sh)
 start=$(date +%s)
-conversations=${CONVERSATIONS:-$([ "${KIND:-eagle}" = eagle3 ] && echo 1000 || echo 2000)}
-common=(--model smollm2 --data "$data" --cache "$out/features" --conversations "$conversations" --max-new-tokens "${MAX_NEW_TOKENS:-256}"
-  --feature-batch "${FEATURE_BATCH:-16}")
+common=(--model smollm2 --data "$data" --cache "$out/features" --conversations "${CONVERSATIONS:-1000}" --max-new-tokens "${MAX_NEW_TOKENS:-256}")
 if [ "${KIND:-eagle}" = eagle3 ]; then
   ./target/release/aerie train-eagle --kind eagle3 "${common[@]}" --out "$out" --epochs "${EPOCHS:-4}" \
     --ttt-steps "${TTT_STEPS:-3}" --lr "${LR:-1e-3}" --hot-vocab "${HOT_VOCAB:-2048}" "$@"
@@ -36,11 +31,11 @@ if [ "${KIND:-eagle}" = eagle3 ]; then
     --speculative-num-steps 3 --speculative-eagle-topk 1 \
     --prompts ../shared/data/mt_bench.jsonl --plain | tee "$out/eval_mt_bench.txt"
 else
-  ./target/release/aerie train-eagle "${common[@]}" --out "$out/stage1" --epochs "${EPOCHS:-2}" --ttt-steps 1 "$@"
-  ./target/release/aerie train-eagle "${common[@]}" --out "$out" --epochs "${TTT_EPOCHS:-1}" --ttt-steps "${TTT_STEPS:-3}" \
+  ./target/release/aerie train-eagle "${common[@]}" --out "$out/stage1" --epochs "${EPOCHS:-4}" --ttt-steps 1 "$@"
+  ./target/release/aerie train-eagle "${common[@]}" --out "$out" --epochs "${TTT_EPOCHS:-2}" --ttt-steps "${TTT_STEPS:-3}" \
     --lr "${TTT_LR:-5e-4}" --init "$out/stage1" "$@"
   ./target/release/aerie eval-draft --model smollm2 --draft "$out" \
     --speculative-num-steps 3 --speculative-eagle-topk 1 --speculative-token-map "$out/hot_vocab.json" \
-    --prompts ../shared/data/mt_bench.jsonl --questions "${EVAL_QUESTIONS:-20}" --plain | tee "$out/eval_mt_bench.txt"
+    --prompts ../shared/data/mt_bench.jsonl --plain | tee "$out/eval_mt_bench.txt"
 fi
 echo "pipeline wall time: $(( $(date +%s) - start )) s"
