@@ -80,7 +80,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut stdout = std::io::stdout();
     let json = a.json;
     let tok = &engine.tokenizer;
-    let factory = match a.spec.options() {
+    let mut spec = a.spec.clone();
+    spec.apply_shipped_head_defaults(aerie_draft_worker::shipped_head(&engine.model).as_deref());
+    let factory = match spec.options() {
         Some(o) => Some(ProposerFactory::new(o, engine.model.clone(), &engine.tokenizer).context("setting up speculative decoding")?),
         None => None,
     };
@@ -131,6 +133,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 "num_steps": t.num_steps,
                 "eagle_topk": t.topk,
                 "num_draft_tokens": t.num_draft_tokens,
+                "min_draft_score": f.options().min_draft_score,
+                "token_map": f.options().token_map.as_ref().map(|p| p.display().to_string()),
             });
         }
         writeln!(stdout, "{v}")?;

@@ -195,7 +195,9 @@ fn draft_flags(a: &ServeArgs) -> Vec<String> {
             v.push(x);
         }
     };
-    let defaults = s.speculative_algorithm.is_none() && s.speculative_draft_model_path.is_none();
+    // The algorithm defaults to EAGLE; everything else passes through, and
+    // the draft worker fills in the shipped head's setting when no tree flag
+    // is given (`SpecArgs::apply_shipped_head_defaults`).
     push(
         "speculative-algorithm",
         Some(
@@ -210,51 +212,30 @@ fn draft_flags(a: &ServeArgs) -> Vec<String> {
             .as_ref()
             .map(|p| p.display().to_string()),
     );
-    let shipped_setting = defaults
-        && s.speculative_num_steps.is_none()
-        && s.speculative_eagle_topk.is_none()
-        && s.speculative_num_draft_tokens.is_none();
-    if shipped_setting {
-        // The shipped head's fastest CPU setting: one drafted token, verified
-        // only when the head gives it at least 0.3. Wider trees accept more
-        // per round (τ 1.47 at (3, 1, 4)) but a CPU verify costs nearly one
-        // decode per extra row, so they run slower than plain decoding
-        // (docs/benchmarks.md, "A smaller hot vocabulary").
-        push("speculative-num-steps", Some("1".into()));
-        push("speculative-eagle-topk", Some("1".into()));
-        push("speculative-num-draft-tokens", Some("2".into()));
-    } else {
-        push(
-            "speculative-num-steps",
-            s.speculative_num_steps.map(|x| x.to_string()),
-        );
-        push(
-            "speculative-eagle-topk",
-            s.speculative_eagle_topk.map(|x| x.to_string()),
-        );
-        push(
-            "speculative-num-draft-tokens",
-            s.speculative_num_draft_tokens.map(|x| x.to_string()),
-        );
-    }
+    push(
+        "speculative-num-steps",
+        s.speculative_num_steps.map(|x| x.to_string()),
+    );
+    push(
+        "speculative-eagle-topk",
+        s.speculative_eagle_topk.map(|x| x.to_string()),
+    );
+    push(
+        "speculative-num-draft-tokens",
+        s.speculative_num_draft_tokens.map(|x| x.to_string()),
+    );
     push(
         "speculative-token-map",
         s.speculative_token_map
             .as_ref()
             .map(|p| p.display().to_string()),
     );
-    // An explicit score wins; the default setting brings its own.
     push(
         "speculative-min-draft-score",
-        s.speculative_min_draft_score
-            .map(|x| x.to_string())
-            .or_else(|| shipped_setting.then(|| SHIPPED_MIN_DRAFT_SCORE.into())),
+        s.speculative_min_draft_score.map(|x| x.to_string()),
     );
     v
 }
-
-/// `--speculative-min-draft-score` of the default serving setting.
-const SHIPPED_MIN_DRAFT_SCORE: &str = "0.3";
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let model = aerie_engine::fetch::resolve_model(&a.model_path)
@@ -399,27 +380,51 @@ mod tests {
         v.iter().position(|a| a == flag).map(|i| v[i + 1].clone())
     }
 
+    #[derive(Parser)]
+    struct DraftCli {
+        #[command(flatten)]
+        spec: SpecArgs,
+    }
+
+    /// The draft options a draft worker started with `serve`'s flags ends up
+    /// with, given a shipped head in `head`.
+    fn draft_options(args: &[&str], head: &std::path::Path) -> aerie_draft_worker::DraftOptions {
+        let v = flags(args);
+        let mut cli = DraftCli::try_parse_from(std::iter::once("draft-worker".to_string()).chain(v)).expect("draft-worker flags parse");
+        cli.spec.apply_shipped_head_defaults(Some(head));
+        cli.spec.options().expect("speculation is on")
+    }
+
+    fn head_dir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("hot_vocab_2048.json"), "[1]").unwrap();
+        d
+    }
+
     #[test]
     fn default_is_the_shipped_heads_fast_chain() {
-        let v = flags(&[]);
-        assert_eq!(value(&v, "--speculative-algorithm").as_deref(), Some("EAGLE"));
-        assert_eq!(value(&v, "--speculative-num-steps").as_deref(), Some("1"));
-        assert_eq!(value(&v, "--speculative-eagle-topk").as_deref(), Some("1"));
-        assert_eq!(value(&v, "--speculative-num-draft-tokens").as_deref(), Some("2"));
-        assert_eq!(value(&v, "--speculative-min-draft-score").as_deref(), Some("0.3"));
+        let head = head_dir();
+        let o = draft_options(&[], head.path());
+        assert_eq!(o.algorithm, aerie_draft_worker::SpecAlgorithm::Eagle);
+        assert_eq!((o.tree.num_steps, o.tree.topk, o.tree.num_draft_tokens), (1, 1, 2));
+        assert_eq!(o.min_draft_score, crate::spec_args::SHIPPED_MIN_DRAFT_SCORE);
+        assert!(o.token_map.unwrap().ends_with("hot_vocab_2048.json"));
     }
 
     #[test]
     fn explicit_flags_replace_the_default_setting() {
-        let v = flags(&["--speculative-num-steps", "3", "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "4"]);
-        assert_eq!(value(&v, "--speculative-num-steps").as_deref(), Some("3"));
-        assert_eq!(value(&v, "--speculative-num-draft-tokens").as_deref(), Some("4"));
-        assert_eq!(value(&v, "--speculative-min-draft-score"), None, "SGLang's fixed tree unless asked");
-        let v = flags(&["--speculative-min-draft-score", "0.5"]);
-        assert_eq!(value(&v, "--speculative-min-draft-score").as_deref(), Some("0.5"));
-        assert_eq!(value(&v, "--speculative-num-draft-tokens").as_deref(), Some("2"), "the default chain stays");
+        let head = head_dir();
+        let o = draft_options(&["--speculative-num-steps", "3", "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "4"], head.path());
+        assert_eq!((o.tree.num_steps, o.tree.num_draft_tokens), (3, 4));
+        assert_eq!(o.min_draft_score, 0.0, "SGLang's fixed tree unless asked");
+        let o = draft_options(&["--speculative-min-draft-score", "0.5"], head.path());
+        assert_eq!(o.min_draft_score, 0.5);
+        assert_eq!(o.tree.num_draft_tokens, 2, "the default chain stays");
         let v = flags(&["--speculative-algorithm", "NGRAM"]);
         assert_eq!(value(&v, "--speculative-min-draft-score"), None);
         assert_eq!(value(&v, "--speculative-num-steps"), None);
+        let o = draft_options(&["--speculative-algorithm", "NGRAM"], head.path());
+        assert_eq!(o.min_draft_score, 0.0);
+        assert_eq!(o.token_map, None);
     }
 }

@@ -4,7 +4,10 @@ use aerie_draft_worker::ngram::NgramConfig;
 use aerie_draft_worker::{DraftOptions, SpecAlgorithm};
 use aerie_engine::spec::TreeSpec;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// `--speculative-min-draft-score` of the shipped head's default setting.
+pub const SHIPPED_MIN_DRAFT_SCORE: f32 = 0.3;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct SpecArgs {
@@ -74,6 +77,42 @@ impl SpecArgs {
         TreeSpec { num_steps, topk, num_draft_tokens }
     }
 
+    /// Whether any of the three tree flags was given.
+    pub fn tree_flags_given(&self) -> bool {
+        self.speculative_num_steps.is_some() || self.speculative_eagle_topk.is_some() || self.speculative_num_draft_tokens.is_some()
+    }
+
+    /// Fills in the shipped head's defaults when EAGLE drafts with it (no
+    /// `--speculative-draft-model-path`); `head` is its directory, or `None`
+    /// when the target has no shipped head. Used by `aerie generate` and
+    /// `aerie draft-worker`, so both run the shipped head the same way:
+    ///
+    /// - the token map, unless given, is the head's 2,048 most frequent
+    ///   answer tokens (`hot_vocab_2048.json`): on CPU a smaller draft
+    ///   lm_head makes a round cheaper (0.6 ms instead of 1.4 ms) and τ at
+    ///   the default chain rises slightly (docs/benchmarks.md, "A smaller hot
+    ///   vocabulary"); the full 8,192-id list is kept for wide trees;
+    /// - with no tree flag, the tree is a (1, 1, 2) chain and the minimum
+    ///   draft score 0.3 unless given: the fastest setting measured on CPU,
+    ///   where a verify costs nearly one decode per extra row, so SGLang's
+    ///   (5, 4, 8) runs slower than plain decoding. Any tree flag gives
+    ///   SGLang's defaults for the rest, and a score of 0.
+    pub fn apply_shipped_head_defaults(&mut self, head: Option<&Path>) {
+        if self.speculative_algorithm != Some(SpecAlgorithm::Eagle) || self.speculative_draft_model_path.is_some() {
+            return;
+        }
+        let Some(dir) = head else { return };
+        if self.speculative_token_map.is_none() {
+            self.speculative_token_map = ["hot_vocab_2048.json", "hot_vocab.json"].into_iter().map(|f| dir.join(f)).find(|p| p.is_file());
+        }
+        if !self.tree_flags_given() {
+            self.speculative_num_steps = Some(1);
+            self.speculative_eagle_topk = Some(1);
+            self.speculative_num_draft_tokens = Some(2);
+            self.speculative_min_draft_score.get_or_insert(SHIPPED_MIN_DRAFT_SCORE);
+        }
+    }
+
     /// Draft options, or `None` when speculation is off.
     pub fn options(&self) -> Option<DraftOptions> {
         let algorithm = self.speculative_algorithm?;
@@ -89,5 +128,69 @@ impl SpecArgs {
             num_draft_tokens: tree.num_draft_tokens,
         };
         Some(DraftOptions { algorithm, draft_model_path: self.speculative_draft_model_path.clone(), tree, token_map: self.speculative_token_map.clone(), ngram, min_draft_score: self.speculative_min_draft_score.unwrap_or(0.0) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_dir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["hot_vocab.json", "hot_vocab_2048.json"] {
+            std::fs::write(d.path().join(f), "[1,2,3]").unwrap();
+        }
+        d
+    }
+
+    fn eagle() -> SpecArgs {
+        SpecArgs { speculative_algorithm: Some(SpecAlgorithm::Eagle), ..Default::default() }
+    }
+
+    #[test]
+    fn eagle_with_the_shipped_head_and_no_tree_flags_is_the_fast_chain() {
+        let d = head_dir();
+        let mut s = eagle();
+        s.apply_shipped_head_defaults(Some(d.path()));
+        let o = s.options().unwrap();
+        assert_eq!((o.tree.num_steps, o.tree.topk, o.tree.num_draft_tokens), (1, 1, 2));
+        assert_eq!(o.min_draft_score, SHIPPED_MIN_DRAFT_SCORE);
+        assert_eq!(o.token_map.as_deref(), Some(d.path().join("hot_vocab_2048.json").as_path()));
+    }
+
+    #[test]
+    fn given_flags_win_over_the_shipped_defaults() {
+        let d = head_dir();
+        let mut s = SpecArgs { speculative_num_steps: Some(3), speculative_eagle_topk: Some(1), ..eagle() };
+        s.apply_shipped_head_defaults(Some(d.path()));
+        let o = s.options().unwrap();
+        assert_eq!((o.tree.num_steps, o.tree.num_draft_tokens), (3, 4), "a tree flag replaces the chain");
+        assert_eq!(o.min_draft_score, 0.0, "SGLang's fixed tree unless a score is asked for");
+        assert!(o.token_map.unwrap().ends_with("hot_vocab_2048.json"), "the small map still applies");
+        let map = PathBuf::from("/elsewhere/map.json");
+        let mut s = SpecArgs { speculative_min_draft_score: Some(0.5), speculative_token_map: Some(map.clone()), ..eagle() };
+        s.apply_shipped_head_defaults(Some(d.path()));
+        let o = s.options().unwrap();
+        assert_eq!((o.tree.num_steps, o.tree.num_draft_tokens, o.min_draft_score), (1, 2, 0.5));
+        assert_eq!(o.token_map, Some(map));
+    }
+
+    #[test]
+    fn other_drafters_keep_sglang_defaults() {
+        let d = head_dir();
+        for mut s in [
+            SpecArgs { speculative_draft_model_path: Some("/some/head".into()), ..eagle() },
+            SpecArgs { speculative_algorithm: Some(SpecAlgorithm::Ngram), ..Default::default() },
+            SpecArgs::default(),
+        ] {
+            let before = format!("{s:?}");
+            s.apply_shipped_head_defaults(Some(d.path()));
+            assert_eq!(format!("{s:?}"), before);
+        }
+        let mut s = eagle();
+        s.apply_shipped_head_defaults(None);
+        let o = s.options().unwrap();
+        assert_eq!((o.tree.num_steps, o.tree.topk, o.tree.num_draft_tokens), (5, 4, 8), "no shipped head: SGLang's tree");
+        assert_eq!(o.token_map, None);
     }
 }

@@ -86,7 +86,8 @@ pub struct DraftWorkerArgs {
     #[command(flatten)]
     pub listen: ListenArgs,
     /// Speculation flags; the algorithm defaults to EAGLE, and EAGLE without
-    /// a draft path uses the shipped head with its hot vocabulary.
+    /// a draft path uses the shipped head: with no tree flag, as the (1, 1, 2)
+    /// chain of `aerie serve`, over its 2,048-id hot vocabulary.
     #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
@@ -208,21 +209,8 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
     if spec.speculative_algorithm.is_none() {
         spec.speculative_algorithm = Some(SpecAlgorithm::Eagle);
     }
-    let mut opts = spec.options().expect("an algorithm is set above");
-    // The shipped head drafts over the 2,048 most frequent tokens of its
-    // training answers: on CPU a smaller draft lm_head makes a round cheaper
-    // (0.6 ms instead of 1.4 ms) and τ at the (1, 1, 2) serving default
-    // rises slightly (docs/benchmarks.md, "A smaller hot vocabulary").
-    // The full 8,192-token list is the trainer's output, kept for the
-    // wide trees of TRAINING.md.
-    if opts.algorithm == SpecAlgorithm::Eagle
-        && opts.draft_model_path.is_none()
-        && opts.token_map.is_none()
-    {
-        opts.token_map = aerie_draft_worker::shipped_head(&engine.model).and_then(|d| {
-            ["hot_vocab_2048.json", "hot_vocab.json"].into_iter().map(|f| d.join(f)).find(|p| p.is_file())
-        });
-    }
+    spec.apply_shipped_head_defaults(aerie_draft_worker::shipped_head(&engine.model).as_deref());
+    let opts = spec.options().expect("an algorithm is set above");
     let draft_model = opts
         .draft_model_path
         .as_ref()

@@ -130,6 +130,8 @@ fn speculative_generate_matches_plain_and_reports_stats() {
         vec!["--speculative-algorithm", "NGRAM"],
         vec!["--speculative-algorithm", "EAGLE3", "--speculative-draft-model-path", head.path().to_str().unwrap(), "--speculative-num-steps", "3", "--speculative-eagle-topk", "1"],
         vec!["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", m],
+        // The shipped head with no tree flag: `aerie serve`'s default setting.
+        vec!["--speculative-algorithm", "EAGLE"],
     ];
     for extra in runs {
         let v = generate_json(&[&base[..], &extra[..]].concat());
@@ -145,6 +147,13 @@ fn speculative_generate_matches_plain_and_reports_stats() {
         assert!((tau - 59.0 / verifies as f64).abs() < 1e-9, "{extra:?}: accept length counts emitted tokens per verify");
         if extra[1] == "EAGLE3" {
             assert_eq!(v["speculative"]["num_draft_tokens"], 4, "topk 1 makes a chain of steps + 1");
+        }
+        if extra[1] == "EAGLE" {
+            let sp = &v["speculative"];
+            assert_eq!((sp["num_steps"].as_u64(), sp["eagle_topk"].as_u64(), sp["num_draft_tokens"].as_u64()), (Some(1), Some(1), Some(2)), "{sp}");
+            assert!((sp["min_draft_score"].as_f64().unwrap() - 0.3).abs() < 1e-6, "{sp}");
+            assert!(sp["token_map"].as_str().unwrap().ends_with("smollm2-135m-eagle/hot_vocab_2048.json"), "{sp}");
+            assert!(tau > 1.0, "the trained head is accepted sometimes: tau {tau}");
         }
         if extra[1] == "STANDALONE" {
             assert!(tau > 3.0, "the target drafting for itself is accepted: tau {tau}");
