@@ -133,7 +133,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 "num_steps": t.num_steps,
                 "eagle_topk": t.topk,
                 "num_draft_tokens": t.num_draft_tokens,
-                "min_draft_score": f.options().min_draft_score,
+                // Through its shortest decimal form, so 0.3 prints as 0.3, not as the f32's f64 widening.
+                "min_draft_score": f.options().min_draft_score.to_string().parse::<f64>().unwrap_or(0.0),
                 "token_map": f.options().token_map.as_ref().map(|p| p.display().to_string()),
             });
         }
