@@ -6,6 +6,7 @@ mod eval_cmd;
 mod generate_cmd;
 mod loss_plot;
 mod metrics_http;
+mod progress;
 mod serve_cmd;
 mod spec_args;
 mod train_cmd;

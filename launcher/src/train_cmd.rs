@@ -4,9 +4,9 @@ use aerie_draft_worker::eagle::{default_aux_layers, EagleKind};
 use aerie_draft_worker::train::sharegpt::{locate_sharegpt, read_sharegpt};
 use aerie_draft_worker::train::{build_features, train_eagle, AnswerSource, CacheMeta, DataConfig, FeatureCache, FeatureCacheWriter, TrainConfig};
 use aerie_engine::{DType, Engine};
+use crate::progress::Progress;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -85,12 +85,6 @@ pub struct TrainEagleArgs {
     pub init: Option<PathBuf>,
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
-    let b = ProgressBar::new(len);
-    b.set_style(ProgressStyle::with_template(&format!("{what} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {{msg}} (eta {{eta}})")).expect("template"));
-    b
-}
-
 pub fn run(a: TrainEagleArgs) -> Result<()> {
     let kind = match a.kind.to_ascii_lowercase().as_str() {
         "eagle" | "eagle2" => EagleKind::Eagle,
@@ -148,11 +142,10 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
         // Generous: some records are unusable (no human opening, too long).
         let read = read_sharegpt(&path, a.conversations.saturating_mul(3).max(100))?;
         eprintln!("{}: {} complete records read{}", path.display(), read.conversations.len(), if read.truncated { " (the file is cut; stopped at the cut)" } else { "" });
-        let pb = bar(a.conversations as u64, "features");
-        pb.set_position(writer.sequences() as u64);
+        let pb = Progress::new(a.conversations as u64, "features");
+        pb.resume_at(writer.sequences() as u64);
         build_features(&engine, &read.conversations, &mut writer, &data_cfg, &mut |done, rows| {
-            pb.set_position(done as u64);
-            pb.set_message(format!("{rows} tokens"));
+            pb.update(done as u64, format!("{rows} tokens"));
         })?;
         pb.finish();
     }
@@ -180,17 +173,22 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
         ..Default::default()
     };
     let t_train = Instant::now();
-    let pb = bar(1, "training");
+    let pb = Progress::new(1, "training");
+    let mut resumed = false;
     let (mut ema_loss, mut ema_acc, mut ema_last) = (None::<f32>, None::<f32>, None::<f32>);
     let tc_steps = tc.ttt_steps;
     let logs = train_eagle(&engine.model, &cache, &a.out, &tc, &mut |log, total| {
         pb.set_length(total as u64);
-        pb.set_position(log.step as u64);
+        if !resumed {
+            // The first step this run logs; a resumed run starts past 0.
+            pb.resume_at(log.step.saturating_sub(1) as u64);
+            resumed = true;
+        }
         let e = |prev: Option<f32>, x: f32| Some(prev.map_or(x, |p| 0.95 * p + 0.05 * x));
         ema_loss = e(ema_loss, log.loss);
         ema_acc = e(ema_acc, log.acc);
         ema_last = e(ema_last, log.acc_last);
-        pb.set_message(format!("loss {:.4} acc {:.3} (step {}: {:.3})", ema_loss.unwrap_or(0.0), ema_acc.unwrap_or(0.0), tc_steps, ema_last.unwrap_or(0.0)));
+        pb.update(log.step as u64, format!("loss {:.4} acc {:.3} (step {}: {:.3})", ema_loss.unwrap_or(0.0), ema_acc.unwrap_or(0.0), tc_steps, ema_last.unwrap_or(0.0)));
     })?;
     pb.finish();
     let train_secs = t_train.elapsed().as_secs_f64();

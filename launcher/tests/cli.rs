@@ -200,3 +200,47 @@ fn router_refuses_a_bad_worker_list_before_loading_anything() {
         assert!(err.contains(needle), "{file:?}: error should mention `{needle}`: {err}");
     }
 }
+
+/// `aerie train-eagle` end to end through the binary, on a ShareGPT file cut
+/// mid-record, with stderr a pipe (as under `tee` or CI): the progress of
+/// both phases shows as plain lines, the head is written, and the draft
+/// worker's code path loads it and stays lossless.
+#[test]
+fn train_eagle_through_a_pipe_reports_progress_and_writes_a_usable_head() {
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sharegpt.json");
+    let record = |id: &str, q: &str, a: &str| format!(r#"{{"id":"{id}","conversations":[{{"from":"human","value":"{q}"}},{{"from":"gpt","value":"{a}"}}]}}"#);
+    let complete = [record("a", "Name a color.", "Blue."), record("b", "Say hi.", "Hi!"), record("c", "Count to three.", "1, 2, 3.")];
+    // The last record is cut mid-string, as in the PyPI package.
+    std::fs::write(&data, format!("[{},\n{{\"id\":\"d\",\"conversations\":[{{\"from\":\"human\",\"value\":\"Tell me", complete.join(",\n"))).unwrap();
+    let out_dir = dir.path().join("head");
+    let out = Command::new(env!("CARGO_BIN_EXE_aerie"))
+        .args(["train-eagle", "--model", m, "--data", data.to_str().unwrap(), "--out", out_dir.to_str().unwrap()])
+        .args(["--conversations", "2", "--max-new-tokens", "6", "--epochs", "2", "--batch-seqs", "1", "--hot-vocab", "512", "--ttt-steps", "2"])
+        .env("AERIE_THREADS", "2")
+        .env("AERIE_PROGRESS_SECS", "0")
+        .output()
+        .expect("run aerie");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("3 complete records read (the file is cut"), "{err}");
+    for line in ["features: 1/2, ", "features: 2/2, ", "training: 1/4, loss ", "training: 4/4, loss "] {
+        assert!(err.contains(line), "stderr lacks `{line}`: {err}");
+    }
+    let run: serde_json::Value = serde_json::from_slice(&std::fs::read(out_dir.join("train_run.json")).unwrap()).unwrap();
+    assert_eq!(run["conversations"], 2, "{run}");
+    assert_eq!(run["steps_this_run"], 4, "{run}");
+    let losses = std::fs::read_to_string(out_dir.join("loss.csv")).unwrap();
+    assert_eq!(losses.lines().count(), 5, "a header and one row per step: {losses}");
+    let hot: Vec<u32> = serde_json::from_slice(&std::fs::read(out_dir.join("hot_vocab.json")).unwrap()).unwrap();
+    assert!(!hot.is_empty() && hot.len() <= 512, "{} hot ids", hot.len());
+
+    // The new head drafts, and greedy output stays the target's.
+    let base = ["generate", "--model", m, "--prompt", "Name three colors.", "--max-tokens", "16", "--ignore-eos", "--json"];
+    let plain = generate_json(&base);
+    let spec = generate_json(&[&base[..], &["--speculative-algorithm", "EAGLE", "--speculative-draft-model-path", out_dir.to_str().unwrap(), "--speculative-num-steps", "2", "--speculative-eagle-topk", "2", "--speculative-num-draft-tokens", "4"]].concat());
+    assert_eq!(spec["token_ids"], plain["token_ids"]);
+    assert!(spec["stats"]["spec_verify_ct"].as_u64().unwrap() > 0, "{}", spec["stats"]);
+}
