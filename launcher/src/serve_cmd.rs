@@ -391,7 +391,7 @@ mod tests {
     fn draft_options(args: &[&str], head: &std::path::Path) -> aerie_draft_worker::DraftOptions {
         let v = flags(args);
         let mut cli = DraftCli::try_parse_from(std::iter::once("draft-worker".to_string()).chain(v)).expect("draft-worker flags parse");
-        cli.spec.apply_shipped_head_defaults(Some(head));
+        cli.spec.apply_shipped_head_defaults(|| Some(head.to_path_buf()));
         cli.spec.options().expect("speculation is on")
     }
 

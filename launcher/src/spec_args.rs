@@ -4,7 +4,7 @@ use aerie_draft_worker::ngram::NgramConfig;
 use aerie_draft_worker::{DraftOptions, SpecAlgorithm};
 use aerie_engine::spec::TreeSpec;
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// `--speculative-min-draft-score` of the shipped head's default setting.
 pub const SHIPPED_MIN_DRAFT_SCORE: f32 = 0.3;
@@ -83,8 +83,8 @@ impl SpecArgs {
     }
 
     /// Fills in the shipped head's defaults when EAGLE drafts with it (no
-    /// `--speculative-draft-model-path`); `head` is its directory, or `None`
-    /// when the target has no shipped head. Used by `aerie generate` and
+    /// `--speculative-draft-model-path`); `find_head` returns its directory,
+    /// or `None` when the target has no shipped head. Used by `aerie generate` and
     /// `aerie draft-worker`, so both run the shipped head the same way:
     ///
     /// - the token map, unless given, is the head's 2,048 most frequent
@@ -97,11 +97,12 @@ impl SpecArgs {
     ///   where a verify costs nearly one decode per extra row, so SGLang's
     ///   (5, 4, 8) runs slower than plain decoding. Any tree flag gives
     ///   SGLang's defaults for the rest, and a score of 0.
-    pub fn apply_shipped_head_defaults(&mut self, head: Option<&Path>) {
+    pub fn apply_shipped_head_defaults(&mut self, find_head: impl FnOnce() -> Option<PathBuf>) {
         if self.speculative_algorithm != Some(SpecAlgorithm::Eagle) || self.speculative_draft_model_path.is_some() {
             return;
         }
-        let Some(dir) = head else { return };
+        // Looked up only here: plain decoding never probes for the head.
+        let Some(dir) = find_head() else { return };
         if self.speculative_token_map.is_none() {
             self.speculative_token_map = ["hot_vocab_2048.json", "hot_vocab.json"].into_iter().map(|f| dir.join(f)).find(|p| p.is_file());
         }
@@ -151,7 +152,7 @@ mod tests {
     fn eagle_with_the_shipped_head_and_no_tree_flags_is_the_fast_chain() {
         let d = head_dir();
         let mut s = eagle();
-        s.apply_shipped_head_defaults(Some(d.path()));
+        s.apply_shipped_head_defaults(|| Some(d.path().to_path_buf()));
         let o = s.options().unwrap();
         assert_eq!((o.tree.num_steps, o.tree.topk, o.tree.num_draft_tokens), (1, 1, 2));
         assert_eq!(o.min_draft_score, SHIPPED_MIN_DRAFT_SCORE);
@@ -162,14 +163,14 @@ mod tests {
     fn given_flags_win_over_the_shipped_defaults() {
         let d = head_dir();
         let mut s = SpecArgs { speculative_num_steps: Some(3), speculative_eagle_topk: Some(1), ..eagle() };
-        s.apply_shipped_head_defaults(Some(d.path()));
+        s.apply_shipped_head_defaults(|| Some(d.path().to_path_buf()));
         let o = s.options().unwrap();
         assert_eq!((o.tree.num_steps, o.tree.num_draft_tokens), (3, 4), "a tree flag replaces the chain");
         assert_eq!(o.min_draft_score, 0.0, "SGLang's fixed tree unless a score is asked for");
         assert!(o.token_map.unwrap().ends_with("hot_vocab_2048.json"), "the small map still applies");
         let map = PathBuf::from("/elsewhere/map.json");
         let mut s = SpecArgs { speculative_min_draft_score: Some(0.5), speculative_token_map: Some(map.clone()), ..eagle() };
-        s.apply_shipped_head_defaults(Some(d.path()));
+        s.apply_shipped_head_defaults(|| Some(d.path().to_path_buf()));
         let o = s.options().unwrap();
         assert_eq!((o.tree.num_steps, o.tree.num_draft_tokens, o.min_draft_score), (1, 2, 0.5));
         assert_eq!(o.token_map, Some(map));
@@ -184,11 +185,16 @@ mod tests {
             SpecArgs::default(),
         ] {
             let before = format!("{s:?}");
-            s.apply_shipped_head_defaults(Some(d.path()));
+            let probed = std::cell::Cell::new(false);
+            s.apply_shipped_head_defaults(|| {
+                probed.set(true);
+                Some(d.path().to_path_buf())
+            });
             assert_eq!(format!("{s:?}"), before);
+            assert!(!probed.get(), "only EAGLE without a head path looks for the shipped head: {before}");
         }
         let mut s = eagle();
-        s.apply_shipped_head_defaults(None);
+        s.apply_shipped_head_defaults(|| None);
         let o = s.options().unwrap();
         assert_eq!((o.tree.num_steps, o.tree.topk, o.tree.num_draft_tokens), (5, 4, 8), "no shipped head: SGLang's tree");
         assert_eq!(o.token_map, None);

@@ -209,7 +209,7 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
     if spec.speculative_algorithm.is_none() {
         spec.speculative_algorithm = Some(SpecAlgorithm::Eagle);
     }
-    spec.apply_shipped_head_defaults(aerie_draft_worker::shipped_head(&engine.model).as_deref());
+    spec.apply_shipped_head_defaults(|| aerie_draft_worker::shipped_head(&engine.model));
     let opts = spec.options().expect("an algorithm is set above");
     let draft_model = opts
         .draft_model_path
