@@ -69,6 +69,10 @@ pub struct TrainEagleArgs {
     /// Width of the uniform noise on input features.
     #[arg(long, default_value_t = 0.2)]
     pub noise: f32,
+    /// Weight of the cross-entropy term beside SmoothL1 on the next feature
+    /// (EAGLE-1/2; EAGLE's 0.1). EAGLE-3 trains on cross-entropy alone.
+    #[arg(long, default_value_t = 0.1)]
+    pub ce_weight: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value_t = 100)]
@@ -97,6 +101,9 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
         "sharegpt" => AnswerSource::ShareGpt,
         other => bail!("--answers {other}: expected greedy, sample or sharegpt"),
     };
+    if !(a.ce_weight.is_finite() && a.ce_weight >= 0.0) {
+        bail!("--ce-weight {}: expected a finite weight of at least 0", a.ce_weight);
+    }
     let t_all = Instant::now();
     let engine = Engine::load(&a.model, DType::Auto).with_context(|| format!("loading {}", a.model))?;
     let layers = engine.model.config.num_layers;
@@ -164,6 +171,7 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
         batch_seqs: a.batch_seqs,
         hot_vocab: a.hot_vocab,
         noise: a.noise,
+        ce_weight: a.ce_weight,
         seed: a.seed,
         checkpoint_every: a.checkpoint_every,
         max_pairs: a.max_len,

@@ -218,7 +218,7 @@ fn train_eagle_through_a_pipe_reports_progress_and_writes_a_usable_head() {
     let out_dir = dir.path().join("head");
     let out = Command::new(env!("CARGO_BIN_EXE_aerie"))
         .args(["train-eagle", "--model", m, "--data", data.to_str().unwrap(), "--out", out_dir.to_str().unwrap()])
-        .args(["--conversations", "2", "--max-new-tokens", "6", "--epochs", "2", "--batch-seqs", "1", "--hot-vocab", "512", "--ttt-steps", "2"])
+        .args(["--conversations", "2", "--max-new-tokens", "6", "--epochs", "2", "--batch-seqs", "1", "--hot-vocab", "512", "--ttt-steps", "2", "--ce-weight", "0.5"])
         .env("AERIE_THREADS", "2")
         .env("AERIE_PROGRESS_SECS", "0")
         .output()
@@ -232,9 +232,13 @@ fn train_eagle_through_a_pipe_reports_progress_and_writes_a_usable_head() {
     let run: serde_json::Value = serde_json::from_slice(&std::fs::read(out_dir.join("train_run.json")).unwrap()).unwrap();
     assert_eq!(run["conversations"], 2, "{run}");
     assert_eq!(run["steps_this_run"], 4, "{run}");
+    assert_eq!(run["train"]["ce_weight"], 0.5, "{run}");
     let losses = std::fs::read_to_string(out_dir.join("loss.csv")).unwrap();
     assert_eq!(losses.lines().count(), 5, "a header and one row per step: {losses}");
     let hot: Vec<u32> = serde_json::from_slice(&std::fs::read(out_dir.join("hot_vocab.json")).unwrap()).unwrap();
+    let bad = aerie(&["train-eagle", "--model", m, "--data", data.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--ce-weight=-1"]);
+    let bad_err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && bad_err.contains("--ce-weight -1"), "{bad_err}");
     assert!(!hot.is_empty() && hot.len() <= 512, "{} hot ids", hot.len());
 
     // The new head drafts, and greedy output stays the target's.
