@@ -290,24 +290,38 @@ impl TrainHead {
     pub fn loss(&self, b: &PairBatch, lm_hot: &Tensor, ce_weight: f64, steps: usize, decay: f64) -> Result<LossParts> {
         (|| -> candle_core::Result<LossParts> {
             let steps = steps.max(1);
-            let n = b.emb.dim(0)?;
             let preds = self.forward_steps(&b.emb, &b.feat, steps)?;
+            // Only trained rows (weight > 0) reach the loss. The prompt rows
+            // are context for the attention above, but their logits would be
+            // weighted 0, and the hot-vocabulary products are most of a
+            // step's work, so the rows are gathered first.
+            let weights = b.weight.to_vec1::<f32>()?;
+            let kept: Vec<u32> = (0..weights.len() as u32).filter(|&t| weights[t as usize] > 0.0).collect();
+            let kept_n = kept.len();
+            let dev = b.emb.device();
+            if kept_n == 0 {
+                let zero = Tensor::zeros((), DType::F32, dev)?;
+                return Ok(LossParts { total: zero, l1: 0.0, ce: 0.0, correct: 0.0, correct_last: 0.0, rows: 0.0 });
+            }
+            let idx = Tensor::from_vec(kept.clone(), kept_n, dev)?;
+            let next = b.next.index_select(&idx, 0)?;
             // Every step predicts the same targets; their distribution is computed once.
-            let target_p = log_softmax(&b.next.matmul(&lm_hot.t()?)?)?.exp()?.detach();
+            let target_p = log_softmax(&next.matmul(&lm_hot.t()?)?)?.exp()?.detach();
             let target_top = target_p.argmax(D::Minus1)?;
             let mut total: Option<Tensor> = None;
             let (mut l1_sum, mut ce_sum, mut correct, mut rows) = (0.0f32, 0.0f32, Vec::new(), 0.0f32);
             for (step, pred) in preds.iter().enumerate() {
                 // Rows t < step have no chain of `step` drafts before them.
-                let valid: Vec<f32> = (0..n).map(|t| if t >= step { 1.0 } else { 0.0 }).collect();
-                let w = (Tensor::from_vec(valid, n, b.emb.device())? * &b.weight)?;
-                let logits = self.logits(pred, lm_hot)?;
+                let w: Vec<f32> = kept.iter().map(|&t| if t as usize >= step { weights[t as usize] } else { 0.0 }).collect();
+                let w = Tensor::from_vec(w, kept_n, dev)?;
+                let pred = pred.index_select(&idx, 0)?;
+                let logits = self.logits(&pred, lm_hot)?;
                 let ce_rows = (target_p.clone() * log_softmax(&logits)?)?.sum(D::Minus1)?.neg()?;
                 let ce = (ce_rows * &w)?.sum_all()?;
                 let (l1, part) = if self.kind == EagleKind::Eagle3 {
-                    (Tensor::zeros((), DType::F32, b.emb.device())?, ce.clone())
+                    (Tensor::zeros((), DType::F32, dev)?, ce.clone())
                 } else {
-                    let d = (pred - &b.next)?.abs()?;
+                    let d = (&pred - &next)?.abs()?;
                     let small = d.minimum(1.0)?;
                     // SmoothL1 with beta 1: 0.5·d² below 1, d − 0.5 above.
                     let l1_rows = ((small.sqr()? * 0.5)? + (d - small)?)?.mean(D::Minus1)?;
@@ -336,5 +350,59 @@ fn layer_prefix(kind: EagleKind) -> &'static str {
     match kind {
         EagleKind::Eagle => "layers.0",
         EagleKind::Eagle3 => "midlayer",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loss gathers the trained rows before its vocabulary products;
+    /// it must equal the loss written out over every row with the weights
+    /// applied afterwards, and ignore what the untrained rows hold.
+    #[test]
+    fn loss_over_gathered_rows_equals_the_weighted_loss_over_all_rows() {
+        let shape = HeadShape { hidden: 8, heads: 2, kv_heads: 1, head_dim: 4, ff: 12, rms_eps: 1e-5, rope_theta: 10000.0 };
+        let head = TrainHead::init(shape, 3, 0.3).unwrap();
+        let dev = Device::Cpu;
+        let n = 6;
+        let vals = |seed: u32, len: usize| -> Vec<f32> { (0..len as u32).map(|i| (((i * 2654435761u32) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect() };
+        let t = |v: Vec<f32>, w: usize| Tensor::from_vec(v, (n, w), &dev).unwrap();
+        let weight = vec![0.0f32, 1.0, 0.0, 1.0, 1.0, 0.0];
+        let lm_hot = Tensor::from_vec(vals(7, 5 * 8), (5, 8), &dev).unwrap();
+        let batch = |next: Vec<f32>| PairBatch { emb: t(vals(1, n * 8), 8), feat: t(vals(2, n * 8), 8), next: t(next, 8), weight: Tensor::from_vec(weight.clone(), n, &dev).unwrap() };
+        let b = batch(vals(3, n * 8));
+        let (ce_weight, steps, decay) = (0.1, 2, 0.8);
+        let got = head.loss(&b, &lm_hot, ce_weight, steps, decay).unwrap();
+
+        // The same loss, every row computed, weights applied at the end.
+        let preds = head.forward_steps(&b.emb, &b.feat, steps).unwrap();
+        let tp = log_softmax(&b.next.matmul(&lm_hot.t().unwrap()).unwrap()).unwrap().exp().unwrap().to_vec2::<f32>().unwrap();
+        let next = b.next.to_vec2::<f32>().unwrap();
+        let mut want = 0.0f64;
+        for (s, pred) in preds.iter().enumerate() {
+            let lp = log_softmax(&head.logits(pred, &lm_hot).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+            let p = pred.to_vec2::<f32>().unwrap();
+            for r in s..n {
+                let ce: f64 = -(0..5).map(|v| (tp[r][v] * lp[r][v]) as f64).sum::<f64>();
+                let l1: f64 = (0..8).map(|c| {
+                    let d = (p[r][c] - next[r][c]).abs() as f64;
+                    if d < 1.0 { 0.5 * d * d } else { d - 0.5 }
+                }).sum::<f64>() / 8.0;
+                want += decay.powi(s as i32) * weight[r] as f64 * (l1 + ce_weight * ce);
+            }
+        }
+        let total = got.total.to_scalar::<f32>().unwrap() as f64;
+        assert!((total - want).abs() < 1e-4 * want.max(1.0), "gathered loss {total}, full loss {want}");
+        assert_eq!(got.rows, 3.0);
+
+        // Untrained rows' targets do not reach the loss.
+        let mut other = vals(3, n * 8);
+        for c in 0..8 {
+            other[2 * 8 + c] += 5.0;
+            other[5 * 8 + c] -= 5.0;
+        }
+        let moved = head.loss(&batch(other), &lm_hot, ce_weight, steps, decay).unwrap();
+        assert_eq!(moved.total.to_scalar::<f32>().unwrap(), got.total.to_scalar::<f32>().unwrap());
     }
 }
