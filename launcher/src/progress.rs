@@ -90,6 +90,14 @@ impl Progress {
         }
     }
 
+    /// A line of its own that always shows (above the bar on a terminal).
+    pub fn println(&self, line: String) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
     /// Ends the bar, or writes the last line.
     pub fn finish(&self) {
         if let Some(b) = &self.bar {

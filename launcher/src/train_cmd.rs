@@ -2,7 +2,7 @@
 
 use aerie_draft_worker::eagle::{default_aux_layers, EagleKind};
 use aerie_draft_worker::train::sharegpt::{locate_sharegpt, read_sharegpt};
-use aerie_draft_worker::train::{build_features, train_eagle, AnswerSource, CacheMeta, DataConfig, FeatureCache, FeatureCacheWriter, TrainConfig};
+use aerie_draft_worker::train::{build_features, train_eagle_validated, AnswerSource, CacheMeta, DataConfig, FeatureCache, FeatureCacheWriter, TrainConfig, ValStats};
 use aerie_engine::{DType, Engine};
 use crate::progress::Progress;
 use anyhow::{bail, Context, Result};
@@ -87,6 +87,45 @@ pub struct TrainEagleArgs {
     /// Start from this head directory (published layout) instead of random weights.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Usable conversations passed over before the training slice starts.
+    #[arg(long, default_value_t = 0)]
+    pub skip_conversations: usize,
+    /// Held-out conversations to score the head on while it trains
+    /// (teacher-forced accuracy at draft depths 1-3 and the top-8 hit rate,
+    /// written to OUT/val.csv); 0 turns it off. They are drawn from past
+    /// the first --val-skip usable conversations, never from the training slice.
+    #[arg(long, default_value_t = 0)]
+    pub val_conversations: usize,
+    /// Where the held-out set starts, in usable conversations; must not be
+    /// below the training slice's end.
+    #[arg(long, default_value_t = 8000)]
+    pub val_skip: usize,
+    /// Feature cache of the held-out set (default: the training cache's directory + `-val`).
+    #[arg(long)]
+    pub val_cache: Option<PathBuf>,
+    /// Optimizer steps between held-out scores.
+    #[arg(long, default_value_t = 100)]
+    pub val_every: usize,
+}
+
+/// Fills the cache in `dir` until it holds `cfg.conversations` sequences
+/// (resuming a partial one), then opens it.
+fn ensure_features(engine: &Engine, data: &std::path::Path, dir: &std::path::Path, meta: &CacheMeta, cfg: &DataConfig, label: &str) -> Result<FeatureCache> {
+    let mut writer = FeatureCacheWriter::open(dir, meta)?;
+    if writer.sequences() < cfg.conversations {
+        let path = locate_sharegpt(data)?;
+        // Generous: some records are unusable (no human opening, too long).
+        let read = read_sharegpt(&path, (cfg.skip + cfg.conversations).saturating_mul(3).max(100))?;
+        eprintln!("{}: {} complete records read{}", path.display(), read.conversations.len(), if read.truncated { " (the file is cut; stopped at the cut)" } else { "" });
+        let pb = Progress::new(cfg.conversations as u64, label);
+        pb.resume_at(writer.sequences() as u64);
+        build_features(engine, &read.conversations, &mut writer, cfg, &mut |done, rows| {
+            pb.update(done as u64, format!("{rows} tokens"));
+        })?;
+        pb.finish();
+    }
+    drop(writer);
+    Ok(FeatureCache::open(dir)?)
 }
 
 pub fn run(a: TrainEagleArgs) -> Result<()> {
@@ -129,7 +168,11 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
         batch: a.feature_batch,
         seed: a.seed,
         aux_layers,
+        skip: a.skip_conversations,
     };
+    if a.val_conversations > 0 && a.val_skip < a.skip_conversations + a.conversations {
+        bail!("--val-skip {}: the held-out set would overlap the training slice, which ends at usable conversation {}", a.val_skip, a.skip_conversations + a.conversations);
+    }
     let cache_dir = a.cache.clone().unwrap_or_else(|| a.out.join("features"));
     // An EAGLE-1/2 run reads only the final hidden states, so it reuses a
     // cache built for EAGLE-3 (which holds them too) and, if it extends
@@ -141,24 +184,24 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
     }
     let meta = CacheMeta { target: engine.model.fingerprint.clone(), hidden_size: engine.model.config.hidden_size, aux_layers: data_cfg.aux_layers.clone(), recipe: data_cfg.recipe() };
 
-    // 1. Data and features (resumes a partial cache).
+    // 1. Data and features (resumes a partial cache). A cache holding more
+    // sequences than asked for (built for a larger run) lends its first ones.
     let t_feat = Instant::now();
-    let mut writer = FeatureCacheWriter::open(&cache_dir, &meta)?;
-    if writer.sequences() < a.conversations {
-        let path = locate_sharegpt(&a.data)?;
-        // Generous: some records are unusable (no human opening, too long).
-        let read = read_sharegpt(&path, a.conversations.saturating_mul(3).max(100))?;
-        eprintln!("{}: {} complete records read{}", path.display(), read.conversations.len(), if read.truncated { " (the file is cut; stopped at the cut)" } else { "" });
-        let pb = Progress::new(a.conversations as u64, "features");
-        pb.resume_at(writer.sequences() as u64);
-        build_features(&engine, &read.conversations, &mut writer, &data_cfg, &mut |done, rows| {
-            pb.update(done as u64, format!("{rows} tokens"));
-        })?;
-        pb.finish();
-    }
+    let mut cache = ensure_features(&engine, &a.data, &cache_dir, &meta, &data_cfg, "features")?;
+    cache.truncate(a.conversations);
+    let val = if a.val_conversations > 0 {
+        let val_cfg = DataConfig { conversations: a.val_conversations, skip: a.val_skip, ..data_cfg.clone() };
+        let val_meta = CacheMeta { recipe: val_cfg.recipe(), ..meta.clone() };
+        let mut dir = cache_dir.clone().into_os_string();
+        dir.push("-val");
+        let dir = a.val_cache.clone().unwrap_or_else(|| dir.into());
+        let mut v = ensure_features(&engine, &a.data, &dir, &val_meta, &val_cfg, "held-out features")?;
+        v.truncate(a.val_conversations);
+        Some(v)
+    } else {
+        None
+    };
     let feature_secs = t_feat.elapsed().as_secs_f64();
-    drop(writer);
-    let cache = FeatureCache::open(&cache_dir)?;
     let rows: usize = (0..cache.len()).map(|i| cache.seq_len(i)).sum();
     let trained_rows: usize = (0..cache.len()).map(|i| cache.mask(i).iter().filter(|&&m| m == 1).count()).sum();
     eprintln!("feature cache {}: {} sequences, {rows} tokens ({trained_rows} assistant)", cache_dir.display(), cache.len());
@@ -178,6 +221,7 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
         ttt_steps: a.ttt_steps,
         ttt_decay: a.ttt_decay,
         init: a.init.clone(),
+        val_every: a.val_every,
         ..Default::default()
     };
     let t_train = Instant::now();
@@ -185,7 +229,11 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
     let mut resumed = false;
     let (mut ema_loss, mut ema_acc, mut ema_last) = (None::<f32>, None::<f32>, None::<f32>);
     let tc_steps = tc.ttt_steps;
-    let logs = train_eagle(&engine.model, &cache, &a.out, &tc, &mut |log, total| {
+    let mut on_val = |step: usize, v: &ValStats| {
+        let [a0, a1, a2] = v.acc;
+        pb.println(format!("held-out at step {step}: accuracy {a0:.3} / {a1:.3} / {a2:.3} (depths 1-3), top-8 {:.3}, chain tau {:.3}", v.topk, v.chain_tau()));
+    };
+    let logs = train_eagle_validated(&engine.model, &cache, val.as_ref(), &a.out, &tc, &mut |log, total| {
         pb.set_length(total as u64);
         if !resumed {
             // The first step this run logs; a resumed run starts past 0.
@@ -197,7 +245,7 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
         ema_acc = e(ema_acc, log.acc);
         ema_last = e(ema_last, log.acc_last);
         pb.update(log.step as u64, format!("loss {:.4} acc {:.3} (step {}: {:.3})", ema_loss.unwrap_or(0.0), ema_acc.unwrap_or(0.0), tc_steps, ema_last.unwrap_or(0.0)));
-    })?;
+    }, &mut on_val)?;
     pb.finish();
     let train_secs = t_train.elapsed().as_secs_f64();
     crate::loss_plot::write_svg(&a.out.join("loss.csv"), &a.out.join("loss.svg"))?;

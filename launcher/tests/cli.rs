@@ -219,6 +219,8 @@ fn train_eagle_through_a_pipe_reports_progress_and_writes_a_usable_head() {
     let out = Command::new(env!("CARGO_BIN_EXE_aerie"))
         .args(["train-eagle", "--model", m, "--data", data.to_str().unwrap(), "--out", out_dir.to_str().unwrap()])
         .args(["--conversations", "2", "--max-new-tokens", "6", "--epochs", "2", "--batch-seqs", "1", "--hot-vocab", "512", "--ttt-steps", "2", "--ce-weight", "0.5"])
+        // The third record is held out: scored, never trained on.
+        .args(["--val-conversations", "1", "--val-skip", "2"])
         .env("AERIE_THREADS", "2")
         .env("AERIE_PROGRESS_SECS", "0")
         .output()
@@ -226,19 +228,26 @@ fn train_eagle_through_a_pipe_reports_progress_and_writes_a_usable_head() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("3 complete records read (the file is cut"), "{err}");
-    for line in ["features: 1/2, ", "features: 2/2, ", "training: 1/4, loss ", "training: 4/4, loss "] {
+    for line in ["features: 1/2, ", "features: 2/2, ", "held-out features: 1/1, ", "held-out at step 0: accuracy ", "held-out at step 4: accuracy ", "training: 1/4, loss ", "training: 4/4, loss "] {
         assert!(err.contains(line), "stderr lacks `{line}`: {err}");
     }
     let run: serde_json::Value = serde_json::from_slice(&std::fs::read(out_dir.join("train_run.json")).unwrap()).unwrap();
     assert_eq!(run["conversations"], 2, "{run}");
     assert_eq!(run["steps_this_run"], 4, "{run}");
     assert_eq!(run["train"]["ce_weight"], 0.5, "{run}");
+    let val = std::fs::read_to_string(out_dir.join("val.csv")).unwrap();
+    assert_eq!(val.lines().count(), 3, "a header, step 0 and the last step: {val}");
+    let held_out_meta = std::fs::read_to_string(dir.path().join("head").join("features-val").join("meta.json")).unwrap();
+    assert!(held_out_meta.contains("skip=2"), "{held_out_meta}");
     let losses = std::fs::read_to_string(out_dir.join("loss.csv")).unwrap();
     assert_eq!(losses.lines().count(), 5, "a header and one row per step: {losses}");
     let hot: Vec<u32> = serde_json::from_slice(&std::fs::read(out_dir.join("hot_vocab.json")).unwrap()).unwrap();
     let bad = aerie(&["train-eagle", "--model", m, "--data", data.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--ce-weight=-1"]);
     let bad_err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && bad_err.contains("--ce-weight -1"), "{bad_err}");
+    let overlap = aerie(&["train-eagle", "--model", m, "--data", data.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--conversations", "2", "--val-conversations", "1", "--val-skip", "1"]);
+    let overlap_err = String::from_utf8_lossy(&overlap.stderr);
+    assert!(!overlap.status.success() && overlap_err.contains("overlap the training slice"), "{overlap_err}");
     assert!(!hot.is_empty() && hot.len() <= 512, "{} hot ids", hot.len());
 
     // The new head drafts, and greedy output stays the target's.

@@ -50,6 +50,9 @@ pub struct DataConfig {
     pub seed: u64,
     /// Target layers to store for EAGLE-3 (empty: none). Default empty.
     pub aux_layers: Vec<usize>,
+    /// Usable conversations passed over before the first one used, so a
+    /// held-out set can be drawn from past a training slice. Default 0.
+    pub skip: usize,
 }
 
 impl Default for DataConfig {
@@ -63,6 +66,7 @@ impl Default for DataConfig {
             batch: 8,
             seed: 0,
             aux_layers: Vec::new(),
+            skip: 0,
         }
     }
 }
@@ -75,7 +79,8 @@ impl DataConfig {
             AnswerSource::Target { temperature } if temperature <= 0.0 => "target-greedy".to_string(),
             AnswerSource::Target { temperature } => format!("target-t{temperature}-seed{}", self.seed),
         };
-        format!("{src} prompt<={} len<={} new<={}", self.max_prompt_tokens, self.max_len, self.max_new_tokens)
+        let skip = if self.skip > 0 { format!(" skip={}", self.skip) } else { String::new() };
+        format!("{src} prompt<={} len<={} new<={}{skip}", self.max_prompt_tokens, self.max_len, self.max_new_tokens)
     }
 }
 
@@ -142,6 +147,7 @@ pub fn build_features(engine: &Engine, conversations: &[Conversation], writer: &
     // The usable conversations, in file order; the cache's count says how
     // many of them are done.
     let mut usable: Vec<Pending> = Vec::new();
+    let mut skipped = 0;
     for c in conversations {
         if usable.len() >= cfg.conversations {
             break;
@@ -153,6 +159,10 @@ pub fn build_features(engine: &Engine, conversations: &[Conversation], writer: &
                 (ids.len() <= cfg.max_prompt_tokens && ids.len() < cfg.max_len).then(|| Pending { mask: vec![0; ids.len()], tokens: ids })
             }),
         };
+        if p.is_some() && skipped < cfg.skip {
+            skipped += 1;
+            continue;
+        }
         usable.extend(p);
     }
     let start = writer.sequences();

@@ -180,6 +180,12 @@ impl FeatureCache {
         self.index.len()
     }
 
+    /// Keeps only the first `n` sequences (a run that trains on part of a
+    /// larger cache); the files are not touched.
+    pub fn truncate(&mut self, n: usize) {
+        self.index.truncate(n);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }

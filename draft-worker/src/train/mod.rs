@@ -11,10 +11,12 @@ pub mod features;
 pub mod head_model;
 pub mod sharegpt;
 pub mod trainer;
+pub mod validate;
 
 pub use data::{build_features, AnswerSource, DataConfig};
 pub use features::{CacheMeta, FeatureCache, FeatureCacheWriter};
-pub use trainer::{train_eagle, write_head, StepLog, TrainConfig};
+pub use trainer::{train_eagle, train_eagle_validated, write_head, StepLog, TrainConfig};
+pub use validate::{validate, ValStats};
 
 use crate::error::{DraftError, Result};
 use aerie_engine::EngineError;

@@ -15,6 +15,7 @@
 
 use super::features::FeatureCache;
 use super::head_model::{cerr, HeadShape, PairBatch, TrainHead};
+use super::validate::{validate, ValStats, VAL_TOPK};
 use super::{io, read_json_if_exists};
 use crate::eagle::EagleKind;
 use crate::error::{DraftError, Result};
@@ -74,6 +75,14 @@ pub struct TrainConfig {
     /// to add training-time test to a head trained on single steps. Default none.
     #[serde(default)]
     pub init: Option<std::path::PathBuf>,
+    /// Steps between held-out evaluations, when a validation cache is
+    /// given ([`train_eagle_validated`]); they go to `OUT/val.csv`. Default 100.
+    #[serde(default = "hundred")]
+    pub val_every: usize,
+}
+
+fn hundred() -> usize {
+    100
 }
 
 fn eagle() -> EagleKind {
@@ -108,6 +117,7 @@ impl Default for TrainConfig {
             ttt_steps: 1,
             ttt_decay: 0.8,
             init: None,
+            val_every: 100,
         }
     }
 }
@@ -267,7 +277,7 @@ fn load_state(dir: &Path, head: &TrainHead, opt: &mut AdamW) -> Result<()> {
 
 /// Builds one sequence's pairs: inputs `(x_{t+1}, f_t + noise)` (EAGLE-3:
 /// `(x_{t+1}, aux_t)`, no noise), targets `f_{t+1}`.
-fn pairs(target: &Model, cache: &FeatureCache, i: usize, kind: EagleKind, max_pairs: usize, noise: f32, rng: &mut impl Rng) -> Result<Option<PairBatch>> {
+pub(crate) fn pairs(target: &Model, cache: &FeatureCache, i: usize, kind: EagleKind, max_pairs: usize, noise: f32, rng: &mut impl Rng) -> Result<Option<PairBatch>> {
     let h = cache.meta.hidden_size;
     let tokens = cache.tokens(i);
     let n = tokens.len().min(max_pairs + 1);
@@ -296,12 +306,32 @@ fn pairs(target: &Model, cache: &FeatureCache, i: usize, kind: EagleKind, max_pa
 /// `on_step` sees every step (progress bars, logs). Resumes from
 /// `out/checkpoint` when present.
 pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &TrainConfig, on_step: &mut dyn FnMut(&StepLog, usize)) -> Result<Vec<StepLog>> {
+    train_eagle_validated(target, cache, None, out, cfg, on_step, &mut |_, _| {})
+}
+
+/// [`train_eagle`], scoring the head on the held-out cache `val` (if any)
+/// before the first step, every `cfg.val_every` steps and at the end:
+/// each score goes to `OUT/val.csv` and to `on_val`.
+pub fn train_eagle_validated(
+    target: &Model,
+    cache: &FeatureCache,
+    val: Option<&FeatureCache>,
+    out: &Path,
+    cfg: &TrainConfig,
+    on_step: &mut dyn FnMut(&StepLog, usize),
+    on_val: &mut dyn FnMut(usize, &ValStats),
+) -> Result<Vec<StepLog>> {
     let tc = &target.config;
     if cache.meta.hidden_size != tc.hidden_size || cache.meta.target != target.fingerprint {
         return Err(DraftError::Train(format!("the feature cache was built for another target ({})", cache.meta.target)));
     }
     if cache.is_empty() {
         return Err(DraftError::Train("the feature cache is empty".into()));
+    }
+    if let Some(v) = val {
+        if v.meta.target != cache.meta.target || v.meta.aux_layers != cache.meta.aux_layers {
+            return Err(DraftError::Train("the validation cache was built for another target or other aux layers than the training cache".into()));
+        }
     }
     if cfg.kind == EagleKind::Eagle3 && cache.meta.aux_layers.len() != 3 {
         return Err(DraftError::Train(format!(
@@ -357,6 +387,23 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
         log_file.set_len(0).map_err(io(&log_path))?;
         writeln!(log_file, "step,lr,loss,smooth_l1,cross_entropy,token_accuracy,last_step_accuracy").map_err(io(&log_path))?;
     }
+    let val_path = out.join("val.csv");
+    let mut val_log = |step: usize, head: &TrainHead| -> Result<()> {
+        let Some(v) = val else { return Ok(()) };
+        let stats = validate(target, head, v, &lm_hot)?;
+        let fresh = step == 0 || !val_path.exists();
+        let mut f = std::fs::OpenOptions::new().create(true).append(!fresh).write(true).truncate(fresh).open(&val_path).map_err(io(&val_path))?;
+        if fresh {
+            writeln!(f, "step,acc_step0,acc_step1,acc_step2,top{VAL_TOPK}_step0,chain_tau,rows").map_err(io(&val_path))?;
+        }
+        let [a0, a1, a2] = stats.acc;
+        writeln!(f, "{step},{a0:.4},{a1:.4},{a2:.4},{:.4},{:.4},{}", stats.topk, stats.chain_tau(), stats.rows).map_err(io(&val_path))?;
+        on_val(step, &stats);
+        Ok(())
+    };
+    if state.step == 0 {
+        val_log(0, &head)?;
+    }
     let mut logs = Vec::new();
     // The epoch's shuffled order, made once per epoch (and again on resume).
     let mut order: (usize, Vec<usize>) = (usize::MAX, Vec::new());
@@ -394,6 +441,9 @@ pub fn train_eagle(target: &Model, cache: &FeatureCache, out: &Path, cfg: &Train
         if state.step % cfg.checkpoint_every.max(1) == 0 || state.step == state.total_steps {
             save_state(&ck, &head, &opt, &state)?;
             write_head(out, target, &head)?;
+        }
+        if state.step % cfg.val_every.max(1) == 0 || state.step == state.total_steps {
+            val_log(state.step, &head)?;
         }
     }
     write_head(out, target, &head)?;
