@@ -11,8 +11,10 @@
 #   OUT_DIR defaults to target/eagle-train; the shipped head was made with
 #   the defaults below (see models/smollm2-135m-eagle/TRAINING.md). Both
 #   stages and the features resume where an interrupted run stopped.
-# Environment: CONVERSATIONS (default 1000), EPOCHS (stage 1, 4), TTT_EPOCHS
-#   (stage 2, 2), TTT_STEPS (3), TTT_LR (5e-4), MAX_NEW_TOKENS (256), AERIE_THREADS.
+# Environment: CONVERSATIONS (default 2000), EPOCHS (stage 1, 4), TTT_EPOCHS
+#   (stage 2, 2), TTT_STEPS (3), TTT_LR (5e-4), MAX_NEW_TOKENS (256),
+#   FEATURE_BATCH (16), VAL_CONVERSATIONS (100 held-out conversations scored
+#   every VAL_EVERY (250) steps into val.csv; 0 turns it off), AERIE_THREADS.
 #   KIND=eagle3 trains an EAGLE-3 head instead, in one stage: EPOCHS epochs
 #   (default 4) of TTT_STEPS unrolled steps at LR (1e-3), with a draft
 #   vocabulary of HOT_VOCAB ids (2048), as in the pilot in docs/benchmarks.md.
@@ -23,7 +25,8 @@ out="${1:-target/eagle-train}"
 [ $# -gt 0 ] && shift
 data=$(bash scripts/fetch_sharegpt.sh)
 start=$(date +%s)
-common=(--model smollm2 --data "$data" --cache "$out/features" --conversations "${CONVERSATIONS:-1000}" --max-new-tokens "${MAX_NEW_TOKENS:-256}")
+common=(--model smollm2 --data "$data" --cache "$out/features" --conversations "${CONVERSATIONS:-2000}" --max-new-tokens "${MAX_NEW_TOKENS:-256}"
+  --feature-batch "${FEATURE_BATCH:-16}" --val-conversations "${VAL_CONVERSATIONS:-100}" --val-every "${VAL_EVERY:-250}")
 if [ "${KIND:-eagle}" = eagle3 ]; then
   ./target/release/aerie train-eagle --kind eagle3 "${common[@]}" --out "$out" --epochs "${EPOCHS:-4}" \
     --ttt-steps "${TTT_STEPS:-3}" --lr "${LR:-1e-3}" --hot-vocab "${HOT_VOCAB:-2048}" "$@"
