@@ -10,8 +10,12 @@ export AERIE_SHAREGPT="$(bash scripts/fetch_sharegpt.sh)"
 # setup.sh installed etcd-server: the discovery tests must run, not skip.
 export AERIE_REQUIRE_ETCD=1
 
-echo "== CUDA kernels compile to PTX with NVRTC (no GPU needed)"
+echo "== CUDA kernels compile to PTX with NVRTC, and to sm_80/sm_90 cubins with nvcc (no GPU needed)"
 .venv/bin/python tests/cuda/nvrtc_compile.py | tee target/nvrtc.log
+.venv/bin/python tests/cuda/nvcc_compile.py | tee -a target/nvrtc.log
+
+echo "== CUDA kernels in the interpreter under AddressSanitizer"
+bash tests/cuda/interp_asan.sh | tee -a target/nvrtc.log
 
 echo "== cargo test (unit, oracle parity, tree parity, CLI, cluster, etcd discovery)"
 set +e

@@ -22,9 +22,14 @@ def load_nvrtc():
     return ctypes.CDLL(libs[0])
 
 
-def compile_ptx(nvrtc, src, name, arch):
+def compile_ptx(nvrtc, src, name, arch, headers=None):
+    """headers: {include name: text}, handed to NVRTC in memory as the
+    runtime does (kernels include "common.cuh")."""
+    headers = headers or {}
+    texts = (ctypes.c_char_p * max(1, len(headers)))(*[t.encode() for t in headers.values()])
+    names = (ctypes.c_char_p * max(1, len(headers)))(*[n.encode() for n in headers])
     prog = ctypes.c_void_p()
-    rc = nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), name.encode(), 0, None, None)
+    rc = nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), name.encode(), len(headers), texts, names)
     assert rc == 0, f"nvrtcCreateProgram: {rc}"
     opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++14"]
     arr = (ctypes.c_char_p * len(opts))(*opts)
@@ -47,13 +52,14 @@ def main():
     nvrtc = load_nvrtc()
     files = sorted(glob.glob(os.path.join(root, "kernels", "cuda", "*.cu")))
     assert files, "no kernels found"
+    headers = {os.path.basename(h): open(h).read() for h in glob.glob(os.path.join(root, "kernels", "cuda", "*.cuh"))}
     passed = failed = 0
     for f in files:
         src = open(f).read()
         entries = re.findall(r'extern "C" __global__ void (\w+)', src)
         for arch in ARCHS:
             try:
-                ptx = compile_ptx(nvrtc, src, os.path.basename(f), arch)
+                ptx = compile_ptx(nvrtc, src, os.path.basename(f), arch, headers)
                 missing = [e for e in entries if f".entry {e}" not in ptx]
                 assert entries and not missing, f"PTX lacks entries {missing}"
                 print(f"ok   {os.path.basename(f)} {arch}: {len(ptx)} bytes of PTX, entries {entries}")

@@ -1,0 +1,116 @@
+// Runs every GPU kernel once in the interpreter under AddressSanitizer, on
+// heap buffers of exactly the size each launch may touch, so that an index
+// one past the end in any kernel is a reported heap-buffer-overflow.
+// `asan_driver oob` runs a kernel that does write one past the end: the
+// sanitizer must stop it (tests/cuda/interp_asan.sh checks both).
+#include "cuda_interp.h"
+
+#include "../add.cu"
+#include "../argmax.cu"
+#include "../embedding.cu"
+#include "../matvec_q4_1.cu"
+#include "../rms_norm.cu"
+#include "../rope.cu"
+#include "../silu_mul.cu"
+#include "selftest.cu"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+extern "C" int aerie_interp_launch(void (*body)(void**), void** params, const unsigned int grid[3],
+                                   const unsigned int block[3], unsigned int shared_bytes);
+
+template <class T>
+static T* buffer(size_t n, unsigned seed) {
+    T* p = static_cast<T*>(std::malloc(n * sizeof(T)));
+    unsigned s = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; ++i) {
+        s = s * 1103515245u + 12345u;
+        float f = (float)((s >> 8) & 0xffff) / 65536.0f - 0.5f;
+        if constexpr (sizeof(T) == 2) p[i] = (T)(f32_to_bf16(f));
+        else std::memcpy(&p[i], &f, sizeof(T) < 4 ? sizeof(T) : 4);
+    }
+    return p;
+}
+
+static int failures = 0, passes = 0;
+
+static void run(const char* name, void (*body)(void**), std::vector<void*> args, unsigned grid_x, unsigned grid_y,
+                unsigned block_x, unsigned shared = 0) {
+    unsigned g[3] = {grid_x, grid_y, 1}, b[3] = {block_x, 1, 1};
+    int rc = aerie_interp_launch(body, args.data(), g, b, shared);
+    std::printf("%s %s\n", rc == 0 ? "ok  " : "FAIL", name);
+    (rc == 0 ? passes : failures)++;
+}
+
+int main(int argc, char** argv) {
+    if (argc > 1 && std::strcmp(argv[1], "oob") == 0) {
+        int n = 100;
+        float* x = buffer<float>(n, 1);
+        run("selftest_out_of_bounds", +[](void** p) { aerie_interp::call_with_params(selftest_out_of_bounds, p); },
+            {&x, &n}, 1, 1, 128);
+        std::free(x);
+        return 0;  // unreachable when the sanitizer works
+    }
+    // Ragged shapes: sizes that are not multiples of the block or warp size.
+    int rows = 5, hidden = 577, vocab = 1001, inter = 1537, tokens = 3, nh = 5, nkv = 3, hd = 64, neox = 1;
+    float eps = 1e-5f;
+    long long n = (long long)rows * hidden;
+
+    float* x = buffer<float>(rows * hidden, 2);
+    float* y = buffer<float>(rows * hidden, 3);
+    unsigned short* w = buffer<unsigned short>(hidden, 4);
+    float* out = buffer<float>(rows * hidden, 5);
+    run("rms_norm", +[](void** p) { aerie_interp::call_with_params(rms_norm, p); },
+        {&x, &w, &out, &rows, &hidden, &eps}, rows, 1, 256);
+    run("add_inplace", +[](void** p) { aerie_interp::call_with_params(add_inplace, p); }, {&x, &y, &n}, 3, 1, 96);
+
+    unsigned short* table = buffer<unsigned short>((size_t)vocab * hidden, 6);
+    int* ids = static_cast<int*>(std::malloc(4 * sizeof(int)));
+    ids[0] = 0; ids[1] = vocab - 1; ids[2] = vocab; ids[3] = -1;
+    int nids = 4;
+    float* emb = buffer<float>(4 * hidden, 7);
+    run("embedding_bf16", +[](void** p) { aerie_interp::call_with_params(embedding_bf16, p); },
+        {&table, &ids, &emb, &nids, &hidden, &vocab}, 4, 1, 128);
+
+    float* logits = buffer<float>((size_t)rows * vocab, 8);
+    int* best = static_cast<int*>(std::malloc(rows * sizeof(int)));
+    float* best_v = buffer<float>(rows, 9);
+    run("argmax_rows", +[](void** p) { aerie_interp::call_with_params(argmax_rows, p); },
+        {&logits, &best, &best_v, &rows, &vocab}, rows, 1, 256);
+
+    float* gate_up = buffer<float>((size_t)rows * 2 * inter, 10);
+    float* act = buffer<float>((size_t)rows * inter, 11);
+    run("silu_mul", +[](void** p) { aerie_interp::call_with_params(silu_mul, p); },
+        {&gate_up, &act, &rows, &inter}, 4, 1, 128);
+
+    float* q = buffer<float>(tokens * nh * hd, 12);
+    float* k = buffer<float>(tokens * nkv * hd, 13);
+    int* pos = static_cast<int*>(std::malloc(tokens * sizeof(int)));
+    for (int t = 0; t < tokens; ++t) pos[t] = 100 * t + 7;
+    float* inv = buffer<float>(hd / 2, 14);
+    run("rope", +[](void** p) { aerie_interp::call_with_params(rope, p); },
+        {&q, &k, &pos, &inv, &tokens, &nh, &nkv, &hd, &neox}, tokens, nh + nkv, 32);
+
+    int mrows = 9, mcols = 96;
+    unsigned char* qw = buffer<unsigned char>((size_t)mrows * (mcols / 32) * 20, 15);
+    float* mx = buffer<float>(mcols, 16);
+    float* my = buffer<float>(mrows, 17);
+    run("matvec_q4_1", +[](void** p) { aerie_interp::call_with_params(matvec_q4_1, p); },
+        {&qw, &mx, &my, &mrows, &mcols}, (mrows + 3) / 4, 1, 128);
+
+    int* shuf = static_cast<int*>(std::malloc(4 * 96 * sizeof(int)));
+    run("selftest_shuffles", +[](void** p) { aerie_interp::call_with_params(selftest_shuffles, p); }, {&shuf}, 1, 1, 96);
+    int* sh_in = static_cast<int*>(std::calloc(128, sizeof(int)));
+    int* sh_out = static_cast<int*>(std::malloc(128 * sizeof(int)));
+    run("selftest_dynamic_shared", +[](void** p) { aerie_interp::call_with_params(selftest_dynamic_shared, p); },
+        {&sh_in, &sh_out}, 2, 1, 64, 64 * sizeof(int));
+
+    for (void* p : std::vector<void*>{x, y, w, out, table, ids, emb, logits, best, best_v, gate_up, act, q, k, pos,
+                                      inv, qw, mx, my, shuf, sh_in, sh_out})
+        std::free(p);
+    std::printf("%d passed, %d failed\n", passes, failures);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,222 @@
+// The interpreter's launch: blocks in order, each block's threads as fibers.
+//
+// A fiber runs until it reaches a barrier (__syncthreads, or a warp
+// collective) or returns. The scheduler then resumes the next fiber that may
+// run; a barrier opens once every live thread of its scope has arrived.
+// Threads that returned no longer count, as on the GPU. A block whose live
+// fibers all wait on barriers that cannot open is a deadlock (for example a
+// __syncthreads inside a branch only some threads take): the launch fails
+// with an error instead of hanging.
+#include "cuda_interp.h"
+
+#include <ucontext.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <vector>
+
+namespace aerie_interp {
+
+thread_local ThreadIndex* current = nullptr;
+
+namespace {
+
+enum class State { Ready, AtBlockBarrier, AtWarpBarrier, Done };
+
+struct Fiber {
+    ThreadIndex index;
+    ucontext_t ctx;
+    State state = State::Ready;
+    int warp = 0;
+    unsigned long long waits_for = 0;  // barrier generation it waits to pass
+    uint64_t word = 0;                 // its value in the warp exchange
+};
+
+struct Warp {
+    int live = 0, arrived = 0;
+    unsigned long long generation = 0;
+    uint64_t slots[32];
+    unsigned int arrived_mask = 0;
+    uint64_t published[32];          // the slots as they stood when the barrier opened
+    unsigned int published_mask = 0;  // the lanes that took part in that exchange
+};
+
+struct Launch {
+    void (*body)(void**);
+    void** params;
+    std::vector<Fiber> fibers;
+    std::vector<Warp> warps;
+    std::vector<char*> stacks;
+    ucontext_t scheduler;
+    Fiber* running = nullptr;
+    int live = 0, block_arrived = 0;
+    unsigned long long block_generation = 0;
+    std::vector<unsigned char> dynamic_shared;
+};
+
+thread_local Launch* launch_now = nullptr;
+std::mutex launch_lock;  // one launch at a time: `__shared__` statics are process-wide
+constexpr size_t kStackBytes = 256 * 1024;
+
+void fiber_entry() {
+    Launch* l = launch_now;
+    l->body(l->params);
+    Fiber* f = l->running;
+    f->state = State::Done;
+    swapcontext(&f->ctx, &l->scheduler);
+}
+
+// Back to the scheduler; returns when this fiber may run again.
+void yield_to_scheduler() {
+    Launch* l = launch_now;
+    swapcontext(&l->running->ctx, &l->scheduler);
+    current = &l->running->index;
+}
+
+void open_block_barrier(Launch* l) {
+    l->block_arrived = 0;
+    ++l->block_generation;
+}
+
+void open_warp_barrier(Warp& w) {
+    std::memcpy(w.published, w.slots, sizeof w.slots);
+    w.published_mask = w.arrived_mask;
+    w.arrived_mask = 0;
+    w.arrived = 0;
+    ++w.generation;
+}
+
+bool may_run(const Launch* l, const Fiber& f) {
+    switch (f.state) {
+        case State::Ready: return true;
+        case State::AtBlockBarrier: return l->block_generation > f.waits_for;
+        case State::AtWarpBarrier: return l->warps[f.warp].generation > f.waits_for;
+        case State::Done: return false;
+    }
+    return false;
+}
+
+// Runs one block to completion; false on a barrier deadlock.
+bool run_block(Launch* l, uint3 block, dim3 grid, dim3 bdim) {
+    size_t n = l->fibers.size();
+    l->live = (int)n;
+    l->block_arrived = 0;
+    for (auto& w : l->warps) w = Warp{};
+    for (size_t i = 0; i < n; ++i) {
+        Fiber& f = l->fibers[i];
+        f.index.thread = {(unsigned)(i % bdim.x), (unsigned)(i / bdim.x % bdim.y), (unsigned)(i / (bdim.x * bdim.y))};
+        f.index.block = block;
+        f.index.block_dim = bdim;
+        f.index.grid_dim = grid;
+        f.state = State::Ready;
+        f.warp = (int)(i / 32);
+        l->warps[f.warp].live++;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = l->stacks[i];
+        f.ctx.uc_stack.ss_size = kStackBytes;
+        f.ctx.uc_link = nullptr;
+        makecontext(&f.ctx, fiber_entry, 0);
+    }
+    size_t done = 0;
+    while (done < n) {
+        bool progressed = false;
+        for (size_t i = 0; i < n; ++i) {
+            Fiber& f = l->fibers[i];
+            if (!may_run(l, f)) continue;
+            f.state = State::Ready;
+            l->running = &f;
+            current = &f.index;
+            swapcontext(&l->scheduler, &f.ctx);
+            progressed = true;
+            if (f.state == State::Done) {
+                ++done;
+                --l->live;
+                Warp& w = l->warps[f.warp];
+                --w.live;
+                // A returned thread no longer holds back its block or warp.
+                if (w.live > 0 && w.arrived == w.live) open_warp_barrier(w);
+                if (l->live > 0 && l->block_arrived == l->live) open_block_barrier(l);
+            }
+        }
+        if (!progressed) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+void syncthreads() {
+    Launch* l = launch_now;
+    Fiber* f = l->running;
+    f->state = State::AtBlockBarrier;
+    f->waits_for = l->block_generation;
+    if (++l->block_arrived == l->live) open_block_barrier(l);
+    yield_to_scheduler();
+}
+
+uint64_t warp_exchange(uint64_t mine, int src) {
+    Launch* l = launch_now;
+    Fiber* f = l->running;
+    Warp& w = l->warps[f->warp];
+    int lane = lane_id();
+    w.slots[lane] = mine;
+    w.arrived_mask |= 1u << lane;
+    f->state = State::AtWarpBarrier;
+    f->waits_for = w.generation;
+    if (++w.arrived == w.live) open_warp_barrier(w);
+    yield_to_scheduler();
+    if (src < 0 || src > 31) return mine;
+    return l->warps[f->warp].published[src];
+}
+
+unsigned int warp_ballot(bool pred) {
+    Launch* l = launch_now;
+    Fiber* f = l->running;
+    warp_exchange(pred ? 1 : 0, 0);
+    const Warp& w = l->warps[f->warp];
+    unsigned int bits = 0;
+    for (int i = 0; i < 32; ++i)
+        if ((w.published_mask >> i & 1u) && w.published[i] == 1) bits |= 1u << i;
+    return bits;
+}
+
+void* dynamic_shared() { return launch_now->dynamic_shared.data(); }
+
+}  // namespace aerie_interp
+
+// Error codes of aerie_interp_launch (mirrored in kernels/src/cuda/interp.rs).
+enum : int { kOk = 0, kBadDims = 1, kDeadlock = 2, kTooMuchShared = 3 };
+
+extern "C" int aerie_interp_launch(void (*body)(void**), void** params, const unsigned int grid[3],
+                                   const unsigned int block[3], unsigned int shared_bytes) {
+    using namespace aerie_interp;
+    size_t threads = (size_t)block[0] * block[1] * block[2];
+    if (threads == 0 || threads > 1024 || block[2] > 64 || grid[0] == 0 || grid[1] == 0 || grid[2] == 0 ||
+        grid[1] > 65535 || grid[2] > 65535)
+        return kBadDims;
+    if (shared_bytes > 227 * 1024) return kTooMuchShared;
+    std::lock_guard<std::mutex> guard(launch_lock);
+    Launch l;
+    l.body = body;
+    l.params = params;
+    l.fibers.resize(threads);
+    l.warps.resize((threads + 31) / 32);
+    l.stacks.resize(threads);
+    for (auto& s : l.stacks) s = static_cast<char*>(std::malloc(kStackBytes));
+    // Poisoned, not zeroed: a kernel that reads dynamic shared memory before
+    // writing it gets NaNs and large integers, as uninitialised memory would.
+    l.dynamic_shared.assign(shared_bytes, 0xff);
+    Launch* saved = launch_now;
+    launch_now = &l;
+    int rc = kOk;
+    dim3 g(grid[0], grid[1], grid[2]), b(block[0], block[1], block[2]);
+    for (unsigned z = 0; z < g.z && rc == kOk; ++z)
+        for (unsigned y = 0; y < g.y && rc == kOk; ++y)
+            for (unsigned x = 0; x < g.x && rc == kOk; ++x)
+                if (!run_block(&l, uint3{x, y, z}, g, b)) rc = kDeadlock;
+    launch_now = saved;
+    current = nullptr;
+    for (auto s : l.stacks) std::free(s);
+    return rc;
+}

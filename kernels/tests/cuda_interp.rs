@@ -1,0 +1,292 @@
+//! The CUDA kernels in interpreter mode: each kernel against its CPU
+//! reference (`cuda::reference`) on random shapes and ragged batches, batch
+//! invariance of the per-row kernels, and the execution model itself
+//! (shuffles, votes, barriers with early returns, dynamic shared memory,
+//! deadlock and argument checks).
+
+use aerie_kernels::cuda::interp::{self, InterpError, KernelArg as A, LaunchConfig};
+use aerie_kernels::cuda::reference;
+use half::bf16;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn randv(r: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| r.gen_range(-1.0f32..1.0) * scale).collect()
+}
+
+fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = rel * w.abs().max(1.0);
+        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g}, want {w} (tolerance {tol})");
+    }
+}
+
+fn rms_norm_launch(x: &[f32], w: &[bf16], rows: usize, eps: f32, threads: u32) -> Vec<f32> {
+    let hidden = w.len();
+    let mut out = vec![f32::NAN; rows * hidden];
+    unsafe {
+        interp::launch(
+            "rms_norm",
+            LaunchConfig::linear(rows as u32, threads),
+            &[A::ptr(x.as_ptr()), A::ptr(w.as_ptr()), A::ptr(out.as_mut_ptr()), A::I32(rows as i32), A::I32(hidden as i32), A::F32(eps)],
+        )
+        .unwrap();
+    }
+    out
+}
+
+#[test]
+fn rms_norm_matches_reference_and_is_batch_invariant() {
+    let mut r = StdRng::seed_from_u64(1);
+    for &(rows, hidden) in &[(1, 64), (3, 576), (7, 1000), (2, 2048)] {
+        let x = randv(&mut r, rows * hidden, 4.0);
+        let w: Vec<bf16> = randv(&mut r, hidden, 2.0).into_iter().map(bf16::from_f32).collect();
+        let got = rms_norm_launch(&x, &w, rows, 1e-5, 256);
+        assert_close(&got, &reference::rms_norm(&x, &w, 1e-5), 1e-5, "rms_norm");
+        // Each row alone gives the same bits as in the batch.
+        for row in 0..rows {
+            let alone = rms_norm_launch(&x[row * hidden..][..hidden], &w, 1, 1e-5, 256);
+            assert_eq!(alone, got[row * hidden..][..hidden], "row {row} of {rows} depends on the batch");
+        }
+    }
+}
+
+#[test]
+fn embedding_gathers_rows_and_zeroes_bad_ids() {
+    let mut r = StdRng::seed_from_u64(2);
+    let (vocab, hidden) = (50, 96);
+    let table: Vec<bf16> = randv(&mut r, vocab * hidden, 1.0).into_iter().map(bf16::from_f32).collect();
+    let ids: Vec<i32> = vec![0, 49, 7, -1, 50, 7, 1_000_000];
+    let mut out = vec![f32::NAN; ids.len() * hidden];
+    unsafe {
+        interp::launch(
+            "embedding_bf16",
+            LaunchConfig::linear(ids.len() as u32, 64),
+            &[A::ptr(table.as_ptr()), A::ptr(ids.as_ptr()), A::ptr(out.as_mut_ptr()), A::I32(ids.len() as i32), A::I32(hidden as i32), A::I32(vocab as i32)],
+        )
+        .unwrap();
+    }
+    assert_eq!(out, reference::embedding_bf16(&table, &ids, hidden));
+    assert!(out[3 * hidden..5 * hidden].iter().all(|&v| v == 0.0));
+}
+
+/// Llama 3's rope scaling (factor 8, low 1, high 4, original context 8192),
+/// applied to the inverse frequencies as the host does before the kernel.
+fn llama3_inv_freq(head_dim: usize, base: f64) -> Vec<f32> {
+    let (factor, low, high, orig) = (8.0f64, 1.0f64, 4.0f64, 8192.0f64);
+    (0..head_dim / 2)
+        .map(|i| {
+            let f = 1.0 / base.powf(2.0 * i as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            let scaled = if wavelen < orig / high {
+                f
+            } else if wavelen > orig / low {
+                f / factor
+            } else {
+                let smooth = (orig / wavelen - low) / (high - low);
+                (1.0 - smooth) * f / factor + smooth * f
+            };
+            scaled as f32
+        })
+        .collect()
+}
+
+#[test]
+fn rope_matches_reference_in_both_layouts() {
+    let mut r = StdRng::seed_from_u64(3);
+    for &(tokens, nh, nkv, hd, neox) in &[(1, 4, 2, 64, true), (5, 9, 3, 64, false), (3, 8, 8, 128, true), (2, 32, 8, 128, false)] {
+        let positions: Vec<i32> = (0..tokens).map(|_| r.gen_range(0..9000)).collect();
+        let inv = llama3_inv_freq(hd, 500000.0);
+        let q0 = randv(&mut r, tokens * nh * hd, 1.0);
+        let k0 = randv(&mut r, tokens * nkv * hd, 1.0);
+        let (mut q, mut k) = (q0.clone(), k0.clone());
+        unsafe {
+            interp::launch(
+                "rope",
+                LaunchConfig { grid: (tokens as u32, (nh + nkv) as u32, 1), block: (32, 1, 1), shared_bytes: 0 },
+                &[
+                    A::ptr(q.as_mut_ptr()),
+                    A::ptr(k.as_mut_ptr()),
+                    A::ptr(positions.as_ptr()),
+                    A::ptr(inv.as_ptr()),
+                    A::I32(tokens as i32),
+                    A::I32(nh as i32),
+                    A::I32(nkv as i32),
+                    A::I32(hd as i32),
+                    A::I32(neox as i32),
+                ],
+            )
+            .unwrap();
+        }
+        let (mut qr, mut kr) = (q0, k0);
+        reference::rope(&mut qr, &mut kr, &positions, &inv, hd, neox);
+        // f32 angles of positions up to 9000 carry ~5e-4 rad of rounding.
+        assert_close(&q, &qr, 2e-3, "rope q");
+        assert_close(&k, &kr, 2e-3, "rope k");
+    }
+}
+
+#[test]
+fn silu_mul_and_add_match_reference() {
+    let mut r = StdRng::seed_from_u64(4);
+    for &(rows, inter) in &[(1, 1536), (6, 100), (3, 4097)] {
+        let gu = randv(&mut r, rows * 2 * inter, 6.0);
+        let mut out = vec![f32::NAN; rows * inter];
+        unsafe {
+            interp::launch(
+                "silu_mul",
+                LaunchConfig::linear(7, 128),
+                &[A::ptr(gu.as_ptr()), A::ptr(out.as_mut_ptr()), A::I32(rows as i32), A::I32(inter as i32)],
+            )
+            .unwrap();
+        }
+        assert_close(&out, &reference::silu_mul(&gu, inter), 1e-5, "silu_mul");
+
+        let mut x = randv(&mut r, rows * inter, 1.0);
+        let y = randv(&mut r, rows * inter, 1.0);
+        let mut want = x.clone();
+        reference::add_inplace(&mut want, &y);
+        unsafe {
+            interp::launch(
+                "add_inplace",
+                LaunchConfig::linear(3, 96),
+                &[A::ptr(x.as_mut_ptr()), A::ptr(y.as_ptr()), A::I64((rows * inter) as i64)],
+            )
+            .unwrap();
+        }
+        assert_eq!(x, want);
+    }
+}
+
+#[test]
+fn argmax_is_exact_with_ties_nans_and_any_block_size() {
+    let mut r = StdRng::seed_from_u64(5);
+    let vocab = 3001;
+    let rows = 6;
+    let mut logits = randv(&mut r, rows * vocab, 10.0);
+    logits[vocab + 2999] = 50.0; // a tie: the first of the two wins
+    logits[vocab + 17] = 50.0;
+    logits[2 * vocab..3 * vocab].fill(f32::NEG_INFINITY);
+    logits[3 * vocab..4 * vocab].fill(f32::NAN);
+    logits[4 * vocab + 5] = f32::NAN;
+    logits[4 * vocab + 6] = 100.0;
+    let want = reference::argmax_rows(&logits, vocab);
+    for threads in [32, 256, 1024] {
+        let mut ids = vec![-7i32; rows];
+        let mut vals = vec![0.0f32; rows];
+        unsafe {
+            interp::launch(
+                "argmax_rows",
+                LaunchConfig::linear(rows as u32, threads),
+                &[A::ptr(logits.as_ptr()), A::ptr(ids.as_mut_ptr()), A::ptr(vals.as_mut_ptr()), A::I32(rows as i32), A::I32(vocab as i32)],
+            )
+            .unwrap();
+        }
+        let got: Vec<(i32, f32)> = ids.into_iter().zip(vals).collect();
+        assert_eq!(got, want, "block of {threads}");
+    }
+    assert_eq!(want[1].0, 17);
+    assert_eq!(want[4].0, 4 * 0 + 6);
+}
+
+#[test]
+fn matvec_q4_1_matches_reference() {
+    let mut r = StdRng::seed_from_u64(6);
+    for &(rows, cols) in &[(5, 64), (33, 256), (8, 1024)] {
+        let nb = cols / 32;
+        let mut w = vec![0u8; rows * nb * 20];
+        for blk in w.chunks_mut(20) {
+            blk[0..2].copy_from_slice(&half::f16::from_f32(r.gen_range(0.001..0.05)).to_bits().to_le_bytes());
+            blk[2..4].copy_from_slice(&half::f16::from_f32(r.gen_range(-0.2..0.0)).to_bits().to_le_bytes());
+            r.fill(&mut blk[4..]);
+        }
+        let x = randv(&mut r, cols, 1.0);
+        let mut y = vec![f32::NAN; rows];
+        // 4 warps per block, so the last block of a ragged row count idles.
+        unsafe {
+            interp::launch(
+                "matvec_q4_1",
+                LaunchConfig::linear(rows.div_ceil(4) as u32, 128),
+                &[A::ptr(w.as_ptr()), A::ptr(x.as_ptr()), A::ptr(y.as_mut_ptr()), A::I32(rows as i32), A::I32(cols as i32)],
+            )
+            .unwrap();
+        }
+        assert_close(&y, &reference::matvec_q4_1(&w, &x, rows, cols), 1e-4, "matvec_q4_1");
+    }
+}
+
+#[test]
+fn warp_shuffles_and_ballots_follow_cuda_semantics() {
+    let threads = 96usize;
+    let mut out = vec![0i32; 4 * threads];
+    unsafe { interp::launch("selftest_shuffles", LaunchConfig::linear(1, threads as u32), &[A::ptr(out.as_mut_ptr())]).unwrap() };
+    let ballot = (0..32).filter(|l| l % 3 == 0).fold(0u32, |b, l| b | 1 << l) as i32;
+    for t in 0..threads {
+        let (warp, lane) = (t / 32, t % 32);
+        let v = |l: usize| (1000 * warp + l) as i32;
+        assert_eq!(out[4 * t], if lane + 3 < 32 { v(lane + 3) } else { v(lane) }, "shfl_down t={t}");
+        assert_eq!(out[4 * t + 1], v(lane ^ 5), "shfl_xor t={t}");
+        assert_eq!(out[4 * t + 2], v(7), "shfl t={t}");
+        assert_eq!(out[4 * t + 3], ballot, "ballot t={t}");
+    }
+}
+
+#[test]
+fn barriers_ignore_threads_that_returned() {
+    let blocks = 3;
+    let mut out = vec![0i32; blocks];
+    unsafe { interp::launch("selftest_early_exit", LaunchConfig::linear(blocks as u32, 128), &[A::ptr(out.as_mut_ptr())]).unwrap() };
+    for (b, &s) in out.iter().enumerate() {
+        assert_eq!(s, (0..64).map(|t| t + b as i32).sum::<i32>());
+    }
+}
+
+#[test]
+fn dynamic_shared_memory_is_per_launch() {
+    let n = 64usize;
+    let input: Vec<i32> = (0..2 * n as i32).collect();
+    let mut out = vec![0i32; 2 * n];
+    let cfg = LaunchConfig { grid: (2, 1, 1), block: (n as u32, 1, 1), shared_bytes: (n * 4) as u32 };
+    unsafe { interp::launch("selftest_dynamic_shared", cfg, &[A::ptr(input.as_ptr()), A::ptr(out.as_mut_ptr())]).unwrap() };
+    for b in 0..2 {
+        for t in 0..n {
+            assert_eq!(out[b * n + t], (b * n + n - 1 - t) as i32);
+        }
+    }
+}
+
+#[test]
+fn a_divergent_barrier_is_an_error_not_a_hang() {
+    let mut out = vec![0i32; 64];
+    let err = unsafe { interp::launch("selftest_divergent_barrier", LaunchConfig::linear(1, 64), &[A::ptr(out.as_mut_ptr())]) };
+    assert_eq!(err, Err(InterpError::Deadlock("selftest_divergent_barrier")));
+}
+
+#[test]
+fn launches_are_checked_before_they_run() {
+    let x = [0.0f32; 4];
+    let bad = |name: &str, cfg: LaunchConfig, args: &[A]| unsafe { interp::launch(name, cfg, args) }.unwrap_err().error_type();
+    assert_eq!(bad("no_such_kernel", LaunchConfig::linear(1, 32), &[]), "unknown_kernel");
+    assert_eq!(bad("add_inplace", LaunchConfig::linear(1, 32), &[A::ptr(x.as_ptr())]), "argument_count");
+    // n is a 64-bit count: an i32 there would leave half of it undefined.
+    assert_eq!(bad("add_inplace", LaunchConfig::linear(1, 32), &[A::ptr(x.as_ptr()), A::ptr(x.as_ptr()), A::I32(4)]), "argument_size");
+    assert_eq!(bad("add_inplace", LaunchConfig::linear(1, 2048), &[A::ptr(x.as_ptr()), A::ptr(x.as_ptr()), A::I64(4)]), "bad_config");
+    assert_eq!(bad("add_inplace", LaunchConfig::linear(0, 32), &[A::ptr(x.as_ptr()), A::ptr(x.as_ptr()), A::I64(4)]), "bad_config");
+    let names: Vec<_> = interp::kernels().map(|(n, _)| n).collect();
+    for want in ["rms_norm", "rope", "silu_mul", "add_inplace", "embedding_bf16", "argmax_rows", "matvec_q4_1"] {
+        assert!(names.contains(&want), "{want} is not interpreted");
+    }
+}
+
+/// Every kernel source shipped for the GPU is also compiled for the
+/// interpreter (so none can only ever run on a GPU).
+#[test]
+fn every_gpu_kernel_runs_in_the_interpreter() {
+    let interpreted: Vec<_> = interp::kernels().map(|(n, _)| n.to_string()).collect();
+    for src in aerie_kernels::cuda::SOURCES {
+        for line in src.text.lines().filter(|l| l.contains("extern \"C\" __global__ void ")) {
+            let name = line.split("void ").nth(1).unwrap().split('(').next().unwrap();
+            assert!(interpreted.iter().any(|n| n == name), "{name} in {} has no interpreter build", src.file);
+        }
+    }
+}
