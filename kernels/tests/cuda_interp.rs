@@ -290,3 +290,206 @@ fn every_gpu_kernel_runs_in_the_interpreter() {
         }
     }
 }
+
+/// A paged KV cache for the attention tests: `num_pages` pages of random
+/// bf16 keys and values, and each sequence's pages drawn at random from the
+/// pool, so no sequence's pages are contiguous.
+struct Paged {
+    g: reference::PagedGeometry,
+    k: Vec<bf16>,
+    v: Vec<bf16>,
+    table: Vec<i32>,
+}
+
+impl Paged {
+    fn new(r: &mut StdRng, seqs: usize, g: reference::PagedGeometry) -> Paged {
+        let width = g.n_kv_heads * g.head_dim;
+        let slots = g.num_pages * g.page_size;
+        let rb = |r: &mut StdRng| bf16::from_f32(r.gen_range(-1.0f32..1.0));
+        let k = (0..slots * width).map(|_| rb(r)).collect();
+        let v = (0..slots * width).map(|_| rb(r)).collect();
+        let mut pages: Vec<i32> = (0..g.num_pages as i32).collect();
+        for i in (1..pages.len()).rev() {
+            pages.swap(i, r.gen_range(0..=i));
+        }
+        assert!(seqs * g.max_pages <= pages.len());
+        Paged { g, k, v, table: pages[..seqs * g.max_pages].to_vec() }
+    }
+
+    fn slot(&self, seq: usize, pos: usize) -> usize {
+        self.table[seq * self.g.max_pages + pos / self.g.page_size] as usize * self.g.page_size + pos % self.g.page_size
+    }
+
+    fn attend(&self, q: &[f32], rows: &[reference::AttnRow], scale: f32) -> Vec<f32> {
+        let g = self.g;
+        let mut out = vec![f32::NAN; rows.len() * g.n_heads * g.head_dim];
+        let col = |f: fn(&reference::AttnRow) -> i32| rows.iter().map(f).collect::<Vec<i32>>();
+        let (seq, dense, base) = (col(|r| r.seq), col(|r| r.dense_len), col(|r| r.tree_base));
+        let mask: Vec<u64> = rows.iter().map(|r| r.tree_mask).collect();
+        unsafe {
+            interp::launch(
+                "attention_paged",
+                LaunchConfig { grid: (rows.len() as u32, g.n_heads as u32, 1), block: (32, 1, 1), shared_bytes: 0 },
+                &[
+                    A::ptr(q.as_ptr()),
+                    A::ptr(self.k.as_ptr()),
+                    A::ptr(self.v.as_ptr()),
+                    A::ptr(out.as_mut_ptr()),
+                    A::ptr(seq.as_ptr()),
+                    A::ptr(dense.as_ptr()),
+                    A::ptr(base.as_ptr()),
+                    A::ptr(mask.as_ptr()),
+                    A::ptr(self.table.as_ptr()),
+                    A::I32(g.max_pages as i32),
+                    A::I32(g.page_size as i32),
+                    A::I32(g.num_pages as i32),
+                    A::I32(rows.len() as i32),
+                    A::I32(g.n_heads as i32),
+                    A::I32(g.n_kv_heads as i32),
+                    A::I32(g.head_dim as i32),
+                    A::F32(scale),
+                ],
+            )
+            .unwrap();
+        }
+        out
+    }
+}
+
+/// A random tree of `n` nodes, each parent before its child; returns each
+/// node's mask of ancestors and itself.
+fn random_tree(r: &mut StdRng, n: usize) -> Vec<u64> {
+    let mut masks: Vec<u64> = Vec::with_capacity(n);
+    for i in 0..n {
+        let parent = if i == 0 { None } else { Some(r.gen_range(0..i)) };
+        masks.push(parent.map_or(0, |p| masks[p]) | 1 << i);
+    }
+    masks
+}
+
+#[test]
+fn paged_tree_attention_matches_reference() {
+    let mut r = StdRng::seed_from_u64(7);
+    for &(n_heads, n_kv_heads, head_dim) in &[(6, 2, 64), (4, 4, 128), (3, 1, 48)] {
+        let g = reference::PagedGeometry { page_size: 16, max_pages: 8, num_pages: 64, n_heads, n_kv_heads, head_dim };
+        let cache = Paged::new(&mut r, 6, g);
+        use reference::AttnRow as Row;
+        let mut rows = Vec::new();
+        // Sequence 0: a causal prompt of 23 tokens from an empty cache.
+        rows.extend((0..23).map(|i| Row { seq: 0, dense_len: i + 1, tree_base: 0, tree_mask: 0 }));
+        // Sequence 1: one decoded token after 37 cached (three pages).
+        rows.push(Row { seq: 1, dense_len: 38, tree_base: 0, tree_mask: 0 });
+        // Sequences 2-5: trees of 64, 1, 13 and 40 nodes after ragged prefixes,
+        // the last two starting exactly on a page boundary.
+        for (seq, nodes, prefix) in [(2, 64, 50), (3, 1, 15), (4, 13, 32), (5, 40, 64)] {
+            for m in random_tree(&mut r, nodes) {
+                rows.push(Row { seq, dense_len: prefix, tree_base: prefix, tree_mask: m });
+            }
+        }
+        let q = randv(&mut r, rows.len() * n_heads * head_dim, 1.0);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let got = cache.attend(&q, &rows, scale);
+        let want = reference::attention_paged(&q, &cache.k, &cache.v, &rows, &cache.table, g, scale);
+        assert_close(&got, &want, 1e-4, "attention_paged");
+    }
+}
+
+/// Batch invariance of tree verification: a tree node's row, scored with the
+/// whole tree and other sequences in one launch, gives exactly the bits of
+/// the same token decoded alone after its path.
+#[test]
+fn a_tree_node_gets_the_bits_of_its_path_decoded_alone() {
+    let mut r = StdRng::seed_from_u64(8);
+    let g = reference::PagedGeometry { page_size: 16, max_pages: 8, num_pages: 64, n_heads: 4, n_kv_heads: 2, head_dim: 64 };
+    let mut cache = Paged::new(&mut r, 4, g);
+    let width = g.n_kv_heads * g.head_dim;
+    let (prefix, nodes) = (29usize, 16usize);
+    // Sequence 0 holds the prefix and a 16-node tree at positions prefix + j;
+    // sequence 1 is the same prefix, built for token-by-token decoding.
+    let masks = random_tree(&mut r, nodes);
+    for pos in 0..prefix {
+        let (a, b) = (cache.slot(0, pos) * width, cache.slot(1, pos) * width);
+        cache.k.copy_within(a..a + width, b);
+        cache.v.copy_within(a..a + width, b);
+    }
+    let mut tree_q = randv(&mut r, nodes * g.n_heads * g.head_dim, 1.0);
+    let noise_rows: Vec<reference::AttnRow> =
+        (0..5).map(|i| reference::AttnRow { seq: 2, dense_len: 40 + i, tree_base: 0, tree_mask: 0 }).collect();
+    let noise_q = randv(&mut r, noise_rows.len() * g.n_heads * g.head_dim, 1.0);
+    let mut batch_rows: Vec<_> = masks
+        .iter()
+        .map(|&m| reference::AttnRow { seq: 0, dense_len: prefix as i32, tree_base: prefix as i32, tree_mask: m })
+        .collect();
+    batch_rows.extend(noise_rows.iter().copied());
+    tree_q.extend(noise_q.iter().copied());
+    let batched = cache.attend(&tree_q, &batch_rows, 0.125);
+    let per_row = g.n_heads * g.head_dim;
+    for (n, &m) in masks.iter().enumerate() {
+        // Lay node n's path (its ancestors in index order, then itself) after
+        // the prefix of sequence 1, as decoding would have written it.
+        let path: Vec<usize> = (0..nodes).filter(|j| m >> j & 1 == 1).collect();
+        for (depth, &j) in path.iter().enumerate() {
+            let (a, b) = (cache.slot(0, prefix + j) * width, cache.slot(1, prefix + depth) * width);
+            cache.k.copy_within(a..a + width, b);
+            cache.v.copy_within(a..a + width, b);
+        }
+        let alone_row = reference::AttnRow { seq: 1, dense_len: (prefix + path.len()) as i32, tree_base: 0, tree_mask: 0 };
+        let alone = cache.attend(&tree_q[n * per_row..][..per_row], &[alone_row], 0.125);
+        assert_eq!(alone[..], batched[n * per_row..][..per_row], "node {n} (path {path:?}) differs from its path decoded alone");
+    }
+}
+
+#[test]
+fn kv_append_and_path_compaction_match_reference() {
+    let mut r = StdRng::seed_from_u64(9);
+    let (slots_n, width) = (40usize, 96usize);
+    let mut kc: Vec<bf16> = randv(&mut r, slots_n * width, 1.0).into_iter().map(bf16::from_f32).collect();
+    let mut vc: Vec<bf16> = randv(&mut r, slots_n * width, 1.0).into_iter().map(bf16::from_f32).collect();
+    let slots: Vec<i32> = vec![3, 17, 39, 40, -2, 20];
+    let k = randv(&mut r, slots.len() * width, 3.0);
+    let v = randv(&mut r, slots.len() * width, 3.0);
+    let (mut kw, mut vw) = (kc.clone(), vc.clone());
+    reference::kv_append(&k, &v, &mut kw, &mut vw, &slots, width);
+    unsafe {
+        interp::launch(
+            "kv_append",
+            LaunchConfig::linear(slots.len() as u32, 64),
+            &[A::ptr(k.as_ptr()), A::ptr(v.as_ptr()), A::ptr(kc.as_mut_ptr()), A::ptr(vc.as_mut_ptr()), A::ptr(slots.as_ptr()), A::I32(slots.len() as i32), A::I32(width as i32), A::I32(slots_n as i32)],
+        )
+        .unwrap();
+    }
+    assert!(kc == kw && vc == vw, "kv_append");
+    // Accepting tree nodes 0, 2, 3 and 7 of a tree at slots 10..: they move
+    // to 10, 11, 12, 13; node 2's slot (12) is a later destination.
+    let src: Vec<i32> = vec![10, 12, 13, 17, 45];
+    let dst: Vec<i32> = vec![10, 11, 12, 13, 14];
+    reference::kv_move(&mut kw, &mut vw, &src, &dst, width);
+    let want_rows: Vec<Vec<bf16>> = [10usize, 12, 13, 17].iter().map(|&s| kc[s * width..][..width].to_vec()).collect();
+    unsafe {
+        interp::launch(
+            "kv_move",
+            LaunchConfig::linear(1, 128),
+            &[A::ptr(kc.as_mut_ptr()), A::ptr(vc.as_mut_ptr()), A::ptr(src.as_ptr()), A::ptr(dst.as_ptr()), A::I32(src.len() as i32), A::I32(width as i32), A::I32(slots_n as i32)],
+        )
+        .unwrap();
+    }
+    assert!(kc == kw && vc == vw, "kv_move");
+    for (i, want) in want_rows.iter().enumerate() {
+        assert_eq!(&kc[(10 + i) * width..][..width], &want[..], "accepted node {i} after compaction");
+    }
+}
+
+/// SOURCES, which NVRTC compiles at run time, lists every `.cu` file of
+/// kernels/cuda/.
+#[test]
+fn sources_list_every_kernel_file() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|f| f.ends_with(".cu"))
+        .collect();
+    files.sort();
+    let listed: Vec<String> = aerie_kernels::cuda::SOURCES.iter().map(|s| s.file.to_string()).collect();
+    assert_eq!(listed, files);
+}

@@ -19,6 +19,10 @@ if ASAN_OPTIONS=detect_leaks=1 "$bin" > target/cuda-interp-asan.log 2>&1; then
 else
   echo "FAIL kernels under ASan:"; cat target/cuda-interp-asan.log; failed=$((failed + 1))
 fi
+# Every GPU kernel must be among the launches above.
+missing=$(grep -ho 'extern "C" __global__ void [a-z0-9_]*' kernels/cuda/*.cu | awk '{print $5}' \
+  | while read -r k; do grep -qx "ok   $k" target/cuda-interp-asan.log || echo "$k"; done)
+if [ -n "$missing" ]; then echo "FAIL kernels not run under ASan: $missing"; failed=$((failed + 1)); fi
 if ASAN_OPTIONS=detect_leaks=0 "$bin" oob > target/cuda-interp-asan-oob.log 2>&1; then
   echo "FAIL an out-of-bounds write in a kernel was not reported"; failed=$((failed + 1))
 elif grep -q 'heap-buffer-overflow' target/cuda-interp-asan-oob.log && grep -q 'selftest_out_of_bounds' target/cuda-interp-asan-oob.log; then

@@ -7,7 +7,10 @@
 
 #include "../add.cu"
 #include "../argmax.cu"
+#include "../attention.cu"
 #include "../embedding.cu"
+#include "../kv_append.cu"
+#include "../kv_move.cu"
 #include "../matvec_q4_1.cu"
 #include "../rms_norm.cu"
 #include "../rope.cu"
@@ -101,6 +104,42 @@ int main(int argc, char** argv) {
     run("matvec_q4_1", +[](void** p) { aerie_interp::call_with_params(matvec_q4_1, p); },
         {&qw, &mx, &my, &mrows, &mcols}, (mrows + 3) / 4, 1, 128);
 
+    // Paged attention: 3 pages of 16 slots, two sequences of 2 pages each
+    // (one page shared), a prefix that ends mid-page, a 5-node tree.
+    int page_size = 16, max_pages = 2, num_pages = 3, ah = 4, akv = 2, ahd = 48, arows = 6;
+    int kvw = akv * ahd, nslots = num_pages * page_size;
+    float ascale = 0.15f;
+    unsigned short* kc = buffer<unsigned short>((size_t)nslots * kvw, 18);
+    unsigned short* vc = buffer<unsigned short>((size_t)nslots * kvw, 19);
+    int* table_p = static_cast<int*>(std::malloc(4 * sizeof(int)));
+    table_p[0] = 2; table_p[1] = 0; table_p[2] = 1; table_p[3] = 0;
+    int* rseq = static_cast<int*>(std::malloc(arows * sizeof(int)));
+    int* rdense = static_cast<int*>(std::malloc(arows * sizeof(int)));
+    int* rbase = static_cast<int*>(std::malloc(arows * sizeof(int)));
+    unsigned long long* rmask = static_cast<unsigned long long*>(std::malloc(arows * sizeof(unsigned long long)));
+    for (int i = 0; i < 5; ++i) { rseq[i] = 0; rdense[i] = 20; rbase[i] = 20; }
+    rmask[0] = 1; rmask[1] = 3; rmask[2] = 5; rmask[3] = 11; rmask[4] = 21;
+    rseq[5] = 1; rdense[5] = 32; rbase[5] = 0; rmask[5] = 0;
+    float* aq = buffer<float>((size_t)arows * ah * ahd, 20);
+    float* aout = buffer<float>((size_t)arows * ah * ahd, 21);
+    run("attention_paged", +[](void** p) { aerie_interp::call_with_params(attention_paged, p); },
+        {&aq, &kc, &vc, &aout, &rseq, &rdense, &rbase, &rmask, &table_p, &max_pages, &page_size, &num_pages, &arows,
+         &ah, &akv, &ahd, &ascale},
+        arows, ah, 32);
+    int ntok = 3;
+    float* nk = buffer<float>((size_t)ntok * kvw, 22);
+    float* nv = buffer<float>((size_t)ntok * kvw, 23);
+    int* aslots = static_cast<int*>(std::malloc(ntok * sizeof(int)));
+    aslots[0] = 0; aslots[1] = nslots - 1; aslots[2] = nslots;
+    run("kv_append", +[](void** p) { aerie_interp::call_with_params(kv_append, p); },
+        {&nk, &nv, &kc, &vc, &aslots, &ntok, &kvw, &nslots}, ntok, 1, 64);
+    int npairs = 3;
+    int* msrc = static_cast<int*>(std::malloc(npairs * sizeof(int)));
+    int* mdst = static_cast<int*>(std::malloc(npairs * sizeof(int)));
+    msrc[0] = 5; msrc[1] = 7; msrc[2] = nslots - 1; mdst[0] = 4; mdst[1] = 5; mdst[2] = 6;
+    run("kv_move", +[](void** p) { aerie_interp::call_with_params(kv_move, p); },
+        {&kc, &vc, &msrc, &mdst, &npairs, &kvw, &nslots}, 1, 1, 64);
+
     int* shuf = static_cast<int*>(std::malloc(4 * 96 * sizeof(int)));
     run("selftest_shuffles", +[](void** p) { aerie_interp::call_with_params(selftest_shuffles, p); }, {&shuf}, 1, 1, 96);
     int* sh_in = static_cast<int*>(std::calloc(128, sizeof(int)));
@@ -109,7 +148,8 @@ int main(int argc, char** argv) {
         {&sh_in, &sh_out}, 2, 1, 64, 64 * sizeof(int));
 
     for (void* p : std::vector<void*>{x, y, w, out, table, ids, emb, logits, best, best_v, gate_up, act, q, k, pos,
-                                      inv, qw, mx, my, shuf, sh_in, sh_out})
+                                      inv, qw, mx, my, shuf, sh_in, sh_out, kc, vc, table_p, rseq, rdense, rbase, rmask,
+                                      aq, aout, nk, nv, aslots, msrc, mdst})
         std::free(p);
     std::printf("%d passed, %d failed\n", passes, failures);
     return failures ? 1 : 0;

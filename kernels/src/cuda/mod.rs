@@ -27,7 +27,10 @@ pub const COMMON_HEADER: Source = Source { file: "common.cuh", text: include_str
 pub const SOURCES: &[Source] = &[
     Source { file: "add.cu", text: include_str!("../../cuda/add.cu") },
     Source { file: "argmax.cu", text: include_str!("../../cuda/argmax.cu") },
+    Source { file: "attention.cu", text: include_str!("../../cuda/attention.cu") },
     Source { file: "embedding.cu", text: include_str!("../../cuda/embedding.cu") },
+    Source { file: "kv_append.cu", text: include_str!("../../cuda/kv_append.cu") },
+    Source { file: "kv_move.cu", text: include_str!("../../cuda/kv_move.cu") },
     Source { file: "matvec_q4_1.cu", text: include_str!("../../cuda/matvec_q4_1.cu") },
     Source { file: "rms_norm.cu", text: include_str!("../../cuda/rms_norm.cu") },
     Source { file: "rope.cu", text: include_str!("../../cuda/rope.cu") },

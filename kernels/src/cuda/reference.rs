@@ -111,3 +111,113 @@ pub fn matvec_q4_1(w: &[u8], x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         })
         .collect()
 }
+
+/// `kv_append`: each token's k and v rows, rounded to bf16, written at its
+/// slot of the `[num_slots, kv_width]` caches; slots outside are skipped.
+pub fn kv_append(k: &[f32], v: &[f32], k_cache: &mut [bf16], v_cache: &mut [bf16], slots: &[i32], kv_width: usize) {
+    let num_slots = k_cache.len() / kv_width;
+    for (t, &slot) in slots.iter().enumerate() {
+        if slot < 0 || slot as usize >= num_slots {
+            continue;
+        }
+        let s = slot as usize * kv_width;
+        for i in 0..kv_width {
+            k_cache[s + i] = bf16::from_f32(k[t * kv_width + i]);
+            v_cache[s + i] = bf16::from_f32(v[t * kv_width + i]);
+        }
+    }
+}
+
+/// `kv_move`: row `src[i]` copied to `dst[i]` of both caches, one pair after
+/// another.
+pub fn kv_move(k_cache: &mut [bf16], v_cache: &mut [bf16], src: &[i32], dst: &[i32], kv_width: usize) {
+    let num_slots = k_cache.len() / kv_width;
+    for (&s, &d) in src.iter().zip(dst) {
+        let ok = |x: i32| x >= 0 && (x as usize) < num_slots;
+        if ok(s) && ok(d) {
+            let (s, d) = (s as usize * kv_width, d as usize * kv_width);
+            k_cache.copy_within(s..s + kv_width, d);
+            v_cache.copy_within(s..s + kv_width, d);
+        }
+    }
+}
+
+/// What one row of `attention_paged` sees: the positions `[0, dense_len)`
+/// of sequence `seq`, then `tree_base + j` for each bit `j` of `tree_mask`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnRow {
+    pub seq: i32,
+    pub dense_len: i32,
+    pub tree_base: i32,
+    pub tree_mask: u64,
+}
+
+impl AttnRow {
+    /// The positions this row attends to, in the kernel's order.
+    pub fn visible(&self) -> impl Iterator<Item = i32> + '_ {
+        (0..self.dense_len).chain((0..64).filter(|j| self.tree_mask >> j & 1 == 1).map(|j| self.tree_base + j))
+    }
+}
+
+/// Geometry of a paged KV cache and of the attention heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagedGeometry {
+    pub page_size: usize,
+    pub max_pages: usize,
+    pub num_pages: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// `attention_paged`: softmax(q·k × scale) · v over each row's visible
+/// positions, in f64. Positions on pages outside the cache are skipped; a
+/// row that sees nothing gives zeros.
+pub fn attention_paged(
+    q: &[f32],
+    k_cache: &[bf16],
+    v_cache: &[bf16],
+    rows: &[AttnRow],
+    page_table: &[i32],
+    g: PagedGeometry,
+    scale: f32,
+) -> Vec<f32> {
+    let hd = g.head_dim;
+    let group = g.n_heads / g.n_kv_heads;
+    let mut out = vec![0.0f32; rows.len() * g.n_heads * hd];
+    for (r, row) in rows.iter().enumerate() {
+        let slots: Vec<usize> = row
+            .visible()
+            .filter_map(|pos| {
+                let page_idx = pos as usize / g.page_size;
+                if page_idx >= g.max_pages {
+                    return None;
+                }
+                let page = page_table[row.seq as usize * g.max_pages + page_idx];
+                (page >= 0 && (page as usize) < g.num_pages).then(|| page as usize * g.page_size + pos as usize % g.page_size)
+            })
+            .collect();
+        for h in 0..g.n_heads {
+            let kvh = h / group;
+            let qr = &q[(r * g.n_heads + h) * hd..][..hd];
+            let at = |slot: usize| (slot * g.n_kv_heads + kvh) * hd;
+            let scores: Vec<f64> = slots
+                .iter()
+                .map(|&s| qr.iter().zip(&k_cache[at(s)..at(s) + hd]).map(|(&a, b)| a as f64 * scale as f64 * b.to_f64()).sum())
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            let mut acc = vec![0.0f64; hd];
+            for (w, &s) in weights.iter().zip(&slots) {
+                for (a, v) in acc.iter_mut().zip(&v_cache[at(s)..at(s) + hd]) {
+                    *a += w / total * v.to_f64();
+                }
+            }
+            for (o, a) in out[(r * g.n_heads + h) * hd..][..hd].iter_mut().zip(acc) {
+                *o = a as f32;
+            }
+        }
+    }
+    out
+}
