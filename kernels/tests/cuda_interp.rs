@@ -493,3 +493,37 @@ fn sources_list_every_kernel_file() {
     let listed: Vec<String> = aerie_kernels::cuda::SOURCES.iter().map(|s| s.file.to_string()).collect();
     assert_eq!(listed, files);
 }
+
+fn linear_launch(x: &[f32], w: &[bf16], bias: Option<&[f32]>, rows: usize, n: usize, k: usize, warps: u32) -> Vec<f32> {
+    let mut y = vec![f32::NAN; rows * n];
+    let cfg = LaunchConfig { grid: (n.div_ceil(warps as usize) as u32, rows.div_ceil(8) as u32, 1), block: (32 * warps, 1, 1), shared_bytes: 0 };
+    let b = bias.map_or(std::ptr::null(), |b| b.as_ptr());
+    unsafe {
+        interp::launch(
+            "linear_bf16",
+            cfg,
+            &[A::ptr(x.as_ptr()), A::ptr(w.as_ptr()), A::ptr(b), A::ptr(y.as_mut_ptr()), A::I32(rows as i32), A::I32(n as i32), A::I32(k as i32)],
+        )
+        .unwrap();
+    }
+    y
+}
+
+#[test]
+fn linear_matches_reference_and_a_row_is_the_same_bits_in_any_batch() {
+    let mut r = StdRng::seed_from_u64(10);
+    for &(rows, n, k, with_bias) in &[(1, 33, 64, false), (11, 70, 200, true), (17, 5, 576, true)] {
+        let x = randv(&mut r, rows * k, 2.0);
+        let w: Vec<bf16> = randv(&mut r, n * k, 0.5).into_iter().map(bf16::from_f32).collect();
+        let b = randv(&mut r, n, 1.0);
+        let bias = with_bias.then_some(&b[..]);
+        let y = linear_launch(&x, &w, bias, rows, n, k, 4);
+        assert_close(&y, &reference::linear_bf16(&x, &w, bias, k), 1e-4, "linear_bf16");
+        // Any row, alone or at another place in another batch, with another
+        // block shape: the same bits.
+        for row in [0, rows / 2, rows - 1] {
+            let alone = linear_launch(&x[row * k..][..k], &w, bias, 1, n, k, 1);
+            assert_eq!(alone[..], y[row * n..][..n], "row {row} of {rows}");
+        }
+    }
+}

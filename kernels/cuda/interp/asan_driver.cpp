@@ -11,6 +11,7 @@
 #include "../embedding.cu"
 #include "../kv_append.cu"
 #include "../kv_move.cu"
+#include "../linear.cu"
 #include "../matvec_q4_1.cu"
 #include "../rms_norm.cu"
 #include "../rope.cu"
@@ -140,6 +141,14 @@ int main(int argc, char** argv) {
     run("kv_move", +[](void** p) { aerie_interp::call_with_params(kv_move, p); },
         {&kc, &vc, &msrc, &mdst, &npairs, &kvw, &nslots}, 1, 1, 64);
 
+    int lrows = 11, ln = 37, lk = 70;
+    float* lx = buffer<float>((size_t)lrows * lk, 24);
+    unsigned short* lw = buffer<unsigned short>((size_t)ln * lk, 25);
+    float* lb = buffer<float>(ln, 26);
+    float* ly = buffer<float>((size_t)lrows * ln, 27);
+    run("linear_bf16", +[](void** p) { aerie_interp::call_with_params(linear_bf16, p); },
+        {&lx, &lw, &lb, &ly, &lrows, &ln, &lk}, (ln + 3) / 4, (lrows + 7) / 8, 128);
+
     int* shuf = static_cast<int*>(std::malloc(4 * 96 * sizeof(int)));
     run("selftest_shuffles", +[](void** p) { aerie_interp::call_with_params(selftest_shuffles, p); }, {&shuf}, 1, 1, 96);
     int* sh_in = static_cast<int*>(std::calloc(128, sizeof(int)));
@@ -149,7 +158,7 @@ int main(int argc, char** argv) {
 
     for (void* p : std::vector<void*>{x, y, w, out, table, ids, emb, logits, best, best_v, gate_up, act, q, k, pos,
                                       inv, qw, mx, my, shuf, sh_in, sh_out, kc, vc, table_p, rseq, rdense, rbase, rmask,
-                                      aq, aout, nk, nv, aslots, msrc, mdst})
+                                      aq, aout, nk, nv, aslots, msrc, mdst, lx, lw, lb, ly})
         std::free(p);
     std::printf("%d passed, %d failed\n", passes, failures);
     return failures ? 1 : 0;

@@ -31,6 +31,7 @@ pub const SOURCES: &[Source] = &[
     Source { file: "embedding.cu", text: include_str!("../../cuda/embedding.cu") },
     Source { file: "kv_append.cu", text: include_str!("../../cuda/kv_append.cu") },
     Source { file: "kv_move.cu", text: include_str!("../../cuda/kv_move.cu") },
+    Source { file: "linear.cu", text: include_str!("../../cuda/linear.cu") },
     Source { file: "matvec_q4_1.cu", text: include_str!("../../cuda/matvec_q4_1.cu") },
     Source { file: "rms_norm.cu", text: include_str!("../../cuda/rms_norm.cu") },
     Source { file: "rope.cu", text: include_str!("../../cuda/rope.cu") },

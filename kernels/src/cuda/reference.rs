@@ -221,3 +221,16 @@ pub fn attention_paged(
     }
     out
 }
+
+/// `linear_bf16`: `y = x · wᵀ (+ b)` with `w` a bf16 `[n, k]` matrix.
+pub fn linear_bf16(x: &[f32], w: &[bf16], bias: Option<&[f32]>, k: usize) -> Vec<f32> {
+    let n = w.len() / k;
+    x.chunks(k)
+        .flat_map(|xr| {
+            (0..n).map(move |c| {
+                let dot: f64 = xr.iter().zip(&w[c * k..(c + 1) * k]).map(|(&a, b)| a as f64 * b.to_f64()).sum();
+                (dot + bias.map_or(0.0, |b| b[c] as f64)) as f32
+            })
+        })
+        .collect()
+}
