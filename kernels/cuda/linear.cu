@@ -32,8 +32,8 @@ extern "C" __global__ void linear_bf16(const float* __restrict__ x, const unsign
             if (r < nr) acc[r] += xr[(size_t)r * k + kk] * wv;
     }
     float b = bias ? bias[c] : 0.f;
-    for (int r = 0; r < LINEAR_ROWS; ++r) {
+    for (int r = 0; r < nr; ++r) {  // nr is the same for every lane of the warp
         float s = warp_sum(acc[r]);
-        if (lane == 0 && r < nr) y[(size_t)(r0 + r) * n + c] = s + b;
+        if (lane == 0) y[(size_t)(r0 + r) * n + c] = s + b;
     }
 }

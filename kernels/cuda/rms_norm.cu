@@ -1,9 +1,11 @@
-// RMSNorm of each row: out = x / sqrt(mean(x^2) + eps) * weight (bf16).
+// RMSNorm of each row: out = x / sqrt(mean(x^2) + eps) * weight. The weight
+// stays f32 (a few KiB; bf16 checkpoints widen exactly, GGUF's f32 norms lose
+// nothing).
 // One block per row; the sum of squares is reduced by block_sum, whose order
 // depends only on `hidden` and the block size: batch invariant.
 #include "common.cuh"
 
-extern "C" __global__ void rms_norm(const float* __restrict__ x, const unsigned short* __restrict__ weight,
+extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ weight,
                                     float* __restrict__ out, int rows, int hidden, float eps) {
     int row = blockIdx.x;
     if (row >= rows) return;
@@ -14,5 +16,5 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const unsigned 
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) ss += xr[i] * xr[i];
     ss = block_sum(ss, scratch);
     float scale = 1.0f / sqrtf(ss / (float)hidden + eps);
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) outr[i] = xr[i] * scale * bf16_to_f32(weight[i]);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) outr[i] = xr[i] * scale * weight[i];
 }

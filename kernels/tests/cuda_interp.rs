@@ -21,7 +21,7 @@ fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
     }
 }
 
-fn rms_norm_launch(x: &[f32], w: &[bf16], rows: usize, eps: f32, threads: u32) -> Vec<f32> {
+fn rms_norm_launch(x: &[f32], w: &[f32], rows: usize, eps: f32, threads: u32) -> Vec<f32> {
     let hidden = w.len();
     let mut out = vec![f32::NAN; rows * hidden];
     unsafe {
@@ -40,7 +40,7 @@ fn rms_norm_matches_reference_and_is_batch_invariant() {
     let mut r = StdRng::seed_from_u64(1);
     for &(rows, hidden) in &[(1, 64), (3, 576), (7, 1000), (2, 2048)] {
         let x = randv(&mut r, rows * hidden, 4.0);
-        let w: Vec<bf16> = randv(&mut r, hidden, 2.0).into_iter().map(bf16::from_f32).collect();
+        let w = randv(&mut r, hidden, 2.0);
         let got = rms_norm_launch(&x, &w, rows, 1e-5, 256);
         assert_close(&got, &reference::rms_norm(&x, &w, 1e-5), 1e-5, "rms_norm");
         // Each row alone gives the same bits as in the batch.

@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
 
     float* x = buffer<float>(rows * hidden, 2);
     float* y = buffer<float>(rows * hidden, 3);
-    unsigned short* w = buffer<unsigned short>(hidden, 4);
+    float* w = buffer<float>(hidden, 4);
     float* out = buffer<float>(rows * hidden, 5);
     run("rms_norm", +[](void** p) { aerie_interp::call_with_params(rms_norm, p); },
         {&x, &w, &out, &rows, &hidden, &eps}, rows, 1, 256);

@@ -10,6 +10,7 @@
 //! `build.rs`, run on the CPU through [`interp`]. [`reference`] holds a plain
 //! Rust reference of every kernel, which the tests hold both against.
 
+pub mod device;
 pub mod interp;
 pub mod reference;
 

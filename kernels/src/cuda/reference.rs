@@ -22,15 +22,15 @@ pub fn embedding_bf16(table: &[bf16], ids: &[i32], hidden: usize) -> Vec<f32> {
 }
 
 /// `rms_norm`: each row of `x` scaled by `1 / sqrt(mean(x²) + eps)`, times
-/// the bf16 weight.
-pub fn rms_norm(x: &[f32], weight: &[bf16], eps: f32) -> Vec<f32> {
+/// the weight.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
     let hidden = weight.len();
     let mut out = vec![0.0f32; x.len()];
     for (o, xr) in out.chunks_mut(hidden).zip(x.chunks(hidden)) {
         let ss: f64 = xr.iter().map(|&v| v as f64 * v as f64).sum();
         let scale = 1.0 / (ss / hidden as f64 + eps as f64).sqrt();
         for ((o, &v), w) in o.iter_mut().zip(xr).zip(weight) {
-            *o = (v as f64 * scale * w.to_f64()) as f32;
+            *o = (v as f64 * scale * *w as f64) as f32;
         }
     }
     out

@@ -1,0 +1,214 @@
+//! The device seam of the CUDA path: memory, copies and kernel launches.
+//!
+//! Model code holds an `Arc<dyn Device>` and [`DeviceBuffer`]s and never asks
+//! which device it runs on. Two implementations: [`InterpDevice`] (the
+//! interpreter: "device memory" is host memory, kernels run as host C++) and
+//! the cudarc driver on a real GPU. Both take the same kernel names and the
+//! same [`KernelArg`] lists, CUDA's calling convention.
+
+use super::interp::{self, InterpError, KernelArg, LaunchConfig};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Why a device operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("out of device memory: {requested} bytes requested, {free} of {total} free")]
+    OutOfMemory { requested: usize, free: usize, total: usize },
+    #[error("copy of {len} bytes at offset {offset} overruns a buffer of {size} bytes")]
+    OutOfRange { offset: usize, len: usize, size: usize },
+    #[error(transparent)]
+    Launch(#[from] InterpError),
+    #[error("CUDA driver: {0}")]
+    Driver(String),
+}
+
+impl DeviceError {
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            DeviceError::OutOfMemory { .. } => "out_of_memory",
+            DeviceError::OutOfRange { .. } => "out_of_range",
+            DeviceError::Launch(e) => e.error_type(),
+            DeviceError::Driver(_) => "driver",
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DeviceError>;
+
+/// A device allocation. Its address is what kernels receive; dropping it
+/// frees the memory on its device.
+pub struct DeviceBuffer {
+    ptr: u64,
+    len: usize,
+    _owner: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl DeviceBuffer {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buffer as a kernel argument.
+    pub fn arg(&self) -> KernelArg {
+        KernelArg::Ptr(self.ptr as usize as *const std::ffi::c_void)
+    }
+
+    /// A pointer `offset` bytes into the buffer, as a kernel argument.
+    pub fn arg_at(&self, offset: usize) -> KernelArg {
+        debug_assert!(offset <= self.len);
+        KernelArg::Ptr((self.ptr as usize + offset) as *const std::ffi::c_void)
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(DeviceError::OutOfRange { offset, len, size: self.len });
+        }
+        Ok(())
+    }
+}
+
+/// Memory, copies and launches on one device. Operations are in order on
+/// one stream: a download sees every launch issued before it.
+pub trait Device: Send + Sync {
+    /// A short description ("interpreted CUDA", "NVIDIA H100 (cuda:0)").
+    fn name(&self) -> String;
+    /// `bytes` of zeroed device memory.
+    fn alloc(&self, bytes: usize) -> Result<DeviceBuffer>;
+    fn upload(&self, dst: &DeviceBuffer, offset: usize, src: &[u8]) -> Result<()>;
+    fn download(&self, src: &DeviceBuffer, offset: usize, dst: &mut [u8]) -> Result<()>;
+    /// Device-to-device copy of `len` bytes.
+    fn copy(&self, src: &DeviceBuffer, src_offset: usize, dst: &DeviceBuffer, dst_offset: usize, len: usize) -> Result<()>;
+    /// Launches a kernel of `kernels/cuda/` by name.
+    ///
+    /// # Safety
+    /// The pointer arguments must cover what the kernel touches with this
+    /// configuration and these arguments.
+    unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()>;
+    /// (bytes in use, bytes in all).
+    fn memory(&self) -> (usize, usize);
+}
+
+/// Typed helpers over the byte-level trait.
+pub trait DeviceExt: Device {
+    fn upload_slice<T: pod::Pod>(&self, data: &[T]) -> Result<DeviceBuffer> {
+        let buf = self.alloc(std::mem::size_of_val(data))?;
+        self.upload(&buf, 0, pod::bytes(data))?;
+        Ok(buf)
+    }
+
+    fn download_vec<T: pod::Pod + Default + Clone>(&self, src: &DeviceBuffer, offset: usize, n: usize) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); n];
+        self.download(src, offset, pod::bytes_mut(&mut out))?;
+        Ok(out)
+    }
+}
+
+impl<D: Device + ?Sized> DeviceExt for D {}
+
+/// Plain-old-data views without a dependency: the element types the CUDA
+/// path moves (f32, i32, u64, u16/bf16, u8) have no padding and any bit
+/// pattern is valid.
+pub mod pod {
+    /// # Safety
+    /// Implemented only for types without padding for which every bit
+    /// pattern is a valid value.
+    pub unsafe trait Pod: Copy + 'static {}
+    unsafe impl Pod for f32 {}
+    unsafe impl Pod for i32 {}
+    unsafe impl Pod for u32 {}
+    unsafe impl Pod for u64 {}
+    unsafe impl Pod for u16 {}
+    unsafe impl Pod for u8 {}
+    unsafe impl Pod for half::bf16 {}
+
+    pub fn bytes<T: Pod>(s: &[T]) -> &[u8] {
+        // SAFETY: Pod types have no padding.
+        unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), std::mem::size_of_val(s)) }
+    }
+
+    pub fn bytes_mut<T: Pod>(s: &mut [T]) -> &mut [u8] {
+        // SAFETY: Pod types have no padding and accept any bytes.
+        unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), std::mem::size_of_val(s)) }
+    }
+}
+
+/// The interpreted device: host memory, kernels run by [`interp`]. Its
+/// capacity is a budget, so out-of-memory paths can be tested.
+pub struct InterpDevice {
+    capacity: usize,
+    used: Arc<AtomicUsize>,
+}
+
+/// Frees its share of the interpreted device's budget when dropped.
+struct InterpAlloc {
+    _mem: Vec<u128>,
+    bytes: usize,
+    used: Arc<AtomicUsize>,
+}
+
+impl Drop for InterpAlloc {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+impl InterpDevice {
+    pub fn new(capacity: usize) -> InterpDevice {
+        InterpDevice { capacity, used: Arc::new(AtomicUsize::new(0)) }
+    }
+}
+
+impl Device for InterpDevice {
+    fn name(&self) -> String {
+        "interpreted CUDA (AERIE_CUDA_INTERPRET)".into()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DeviceBuffer> {
+        let used = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if used + bytes > self.capacity {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(DeviceError::OutOfMemory { requested: bytes, free: self.capacity.saturating_sub(used), total: self.capacity });
+        }
+        // u128 words: 16-byte alignment, as cudaMalloc's (at least 256) covers
+        // every vector load a kernel may make.
+        let mem = vec![0u128; bytes.div_ceil(16).max(1)];
+        let ptr = mem.as_ptr() as usize as u64;
+        Ok(DeviceBuffer { ptr, len: bytes, _owner: Box::new(InterpAlloc { _mem: mem, bytes, used: self.used.clone() }) })
+    }
+
+    fn upload(&self, dst: &DeviceBuffer, offset: usize, src: &[u8]) -> Result<()> {
+        dst.check(offset, src.len())?;
+        // SAFETY: checked to lie inside the allocation, which `dst` keeps alive.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), (dst.ptr as usize + offset) as *mut u8, src.len()) };
+        Ok(())
+    }
+
+    fn download(&self, src: &DeviceBuffer, offset: usize, dst: &mut [u8]) -> Result<()> {
+        src.check(offset, dst.len())?;
+        // SAFETY: as in upload.
+        unsafe { std::ptr::copy_nonoverlapping((src.ptr as usize + offset) as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    fn copy(&self, src: &DeviceBuffer, src_offset: usize, dst: &DeviceBuffer, dst_offset: usize, len: usize) -> Result<()> {
+        src.check(src_offset, len)?;
+        dst.check(dst_offset, len)?;
+        // SAFETY: both ranges checked; `copy` allows overlap.
+        unsafe { std::ptr::copy((src.ptr as usize + src_offset) as *const u8, (dst.ptr as usize + dst_offset) as *mut u8, len) };
+        Ok(())
+    }
+
+    unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { interp::launch(kernel, cfg, args) }?)
+    }
+
+    fn memory(&self) -> (usize, usize) {
+        (self.used.load(Ordering::Relaxed), self.capacity)
+    }
+}
