@@ -28,6 +28,10 @@ pub enum EngineError {
     InvalidInput(String),
     #[error("context length exceeded: {needed} tokens needed, model allows {limit}")]
     ContextLength { needed: usize, limit: usize },
+    #[error("device: {0}")]
+    Device(#[from] aerie_kernels::cuda::device::DeviceError),
+    #[error("KV cache full: {needed} more pages needed, {free} free")]
+    KvCacheFull { needed: usize, free: usize },
 }
 
 impl EngineError {
@@ -45,6 +49,8 @@ impl EngineError {
             EngineError::Fetch(_) => "fetch",
             EngineError::InvalidInput(_) => "invalid_input",
             EngineError::ContextLength { .. } => "context_length",
+            EngineError::Device(_) => "device",
+            EngineError::KvCacheFull { .. } => "kv_cache_full",
         }
     }
 }

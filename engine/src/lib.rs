@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod cuda;
 pub mod error;
 pub mod fetch;
 pub mod generate;

@@ -1,0 +1,220 @@
+//! The CUDA forward pass in interpreter mode (the same host code and `.cu`
+//! kernels a GPU runs), on tiny random Llama models: logits against the CPU
+//! f32 forward, tree verification bit for bit equal to decoding each path
+//! token by token, and accepted-path compaction.
+
+use aerie_engine::config::{Arch, Llama3Scaling, ModelConfig, RopeStyle};
+use aerie_engine::cuda::{CudaModel, CudaSeqInput};
+use aerie_engine::weights::{LayerWeights, ModelWeights};
+use aerie_engine::{AttnMask, ForwardOptions, LogitsRows, Model, SeqInput};
+use aerie_kernels::cpu::Matrix;
+use aerie_kernels::cuda::device::InterpDevice;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::sync::Arc;
+
+fn config(arch: Arch, style: RopeStyle, tie: bool) -> ModelConfig {
+    ModelConfig {
+        arch,
+        hidden_size: 64,
+        intermediate_size: 96,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        vocab_size: 300,
+        max_position_embeddings: 512,
+        rope_theta: 10000.0,
+        rope_scaling: (arch == Arch::Llama).then_some(Llama3Scaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 64.0,
+        }),
+        rope_freq_factors: None,
+        rope_style: style,
+        rms_norm_eps: 1e-5,
+        tie_word_embeddings: tie,
+        attention_bias: arch == Arch::Qwen2,
+    }
+}
+
+/// Random weights, already rounded to bf16 so that the CPU f32 model and
+/// the device's bf16 copy hold the same values.
+fn random_model(cfg: ModelConfig, seed: u64) -> Model {
+    let mut r = StdRng::seed_from_u64(seed);
+    let mut mat = |rows: usize, cols: usize, scale: f32| {
+        let data = (0..rows * cols).map(|_| half::bf16::from_f32(r.gen_range(-scale..scale)).to_f32()).collect();
+        Matrix::f32(rows, cols, data).unwrap()
+    };
+    let (h, hd, i) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let s = 1.0 / (h as f32).sqrt();
+    let embed = mat(cfg.vocab_size, h, 1.0);
+    let mut layers = Vec::new();
+    for _ in 0..cfg.num_layers {
+        let qkv = (mat(cfg.num_heads * hd, h, s), mat(cfg.num_kv_heads * hd, h, s), mat(cfg.num_kv_heads * hd, h, s));
+        let bias = |n: usize, seed: u64| {
+            let mut rb = StdRng::seed_from_u64(seed);
+            cfg.attention_bias.then(|| (0..n).map(|_| rb.gen_range(-0.1f32..0.1)).collect::<Vec<f32>>())
+        };
+        let biases = (bias(cfg.num_heads * hd, 1), bias(cfg.num_kv_heads * hd, 2), bias(cfg.num_kv_heads * hd, 3));
+        let norm = |seed: u64| {
+            let mut rn = StdRng::seed_from_u64(seed);
+            (0..h).map(|_| rn.gen_range(0.5f32..1.5)).collect::<Vec<f32>>()
+        };
+        let wo = mat(h, cfg.num_heads * hd, s);
+        let (gate, up, down) = (mat(i, h, s), mat(i, h, s), mat(h, i, 1.0 / (i as f32).sqrt()));
+        layers.push(LayerWeights::new(norm(4), qkv, biases, wo, norm(5), gate, up, down));
+    }
+    let lm_head = (!cfg.tie_word_embeddings).then(|| mat(cfg.vocab_size, h, s));
+    let final_norm = vec![1.0; h];
+    Model::new(cfg, ModelWeights { embed, layers, final_norm, lm_head }, "random".into())
+}
+
+fn device_model(model: &Model) -> CudaModel {
+    CudaModel::from_model(model, Arc::new(InterpDevice::new(64 << 20)), 1024).unwrap()
+}
+
+fn tokens(r: &mut StdRng, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|_| r.gen_range(0..vocab as u32)).collect()
+}
+
+#[test]
+fn device_logits_match_the_cpu_f32_forward() {
+    let mut r = StdRng::seed_from_u64(11);
+    for (arch, style, tie) in [(Arch::Llama, RopeStyle::HalfSplit, false), (Arch::Qwen2, RopeStyle::HalfSplit, true), (Arch::Llama, RopeStyle::Interleaved, true)] {
+        let model = random_model(config(arch, style, tie), 12);
+        let dm = device_model(&model);
+        let prompt = tokens(&mut r, 21, 300);
+        let next = tokens(&mut r, 4, 300);
+        let mut cache = model.new_cache();
+        let mut seq = dm.new_seq();
+        let mut worst = 0.0f32;
+        for (step, toks) in std::iter::once(&prompt[..]).chain(next.chunks(1)).enumerate() {
+            let cpu = model
+                .forward(&mut [SeqInput { cache: &mut cache, tokens: toks, positions: None, mask: AttnMask::Causal, logits: LogitsRows::All }], &ForwardOptions::default())
+                .unwrap();
+            let dev = dm.forward(&mut [CudaSeqInput { seq: &mut seq, tokens: toks, positions: None, mask: AttnMask::Causal, logits: LogitsRows::All }], false).unwrap();
+            assert_eq!(dev[0].logits.len(), cpu[0].logits.len());
+            for (row, (c, d)) in cpu[0].logits.chunks(300).zip(dev[0].logits.chunks(300)).enumerate() {
+                let err = c.iter().zip(d).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                worst = worst.max(err);
+                // The device keeps K and V in bf16 (the CPU in f16): ~3 significant digits.
+                assert!(err < 5e-2, "{arch:?} {style:?}: step {step} row {row}: max |logit difference| {err}");
+            }
+        }
+        assert_eq!(seq.len(), cache.len());
+        eprintln!("{arch:?} {style:?} tied={tie}: worst |logit difference| {worst:.2e}");
+    }
+}
+
+/// A random tree of `n` nodes, parents before children.
+fn random_parents(r: &mut StdRng, n: usize) -> Vec<Option<usize>> {
+    (0..n).map(|i| if i == 0 { None } else if r.gen_bool(0.15) { None } else { Some(r.gen_range(0..i)) }).collect()
+}
+
+fn path_to(parents: &[Option<usize>], mut n: usize) -> Vec<usize> {
+    let mut p = vec![n];
+    while let Some(q) = parents[n] {
+        p.push(q);
+        n = q;
+    }
+    p.reverse();
+    p
+}
+
+#[test]
+fn a_16_node_tree_gives_each_node_the_logits_of_its_path_decoded_alone() {
+    let mut r = StdRng::seed_from_u64(13);
+    let model = random_model(config(Arch::Llama, RopeStyle::HalfSplit, false), 14);
+    let dm = device_model(&model);
+    let prompt = tokens(&mut r, 19, 300);
+    let parents = random_parents(&mut r, 16);
+    let tree_tokens = tokens(&mut r, 16, 300);
+    let mask = AttnMask::from_parents(&parents).unwrap();
+    let depth = |n: usize| path_to(&parents, n).len() - 1;
+    let positions: Vec<u32> = (0..16).map(|n| (prompt.len() + depth(n)) as u32).collect();
+
+    let mut seq = dm.new_seq();
+    dm.forward(&mut [CudaSeqInput { seq: &mut seq, tokens: &prompt, positions: None, mask: AttnMask::Causal, logits: LogitsRows::None }], false).unwrap();
+    // The tree shares its forward with an unrelated sequence's prefill.
+    let mut other = dm.new_seq();
+    let other_tokens = tokens(&mut r, 7, 300);
+    let out = dm
+        .forward(
+            &mut [
+                CudaSeqInput { seq: &mut other, tokens: &other_tokens, positions: None, mask: AttnMask::Causal, logits: LogitsRows::All },
+                CudaSeqInput { seq: &mut seq, tokens: &tree_tokens, positions: Some(&positions), mask, logits: LogitsRows::All },
+            ],
+            false,
+        )
+        .unwrap();
+    let tree_logits = &out[1].logits;
+    for n in 0..16 {
+        let mut alone = dm.new_seq();
+        dm.forward(&mut [CudaSeqInput { seq: &mut alone, tokens: &prompt, positions: None, mask: AttnMask::Causal, logits: LogitsRows::None }], false).unwrap();
+        let mut last = Vec::new();
+        for &node in &path_to(&parents, n) {
+            let o = dm
+                .forward(&mut [CudaSeqInput { seq: &mut alone, tokens: &[tree_tokens[node]], positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }], false)
+                .unwrap();
+            last = o[0].logits.clone();
+        }
+        assert_eq!(last[..], tree_logits[n * 300..(n + 1) * 300], "node {n}: tree logits differ from its path decoded token by token");
+    }
+}
+
+#[test]
+fn keeping_an_accepted_path_continues_like_decoding_it() {
+    let mut r = StdRng::seed_from_u64(15);
+    let model = random_model(config(Arch::Qwen2, RopeStyle::HalfSplit, true), 16);
+    let dm = device_model(&model);
+    let prompt = tokens(&mut r, 40, 300); // crosses two page boundaries
+    // A tree: 0 <- 1 <- 3, 0 <- 2, 1 <- 4; accept the path 0, 1, 3.
+    let parents = vec![None, Some(0), Some(0), Some(1), Some(1)];
+    let tree_tokens = tokens(&mut r, 5, 300);
+    let positions: Vec<u32> = [0u32, 1, 1, 2, 2].iter().map(|d| prompt.len() as u32 + d).collect();
+    let next = tokens(&mut r, 3, 300);
+
+    let mut spec = dm.new_seq();
+    dm.forward(&mut [CudaSeqInput { seq: &mut spec, tokens: &prompt, positions: None, mask: AttnMask::Causal, logits: LogitsRows::None }], false).unwrap();
+    let mask = AttnMask::from_parents(&parents).unwrap();
+    dm.forward(&mut [CudaSeqInput { seq: &mut spec, tokens: &tree_tokens, positions: Some(&positions), mask, logits: LogitsRows::All }], false).unwrap();
+    spec.keep_rows(prompt.len(), &[0, 1, 3]).unwrap();
+    assert_eq!(spec.len(), prompt.len() + 3);
+    let after_spec = dm.forward(&mut [CudaSeqInput { seq: &mut spec, tokens: &next, positions: None, mask: AttnMask::Causal, logits: LogitsRows::All }], false).unwrap();
+
+    let mut plain = dm.new_seq();
+    let path: Vec<u32> = prompt.iter().copied().chain([tree_tokens[0], tree_tokens[1], tree_tokens[3]]).collect();
+    dm.forward(&mut [CudaSeqInput { seq: &mut plain, tokens: &path, positions: None, mask: AttnMask::Causal, logits: LogitsRows::None }], false).unwrap();
+    let after_plain = dm.forward(&mut [CudaSeqInput { seq: &mut plain, tokens: &next, positions: None, mask: AttnMask::Causal, logits: LogitsRows::All }], false).unwrap();
+    assert_eq!(after_spec[0].logits, after_plain[0].logits);
+    assert!(spec.keep_rows(prompt.len(), &[1, 0]).is_err(), "rows must be increasing");
+}
+
+#[test]
+fn the_kv_pool_is_bounded_and_pages_come_back() {
+    let model = random_model(config(Arch::Llama, RopeStyle::HalfSplit, false), 17);
+    // 64 tokens: four pages.
+    let dm = CudaModel::from_model(&model, Arc::new(InterpDevice::new(64 << 20)), 64).unwrap();
+    let free = dm.pool.free_pages();
+    assert_eq!(free, 4);
+    let toks: Vec<u32> = (0..50).collect();
+    let mut a = dm.new_seq();
+    dm.forward(&mut [CudaSeqInput { seq: &mut a, tokens: &toks, positions: None, mask: AttnMask::Causal, logits: LogitsRows::None }], false).unwrap();
+    assert_eq!(dm.pool.free_pages(), 0);
+    let mut b = dm.new_seq();
+    let err = dm.forward(&mut [CudaSeqInput { seq: &mut b, tokens: &toks[..20], positions: None, mask: AttnMask::Causal, logits: LogitsRows::None }], false).unwrap_err();
+    assert_eq!(err.error_type(), "kv_cache_full", "{err}");
+    a.truncate(17);
+    assert_eq!(dm.pool.free_pages(), 2);
+    drop(a);
+    assert_eq!(dm.pool.free_pages(), 4);
+    // A device too small for the weights says what it needed.
+    let err = CudaModel::from_model(&model, Arc::new(InterpDevice::new(10_000)), 64).err().unwrap();
+    assert!(err.to_string().contains("out of device memory"), "{err}");
+    // Bad input is refused before anything runs.
+    let mut c = dm.new_seq();
+    let bad = dm.forward(&mut [CudaSeqInput { seq: &mut c, tokens: &[300], positions: None, mask: AttnMask::Causal, logits: LogitsRows::None }], false);
+    assert_eq!(bad.unwrap_err().error_type(), "invalid_input");
+    assert_eq!(c.len(), 0);
+}
