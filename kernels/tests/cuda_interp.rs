@@ -326,8 +326,9 @@ impl Paged {
         let col = |f: fn(&reference::AttnRow) -> i32| rows.iter().map(f).collect::<Vec<i32>>();
         let (seq, dense, base) = (col(|r| r.seq), col(|r| r.dense_len), col(|r| r.tree_base));
         let mask: Vec<u64> = rows.iter().map(|r| r.tree_mask).collect();
+        // The interpreted kernel itself, not its host twin.
         unsafe {
-            interp::launch(
+            interp::launch_as(
                 "attention_paged",
                 LaunchConfig { grid: (rows.len() as u32, g.n_heads as u32, 1), block: (32, 1, 1), shared_bytes: 0 },
                 &[
@@ -349,6 +350,7 @@ impl Paged {
                     A::I32(g.head_dim as i32),
                     A::F32(scale),
                 ],
+                false,
             )
             .unwrap();
         }
@@ -498,11 +500,13 @@ fn linear_launch(x: &[f32], w: &[bf16], bias: Option<&[f32]>, rows: usize, n: us
     let mut y = vec![f32::NAN; rows * n];
     let cfg = LaunchConfig { grid: (n.div_ceil(warps as usize) as u32, rows.div_ceil(8) as u32, 1), block: (32 * warps, 1, 1), shared_bytes: 0 };
     let b = bias.map_or(std::ptr::null(), |b| b.as_ptr());
+    // The interpreted kernel itself, not its host twin.
     unsafe {
-        interp::launch(
+        interp::launch_as(
             "linear_bf16",
             cfg,
             &[A::ptr(x.as_ptr()), A::ptr(w.as_ptr()), A::ptr(b), A::ptr(y.as_mut_ptr()), A::I32(rows as i32), A::I32(n as i32), A::I32(k as i32)],
+            false,
         )
         .unwrap();
     }
@@ -525,5 +529,54 @@ fn linear_matches_reference_and_a_row_is_the_same_bits_in_any_batch() {
             let alone = linear_launch(&x[row * k..][..k], &w, bias, 1, n, k, 1);
             assert_eq!(alone[..], y[row * n..][..n], "row {row} of {rows}");
         }
+    }
+}
+
+/// The host twins (interp/twins.cpp) give exactly the bits of the kernels
+/// they stand in for.
+#[test]
+fn host_twins_give_the_interpreted_kernels_bits() {
+    assert!(interp::has_twin("linear_bf16") && interp::has_twin("attention_paged") && !interp::has_twin("rms_norm"));
+    let mut r = StdRng::seed_from_u64(12);
+    for &(rows, n, k, with_bias) in &[(1, 33, 64, false), (13, 70, 200, true), (9, 5, 576, true)] {
+        let x = randv(&mut r, rows * k, 2.0);
+        let w: Vec<bf16> = randv(&mut r, n * k, 0.5).into_iter().map(bf16::from_f32).collect();
+        let b = randv(&mut r, n, 1.0);
+        let bias = if with_bias { b.as_ptr() } else { std::ptr::null() };
+        let run = |twin: bool| {
+            let mut y = vec![f32::NAN; rows * n];
+            let cfg = LaunchConfig { grid: (n.div_ceil(4) as u32, rows.div_ceil(8) as u32, 1), block: (128, 1, 1), shared_bytes: 0 };
+            unsafe {
+                interp::launch_as("linear_bf16", cfg, &[A::ptr(x.as_ptr()), A::ptr(w.as_ptr()), A::ptr(bias), A::ptr(y.as_mut_ptr()), A::I32(rows as i32), A::I32(n as i32), A::I32(k as i32)], twin)
+                    .unwrap();
+            }
+            y
+        };
+        assert_eq!(run(true), run(false), "linear_bf16 twin, {rows}x{n}x{k}");
+    }
+    for &(n_heads, n_kv_heads, head_dim) in &[(6, 2, 64), (3, 1, 48), (2, 2, 256)] {
+        let g = reference::PagedGeometry { page_size: 16, max_pages: 8, num_pages: 40, n_heads, n_kv_heads, head_dim };
+        let cache = Paged::new(&mut r, 4, g);
+        let mut rows: Vec<reference::AttnRow> = (0..9).map(|i| reference::AttnRow { seq: 0, dense_len: i + 1, tree_base: 0, tree_mask: 0 }).collect();
+        rows.extend(random_tree(&mut r, 20).into_iter().map(|m| reference::AttnRow { seq: 1, dense_len: 37, tree_base: 37, tree_mask: m }));
+        rows.push(reference::AttnRow { seq: 2, dense_len: 0, tree_base: 0, tree_mask: 0 });
+        let q = randv(&mut r, rows.len() * n_heads * head_dim, 1.0);
+        let run = |twin: bool| {
+            let mut out = vec![f32::NAN; rows.len() * n_heads * head_dim];
+            let col = |f: fn(&reference::AttnRow) -> i32| rows.iter().map(f).collect::<Vec<i32>>();
+            let (seq, dense, base) = (col(|r| r.seq), col(|r| r.dense_len), col(|r| r.tree_base));
+            let mask: Vec<u64> = rows.iter().map(|r| r.tree_mask).collect();
+            let cfg = LaunchConfig { grid: (rows.len() as u32, n_heads as u32, 1), block: (32, 1, 1), shared_bytes: 0 };
+            let args = [
+                A::ptr(q.as_ptr()), A::ptr(cache.k.as_ptr()), A::ptr(cache.v.as_ptr()), A::ptr(out.as_mut_ptr()),
+                A::ptr(seq.as_ptr()), A::ptr(dense.as_ptr()), A::ptr(base.as_ptr()), A::ptr(mask.as_ptr()), A::ptr(cache.table.as_ptr()),
+                A::I32(g.max_pages as i32), A::I32(g.page_size as i32), A::I32(g.num_pages as i32), A::I32(rows.len() as i32),
+                A::I32(n_heads as i32), A::I32(n_kv_heads as i32), A::I32(head_dim as i32), A::F32(0.1),
+            ];
+            unsafe { interp::launch_as("attention_paged", cfg, &args, twin).unwrap() };
+            out
+        };
+        let (a, b) = (run(true), run(false));
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "attention_paged twin, heads {n_heads}/{n_kv_heads} x {head_dim}");
     }
 }

@@ -21,6 +21,7 @@ pub(crate) struct KernelEntry {
 include!(concat!(env!("OUT_DIR"), "/interp_table.rs"));
 
 unsafe extern "C" {
+    fn aerie_interp_twin(name: *const std::ffi::c_char) -> Option<unsafe extern "C" fn(*mut *mut c_void)>;
     fn aerie_interp_launch(
         body: unsafe extern "C" fn(*mut *mut c_void),
         params: *mut *mut c_void,
@@ -141,6 +142,31 @@ pub fn param_sizes(name: &str) -> Result<Vec<u8>, InterpError> {
 /// kernel makes with this configuration and these arguments, with no other
 /// live reference to what it writes.
 pub unsafe fn launch(name: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<(), InterpError> {
+    // SAFETY: forwarded.
+    unsafe { launch_as(name, cfg, args, twins_enabled()) }
+}
+
+/// Whether launches of kernels that have a host twin (`interp/twins.cpp`:
+/// linear_bf16, attention_paged) run the twin, which gives the kernel's bits
+/// without its fiber switches. On unless `AERIE_CUDA_INTERPRET_TWINS=0`.
+pub fn twins_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("AERIE_CUDA_INTERPRET_TWINS").map_or(true, |v| v != "0"))
+}
+
+/// Whether kernel `name` has a host twin.
+pub fn has_twin(name: &str) -> bool {
+    let c = std::ffi::CString::new(name).unwrap_or_default();
+    // SAFETY: a NUL-terminated name; the lookup only compares strings.
+    unsafe { aerie_interp_twin(c.as_ptr()) }.is_some()
+}
+
+/// [`launch`], choosing explicitly between the interpreted kernel
+/// (`twin = false`) and its host twin where it has one.
+///
+/// # Safety
+/// As [`launch`].
+pub unsafe fn launch_as(name: &str, cfg: LaunchConfig, args: &[KernelArg], twin: bool) -> Result<(), InterpError> {
     let k = find(name)?;
     let sizes = param_sizes(name)?;
     if sizes.len() != args.len() {
@@ -155,6 +181,19 @@ pub unsafe fn launch(name: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Resul
     let mut params: Vec<*mut c_void> = words.iter_mut().map(|w| (w as *mut u64).cast()).collect();
     let grid = [cfg.grid.0, cfg.grid.1, cfg.grid.2];
     let block = [cfg.block.0, cfg.block.1, cfg.block.2];
+    // A twin computes the whole problem its arguments describe, as a
+    // covering grid of the kernel would; invalid configurations still go to
+    // the launcher below, which refuses them.
+    let threads = cfg.block.0 as u64 * cfg.block.1 as u64 * cfg.block.2 as u64;
+    let cfg_ok = (1..=1024).contains(&threads) && cfg.grid.0 > 0 && cfg.grid.1 > 0 && cfg.grid.2 > 0;
+    if twin && cfg_ok {
+        let c = std::ffi::CString::new(name).unwrap_or_default();
+        // SAFETY: as below; a twin reads the same parameters as its kernel.
+        if let Some(body) = unsafe { aerie_interp_twin(c.as_ptr()) } {
+            unsafe { body(params.as_mut_ptr()) };
+            return Ok(());
+        }
+    }
     // SAFETY: `params` holds one pointer per parameter to a value of the
     // checked width; the caller vouches for the pointers inside them.
     let rc = unsafe { aerie_interp_launch(k.body, params.as_mut_ptr(), grid.as_ptr(), block.as_ptr(), cfg.shared_bytes) };
