@@ -181,7 +181,7 @@ fn written_checkpoint_serves_the_trained_computation() {
         let f = Tensor::from_vec(feats.clone(), (n, feats.len() / n), &Device::Cpu).unwrap();
         let want_x = head.forward(&emb, &f).unwrap();
         let want: Vec<f32> = match kind {
-            EagleKind::Eagle => target.lm_head(&want_x.flatten_all().unwrap().to_vec1().unwrap()),
+            EagleKind::Eagle => target.lm_head(&want_x.flatten_all().unwrap().to_vec1().unwrap()).unwrap(),
             // The head's own lm_head; `lm_hot` is not read.
             EagleKind::Eagle3 => head.logits(&want_x, &Tensor::zeros((1, h), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
         };

@@ -5,14 +5,17 @@
 //! accepted path (`keep_rows`) or cuts back to a length (`truncate`).
 
 use crate::config::ModelConfig;
+use crate::cuda::kv::CudaSeq;
 use crate::error::{EngineError, Result};
 
-#[derive(Clone)]
 pub struct KvCache {
     pub(crate) k: Vec<Vec<f32>>,
     pub(crate) v: Vec<Vec<f32>>,
     pub(crate) row: usize,
     len: usize,
+    /// On a model that runs on a CUDA device, the sequence's pages in the
+    /// device's KV pool; the host vectors then stay empty.
+    pub(crate) device: Option<CudaSeq>,
 }
 
 impl KvCache {
@@ -22,16 +25,34 @@ impl KvCache {
             v: vec![Vec::new(); cfg.num_layers],
             row: cfg.num_kv_heads * cfg.head_dim,
             len: 0,
+            device: None,
         }
+    }
+
+    /// A cache whose tokens live in a device's KV pool.
+    pub(crate) fn on_device(cfg: &ModelConfig, seq: CudaSeq) -> Self {
+        KvCache { device: Some(seq), ..KvCache::new(cfg) }
+    }
+
+    /// An independent copy of the cache (on a device: on pages of its own,
+    /// which may not be available).
+    pub fn try_clone(&self) -> Result<KvCache> {
+        Ok(KvCache {
+            k: self.k.clone(),
+            v: self.v.clone(),
+            row: self.row,
+            len: self.len,
+            device: self.device.as_ref().map(CudaSeq::fork).transpose()?,
+        })
     }
 
     /// Tokens held.
     pub fn len(&self) -> usize {
-        self.len
+        self.device.as_ref().map_or(self.len, CudaSeq::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Keys and values of one layer, `len × kv_heads × head_dim` each.
@@ -41,7 +62,9 @@ impl KvCache {
 
     /// Bytes held by keys and values.
     pub fn bytes(&self) -> usize {
-        self.len * self.row * 4 * 2 * self.k.len()
+        // bf16 on a device, f32 on the host.
+        let width = if self.device.is_some() { 2 } else { 4 };
+        self.len() * self.row * width * 2 * self.k.len()
     }
 
     /// Makes room for `n` more tokens and counts them as held; the forward
@@ -57,6 +80,10 @@ impl KvCache {
 
     /// Drops every token at index `n` and beyond.
     pub fn truncate(&mut self, n: usize) {
+        if let Some(d) = &mut self.device {
+            d.truncate(n);
+            return;
+        }
         if n >= self.len {
             return;
         }
@@ -71,6 +98,9 @@ impl KvCache {
     /// (strictly increasing), moved to `start, start+1, …`. This commits the
     /// accepted path of a verified tree.
     pub fn keep_rows(&mut self, start: usize, rows: &[usize]) -> Result<()> {
+        if let Some(d) = &mut self.device {
+            return d.keep_rows(start, rows);
+        }
         let tail = self.len.saturating_sub(start);
         if start > self.len {
             return Err(EngineError::InvalidInput(format!("keep_rows start {start} beyond cache length {}", self.len)));

@@ -8,6 +8,7 @@
 //! requests streams the weights once.
 
 use crate::config::ModelConfig;
+use crate::cuda::{CudaModel, CudaSeqInput};
 use crate::error::{EngineError, Result};
 use crate::kv::KvCache;
 use crate::layers::{self, add_into, norm_rows, AttnPlan, AttnShape, Rope};
@@ -93,16 +94,40 @@ pub struct Model {
     pub weights: ModelWeights,
     pub fingerprint: String,
     rope: Rope,
+    /// Where the forward pass runs when not on the CPU: the weights on a
+    /// CUDA device (a GPU or the interpreter) and its KV pool. Callers do
+    /// not ask; `forward`, `lm_head` and the caches follow it.
+    device: Option<CudaModel>,
 }
 
 impl Model {
     pub fn new(config: ModelConfig, weights: ModelWeights, fingerprint: String) -> Self {
         let rope = Rope::new(&config.inv_freqs(), config.rope_theta, config.rope_style);
-        Model { config, weights, fingerprint, rope }
+        Model { config, weights, fingerprint, rope, device: None }
+    }
+
+    /// The same model with its forward pass on `dev`: weights uploaded as
+    /// bf16 and a KV pool of `max_total_tokens`.
+    pub fn to_device(mut self, dev: std::sync::Arc<dyn aerie_kernels::cuda::device::Device>, max_total_tokens: usize) -> Result<Model> {
+        self.device = Some(CudaModel::from_model(&self, dev, max_total_tokens)?);
+        Ok(self)
+    }
+
+    /// Where the forward pass runs, for logs: "cpu" or the device's name.
+    pub fn device_name(&self) -> String {
+        self.device.as_ref().map_or_else(|| "cpu".to_string(), |d| d.device().name())
+    }
+
+    /// The model on its device, if it runs on one.
+    pub fn cuda(&self) -> Option<&CudaModel> {
+        self.device.as_ref()
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(&self.config)
+        match &self.device {
+            Some(d) => KvCache::on_device(&self.config, d.new_seq()),
+            None => KvCache::new(&self.config),
+        }
     }
 
     /// Embedding rows for `tokens` (`n × hidden`).
@@ -119,14 +144,17 @@ impl Model {
     }
 
     /// Logits of already-normed hidden rows (`rows × hidden` in, `rows × vocab` out).
-    pub fn lm_head(&self, normed: &[f32]) -> Vec<f32> {
+    pub fn lm_head(&self, normed: &[f32]) -> Result<Vec<f32>> {
+        if let Some(d) = &self.device {
+            return d.lm_head(normed);
+        }
         let h = self.config.hidden_size;
         let rows = normed.len() / h;
         let mut out = vec![0.0f32; rows * self.config.vocab_size];
         // 8-bit activations, as llama.cpp rounds them for its Q8_0 output
         // head: the logits then match llama.cpp's bit for bit.
         self.weights.lm_head().matmul(normed, rows, &mut out);
-        out
+        Ok(out)
     }
 
     fn validate(&self, s: &SeqInput) -> Result<()> {
@@ -164,6 +192,17 @@ impl Model {
         }
         if let Some(&l) = opts.aux_layers.iter().find(|&&l| l >= cfg.num_layers) {
             return Err(EngineError::InvalidInput(format!("aux layer {l} out of {} layers", cfg.num_layers)));
+        }
+        if let Some(d) = &self.device {
+            if !opts.aux_layers.is_empty() {
+                return Err(EngineError::InvalidInput("EAGLE-3 aux-layer features are not yet exported by the CUDA path".into()));
+            }
+            let mut inputs = Vec::with_capacity(batch.len());
+            for s in batch.iter_mut() {
+                let seq = s.cache.device.as_mut().ok_or_else(|| EngineError::InvalidInput("a host KV cache passed to a model on a device".into()))?;
+                inputs.push(CudaSeqInput { seq, tokens: s.tokens, positions: s.positions, mask: s.mask.clone(), logits: s.logits.clone() });
+            }
+            return d.forward(&mut inputs, opts.want_hidden);
         }
         let h = cfg.hidden_size;
         let mut all_tokens = Vec::new();
@@ -218,7 +257,7 @@ impl Model {
             }
             rows_per_seq.push(rows);
         }
-        let logits = self.lm_head(&gathered);
+        let logits = self.lm_head(&gathered)?;
         let vocab = cfg.vocab_size;
         let mut outs = Vec::with_capacity(batch.len());
         let mut lo = 0;

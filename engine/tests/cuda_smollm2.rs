@@ -99,8 +99,8 @@ fn a_16_node_tree_on_smollm2_equals_each_path_decoded_alone() {
             path.push(p);
         }
         path.reverse();
-        let mut alone = dm.new_seq();
-        dm.forward(&mut [CudaSeqInput { seq: &mut alone, tokens: &prompt, positions: None, mask: AttnMask::Causal, logits: LogitsRows::None }], false).unwrap();
+        // The prompt prefilled once, copied onto fresh pages for each path.
+        let mut alone = base.fork().unwrap();
         let mut last = Vec::new();
         for &node in &path {
             last = dm

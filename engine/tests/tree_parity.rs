@@ -40,7 +40,7 @@ fn tree_forward_matches_paths_and_keep_rows_matches_path_cache() {
     let tokens: Vec<u32> = (0..n).map(|_| rng.gen_range(0..vocab as u32)).collect();
     let positions: Vec<u32> = depth.iter().map(|&d| (prefix.len() + d) as u32).collect();
 
-    let mut tree_cache = base.clone();
+    let mut tree_cache = base.try_clone().unwrap();
     let tree_logits = run(&mut tree_cache, &tokens, AttnMask::from_parents(&parents).unwrap(), Some(&positions), LogitsRows::All);
     assert_eq!(tree_cache.len(), prefix.len() + n);
 
@@ -56,7 +56,7 @@ fn tree_forward_matches_paths_and_keep_rows_matches_path_cache() {
     let mut worst = 0.0f32;
     for i in 0..n {
         let path = path_of(i);
-        let mut c = base.clone();
+        let mut c = base.try_clone().unwrap();
         let mut last = Vec::new();
         for &node in &path {
             last = run(&mut c, &[tokens[node]], AttnMask::Causal, None, LogitsRows::Last);
@@ -78,7 +78,7 @@ fn tree_forward_matches_paths_and_keep_rows_matches_path_cache() {
     // The path decoded one token at a time: a causal batch would be a
     // prompt, which sums attention in llama.cpp's prompt order (an ulp
     // apart), while tree nodes take the one-token order.
-    let mut seq_cache = base.clone();
+    let mut seq_cache = base.try_clone().unwrap();
     for &i in &path {
         run(&mut seq_cache, &[tokens[i]], AttnMask::Causal, None, LogitsRows::None);
     }

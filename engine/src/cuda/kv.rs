@@ -45,6 +45,27 @@ impl KvPool {
     pub fn slots(&self) -> usize {
         self.num_pages * PAGE_SIZE
     }
+
+    /// Copies slot `src` to slot `dst` in every layer, pair after pair.
+    fn move_slots(&self, moves: &[(i32, i32)]) -> Result<()> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let src = self.dev.upload_slice(&moves.iter().map(|m| m.0).collect::<Vec<i32>>())?;
+        let dst = self.dev.upload_slice(&moves.iter().map(|m| m.1).collect::<Vec<i32>>())?;
+        for (k, v) in self.k.iter().zip(&self.v) {
+            // SAFETY: kv_move skips slots outside the pool; both lists hold
+            // moves.len() entries.
+            unsafe {
+                self.dev.launch(
+                    "kv_move",
+                    LaunchConfig::linear(1, 128),
+                    &[k.arg(), v.arg(), src.arg(), dst.arg(), A::I32(moves.len() as i32), A::I32(self.kv_width as i32), A::I32(self.slots() as i32)],
+                )?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One sequence's pages and length. Dropping it returns its pages.
@@ -93,6 +114,17 @@ impl CudaSeq {
         self.len = len;
     }
 
+    /// A second sequence holding a copy of this one's tokens, on pages of
+    /// its own.
+    pub fn fork(&self) -> Result<CudaSeq> {
+        let mut other = CudaSeq::new(&self.pool);
+        other.reserve(self.len)?;
+        let moves: Vec<(i32, i32)> = (0..self.len).map(|p| (self.slot(p), other.slot(p))).collect();
+        self.pool.move_slots(&moves)?;
+        other.len = self.len;
+        Ok(other)
+    }
+
     /// Keeps the first `n` tokens and returns the pages past them.
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);
@@ -115,29 +147,7 @@ impl CudaSeq {
             .filter(|&(j, &r)| r != j)
             .map(|(j, &r)| (self.slot(start + r), self.slot(start + j)))
             .collect();
-        if !moves.is_empty() {
-            let dev = &self.pool.dev;
-            let src = dev.upload_slice(&moves.iter().map(|m| m.0).collect::<Vec<i32>>())?;
-            let dst = dev.upload_slice(&moves.iter().map(|m| m.1).collect::<Vec<i32>>())?;
-            for (k, v) in self.pool.k.iter().zip(&self.pool.v) {
-                // SAFETY: every slot lies on a page of this sequence, inside the pool.
-                unsafe {
-                    dev.launch(
-                        "kv_move",
-                        LaunchConfig::linear(1, 128),
-                        &[
-                            k.arg(),
-                            v.arg(),
-                            src.arg(),
-                            dst.arg(),
-                            A::I32(moves.len() as i32),
-                            A::I32(self.pool.kv_width as i32),
-                            A::I32(self.pool.slots() as i32),
-                        ],
-                    )?;
-                }
-            }
-        }
+        self.pool.move_slots(&moves)?;
         self.truncate(start + rows.len());
         Ok(())
     }

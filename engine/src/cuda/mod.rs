@@ -221,6 +221,19 @@ impl CudaModel {
         Ok(())
     }
 
+    /// Logits of normed hidden rows (`rows × hidden` in, `rows × vocab` out).
+    pub fn lm_head(&self, normed: &[f32]) -> Result<Vec<f32>> {
+        let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        let rows = normed.len() / h;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let x = self.dev.upload_slice(normed)?;
+        let logits = self.dev.alloc(rows * vocab * 4)?;
+        self.linear(&x, (self.lm_head.as_ref().unwrap_or(&self.embed), 0), None, &logits, rows, vocab, h)?;
+        Ok(self.dev.download_vec(&logits, 0, rows * vocab)?)
+    }
+
     /// Runs the batch, appending every new token to its sequence's cache.
     /// Returns, per sequence, the logits of the requested rows and, with
     /// `want_hidden`, the final normed hidden state of every new token.

@@ -263,11 +263,19 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
         let t = Instant::now();
         let mut logits = PathLogits::new(model, tree, &out.hidden);
         let acc: Accepted = if s.sampling.is_greedy() {
-            greedy_verify_lazy(tree, &mut |i| ops::argmax(&logits.row(i)).0 as u32)
+            greedy_verify_lazy(tree, &mut |i| logits.row(i).map_or(0, |l| ops::argmax(&l).0 as u32))
         } else {
             let params = s.sampling.clone();
-            sample_verify(tree, &mut |i| target_probs(&logits.row(i), &params), &mut s.sampler)
+            // After an error any well-formed distribution keeps verification
+            // going; its result is discarded below.
+            let vocab = model.config.vocab_size;
+            let uniform = || vec![1.0 / vocab as f32; vocab];
+            sample_verify(tree, &mut |i| logits.row(i).map_or_else(|_| uniform(), |l| target_probs(&l, &params)), &mut s.sampler)
         };
+        // A failed lm_head (a device error) voids the round's result.
+        if let Some(e) = logits.error.take() {
+            return Err(e);
+        }
         s.spec.verify_ms += verify_ms + t.elapsed().as_secs_f64() * 1e3;
         s.spec.spec_verify_ct += 1;
         s.spec.spec_num_proposed_drafts += tree.max_depth();
@@ -352,17 +360,23 @@ struct PathLogits<'a> {
     hidden: &'a [f32],
     children: Vec<Vec<usize>>,
     done: Vec<Option<Vec<f32>>>,
+    /// The first lm_head error; verification's callbacks cannot return one.
+    error: Option<EngineError>,
 }
 
 impl<'a> PathLogits<'a> {
     fn new(model: &'a Model, tree: &DraftTree, hidden: &'a [f32]) -> Self {
-        PathLogits { model, hidden, children: tree.children(), done: vec![None; tree.len()] }
+        PathLogits { model, hidden, children: tree.children(), done: vec![None; tree.len()], error: None }
     }
 
-    /// The logits after node `i` (each node is asked for at most once).
-    fn row(&mut self, i: usize) -> Vec<f32> {
+    /// The logits after node `i` (each node is asked for at most once). An
+    /// error is also kept in `self.error`.
+    fn row(&mut self, i: usize) -> std::result::Result<Vec<f32>, ()> {
         if let Some(l) = self.done[i].take() {
-            return l;
+            return Ok(l);
+        }
+        if self.error.is_some() {
+            return Err(());
         }
         let h = self.model.config.hidden_size;
         let mut rows = vec![i];
@@ -370,12 +384,18 @@ impl<'a> PathLogits<'a> {
             rows.extend(&self.children[i]);
         }
         let x: Vec<f32> = rows.iter().flat_map(|&r| self.hidden[r * h..(r + 1) * h].iter().copied()).collect();
-        let mut all = self.model.lm_head(&x);
+        let mut all = match self.model.lm_head(&x) {
+            Ok(a) => a,
+            Err(e) => {
+                self.error = Some(e);
+                return Err(());
+            }
+        };
         let v = all.len() / rows.len();
         for (j, &r) in rows.iter().enumerate().skip(1) {
             self.done[r] = Some(all[j * v..(j + 1) * v].to_vec());
         }
         all.truncate(v);
-        all
+        Ok(all)
     }
 }

@@ -31,11 +31,13 @@ void twin_linear_bf16(const float* x, const unsigned short* w, const float* bias
         float b = bias ? bias[c] : 0.f;
         for (int r = 0; r < rows; ++r) {
             const float* xr = x + (size_t)r * k;
-            for (int lane = 0; lane < 32; ++lane) {
-                float acc = 0.f;
-                for (int kk = lane; kk < k; kk += 32) acc += xr[kk] * bf16_to_f32(wr[kk]);
-                part[lane] = acc;
-            }
+            // Lane l sums k-indices l, l + 32, ... in order: the 32 lanes
+            // advance together over contiguous chunks (which vectorizes).
+            for (int lane = 0; lane < 32; ++lane) part[lane] = 0.f;
+            int full = k / 32 * 32;
+            for (int base = 0; base < full; base += 32)
+                for (int lane = 0; lane < 32; ++lane) part[lane] += xr[base + lane] * bf16_to_f32(wr[base + lane]);
+            for (int lane = 0; full + lane < k; ++lane) part[lane] += xr[full + lane] * bf16_to_f32(wr[full + lane]);
             y[(size_t)r * n + c] = butterfly(part) + b;
         }
     }
