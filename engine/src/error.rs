@@ -28,7 +28,7 @@ pub enum EngineError {
     InvalidInput(String),
     #[error("context length exceeded: {needed} tokens needed, model allows {limit}")]
     ContextLength { needed: usize, limit: usize },
-    #[error("device: {0}")]
+    #[error(transparent)]
     Device(#[from] aerie_kernels::cuda::device::DeviceError),
     #[error("KV cache full: {needed} more pages needed, {free} free")]
     KvCacheFull { needed: usize, free: usize },

@@ -43,6 +43,11 @@ pub struct GenerateArgs {
     /// Weight precision: `auto` keeps the file's quantization, `f32` dequantizes at load.
     #[arg(long, default_value = "auto")]
     pub dtype: DType,
+    /// `cpu`, or `cuda[:N]`: the forward pass on a CUDA device (bf16 weights,
+    /// paged bf16 KV). With AERIE_CUDA_INTERPRET=1 that device is the
+    /// interpreter, which runs the CUDA kernels on the CPU (slow; for tests).
+    #[arg(long, default_value = "cpu")]
+    pub device: aerie_engine::cuda::select::DeviceSpec,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -62,7 +67,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give --prompt or --prompt-file"),
     };
     let t_load = Instant::now();
-    let engine = Engine::load(&a.model, a.dtype).with_context(|| format!("loading model `{}`", a.model))?;
+    // The device first: no driver is an error before minutes of loading.
+    let device = aerie_engine::cuda::select::open_device(a.device)?;
+    let mut engine = Engine::load(&a.model, a.dtype).with_context(|| format!("loading model `{}`", a.model))?;
+    if let Some(dev) = device {
+        let model = std::sync::Arc::try_unwrap(engine.model).map_err(|_| anyhow::anyhow!("the model is shared"))?;
+        // Room for the prompt (no more tokens than bytes, plus the chat
+        // template's), the answer, and a verified tree past its end.
+        let prompt_bound = prompt.len() + a.system.as_ref().map_or(0, String::len) + 256;
+        let tokens = model.config.max_position_embeddings.min(prompt_bound + a.max_tokens + 256);
+        engine.model = std::sync::Arc::new(model.to_device(dev, tokens)?);
+    }
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let prompt_ids = if a.raw {
         engine.raw_prompt_ids(&prompt)?

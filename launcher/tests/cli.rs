@@ -257,3 +257,38 @@ fn train_eagle_through_a_pipe_reports_progress_and_writes_a_usable_head() {
     assert_eq!(spec["token_ids"], plain["token_ids"]);
     assert!(spec["stats"]["spec_verify_ct"].as_u64().unwrap() > 0, "{}", spec["stats"]);
 }
+
+/// `--device cuda` on a machine without an NVIDIA driver is one line on
+/// stderr and a non-zero exit, before any loading; with
+/// AERIE_CUDA_INTERPRET=1 the same command runs the CUDA path on the CPU,
+/// and speculation there emits the CUDA path's plain greedy tokens.
+#[test]
+fn generate_on_the_cuda_device() {
+    let m = model_path();
+    let has_driver = ["/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/lib64/libcuda.so.1"].iter().any(|p| Path::new(p).exists());
+    if !has_driver {
+        let out = Command::new(env!("CARGO_BIN_EXE_aerie"))
+            .args(["generate", "--model", m.to_str().unwrap(), "--prompt", "hi", "--device", "cuda"])
+            .env_remove("AERIE_CUDA_INTERPRET")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+        assert!(err.contains("no NVIDIA driver") && err.contains("AERIE_CUDA_INTERPRET=1"), "{err}");
+    }
+    let bad = aerie(&["generate", "--model", m.to_str().unwrap(), "--prompt", "hi", "--device", "cuda:x"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown device"));
+
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", m.to_str().unwrap(), "--prompt", "Count from 1 to 10.", "--max-tokens", "10", "--json", "--device", "cuda"];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_aerie")).args(&args).env("AERIE_CUDA_INTERPRET", "1").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let plain = run(&[]);
+    let spec = run(&["--speculative-algorithm", "NGRAM"]);
+    assert_eq!(plain["token_ids"].as_array().unwrap().len(), 10);
+    assert_eq!(plain["token_ids"], spec["token_ids"]);
+}

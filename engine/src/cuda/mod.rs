@@ -11,6 +11,7 @@
 //! token by token, bit for bit: speculation stays lossless on this path.
 
 pub mod kv;
+pub mod select;
 
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};

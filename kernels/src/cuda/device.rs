@@ -21,6 +21,8 @@ pub enum DeviceError {
     Launch(#[from] InterpError),
     #[error("CUDA driver: {0}")]
     Driver(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl DeviceError {
@@ -30,6 +32,7 @@ impl DeviceError {
             DeviceError::OutOfRange { .. } => "out_of_range",
             DeviceError::Launch(e) => e.error_type(),
             DeviceError::Driver(_) => "driver",
+            DeviceError::Unavailable(_) => "device_unavailable",
         }
     }
 }
