@@ -7,6 +7,15 @@
 //! below the `ring_consumed` offset each proposal reports. A session holds
 //! one proposer per sequence, built from the worker's single loaded drafter.
 //!
+//! Bounds. A worker holds at most `max_sessions` sessions and each at most
+//! `max_sequences_per_session` sequences; past either cap the least
+//! recently used one is evicted (a session, preferring one with no
+//! sequences; a sequence, with an error so its target stops speculating on
+//! it). A session with no sequences and no message for `idle_timeout` is
+//! closed. An evicted or closed session ends its response stream, and the
+//! target opens a new one when it next needs it. Both are counted in
+//! `aerie_draft_evictions_total{reason}`.
+//!
 //! Nothing from the wire is trusted: token ids are checked against the
 //! vocabulary, feature blocks against the shape the drafter needs and (for
 //! the ring) against bounds and checksum. A bad message fails its sequence
@@ -22,25 +31,65 @@ use aerie_proto::v1::session_request::Msg;
 use aerie_proto::v1::session_response::Msg as Out;
 use aerie_proto::v1::{
     DraftInfo, FeaturePayload, HealthRequest, HealthResponse, InfoRequest, Proposal, SessionError,
-    SessionRequest, SessionResponse,
+    SessionReady, SessionRequest, SessionResponse,
 };
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
+
+/// How many sessions and sequences a draft worker keeps, and for how long.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Sessions held at once (`--max-sessions`). Default 64.
+    pub max_sessions: usize,
+    /// Sequences per session (`--max-sequences-per-session`). Default 256.
+    pub max_sequences_per_session: usize,
+    /// A session with no sequences and no traffic this long is closed
+    /// (`--session-idle-timeout-secs`). Default 300 s.
+    pub idle_timeout: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits { max_sessions: 64, max_sequences_per_session: 256, idle_timeout: Duration::from_secs(300) }
+    }
+}
+
+/// What the registry knows about a running session.
+struct SessionSlot {
+    id: u64,
+    /// Milliseconds since the server started, at the last message.
+    last_active: Arc<AtomicU64>,
+    sequences: Arc<AtomicUsize>,
+    /// Set to make the session end at its next poll.
+    evict: Arc<AtomicBool>,
+}
+
+/// How often a session thread looks at its eviction flag and idle time.
+const POLL: Duration = Duration::from_millis(200);
 
 /// The draft worker's gRPC service.
 pub struct DraftServer {
     factory: Arc<ProposerFactory>,
     target: Arc<Model>,
     info: DraftInfo,
+    limits: SessionLimits,
+    sessions: Arc<Mutex<Vec<SessionSlot>>>,
+    next_session: AtomicU64,
+    started: Instant,
 }
 
 impl DraftServer {
     pub fn new(factory: ProposerFactory, target: Arc<Model>, draft_model: String) -> DraftServer {
+        Self::with_limits(factory, target, draft_model, SessionLimits::default())
+    }
+
+    pub fn with_limits(factory: ProposerFactory, target: Arc<Model>, draft_model: String, limits: SessionLimits) -> DraftServer {
         let probe = factory.proposer();
         let info = DraftInfo {
             kind: probe.name().to_string(),
@@ -53,7 +102,33 @@ impl DraftServer {
             factory: Arc::new(factory),
             target,
             info,
+            limits,
+            sessions: Arc::new(Mutex::new(Vec::new())),
+            next_session: AtomicU64::new(1),
+            started: Instant::now(),
         }
+    }
+
+    /// Registers a new session, evicting the least recently used one when
+    /// the worker is full (one with no sequences first).
+    fn register(&self) -> SessionSlot {
+        let mut reg = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        while reg.len() >= self.limits.max_sessions.max(1) {
+            let victim = (0..reg.len())
+                .min_by_key(|&i| (reg[i].sequences.load(Ordering::Acquire) > 0, reg[i].last_active.load(Ordering::Acquire)))
+                .expect("non-empty");
+            let v = reg.swap_remove(victim);
+            v.evict.store(true, Ordering::Release);
+            metrics::counter!(m::DRAFT_EVICTIONS, "reason" => "session_cap").increment(1);
+        }
+        let slot = SessionSlot {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            last_active: Arc::new(AtomicU64::new(self.started.elapsed().as_millis() as u64)),
+            sequences: Arc::new(AtomicUsize::new(0)),
+            evict: Arc::new(AtomicBool::new(false)),
+        };
+        reg.push(SessionSlot { id: slot.id, last_active: slot.last_active.clone(), sequences: slot.sequences.clone(), evict: slot.evict.clone() });
+        slot
     }
 
     pub fn info(&self) -> &DraftInfo {
@@ -91,6 +166,7 @@ impl DraftService for DraftServer {
                 }
             }
         });
+        let slot = self.register();
         let session = Session {
             factory: self.factory.clone(),
             target: self.target.clone(),
@@ -98,6 +174,10 @@ impl DraftService for DraftServer {
             receiver: FeatureReceiver::inline_only(),
             seqs: HashMap::new(),
             out: out_tx,
+            limits: self.limits.clone(),
+            registry: self.sessions.clone(),
+            slot,
+            started: self.started,
         };
         std::thread::Builder::new()
             .name("aerie-draft-session".into())
@@ -122,20 +202,49 @@ impl From<aerie_engine::EngineError> for SeqError {
     }
 }
 
+/// One sequence's drafter and when it was last used.
+struct Seq {
+    prop: Box<dyn Proposer>,
+    last_used: Instant,
+}
+
 struct Session {
     factory: Arc<ProposerFactory>,
     target: Arc<Model>,
     expected: FeatureKind,
     receiver: FeatureReceiver,
-    seqs: HashMap<u64, Box<dyn Proposer>>,
+    seqs: HashMap<u64, Seq>,
     out: UnboundedSender<Result<SessionResponse, Status>>,
+    limits: SessionLimits,
+    registry: Arc<Mutex<Vec<SessionSlot>>>,
+    slot: SessionSlot,
+    started: Instant,
 }
 
 impl Session {
     fn run(mut self, inbound: std::sync::mpsc::Receiver<SessionRequest>) {
         metrics::gauge!(m::DRAFT_SESSIONS).increment(1.0);
         let mut opened = false;
-        for req in inbound {
+        let mut last_msg = Instant::now();
+        loop {
+            if self.slot.evict.load(Ordering::Acquire) {
+                self.error(0, "session_evicted", "the draft worker holds too many sessions; this least recently used one was closed".into());
+                break;
+            }
+            let req = match inbound.recv_timeout(POLL) {
+                Ok(r) => r,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if self.seqs.is_empty() && last_msg.elapsed() >= self.limits.idle_timeout {
+                        metrics::counter!(m::DRAFT_EVICTIONS, "reason" => "idle").increment(1);
+                        self.error(0, "session_idle", format!("no sequences and no messages for {:?}; session closed", self.limits.idle_timeout));
+                        break;
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            last_msg = Instant::now();
+            self.slot.last_active.store(self.started.elapsed().as_millis() as u64, Ordering::Release);
             let msg = match req.msg {
                 Some(m) => m,
                 None => {
@@ -162,7 +271,10 @@ impl Session {
                             std::path::Path::new(&o.shm_path),
                             o.shm_capacity,
                         ) {
-                            Ok(r) => self.receiver = r,
+                            Ok(r) => {
+                                self.receiver = r;
+                                metrics::gauge!(m::DRAFT_SHM_BYTES).increment(self.receiver.ring_bytes() as f64);
+                            }
                             Err(e) => {
                                 self.error(0, e.error_type(), e.to_string());
                                 break;
@@ -170,6 +282,8 @@ impl Session {
                         }
                     }
                     opened = true;
+                    let ready = SessionReady { ring_mapped: self.receiver.has_ring() };
+                    let _ = self.out.send(Ok(SessionResponse { msg: Some(Out::Ready(ready)) }));
                 }
                 _ if !opened => {
                     self.error(
@@ -191,15 +305,31 @@ impl Session {
                     let r = self.propose(p.seq_id, p.max_depth as usize);
                     self.report(p.seq_id, r);
                 }
-                Msg::Release(r) => {
-                    if self.seqs.remove(&r.seq_id).is_some() {
-                        metrics::gauge!(m::DRAFT_SEQUENCES).decrement(1.0);
-                    }
-                }
+                Msg::Release(r) => self.forget(r.seq_id),
             }
+            self.slot.sequences.store(self.seqs.len(), Ordering::Release);
         }
         metrics::gauge!(m::DRAFT_SEQUENCES).decrement(self.seqs.len() as f64);
         metrics::gauge!(m::DRAFT_SESSIONS).decrement(1.0);
+        metrics::gauge!(m::DRAFT_SHM_BYTES).decrement(self.receiver.ring_bytes() as f64);
+        let id = self.slot.id;
+        self.registry.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| s.id != id);
+    }
+
+    fn forget(&mut self, seq_id: u64) {
+        if self.seqs.remove(&seq_id).is_some() {
+            metrics::gauge!(m::DRAFT_SEQUENCES).decrement(1.0);
+        }
+    }
+
+    /// Makes room for one more sequence by evicting the least recently used.
+    fn make_room(&mut self) {
+        while self.seqs.len() >= self.limits.max_sequences_per_session.max(1) {
+            let Some((&victim, _)) = self.seqs.iter().min_by_key(|(_, s)| s.last_used) else { return };
+            self.forget(victim);
+            metrics::counter!(m::DRAFT_EVICTIONS, "reason" => "sequence_cap").increment(1);
+            self.error(victim, "sequence_evicted", format!("the session holds {} sequences, the most allowed; this least recently used one was dropped", self.limits.max_sequences_per_session));
+        }
     }
 
     fn error(&self, seq_id: u64, error_type: &'static str, message: String) {
@@ -217,9 +347,7 @@ impl Session {
     /// A failed sequence is forgotten: its drafter state is unknown.
     fn report(&mut self, seq_id: u64, r: Result<(), SeqError>) {
         if let Err(SeqError(kind, msg)) = r {
-            if self.seqs.remove(&seq_id).is_some() {
-                metrics::gauge!(m::DRAFT_SEQUENCES).decrement(1.0);
-            }
+            self.forget(seq_id);
             self.error(seq_id, kind, msg);
         }
     }
@@ -285,7 +413,8 @@ impl Session {
         let feats = self.features(p, tokens.len() - 1)?;
         let mut prop = self.factory.proposer();
         prop.begin(tokens, &feats)?;
-        self.seqs.insert(seq_id, prop);
+        self.make_room();
+        self.seqs.insert(seq_id, Seq { prop, last_used: Instant::now() });
         metrics::gauge!(m::DRAFT_SEQUENCES).increment(1.0);
         Ok(())
     }
@@ -307,21 +436,21 @@ impl Session {
         }
         self.check_tokens(tokens)?;
         let feats = self.features(p, tokens.len())?;
-        self.seqs
-            .get_mut(&seq_id)
-            .expect("checked above")
-            .commit(tokens, &feats)?;
+        let seq = self.seqs.get_mut(&seq_id).expect("checked above");
+        seq.last_used = Instant::now();
+        seq.prop.commit(tokens, &feats)?;
         Ok(())
     }
 
     fn propose(&mut self, seq_id: u64, max_depth: usize) -> Result<(), SeqError> {
         let consumed = self.receiver.consumed();
-        let prop = self
+        let seq = self
             .seqs
             .get_mut(&seq_id)
             .ok_or_else(|| SeqError("unknown_sequence", format!("no sequence {seq_id}")))?;
         let t = Instant::now();
-        let tree = prop.propose(max_depth)?;
+        seq.last_used = t;
+        let tree = seq.prop.propose(max_depth)?;
         let took = t.elapsed();
         metrics::histogram!(m::DRAFT_PROPOSE_DURATION).record(took.as_secs_f64());
         let parents = tree

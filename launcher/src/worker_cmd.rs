@@ -11,7 +11,7 @@ use crate::metrics_http;
 use aerie_discovery::{Role, Status};
 use std::sync::atomic::{AtomicBool, Ordering};
 use crate::spec_args::SpecArgs;
-use aerie_draft_worker::service::DraftServer;
+use aerie_draft_worker::service::{DraftServer, SessionLimits};
 use aerie_draft_worker::{ProposerFactory, SpecAlgorithm};
 use aerie_engine::{DType, Engine};
 use aerie_proto::v1::draft_service_server::DraftServiceServer;
@@ -90,6 +90,16 @@ pub struct DraftWorkerArgs {
     /// chain of `aerie serve`, over its 2,048-id hot vocabulary.
     #[command(flatten)]
     pub spec: SpecArgs,
+    /// Sessions (one per target worker) held at once; past it the least
+    /// recently used is closed.
+    #[arg(long, default_value_t = 64)]
+    pub max_sessions: usize,
+    /// Sequences held per session; past it the least recently used is dropped.
+    #[arg(long, default_value_t = 256)]
+    pub max_sequences_per_session: usize,
+    /// A session with no sequences and no messages this long is closed, seconds.
+    #[arg(long, default_value_t = 300)]
+    pub session_idle_timeout_secs: u64,
     #[command(flatten)]
     pub register: RegisterArgs,
 }
@@ -160,6 +170,10 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
         draft_connect_timeout: Duration::from_millis(a.draft_connect_timeout_ms),
         ..TargetConfig::default()
     };
+    // Rings of target workers killed before their drafts mapped them.
+    for p in aerie_proto::transport::sweep_stale_rings(std::path::Path::new("/dev/shm"), Duration::from_secs(10)) {
+        tracing::info!("removed stale shared-memory ring {}", p.display());
+    }
     let handle = metrics_http::install()?;
     let rt = runtime()?;
     rt.block_on(async move {
@@ -223,7 +237,12 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
     rt.block_on(async move {
         let ready = Arc::new(AtomicBool::new(false));
         let (listener, grpc, maddr) = listen(&a.listen, handle, ready.clone()).await?;
-        let server = DraftServer::new(factory, Arc::clone(&engine.model), draft_model);
+        let limits = SessionLimits {
+            max_sessions: a.max_sessions,
+            max_sequences_per_session: a.max_sequences_per_session,
+            idle_timeout: Duration::from_secs(a.session_idle_timeout_secs),
+        };
+        let server = DraftServer::with_limits(factory, Arc::clone(&engine.model), draft_model, limits);
         tracing::info!(kind = %server.info().kind, features = %server.info().features, "draft worker ready");
         let svc = DraftServiceServer::new(server).max_decoding_message_size(MAX_MESSAGE_BYTES);
         ready.store(true, Ordering::Release);
@@ -283,12 +302,45 @@ pub struct RouterArgs {
     /// Tokens hashed by the prefix_affinity policy.
     #[arg(long, default_value_t = 64)]
     pub prefix_tokens: usize,
+    /// Requests in flight per API key (requests without a key share one);
+    /// past it 429 with Retry-After. 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_concurrent_requests_per_key: usize,
+    /// Request line and headers must arrive within this, seconds; an idle
+    /// keep-alive connection is closed after it too.
+    #[arg(long, default_value_t = 30)]
+    pub header_read_timeout_secs: u64,
+    /// A request body must arrive within this, seconds (else 408).
+    #[arg(long, default_value_t = 60)]
+    pub body_read_timeout_secs: u64,
+    /// Open HTTP connections at once; past it new ones are closed at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
     /// Discover workers in etcd (added to any static ones).
     #[command(flatten)]
     pub etcd: EtcdArgs,
 }
 
+/// Makes the allocator hand large blocks back to the system when freed.
+///
+/// Why: glibc raises its mmap threshold to the size of the largest block
+/// freed so far, up to 32 MiB, so after one multi-megabyte request body
+/// every later body of that size comes from heap arenas that are never
+/// returned, and the router's memory stays up after large requests. A
+/// fixed 1 MiB threshold keeps every block that large in its own mapping,
+/// which `free` unmaps.
+fn return_large_blocks_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; called before any
+    // thread of this process allocates large blocks.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
+    }
+}
+
 pub fn run_router(a: RouterArgs) -> Result<()> {
+    return_large_blocks_to_the_system();
     let mut workers = aerie_router::config::WorkerList { targets: a.targets, drafts: a.drafts };
     if let Some(path) = &a.workers_file {
         workers.merge(aerie_router::config::WorkerList::load(path).map_err(anyhow::Error::msg)?);
@@ -315,7 +367,13 @@ pub fn run_router(a: RouterArgs) -> Result<()> {
         api_key: a.api_key,
         max_body_bytes: a.max_body_bytes,
         prefix_tokens: a.prefix_tokens,
+        max_concurrent_requests_per_key: a.max_concurrent_requests_per_key,
+        body_read_timeout: Duration::from_secs(a.body_read_timeout_secs),
         ..Default::default()
+    };
+    let limits = aerie_router::HttpLimits {
+        header_read_timeout: Duration::from_secs(a.header_read_timeout_secs.max(1)),
+        max_connections: a.max_connections,
     };
     let handle = metrics_http::install()?;
     let render: Box<dyn Fn() -> String + Send + Sync> = Box::new(move || handle.render());
@@ -333,7 +391,7 @@ pub fn run_router(a: RouterArgs) -> Result<()> {
         let app = aerie_router::router_app(state);
         announce("router", addr, addr);
         // On SIGTERM: stop accepting, let in-flight responses finish.
-        axum::serve(listener, app).with_graceful_shutdown(termination()).await.context("HTTP server failed")?;
+        aerie_router::http::serve(listener, app, limits, termination()).await.context("HTTP server failed")?;
         Ok(())
     })
 }

@@ -618,6 +618,7 @@ fn draft_worker_rejects_malformed_session_messages_and_stays_up() {
             match tokio::time::timeout(Duration::from_secs(30), out.next()).await.expect("no answer").unwrap().unwrap().msg.unwrap() {
                 Out::Error(e) => errors.push((e.seq_id, e.error_type)),
                 Out::Proposal(p) => break p,
+                Out::Ready(r) => assert!(!r.ring_mapped),
             }
         };
         let kinds: Vec<(u64, &str)> = errors.iter().map(|(s, k)| (*s, k.as_str())).collect();
@@ -626,5 +627,146 @@ fn draft_worker_rejects_malformed_session_messages_and_stays_up() {
         assert_eq!((proposal.seq_id, proposal.tokens[0], proposal.parents[0]), (4, 2, -1));
         let mut c2 = DraftServiceClient::connect(draft.grpc.clone()).await.unwrap();
         c2.health(HealthRequest {}).await.expect("the draft worker went down");
+    });
+}
+
+/// Sends `sig` (`STOP`, `CONT`, `KILL`) to a process.
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// Polls `cond` on the worker's metrics for up to `secs`; the last scrape.
+async fn wait_metrics(p: &Worker, secs: u64, cond: impl Fn(&str) -> bool) -> String {
+    let t = Instant::now();
+    loop {
+        let m = scrape(p).await;
+        if cond(&m) || t.elapsed() > Duration::from_secs(secs) {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn draft_stalls_past_the_timeout_leave_no_sessions_or_sequences_behind() {
+    let _g = serial();
+    const N: u32 = 40;
+    let want = reference(1, N as usize);
+    let draft = draft_worker();
+    let target = target_worker(&["--propose-timeout-ms", "300"]);
+    let pid = draft.proc.child.id();
+    rt().block_on(async {
+        let c = client(&target).await;
+        let (_, fin) = collect(c.clone(), greedy(0, 8, Some(&draft))).await.unwrap();
+        assert!(!fin.draft_fallback);
+        for round in 0..2 {
+            let mut s = c.clone().generate(greedy(1, N, Some(&draft))).await.unwrap().into_inner();
+            let mut got = s.next().await.unwrap().unwrap().token_ids;
+            signal(pid, "STOP");
+            let fin = loop {
+                let m = s.next().await.expect("stream ended early").expect("request failed");
+                got.extend(m.token_ids);
+                if let Some(f) = m.finished {
+                    break f;
+                }
+            };
+            signal(pid, "CONT");
+            assert_eq!(got, want, "round {round}");
+            assert!(fin.draft_fallback, "round {round}: the stall was not noticed");
+        }
+        // Every session the target gave up on is closed on the draft too,
+        // with its sequences and its ring.
+        let released = |m: &str| metric(m, "aerie_draft_sessions ") == 0.0 && metric(m, "aerie_draft_sequences ") == 0.0;
+        let m = wait_metrics(&draft, 10, released).await;
+        assert!(released(&m), "{m}");
+        assert_eq!(metric(&m, "aerie_draft_shm_bytes "), 0.0, "{m}");
+        let t = scrape(&target).await;
+        assert_eq!(metric(&t, "aerie_target_draft_sessions "), 0.0, "{t}");
+        assert_eq!(metric(&t, "aerie_target_draft_sequences "), 0.0, "{t}");
+        // And the pair still speculates afterwards.
+        let (toks, fin) = collect(c.clone(), greedy(1, N, Some(&draft))).await.unwrap();
+        assert_eq!(toks, want);
+        assert!(!fin.draft_fallback);
+    });
+}
+
+/// This process's ring files in `/dev/shm` (the names hold the creator's pid).
+fn rings_of(pid: u32) -> Vec<String> {
+    let prefix = format!("{}{pid}-", aerie_proto::transport::RING_FILE_PREFIX);
+    std::fs::read_dir("/dev/shm")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&prefix)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_target_leaves_nothing_in_dev_shm_and_stale_rings_are_swept() {
+    let _g = serial();
+    // What a target killed before its draft mapped the ring leaves: a ring
+    // file nobody holds the lock of.
+    let stale = std::path::Path::new("/dev/shm").join(format!("{}4000000-0", aerie_proto::transport::RING_FILE_PREFIX));
+    std::fs::write(&stale, [0u8; 4096]).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options().write(true).open(&stale).unwrap().set_modified(old).unwrap();
+    let draft = draft_worker();
+    let mut target = target_worker(&["--feature-transport", "shm"]);
+    assert!(!stale.exists(), "the target's start did not sweep the stale ring");
+    let pid = target.proc.child.id();
+    rt().block_on(async {
+        let c = client(&target).await;
+        let (toks, fin) = collect(c.clone(), greedy(2, 16, Some(&draft))).await.unwrap();
+        assert_eq!(toks, reference(2, 16));
+        assert!(!fin.draft_fallback);
+        let m = scrape(&target).await;
+        assert!(metric(&m, "aerie_target_feature_bytes_total{transport=\"shm\"}") > 0.0, "the ring was not used: {m}");
+        assert!(metric(&m, "aerie_target_shm_bytes ") > 0.0, "{m}");
+        // Mapped by both sides, the ring has no name left to leak.
+        assert_eq!(rings_of(pid), Vec::<String>::new());
+    });
+    target.proc.child.kill().unwrap();
+    target.proc.child.wait().unwrap();
+    assert_eq!(rings_of(pid), Vec::<String>::new());
+}
+
+#[test]
+fn the_draft_evicts_sequences_past_its_cap_and_closes_idle_sessions() {
+    use aerie_proto::v1::draft_service_client::DraftServiceClient;
+    use aerie_proto::v1::session_request::Msg;
+    use aerie_proto::v1::session_response::Msg as Out;
+    use aerie_proto::v1::{feature_payload, FeaturePayload, SequenceBegin, SessionOpen, SessionRequest};
+    let _g = serial();
+    let draft = start(&["draft-worker", "--max-sequences-per-session", "2", "--session-idle-timeout-secs", "1"]);
+    rt().block_on(async {
+        let mut c = DraftServiceClient::connect(draft.grpc.clone()).await.unwrap();
+        let h = engine().model.config.hidden_size as u32;
+        let begin = |seq_id| Msg::Begin(SequenceBegin { seq_id, tokens: vec![1, 2], features: Some(FeaturePayload { rows: 1, width: h, data: Some(feature_payload::Data::Inline(vec![0; h as usize * 4])) }) });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for m in [Msg::Open(SessionOpen { target_fingerprint: engine().model.fingerprint.clone(), shm_path: String::new(), shm_capacity: 0 }), begin(1), begin(2), begin(3)] {
+            tx.send(SessionRequest { msg: Some(m) }).unwrap();
+        }
+        let mut out = c.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+        let mut next = async || tokio::time::timeout(Duration::from_secs(20), out.next()).await.expect("no answer");
+        assert!(matches!(next().await.unwrap().unwrap().msg, Some(Out::Ready(_))));
+        match next().await.unwrap().unwrap().msg {
+            Some(Out::Error(e)) => assert_eq!((e.seq_id, e.error_type.as_str()), (1, "sequence_evicted")),
+            other => panic!("{other:?}"),
+        }
+        let m = wait_metrics(&draft, 5, |m| metric(m, "aerie_draft_sequences ") == 2.0).await;
+        assert_eq!(metric(&m, "aerie_draft_sequences "), 2.0, "{m}");
+        // Sequences keep a session open however long it is quiet...
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(metric(&scrape(&draft).await, "aerie_draft_sessions "), 1.0);
+        // ...and once they are released, an idle session is closed.
+        for id in [2, 3] {
+            tx.send(SessionRequest { msg: Some(Msg::Release(aerie_proto::v1::SequenceRelease { seq_id: id })) }).unwrap();
+        }
+        match next().await.unwrap().unwrap().msg {
+            Some(Out::Error(e)) => assert_eq!((e.seq_id, e.error_type.as_str()), (0, "session_idle")),
+            other => panic!("{other:?}"),
+        }
+        assert!(next().await.is_none(), "the stream ends with the session");
+        let m = scrape(&draft).await;
+        assert_eq!((metric(&m, "aerie_draft_sessions "), metric(&m, "aerie_draft_sequences ")), (0.0, 0.0), "{m}");
+        assert_eq!(metric(&m, "aerie_draft_evictions_total{reason=\"sequence_cap\"}"), 1.0, "{m}");
     });
 }

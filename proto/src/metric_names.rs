@@ -40,6 +40,12 @@ pub const TARGET_REQUESTS: &str = "aerie_target_requests_total";
 pub const TARGET_GENERATED_TOKENS: &str = "aerie_target_generated_tokens_total";
 /// Counter, label `transport`: feature bytes sent to draft workers.
 pub const TARGET_FEATURE_BYTES: &str = "aerie_target_feature_bytes_total";
+/// Gauge: open sessions to draft workers.
+pub const TARGET_DRAFT_SESSIONS: &str = "aerie_target_draft_sessions";
+/// Gauge: requests speculating through a draft session.
+pub const TARGET_DRAFT_SEQUENCES: &str = "aerie_target_draft_sequences";
+/// Gauge: bytes of shared-memory rings this target holds.
+pub const TARGET_SHM_BYTES: &str = "aerie_target_shm_bytes";
 
 // ---- draft worker
 /// Histogram: one proposal (catch-up included), seconds.
@@ -48,6 +54,11 @@ pub const DRAFT_PROPOSE_DURATION: &str = "aerie_draft_propose_duration_seconds";
 pub const DRAFT_SESSIONS: &str = "aerie_draft_sessions";
 /// Gauge: sequences held across sessions.
 pub const DRAFT_SEQUENCES: &str = "aerie_draft_sequences";
+/// Gauge: bytes of shared-memory rings mapped.
+pub const DRAFT_SHM_BYTES: &str = "aerie_draft_shm_bytes";
+/// Counter, label `reason` (`idle`, `session_cap`, `sequence_cap`): sessions
+/// and sequences the draft worker closed on its own.
+pub const DRAFT_EVICTIONS: &str = "aerie_draft_evictions_total";
 /// Counter, label `transport`: feature bytes received.
 pub const DRAFT_FEATURE_BYTES: &str = "aerie_draft_feature_bytes_total";
 /// Counter, label `error_type`: session errors reported to targets.

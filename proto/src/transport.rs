@@ -18,6 +18,14 @@
 //! must be `rows × width × 4`, and its CRC-32 must match, or the block is
 //! rejected with a [`TransportError`].
 //!
+//! Lifetime. The ring's name exists only until the draft says it has mapped
+//! it ([`ShmRingSender::unlink`] on the session's `ready`); from then on the
+//! two mappings are all there is, and the kernel frees the memory when the
+//! last process holding one exits, however it exits. The creator holds a
+//! shared `flock` on the file for as long as it lives, so a name left behind
+//! by a process killed in that short window is recognised by anyone as stale
+//! (the lock is gone) and removed by [`sweep_stale_rings`] at a worker's start.
+//!
 //! Parameters: the ring size (the target's `--shm-ring-bytes`, default
 //! [`DEFAULT_RING_BYTES`]). A CUDA IPC transport would implement the same two
 //! traits with device buffers.
@@ -72,6 +80,8 @@ pub trait FeatureSender: Send + Sync {
     fn ring(&self) -> Option<(String, u64)> {
         None
     }
+    /// The draft has mapped the ring (or will never): its name can go.
+    fn peer_mapped(&self) {}
 }
 
 fn f32_bytes(data: &[f32]) -> Vec<u8> {
@@ -100,12 +110,19 @@ impl FeatureSender for InlineSender {
     }
 }
 
-/// A ring in a `/dev/shm` file that this process created and removes on drop.
+/// Prefix of every ring file's name (then the creator's pid and a counter).
+pub const RING_FILE_PREFIX: &str = "aerie-features-";
+
+/// A ring in a `/dev/shm` file that this process created; its name is
+/// removed once the draft has mapped it, or on drop.
 pub struct ShmRingSender {
     path: PathBuf,
     capacity: u64,
     state: std::sync::Mutex<RingState>,
     consumed: AtomicU64,
+    /// Holds the shared lock that marks the ring as owned by a live process.
+    _file: File,
+    unlinked: std::sync::atomic::AtomicBool,
 }
 
 struct RingState {
@@ -119,24 +136,78 @@ impl ShmRingSender {
     pub fn create(dir: &Path, capacity: u64) -> Result<Arc<Self>, TransportError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("aerie-features-{}-{n}", std::process::id()));
+        let path = dir.join(format!("{RING_FILE_PREFIX}{}-{n}", std::process::id()));
         let io = |source| TransportError::Io { path: path.clone(), source };
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(io)?;
-        file.set_len(capacity).map_err(io)?;
-        // SAFETY: the file is ours, sized above, and only this mapping writes it.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
-        Ok(Arc::new(ShmRingSender { path, capacity, state: std::sync::Mutex::new(RingState { map, head: 0 }), consumed: AtomicU64::new(0) }))
+        let setup = || -> std::io::Result<MmapMut> {
+            file.lock_shared().map_err(|e| std::io::Error::other(format!("lock: {e}")))?;
+            file.set_len(capacity)?;
+            // SAFETY: the file is ours, sized above, and only this mapping writes it.
+            unsafe { MmapMut::map_mut(&file) }
+        };
+        let map = match setup() {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(io(e));
+            }
+        };
+        Ok(Arc::new(ShmRingSender {
+            path,
+            capacity,
+            state: std::sync::Mutex::new(RingState { map, head: 0 }),
+            consumed: AtomicU64::new(0),
+            _file: file,
+            unlinked: std::sync::atomic::AtomicBool::new(false),
+        }))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Bytes of shared memory this ring holds.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Removes the ring's name; the mappings stay valid. Idempotent.
+    pub fn unlink(&self) {
+        if !self.unlinked.swap(true, Ordering::AcqRel) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl Drop for ShmRingSender {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        self.unlink();
     }
+}
+
+/// Removes ring files in `dir` whose creator is gone: no process holds the
+/// creator's lock, and the file is older than `min_age` (so a ring being
+/// created right now, before its lock is taken, is left alone). Returns the
+/// names removed. Safe across containers sharing `dir`: the lock, not a
+/// pid, says whether the owner lives.
+pub fn sweep_stale_rings(dir: &Path, min_age: std::time::Duration) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return removed };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(RING_FILE_PREFIX) {
+            continue;
+        }
+        let path = e.path();
+        let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|a| a >= min_age);
+        if !old {
+            continue;
+        }
+        let Ok(f) = File::open(&path) else { continue };
+        if f.try_lock().is_ok() && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
 }
 
 impl FeatureSender for ShmRingSender {
@@ -178,6 +249,10 @@ impl FeatureSender for ShmRingSender {
     fn ring(&self) -> Option<(String, u64)> {
         Some((self.path.to_string_lossy().into_owned(), self.capacity))
     }
+
+    fn peer_mapped(&self) {
+        self.unlink();
+    }
 }
 
 /// The draft side: reads payloads, from the message or from the ring.
@@ -212,6 +287,11 @@ impl FeatureReceiver {
     /// Whether a ring is mapped.
     pub fn has_ring(&self) -> bool {
         self.ring.is_some()
+    }
+
+    /// Bytes of shared memory mapped (0 without a ring).
+    pub fn ring_bytes(&self) -> u64 {
+        self.ring.as_ref().map_or(0, |r| r.1)
     }
 
     /// Logical ring offset read so far (reported back in every proposal).
@@ -343,5 +423,37 @@ mod tests {
         assert_eq!(r.decode(&p).unwrap().1, rows(2, 4, 0.0));
         drop(ring);
         assert!(!Path::new(&path).exists(), "the ring file is removed with its sender");
+    }
+
+    #[test]
+    fn an_unlinked_ring_still_carries_features() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = ShmRingSender::create(dir.path(), 4096).unwrap();
+        let (path, cap) = ring.ring().unwrap();
+        let mut r = FeatureReceiver::open(Path::new(&path), cap).unwrap();
+        ring.unlink();
+        assert!(!Path::new(&path).exists());
+        let d = rows(4, 8, 2.0);
+        let (p, via) = ring.encode(8, &d);
+        assert_eq!(via, "shm");
+        assert_eq!(r.decode(&p).unwrap().1, d);
+        ring.unlink(); // idempotent
+    }
+
+    #[test]
+    fn the_sweep_removes_rings_whose_owner_is_gone_and_keeps_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = ShmRingSender::create(dir.path(), 1024).unwrap();
+        // A ring left by a killed process: the file without anyone's lock.
+        let dead = dir.path().join(format!("{RING_FILE_PREFIX}999999-0"));
+        std::fs::write(&dead, [0u8; 64]).unwrap();
+        let other = dir.path().join("not-ours");
+        std::fs::write(&other, b"x").unwrap();
+        // Too young: left alone, it may be a ring being created.
+        assert!(sweep_stale_rings(dir.path(), std::time::Duration::from_secs(3600)).is_empty());
+        let removed = sweep_stale_rings(dir.path(), std::time::Duration::ZERO);
+        assert_eq!(removed, vec![dead.clone()]);
+        assert!(live.path().exists(), "a live owner's ring is kept");
+        assert!(other.exists());
     }
 }

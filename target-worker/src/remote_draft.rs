@@ -16,6 +16,13 @@
 //! root-only tree makes the verify step a plain decode step, so greedy output
 //! is unchanged and sampling keeps the target distribution. Each switch is
 //! counted in `aerie_target_draft_fallbacks_total{reason}`.
+//!
+//! Lifetime. A link that fails (stream error, a proposal past the timeout)
+//! is closed on this side at once: its request stream ends and its reader
+//! stops, so the draft worker ends the session and frees every sequence in
+//! it, even if it was frozen when the link gave up. Nothing waits on a dead
+//! link; the next request opens a fresh one. The ring's name is unlinked as
+//! soon as the draft reports `ready`.
 
 use crate::config::{FeatureTransportMode, TargetConfig};
 use aerie_engine::spec::{DraftTree, FeatureKind, Features, Proposer};
@@ -45,9 +52,12 @@ enum Answer {
 /// One session with one draft worker.
 pub struct DraftLink {
     pub addr: String,
-    tx: mpsc::UnboundedSender<SessionRequest>,
+    /// The session's request stream; taken (ending the stream) on close.
+    tx: Mutex<Option<mpsc::UnboundedSender<SessionRequest>>>,
     routes: Mutex<HashMap<u64, std_mpsc::Sender<Answer>>>,
     alive: AtomicBool,
+    /// Wakes the reader task when the link is closed from this side.
+    closed: tokio::sync::Notify,
     sender: Arc<dyn FeatureSender>,
     features: FeatureKind,
     next_seq: AtomicU64,
@@ -114,9 +124,10 @@ impl DraftLink {
             .into_inner();
         let link = Arc::new(DraftLink {
             addr: addr.to_string(),
-            tx,
+            tx: Mutex::new(Some(tx)),
             routes: Mutex::new(HashMap::new()),
             alive: AtomicBool::new(true),
+            closed: tokio::sync::Notify::new(),
             sender,
             features,
             next_seq: AtomicU64::new(1),
@@ -124,6 +135,8 @@ impl DraftLink {
             vocab_size,
         });
         tracing::info!(addr, transport = link.sender.name(), "draft session open");
+        metrics::gauge!(m::TARGET_DRAFT_SESSIONS).increment(1.0);
+        metrics::gauge!(m::TARGET_SHM_BYTES).increment(link.ring_bytes() as f64);
         tokio::spawn(read_answers(link.clone(), responses));
         Ok(link)
     }
@@ -132,12 +145,31 @@ impl DraftLink {
         self.alive.load(Ordering::Acquire)
     }
 
+    fn ring_bytes(&self) -> u64 {
+        self.sender.ring().map_or(0, |r| r.1)
+    }
+
+    /// Closes the link: the session's request stream ends (the draft then
+    /// frees the session and its sequences), the reader stops, and every
+    /// waiting proposer wakes with a disconnect.
     fn mark_dead(&self, why: &str) {
         if self.alive.swap(false, Ordering::AcqRel) {
             tracing::warn!(addr = %self.addr, "draft session lost: {why}");
+            metrics::gauge!(m::TARGET_DRAFT_SESSIONS).decrement(1.0);
         }
-        // Dropping the routes wakes every waiting proposer with a disconnect.
-        self.routes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.closed.notify_one();
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        metrics::gauge!(m::TARGET_DRAFT_SEQUENCES).decrement(routes.len() as f64);
+        routes.clear();
+    }
+
+    /// Queues a message; false when the link is closed.
+    fn send(&self, msg: Msg) -> bool {
+        match self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(tx) => tx.send(SessionRequest { msg: Some(msg) }).is_ok(),
+            None => false,
+        }
     }
 
     fn route(&self, seq: u64, a: Answer) {
@@ -152,6 +184,7 @@ impl DraftLink {
         let seq_id = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std_mpsc::channel();
         self.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(seq_id, tx);
+        metrics::gauge!(m::TARGET_DRAFT_SEQUENCES).increment(1.0);
         let mut p = RemoteProposer { link: self.clone(), seq_id, answers: rx, root: None, pending: false, fallback, failed: false };
         if !self.is_alive() {
             p.fail("draft_down");
@@ -160,10 +193,22 @@ impl DraftLink {
     }
 }
 
+impl Drop for DraftLink {
+    fn drop(&mut self) {
+        // The ring's memory goes with the last mapping; this was ours.
+        metrics::gauge!(m::TARGET_SHM_BYTES).decrement(self.ring_bytes() as f64);
+    }
+}
+
 async fn read_answers(link: Arc<DraftLink>, mut stream: tonic::Streaming<aerie_proto::v1::SessionResponse>) {
     loop {
-        match stream.next().await {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = link.closed.notified() => return,
+        };
+        match next {
             Some(Ok(resp)) => match resp.msg {
+                Some(Reply::Ready(_)) => link.sender.peer_mapped(),
                 Some(Reply::Proposal(p)) => {
                     link.sender.consumed(p.ring_consumed);
                     link.route(p.seq_id, Answer::Tree(p));
@@ -214,17 +259,17 @@ impl RemoteProposer {
     }
 
     fn release(&mut self) {
-        self.link.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.seq_id);
-        if self.link.is_alive() {
-            let _ = self.link.tx.send(SessionRequest { msg: Some(Msg::Release(SequenceRelease { seq_id: self.seq_id })) });
+        if self.link.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.seq_id).is_some() {
+            metrics::gauge!(m::TARGET_DRAFT_SEQUENCES).decrement(1.0);
         }
+        self.link.send(Msg::Release(SequenceRelease { seq_id: self.seq_id }));
     }
 
     fn send(&mut self, msg: Msg) {
         if self.failed {
             return;
         }
-        if !self.link.is_alive() || self.link.tx.send(SessionRequest { msg: Some(msg) }).is_err() {
+        if !self.link.is_alive() || !self.link.send(msg) {
             self.fail("draft_down");
         }
     }
