@@ -23,7 +23,7 @@ pub use error::{EngineError, Result};
 pub use kv::KvCache;
 pub use model::{AttnMask, ForwardOptions, LogitsRows, Model, SeqInput, SeqOutput};
 pub use sampling::{Sampler, SamplingParams};
-pub use tokenizer::{StreamDecoder, Tokenizer};
+pub use tokenizer::{BoundedIds, StreamDecoder, Tokenizer};
 pub use weights::DType;
 
 use std::path::Path;

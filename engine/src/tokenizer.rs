@@ -37,7 +37,21 @@ pub struct Tokenizer {
     pub eos_token: String,
     pub chat_template: Option<String>,
     hash: String,
+    /// The longest token's text in bytes (computed on first use).
+    max_token_bytes: std::sync::OnceLock<usize>,
 }
+
+/// [`Tokenizer::prompt_ids_within`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundedIds {
+    /// The text fits: its prompt ids, exactly as [`Tokenizer::prompt_ids`] gives them.
+    Ids(Vec<u32>),
+    /// The text holds more tokens than the limit: at least this many.
+    TooLong { at_least: usize },
+}
+
+/// Bytes tokenized at once when counting a long text's tokens.
+const COUNT_CHUNK_BYTES: usize = 16 << 10;
 
 impl Tokenizer {
     pub fn from_gguf(meta: &GgufTokenizerMeta) -> Result<Self> {
@@ -87,6 +101,7 @@ impl Tokenizer {
             eos_token: tok_str(meta.eos_id),
             chat_template: meta.chat_template.clone(),
             hash: hex8(&h.finalize()),
+            max_token_bytes: std::sync::OnceLock::new(),
         })
     }
 
@@ -145,6 +160,7 @@ impl Tokenizer {
             eos_token,
             chat_template,
             hash: hex8(&h.finalize()),
+            max_token_bytes: std::sync::OnceLock::new(),
         })
     }
 
@@ -188,8 +204,66 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Prompt ids of `text` if it holds at most `limit` tokens; otherwise a
+    /// lower bound on its length, found without tokenizing all of it.
+    ///
+    /// Why: a client can send megabytes of text, and tokenizing it whole
+    /// costs seconds of CPU and about a hundred bytes of memory per byte of
+    /// text, only to refuse it. First, no token is longer than the
+    /// vocabulary's longest entry, so `bytes / longest` tokens is a floor
+    /// that refuses most oversized texts without any work. A text that
+    /// passes it and is still large is counted in chunks cut before spaces
+    /// (word boundaries for every pre-tokenizer Aerie loads), stopping as
+    /// soon as the count is past the limit by more than the cuts could
+    /// account for. Only a text that fits is tokenized whole, so the result
+    /// is exactly [`Tokenizer::prompt_ids`].
+    pub fn prompt_ids_within(&self, text: &str, limit: usize) -> Result<BoundedIds> {
+        let longest = *self.max_token_bytes.get_or_init(|| self.with_special.get_vocab(true).keys().map(|t| t.len()).max().unwrap_or(1).max(1));
+        let floor = text.len().div_ceil(longest);
+        if floor > limit {
+            return Ok(BoundedIds::TooLong { at_least: floor });
+        }
+        if text.len() > COUNT_CHUNK_BYTES {
+            // Up to 4 tokens per cut may differ from tokenizing the whole.
+            const SLACK_PER_CUT: usize = 4;
+            let (mut at, mut counted, mut cuts) = (0usize, 0usize, 0usize);
+            while at < text.len() {
+                let end = chunk_end(text, at, COUNT_CHUNK_BYTES);
+                counted += self.encode(&text[at..end], true)?.len();
+                at = end;
+                if at < text.len() {
+                    cuts += 1;
+                }
+                let at_least = counted.saturating_sub(cuts * SLACK_PER_CUT);
+                if at_least > limit {
+                    return Ok(BoundedIds::TooLong { at_least });
+                }
+            }
+        }
+        let ids = self.prompt_ids(text)?;
+        if ids.len() > limit {
+            return Ok(BoundedIds::TooLong { at_least: ids.len() });
+        }
+        Ok(BoundedIds::Ids(ids))
+    }
+
     pub fn is_eos(&self, id: u32) -> bool {
         self.eos_ids.contains(&id)
+    }
+}
+
+/// Where a counting chunk starting at `at` ends: just before the first space
+/// at least `size` bytes on (a word boundary), or, with no space within
+/// 4 KiB of that, at the next character boundary.
+fn chunk_end(text: &str, at: usize, size: usize) -> usize {
+    let mut end = (at + size).min(text.len());
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    let window = &text.as_bytes()[end..(end + 4096).min(text.len())];
+    match window.iter().position(|&b| b == b' ') {
+        Some(i) => end + i,
+        None => end,
     }
 }
 

@@ -241,3 +241,96 @@ fn adversarial_requests_get_4xx_and_every_process_stays_up() {
     let (s, b) = http(&r.addr, "POST", "/v1/chat/completions", Some(&chat_body("Say hi.", 4)));
     assert_eq!(s, 200, "{b}");
 }
+
+/// Resident memory of a process, bytes.
+fn rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+    kb * 1024
+}
+
+/// Writes `req` as is and reads until the server closes: the raw response.
+fn exchange(addr: &str, req: &str, wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn huge_prompts_are_refused_without_tokenizing_them_and_keys_have_request_slots() {
+    let _g = serial();
+    let target = worker(&["target-worker"]);
+    let r = router(&[&target], &[], &["--max-concurrent-requests-per-key", "1"]);
+    let pid = r.child.id();
+    assert_eq!(http(&r.addr, "POST", "/v1/chat/completions", Some(&chat_body("Say hi.", 4))).0, 200);
+    let base = rss(pid);
+    // About 650k tokens, just under the 4 MiB body limit.
+    let huge = "lorem ipsum dolor sit amet, consectetur adipiscing elit; ".repeat(70_000);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (s, b) = http(&r.addr, "POST", "/v1/chat/completions", Some(&chat_body(&huge, 16)));
+        assert_eq!(s, 400, "{b}");
+        let v: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+        eprintln!("refused in {:?}", t.elapsed());
+    }
+    let after = rss(pid);
+    eprintln!("router RSS: {} MB before, {} MB after three 4 MB prompts", base >> 20, after >> 20);
+    assert!(after < base + (20 << 20), "router RSS grew from {base} to {after}");
+    // Per-key slots: a second request with the same key waits for none.
+    let addr = r.addr.clone();
+    let long = std::thread::spawn(move || {
+        let b = chat_body("Tell a long story.", 300).to_string();
+        exchange(&addr, &format!("POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer key-a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()), Duration::from_secs(300))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let b = chat_body("hi", 4).to_string();
+    let req = |key: &str| format!("POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len());
+    let busy = exchange(&r.addr, &req("key-a"), Duration::from_secs(60));
+    assert!(busy.starts_with("HTTP/1.0 429"), "{busy}");
+    assert!(busy.to_ascii_lowercase().contains("retry-after: 1"), "{busy}");
+    assert!(busy.contains("rate_limit_exceeded"), "{busy}");
+    let other = exchange(&r.addr, &req("key-b"), Duration::from_secs(60));
+    assert!(other.starts_with("HTTP/1.0 200"), "{other}");
+    assert!(long.join().unwrap().starts_with("HTTP/1.0 200"));
+    // The slot came back with the response.
+    let again = exchange(&r.addr, &req("key-a"), Duration::from_secs(60));
+    assert!(again.starts_with("HTTP/1.0 200"), "{again}");
+}
+
+#[test]
+fn slow_and_partial_clients_are_cut_off_and_connections_are_capped() {
+    let _g = serial();
+    // Nothing here reaches a target: an address nobody listens on will do.
+    let args = ["router", "--port", "0", "--target", &format!("http://127.0.0.1:{}", free_port()), "--api-key", "k",
+        "--header-read-timeout-secs", "2", "--body-read-timeout-secs", "2", "--max-connections", "4"];
+    let r = start(&args, "READY ", &ready_field("grpc="));
+    // The scheme of Authorization is case-insensitive; the key is not.
+    for (auth, want) in [("Bearer k", "200"), ("bearer k", "200"), ("BEARER  k", "200"), ("Bearer K", "401"), ("Basic k", "401")] {
+        let out = exchange(&r.addr, &format!("GET /v1/models HTTP/1.0\r\nAuthorization: {auth}\r\n\r\n"), Duration::from_secs(10));
+        assert!(out.starts_with(&format!("HTTP/1.0 {want}")), "{auth}: {out}");
+    }
+    // Half a request line and headers: the connection is closed.
+    let t = Instant::now();
+    let out = exchange(&r.addr, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n", Duration::from_secs(20));
+    assert!(t.elapsed() < Duration::from_secs(6), "held {:?}: {out}", t.elapsed());
+    // Headers but only part of the body: 408.
+    let t = Instant::now();
+    let out = exchange(&r.addr, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Length: 100\r\n\r\n{\"model\"", Duration::from_secs(20));
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(t.elapsed() < Duration::from_secs(6), "held {:?}", t.elapsed());
+    // Four idle connections fill the router; a fifth is closed at once.
+    let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&r.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let out = exchange(&r.addr, "GET /live HTTP/1.0\r\n\r\n", Duration::from_secs(20));
+    assert!(out.is_empty() && t.elapsed() < Duration::from_secs(1), "{out:?} after {:?}", t.elapsed());
+    // Idle connections are dropped after the header timeout, freeing room.
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = exchange(&r.addr, "GET /live HTTP/1.0\r\n\r\n", Duration::from_secs(20));
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    drop(idle);
+}

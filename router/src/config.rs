@@ -22,6 +22,14 @@ pub struct RouterConfig {
     pub health_interval: Duration,
     /// Tokens hashed by the prefix-affinity policy. Default 64.
     pub prefix_tokens: usize,
+    /// Requests in flight per API key (the bearer token; requests without
+    /// one share a key); past it 429 with `Retry-After`. 0: no limit
+    /// (`--max-concurrent-requests-per-key`). Default 0.
+    pub max_concurrent_requests_per_key: usize,
+    /// Prompts tokenized at once; more wait their turn. Default: the cores.
+    pub max_concurrent_tokenizations: usize,
+    /// A request body must arrive within this. Default 60 s.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for RouterConfig {
@@ -36,6 +44,9 @@ impl Default for RouterConfig {
             max_stop_strings: 16,
             health_interval: Duration::from_secs(2),
             prefix_tokens: 64,
+            max_concurrent_requests_per_key: 0,
+            max_concurrent_tokenizations: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            body_read_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -75,6 +75,22 @@ impl ApiError {
         ApiError { status: StatusCode::TOO_MANY_REQUESTS, message: format!("Every worker is at capacity: {msg}"), kind: "rate_limit_error", param: None, code: "queue_full" }
     }
 
+    /// Too many requests in flight for one API key.
+    pub fn key_busy(limit: usize) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!("This API key already has {limit} requests in flight, the most allowed; retry when one finishes."),
+            kind: "rate_limit_error",
+            param: None,
+            code: "rate_limit_exceeded",
+        }
+    }
+
+    /// The client was too slow sending its request.
+    pub fn timeout(msg: String) -> Self {
+        ApiError { status: StatusCode::REQUEST_TIMEOUT, message: msg, kind: "invalid_request_error", param: None, code: "request_timeout" }
+    }
+
     pub fn unavailable(msg: &str) -> Self {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: msg.to_string(), kind: "service_unavailable", param: None, code: "no_workers" }
     }
@@ -93,6 +109,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.status, axum::Json(self.body())).into_response();
         r.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            // Clients such as `openai` honour it in their retry backoff.
+            r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            r.headers_mut().insert("connection", axum::http::HeaderValue::from_static("close"));
+        }
         r
     }
 }

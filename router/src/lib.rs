@@ -6,10 +6,12 @@
 //! - [`worker`]: the `Worker` trait, target and draft handles, the registry
 //!   and its health checks;
 //! - [`policies`]: routing policies, one file each;
-//! - [`server`]: the HTTP handlers that tie them together.
+//! - [`server`]: the HTTP handlers that tie them together;
+//! - [`http`]: the HTTP/1.1 server under them, with its connection limits.
 
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod metrics_names;
 pub mod openai;
 pub mod policies;
@@ -18,4 +20,5 @@ pub mod text;
 pub mod worker;
 
 pub use config::RouterConfig;
+pub use http::HttpLimits;
 pub use server::{router_app, RouterState};

@@ -19,3 +19,9 @@ pub const IN_FLIGHT: &str = "aerie_router_in_flight_requests";
 pub const WORKER_HEALTHY: &str = "aerie_router_worker_healthy";
 /// Counter, labels `policy`, `speculative`, `worker` (the target address): routing decisions.
 pub const ROUTING_DECISIONS: &str = "aerie_router_routing_decisions_total";
+/// Gauge: open HTTP connections.
+pub const OPEN_CONNECTIONS: &str = "aerie_router_open_connections";
+/// Counter: connections closed at once because `--max-connections` were open.
+pub const CONNECTIONS_REFUSED: &str = "aerie_router_connections_refused_total";
+/// Counter: prompts refused before being tokenized whole (over the context).
+pub const PROMPTS_CUT_SHORT: &str = "aerie_router_prompts_refused_early_total";

@@ -1,7 +1,10 @@
 //! The HTTP surface: OpenAI endpoints, `/health`, `/metrics`.
 //!
 //! Per request: authenticate, parse (unknown fields refused), template and
-//! tokenize, check the context, pick a target (the policy) and pair a draft
+//! tokenize (bounded: a prompt past the context is refused after counting
+//! about a context's worth of tokens, never tokenized whole, and at most
+//! `max_concurrent_tokenizations` prompts are tokenized at once), hold one
+//! of the API key's request slots, check the context, pick a target (the policy) and pair a draft
 //! worker, then relay the target's token stream as text. Retries go to the
 //! next healthy target only while nothing has been sent to the client, i.e.
 //! when `Generate` itself fails with UNAVAILABLE or RESOURCE_EXHAUSTED. A
@@ -24,8 +27,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio_stream::StreamExt;
 
@@ -39,6 +43,27 @@ pub struct RouterState {
     policy: Box<dyn RoutingPolicy>,
     next_id: AtomicU64,
     metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+    tokenize_permits: tokio::sync::Semaphore,
+    /// Requests in flight per API key (only with a per-key limit).
+    key_slots: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One of an API key's request slots, returned when the response ends.
+struct KeySlot {
+    slots: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for KeySlot {
+    fn drop(&mut self) {
+        let mut m = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl RouterState {
@@ -54,17 +79,57 @@ impl RouterState {
         // Empty lists are fine: with etcd discovery workers arrive later.
         let registry = Registry::new(&cfg.targets, &cfg.drafts, tokenizer.hash())?;
         let policy = policies::by_name(&cfg.policy, cfg.prefix_tokens)?;
-        Ok(Arc::new(RouterState { cfg, tokenizer, template, context_length, registry, policy, next_id: AtomicU64::new(1), metrics }))
+        let tokenize_permits = tokio::sync::Semaphore::new(cfg.max_concurrent_tokenizations.max(1));
+        Ok(Arc::new(RouterState {
+            cfg,
+            tokenizer,
+            template,
+            context_length,
+            registry,
+            policy,
+            next_id: AtomicU64::new(1),
+            metrics,
+            tokenize_permits,
+            key_slots: Arc::new(Mutex::new(HashMap::new())),
+        }))
     }
 
-    fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
-        self.tokenizer.prompt_ids(text).map_err(|e| ApiError::invalid(format!("cannot tokenize the prompt: {e}"), None))
+    /// Prompt ids, or the context-length error once the prompt is known to
+    /// be too long (without tokenizing the rest). `asked`: max_tokens.
+    fn encode(&self, text: &str, asked: Option<u64>) -> Result<Vec<u32>, ApiError> {
+        // The prompt plus at least one generated token must fit.
+        let limit = self.context_length.saturating_sub(1);
+        match self.tokenizer.prompt_ids_within(text, limit) {
+            Ok(aerie_engine::BoundedIds::Ids(ids)) => Ok(ids),
+            Ok(aerie_engine::BoundedIds::TooLong { at_least }) => {
+                metrics::counter!(m::PROMPTS_CUT_SHORT).increment(1);
+                Err(ApiError::context_length(at_least.saturating_add(asked.unwrap_or(1).min(usize::MAX as u64) as usize), self.context_length))
+            }
+            Err(e) => Err(ApiError::invalid(format!("cannot tokenize the prompt: {e}"), None)),
+        }
+    }
+
+    /// Takes one of the key's request slots, or 429 when it has none left.
+    fn take_key_slot(&self, headers: &HeaderMap) -> Result<Option<KeySlot>, ApiError> {
+        let limit = self.cfg.max_concurrent_requests_per_key;
+        if limit == 0 {
+            return Ok(None);
+        }
+        let key = bearer(headers).unwrap_or_default().to_string();
+        let mut m = self.key_slots.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(key.clone()).or_insert(0);
+        if *n >= limit {
+            return Err(ApiError::key_busy(limit));
+        }
+        *n += 1;
+        Ok(Some(KeySlot { slots: self.key_slots.clone(), key }))
     }
 }
 
 /// The axum app.
 pub fn router_app(state: Arc<RouterState>) -> axum::Router {
     let limit = state.cfg.max_body_bytes;
+    let body_timeout = state.cfg.body_read_timeout;
     axum::Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -75,6 +140,7 @@ pub fn router_app(state: Arc<RouterState>) -> axum::Router {
         .route("/metrics", get(metrics_page))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(move |req, next| crate::http::read_body(body_timeout, limit, req, next)))
         .with_state(state)
 }
 
@@ -82,10 +148,17 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The token of an `Authorization: Bearer <token>` header; the scheme is
+/// matched without regard to case (RFC 9110 §11.1).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get("authorization")?.to_str().ok()?.trim_start();
+    let (scheme, token) = v.split_once(char::is_whitespace)?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 fn authorize(state: &RouterState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &state.cfg.api_key else { return Ok(()) };
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-    if given == Some(key.as_str()) {
+    if bearer(headers) == Some(key.as_str()) {
         Ok(())
     } else {
         Err(ApiError::unauthorized())
@@ -157,6 +230,8 @@ struct Job {
     _in_flight: InFlight,
     pairing: Option<Pairing>,
     target: String,
+    /// Held until the last byte is sent (a streamed response outlives `run`).
+    _key_slot: Option<KeySlot>,
 }
 
 impl Drop for Job {
@@ -217,6 +292,7 @@ async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: P
                     _in_flight: in_flight,
                     pairing: draft,
                     target: target.addr().to_string(),
+                    _key_slot: None,
                 });
             }
             Err(st) => {
@@ -512,11 +588,11 @@ impl RouterState {
         }
         let render = |msgs: &[ChatMessage], gen: bool| template.render(msgs, gen).map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")));
         let text = if continue_final { open_final_message(&msgs, render)? } else { render(&msgs, true)? };
-        let prompt = state.encode(&text)?;
         sampling.max_tokens = max_completion.or(sampling.max_tokens);
         if sampling.max_tokens == Some(0) {
             return Err(ApiError::invalid("max_completion_tokens must be at least 1", Some("max_completion_tokens")));
         }
+        let prompt = state.encode(&text, sampling.max_tokens)?;
         let max_tokens = budget(state, prompt.len(), sampling.max_tokens)?;
         Ok(Prepared { model, sampling, prompt, max_tokens })
     }
@@ -541,7 +617,7 @@ impl RouterState {
         if prompts.len() != 1 {
             return Err(ApiError::invalid(format!("prompt must be a string or a list of one string; got {} prompts", prompts.len()), Some("prompt")));
         }
-        let prompt = state.encode(&prompts[0])?;
+        let prompt = state.encode(&prompts[0], sampling.max_tokens.or(Some(16)))?;
         if prompt.is_empty() {
             return Err(ApiError::invalid("prompt is empty", Some("prompt")));
         }
@@ -551,23 +627,32 @@ impl RouterState {
 }
 
 async fn chat(State(state): State<Arc<RouterState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let started = Instant::now();
-    let p = match state.prepare_chat(&headers, body) {
-        Ok(p) => p,
-        Err(e) => return refuse(Endpoint::Chat, started, e),
-    };
-    let id = request_id(&state, &headers, "chatcmpl");
-    run(state, id, Endpoint::Chat, p, started).await
+    handle(state, Endpoint::Chat, headers, body).await
 }
 
 async fn completions(State(state): State<Arc<RouterState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    handle(state, Endpoint::Completion, headers, body).await
+}
+
+async fn handle(state: Arc<RouterState>, endpoint: Endpoint, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
-    let p = match state.prepare_completion(&headers, body) {
-        Ok(p) => p,
-        Err(e) => return refuse(Endpoint::Completion, started, e),
+    let prepared = {
+        let Ok(_permit) = state.tokenize_permits.acquire().await else { return refuse(endpoint, started, ApiError::internal("shutting down")) };
+        match endpoint {
+            Endpoint::Chat => state.prepare_chat(&headers, body),
+            Endpoint::Completion => state.prepare_completion(&headers, body),
+        }
     };
-    let id = request_id(&state, &headers, "cmpl");
-    run(state, id, Endpoint::Completion, p, started).await
+    let p = match prepared {
+        Ok(p) => p,
+        Err(e) => return refuse(endpoint, started, e),
+    };
+    let slot = match state.take_key_slot(&headers) {
+        Ok(s) => s,
+        Err(e) => return refuse(endpoint, started, e),
+    };
+    let id = request_id(&state, &headers, if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" });
+    run(state, id, endpoint, p, started, slot).await
 }
 
 /// The prompt for `continue_final_message`: the conversation rendered with
@@ -586,10 +671,13 @@ fn open_final_message(msgs: &[ChatMessage], render: impl Fn(&[ChatMessage], bool
     }
 }
 
-async fn run(state: Arc<RouterState>, id: String, endpoint: Endpoint, p: Prepared, started: Instant) -> Response {
+async fn run(state: Arc<RouterState>, id: String, endpoint: Endpoint, p: Prepared, started: Instant, slot: Option<KeySlot>) -> Response {
     let stream = p.sampling.stream;
     match dispatch(&state, id, endpoint, p).await {
-        Ok(job) if stream => stream_response(state, job),
+        Ok(mut job) if stream => {
+            job._key_slot = slot;
+            stream_response(state, job)
+        }
         Ok(job) => whole_response(state, job).await,
         Err(e) => refuse(endpoint, started, e),
     }
