@@ -6,8 +6,19 @@
 //! `router` children of this binary. Wait for
 //! every child's READY line; a child that exits first makes `serve` fail
 //! with that child's last stderr lines. Once up, print the endpoints and
-//! wait. SIGINT/SIGTERM shut down in order: the router, the targets (they
-//! drain their requests), then the drafts. Children get SIGTERM if `serve` itself dies.
+//! supervise. SIGINT/SIGTERM shut down in order: the router, the targets
+//! (they drain their requests), then the drafts. Children get SIGTERM if
+//! `serve` itself dies.
+//!
+//! Supervision. A child that dies once the cluster is up is started again on
+//! the same ports, so every address the others hold stays right: the
+//! router's probes see a restarted target healthy again within its health
+//! interval, and targets reopen draft sessions on their next request. The
+//! requests the dead child was serving end with errors (the router retries
+//! those that had not started on another target); the rest of the cluster
+//! keeps serving. Restarts back off (0.5 s doubling to 30 s, back to 0.5 s
+//! after a minute up). `--exit-on-worker-failure` stops the whole cluster
+//! instead, with the child's last stderr lines.
 //!
 //! Default: SmolLM2 with Aerie's shipped EAGLE head as a (1, 1, 2) chain with
 //! `--speculative-min-draft-score 0.3` and its 2,048-token hot vocabulary,
@@ -57,6 +68,9 @@ pub struct ServeArgs {
     /// Serve without speculation (same as `--draft-workers 0`).
     #[arg(long)]
     pub no_speculation: bool,
+    /// Stop the whole cluster when a worker dies, instead of restarting it.
+    #[arg(long)]
+    pub exit_on_worker_failure: bool,
 }
 
 /// A started worker.
@@ -66,6 +80,9 @@ pub struct Worker {
     pub grpc: String,
     pub metrics: String,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// The command line it was started with (for a restart).
+    args: Vec<String>,
+    started: Instant,
 }
 
 /// Starts `aerie <args>` and waits for its READY line.
@@ -130,6 +147,8 @@ pub fn spawn_worker(name: &str, args: &[String], timeout: Duration) -> Result<Wo
                     grpc: field("grpc="),
                     metrics: field("metrics="),
                     stderr_tail: tail,
+                    args: args.to_vec(),
+                    started: Instant::now(),
                 });
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -172,6 +191,21 @@ impl Worker {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The command line for starting it again on the ports it has now.
+    fn restart_args(&self) -> Vec<String> {
+        let port = |addr: &str| addr.rsplit(':').next().unwrap_or("0").to_string();
+        let mut args = self.args.clone();
+        let mut set = |flag: &str, value: String| match args.iter().position(|a| a == flag) {
+            Some(i) if i + 1 < args.len() => args[i + 1] = value,
+            _ => args.extend([flag.to_string(), value]),
+        };
+        set("--port", port(&self.grpc));
+        if self.name != "router" {
+            set("--metrics-port", port(&self.metrics));
+        }
+        args
     }
 
     fn last_error(&self) -> String {
@@ -236,6 +270,10 @@ fn draft_flags(a: &ServeArgs) -> Vec<String> {
     );
     v
 }
+
+/// First and longest wait before a dead worker is started again.
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let model = aerie_engine::fetch::resolve_model(&a.model_path)
@@ -325,14 +363,42 @@ pub fn run(a: ServeArgs) -> Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        // Per worker: when it may be started again, and the next backoff.
+        let mut restart: Vec<Option<Instant>> = vec![None; workers.len()];
+        let mut backoff: Vec<Duration> = vec![MIN_BACKOFF; workers.len()];
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok::<_, anyhow::Error>(None),
                 _ = int.recv() => return Ok(None),
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    for (i, w) in workers.iter_mut().enumerate() {
-                        if let Ok(Some(st)) = w.child.try_wait() {
-                            return Ok(Some((i, st)));
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            for i in 0..workers.len() {
+                let w = &mut workers[i];
+                if restart[i].is_none() {
+                    let Ok(Some(st)) = w.child.try_wait() else {
+                        if w.started.elapsed() > Duration::from_secs(60) {
+                            backoff[i] = MIN_BACKOFF;
+                        }
+                        continue;
+                    };
+                    if a.exit_on_worker_failure {
+                        return Ok(Some((i, st)));
+                    }
+                    eprintln!("[serve] {} exited ({st}); restarting it in {:.1} s\n{}", w.name, backoff[i].as_secs_f64(), w.last_error());
+                    restart[i] = Some(Instant::now() + backoff[i]);
+                    backoff[i] = (backoff[i] * 2).min(MAX_BACKOFF);
+                }
+                if restart[i].is_some_and(|t| Instant::now() >= t) {
+                    match spawn_worker(&w.name, &w.restart_args(), timeout) {
+                        Ok(fresh) => {
+                            eprintln!("[serve] {} is back (grpc {})", fresh.name, fresh.grpc);
+                            *w = fresh;
+                            restart[i] = None;
+                        }
+                        Err(e) => {
+                            eprintln!("[serve] restarting {} failed: {e:#}; next try in {:.1} s", w.name, backoff[i].as_secs_f64());
+                            restart[i] = Some(Instant::now() + backoff[i]);
+                            backoff[i] = (backoff[i] * 2).min(MAX_BACKOFF);
                         }
                     }
                 }

@@ -334,3 +334,67 @@ fn slow_and_partial_clients_are_cut_off_and_connections_are_capped() {
     assert!(out.starts_with("HTTP/1.0 200"), "{out}");
     drop(idle);
 }
+
+/// Children of `parent` whose command line holds `role` (`target-worker`, …).
+fn children(parent: u32, role: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The fields after the command name, which may hold spaces.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmd).split('\0').any(|a| a == role) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn serve_restarts_a_killed_worker_while_the_others_keep_serving() {
+    let _g = serial();
+    let serve = serve(&["--target-workers", "2"]);
+    let targets = children(serve.child.id(), "target-worker");
+    let drafts = children(serve.child.id(), "draft-worker");
+    assert_eq!((targets.len(), drafts.len()), (2, 1));
+    let healthy = |addr: &str| serde_json::from_str::<Value>(&http(addr, "GET", "/workers", None).1).unwrap()["targets"].as_array().unwrap().iter().filter(|t| t["healthy"] == true).count();
+    // A client sending one request after another throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (addr, stop2) = (serve.addr.clone(), stop.clone());
+    let client = std::thread::spawn(move || {
+        let mut statuses = Vec::new();
+        while !stop2.load(std::sync::atomic::Ordering::Acquire) {
+            let (s, b) = http(&addr, "POST", "/v1/chat/completions", Some(&chat_body("Count to five.", 8)));
+            assert!(s == 200 || serde_json::from_str::<Value>(&b).is_ok_and(|v| v["error"]["message"].is_string()), "{s}: {b}");
+            statuses.push(s);
+        }
+        statuses
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    for (role, pid) in [("target-worker", targets[0]), ("draft-worker", drafts[0])] {
+        // SAFETY: signalling a process this test started (serve's child).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let t = Instant::now();
+        let back = loop {
+            let now = children(serve.child.id(), role);
+            if now.len() == if role == "target-worker" { 2 } else { 1 } && !now.contains(&pid) && healthy(&serve.addr) == 2 {
+                break t.elapsed();
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "{role} not back after 10 s");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        eprintln!("{role} back and healthy {back:?} after kill -9");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let statuses = client.join().unwrap();
+    let failed = statuses.iter().filter(|&&s| s != 200).count();
+    eprintln!("{} requests during the kills, {failed} failed", statuses.len());
+    // Only a request running on the killed target may fail (with an error).
+    assert!(statuses.len() >= 5 && failed <= 1, "{statuses:?}");
+    // The restarted pair speculates again.
+    let (s, b) = http(&serve.addr, "POST", "/v1/chat/completions", Some(&chat_body("Name three rivers in Europe.", 24)));
+    assert_eq!(s, 200, "{b}");
+    assert!(serde_json::from_str::<Value>(&b).unwrap()["usage"]["spec_verify_ct"].as_u64().is_some_and(|n| n > 0), "{b}");
+}
