@@ -120,6 +120,17 @@ async fn listen(l: &ListenArgs, handle: metrics_exporter_prometheus::PrometheusH
     Ok((listener, grpc, metrics))
 }
 
+/// A gRPC server that pings its clients too, so a router or target that
+/// vanishes without closing its socket (a partition, a frozen host) has its
+/// streams ended within seconds: the target then aborts those requests and
+/// frees their KV, the draft frees their sessions.
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(aerie_proto::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(aerie_proto::KEEPALIVE_TIMEOUT))
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     // The forward passes run on their own threads; the runtime only moves messages.
     tokio::runtime::Builder::new_multi_thread()
@@ -186,7 +197,7 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
         // Registered once it can serve: the listener is bound, so connections queue.
         let registration = a.register.register(Registrant { role: Role::Target, grpc, model_fingerprint: engine.model.fingerprint.clone(), capacity: a.max_running_requests as u32 })?;
         announce("target", grpc, maddr);
-        let serve = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener));
+        let serve = grpc_server().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener));
         let grace = Duration::from_secs(a.drain_grace_secs);
         tokio::select! {
             r = serve => r.context("gRPC server failed")?,
@@ -248,7 +259,7 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
         ready.store(true, Ordering::Release);
         let registration = a.register.register(Registrant { role: Role::Draft, grpc, model_fingerprint: engine.model.fingerprint.clone(), capacity: 0 })?;
         announce("draft", grpc, maddr);
-        let serve = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener));
+        let serve = grpc_server().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener));
         tokio::select! {
             r = serve => r.context("gRPC server failed")?,
             _ = termination() => {

@@ -398,3 +398,35 @@ fn serve_restarts_a_killed_worker_while_the_others_keep_serving() {
     assert_eq!(s, 200, "{b}");
     assert!(serde_json::from_str::<Value>(&b).unwrap()["usage"]["spec_verify_ct"].as_u64().is_some_and(|n| n > 0), "{b}");
 }
+
+/// A metric's value from a `/metrics` page at `host:port`.
+fn gauge(metrics_addr: &str, name: &str) -> f64 {
+    let (_, page) = http(metrics_addr, "GET", "/metrics", None);
+    page.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{'])).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+#[test]
+fn a_target_frees_the_requests_of_a_router_that_froze() {
+    let _g = serial();
+    let target = worker(&["target-worker"]);
+    let tmetrics = ready_field("metrics=")(&target.ready);
+    let r = router(&[&target], &[], &[]);
+    // A long streaming request; the client reads a little, then the router freezes.
+    let mut s = TcpStream::connect(&r.addr).unwrap();
+    let b = json!({"model": "smollm2", "messages": [{"role": "user", "content": "Tell a very long story."}], "max_tokens": 6000, "ignore_eos": true, "stream": true}).to_string();
+    write!(s, "POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()).unwrap();
+    // Past the role chunk: tokens are flowing.
+    let mut buf = [0u8; 2048];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(gauge(&tmetrics, "aerie_target_running_requests"), 1.0, "{}", http(&tmetrics, "GET", "/metrics", None).1);
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(r.child.id() as i32, libc::SIGSTOP) };
+    let t = Instant::now();
+    while gauge(&tmetrics, "aerie_target_running_requests") != 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "the target still runs the frozen router's request");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("request aborted {:?} after the router froze", t.elapsed());
+    unsafe { libc::kill(r.child.id() as i32, libc::SIGCONT) };
+    assert_eq!(gauge(&tmetrics, "aerie_target_kv_used_tokens"), 0.0);
+}

@@ -18,8 +18,10 @@ pub mod transport;
 /// (A 16k-token prompt's EAGLE features inline are about 38 MB.)
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// HTTP/2 keep-alive between processes, so a peer that vanishes without
-/// closing its socket (power loss, a network cut, SIGSTOP) is noticed.
-pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// HTTP/2 keep-alive between processes, both ways (clients and servers
+/// ping), so a peer that vanishes without closing its socket (power loss, a
+/// network cut, SIGSTOP) is noticed within interval + timeout, 10 s, not at
+/// the kernel's TCP timeout (minutes).
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a keep-alive ping may go unanswered.
-pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
