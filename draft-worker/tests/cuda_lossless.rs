@@ -1,7 +1,9 @@
 //! Greedy speculation on the CUDA path (interpreter mode: the host code and
 //! `.cu` kernels a GPU runs, executed on the CPU) emits exactly the CUDA
 //! path's plain greedy tokens, on the real SmolLM2: EAGLE with the shipped
-//! head at SGLang's (5, 4, 8) tree, and NGRAM; 5 prompts × 32 tokens.
+//! head at SGLang's (5, 4, 8) tree, and NGRAM; 4 prompts × 24 tokens (cut
+//! from 5 × 32 to keep the suite within its time: the interpreter runs a
+//! SmolLM2 step in about a second).
 
 use aerie_draft_worker::ngram::NgramConfig;
 use aerie_draft_worker::{DraftOptions, ProposerFactory, SpecAlgorithm};
@@ -12,14 +14,13 @@ use aerie_kernels::cuda::device::InterpDevice;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-const PROMPTS: [&str; 5] = [
+const PROMPTS: [&str; 4] = [
     "Name three rivers in Europe.",
     "Count from 1 to 40, separated by commas.",
     "Explain why the sky is blue in two sentences.",
-    "Give me a recipe for pancakes.",
     "Write a haiku about autumn leaves.",
 ];
-const NEW_TOKENS: usize = 32;
+const NEW_TOKENS: usize = 24;
 
 /// SmolLM2 and the same model with its forward pass on the interpreted device.
 fn engines() -> &'static (Engine, Arc<Model>) {
@@ -69,7 +70,7 @@ fn check(alg: SpecAlgorithm) {
         emitted += out.token_ids.len() - 1;
     }
     eprintln!("{alg:?} on the interpreted CUDA path: tau {:.2}", emitted as f64 / verifies as f64);
-    assert!(verifies < 5 * (NEW_TOKENS - 1), "{alg:?} accepted no draft at all");
+    assert!(verifies < PROMPTS.len() * (NEW_TOKENS - 1), "{alg:?} accepted no draft at all");
 }
 
 #[test]
@@ -94,5 +95,5 @@ fn cuda_path_greedy_starts_like_the_cpu_path() {
         let cpu = generate(&host.model, &req, &mut |_| {}).unwrap().token_ids;
         same += (cpu[..] == dev[..8]) as usize;
     }
-    assert!(same >= 4, "only {same} of 5 prompts start with the CPU path's 8 tokens");
+    assert!(same + 1 >= PROMPTS.len(), "only {same} of {} prompts start with the CPU path's 8 tokens", PROMPTS.len());
 }

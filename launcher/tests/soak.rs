@@ -155,7 +155,8 @@ fn hostile_volley(addr: &str, which: usize) {
             assert!(r.is_ok(), "a half-sent request was held open");
         }
         3 => {
-            let r = http(addr, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"model\":", Duration::from_secs(45));
+            // Answered 408 once the body read timeout (60 s) passes.
+            let r = http(addr, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"model\":", Duration::from_secs(80));
             assert!(matches!(r, Ok((408 | 0, _))), "slow body: {r:?}");
         }
         _ => {
@@ -282,9 +283,8 @@ fn soak_under_faults() {
             }
         }
     }
-    for v in volleys {
-        v.join().expect("a hostile request was not handled as it should be");
-    }
+    // Checked after the report, so a long run always reports.
+    let mishandled = volleys.into_iter().filter_map(|v| v.join().err()).count();
     stop.store(true, Ordering::Release);
     for c in clients {
         c.join().unwrap();
@@ -317,12 +317,13 @@ fn soak_under_faults() {
         "requests_sent": t.sent, "completed_correct": t.completed, "failed_clean": t.clean_errors,
         "hung": t.hung, "wrong": t.wrong.len(), "faults": faults,
         "rss_mb": {"router_baseline": router_base, "router_final": router_final, "peak_by_role": *peak.lock().unwrap(), "final": finals},
-        "leftover_rings": rings,
+        "leftover_rings": rings, "hostile_mishandled": mishandled,
     });
     eprintln!("SOAK REPORT {report:#}");
     if let Ok(path) = std::env::var("AERIE_SOAK_REPORT") {
         std::fs::write(path, format!("{report:#}\n")).unwrap();
     }
+    assert_eq!(mishandled, 0, "hostile requests not answered as they should be (see the panics above)");
     assert_eq!(t.hung, 0, "requests hung");
     assert!(t.wrong.is_empty(), "wrong outputs: {:?}", t.wrong);
     assert!(t.completed > t.sent / 2, "most requests should succeed: {report}");
