@@ -133,6 +133,9 @@ struct Tally {
     clean_errors: u64,
     hung: u64,
     wrong: Vec<String>,
+    /// Failed requests by HTTP status and error code (`0` when the router
+    /// could not be reached).
+    errors: BTreeMap<String, u64>,
 }
 
 /// Hostile requests; each must end promptly with a 4xx or a closed socket.
@@ -226,14 +229,27 @@ fn soak_under_faults() {
                         Ok((200, b)) => serde_json::from_str::<Value>(b).ok().and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::to_string)),
                         Ok(_) => None,
                     };
-                    match text {
-                        Some(got) if got == want[i] => t.completed += 1,
-                        Some(got) => t.wrong.push(format!("prompt {i}: {got:?} != {:?}", want[i])),
-                        None => t.clean_errors += 1,
-                    }
+                    let ok = match text {
+                        Some(got) if got == want[i] => {
+                            t.completed += 1;
+                            true
+                        }
+                        Some(got) => {
+                            t.wrong.push(format!("prompt {i}: {got:?} != {:?}", want[i]));
+                            true
+                        }
+                        None => {
+                            t.clean_errors += 1;
+                            let (status, body) = r.as_ref().map(|(s, b)| (*s, b.as_str())).unwrap_or((0, ""));
+                            let code = body.split("\"code\":\"").nth(1).and_then(|c| c.split('"').next()).unwrap_or("-");
+                            *t.errors.entry(format!("{status} {code}")).or_default() += 1;
+                            false
+                        }
+                    };
                     drop(t);
-                    if r.as_ref().is_ok_and(|(s, _)| *s == 0) {
-                        std::thread::sleep(Duration::from_millis(200)); // the router is restarting
+                    if !ok {
+                        // As a client with backoff would: failures are counted per try, not per spin.
+                        std::thread::sleep(Duration::from_millis(250));
                     }
                 }
             })
@@ -315,7 +331,7 @@ fn soak_under_faults() {
     let report = json!({
         "soak_seconds": soak.as_secs(), "fault_every_seconds": every.as_secs(),
         "requests_sent": t.sent, "completed_correct": t.completed, "failed_clean": t.clean_errors,
-        "hung": t.hung, "wrong": t.wrong.len(), "faults": faults,
+        "hung": t.hung, "wrong": t.wrong.len(), "errors": t.errors, "faults": faults,
         "rss_mb": {"router_baseline": router_base, "router_final": router_final, "peak_by_role": *peak.lock().unwrap(), "final": finals},
         "leftover_rings": rings, "hostile_mishandled": mishandled,
     });
