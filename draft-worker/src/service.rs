@@ -60,14 +60,14 @@ impl Default for SessionLimits {
     }
 }
 
-/// What the registry knows about a running session.
+/// A running session as the registry and the session's thread share it.
 struct SessionSlot {
     id: u64,
     /// Milliseconds since the server started, at the last message.
-    last_active: Arc<AtomicU64>,
-    sequences: Arc<AtomicUsize>,
+    last_active: AtomicU64,
+    sequences: AtomicUsize,
     /// Set to make the session end at its next poll.
-    evict: Arc<AtomicBool>,
+    evict: AtomicBool,
 }
 
 /// How often a session thread looks at its eviction flag and idle time.
@@ -79,7 +79,7 @@ pub struct DraftServer {
     target: Arc<Model>,
     info: DraftInfo,
     limits: SessionLimits,
-    sessions: Arc<Mutex<Vec<SessionSlot>>>,
+    sessions: Arc<Mutex<Vec<Arc<SessionSlot>>>>,
     next_session: AtomicU64,
     started: Instant,
 }
@@ -111,7 +111,7 @@ impl DraftServer {
 
     /// Registers a new session, evicting the least recently used one when
     /// the worker is full (one with no sequences first).
-    fn register(&self) -> SessionSlot {
+    fn register(&self) -> Arc<SessionSlot> {
         let mut reg = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         while reg.len() >= self.limits.max_sessions.max(1) {
             let victim = (0..reg.len())
@@ -121,13 +121,13 @@ impl DraftServer {
             v.evict.store(true, Ordering::Release);
             metrics::counter!(m::DRAFT_EVICTIONS, "reason" => "session_cap").increment(1);
         }
-        let slot = SessionSlot {
+        let slot = Arc::new(SessionSlot {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
-            last_active: Arc::new(AtomicU64::new(self.started.elapsed().as_millis() as u64)),
-            sequences: Arc::new(AtomicUsize::new(0)),
-            evict: Arc::new(AtomicBool::new(false)),
-        };
-        reg.push(SessionSlot { id: slot.id, last_active: slot.last_active.clone(), sequences: slot.sequences.clone(), evict: slot.evict.clone() });
+            last_active: AtomicU64::new(self.started.elapsed().as_millis() as u64),
+            sequences: AtomicUsize::new(0),
+            evict: AtomicBool::new(false),
+        });
+        reg.push(slot.clone());
         slot
     }
 
@@ -216,8 +216,8 @@ struct Session {
     seqs: HashMap<u64, Seq>,
     out: UnboundedSender<Result<SessionResponse, Status>>,
     limits: SessionLimits,
-    registry: Arc<Mutex<Vec<SessionSlot>>>,
-    slot: SessionSlot,
+    registry: Arc<Mutex<Vec<Arc<SessionSlot>>>>,
+    slot: Arc<SessionSlot>,
     started: Instant,
 }
 
@@ -225,7 +225,6 @@ impl Session {
     fn run(mut self, inbound: std::sync::mpsc::Receiver<SessionRequest>) {
         metrics::gauge!(m::DRAFT_SESSIONS).increment(1.0);
         let mut opened = false;
-        let mut last_msg = Instant::now();
         loop {
             if self.slot.evict.load(Ordering::Acquire) {
                 self.error(0, "session_evicted", "the draft worker holds too many sessions; this least recently used one was closed".into());
@@ -234,7 +233,9 @@ impl Session {
             let req = match inbound.recv_timeout(POLL) {
                 Ok(r) => r,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if self.seqs.is_empty() && last_msg.elapsed() >= self.limits.idle_timeout {
+                    let now_ms = self.started.elapsed().as_millis() as u64;
+                    let quiet = Duration::from_millis(now_ms.saturating_sub(self.slot.last_active.load(Ordering::Acquire)));
+                    if self.seqs.is_empty() && quiet >= self.limits.idle_timeout {
                         metrics::counter!(m::DRAFT_EVICTIONS, "reason" => "idle").increment(1);
                         self.error(0, "session_idle", format!("no sequences and no messages for {:?}; session closed", self.limits.idle_timeout));
                         break;
@@ -243,7 +244,6 @@ impl Session {
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             };
-            last_msg = Instant::now();
             self.slot.last_active.store(self.started.elapsed().as_millis() as u64, Ordering::Release);
             let msg = match req.msg {
                 Some(m) => m,

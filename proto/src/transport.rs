@@ -352,6 +352,15 @@ pub fn hostname() -> String {
 mod tests {
     use super::*;
 
+    /// A ring of `capacity` bytes in a fresh directory and a receiver mapping it.
+    fn ring_pair(capacity: u64) -> (tempfile::TempDir, Arc<ShmRingSender>, String, FeatureReceiver) {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = ShmRingSender::create(dir.path(), capacity).unwrap();
+        let (path, cap) = ring.ring().unwrap();
+        let r = FeatureReceiver::open(Path::new(&path), cap).unwrap();
+        (dir, ring, path, r)
+    }
+
     fn rows(n: usize, width: usize, seed: f32) -> Vec<f32> {
         (0..n * width).map(|i| seed + i as f32 * 0.5).collect()
     }
@@ -375,10 +384,7 @@ mod tests {
 
     #[test]
     fn ring_round_trip_wraps_and_falls_back_when_full() {
-        let dir = tempfile::tempdir().unwrap();
-        let ring = ShmRingSender::create(dir.path(), 1000).unwrap();
-        let (path, cap) = ring.ring().unwrap();
-        let mut r = FeatureReceiver::open(Path::new(&path), cap).unwrap();
+        let (_dir, ring, _, mut r) = ring_pair(1000);
         // 3 blocks of 320 bytes fit; the 4th would overrun unread data.
         let mut sent = Vec::new();
         for i in 0..3 {
@@ -406,10 +412,7 @@ mod tests {
 
     #[test]
     fn ring_rejects_corrupt_and_out_of_bounds_slices() {
-        let dir = tempfile::tempdir().unwrap();
-        let ring = ShmRingSender::create(dir.path(), 1024).unwrap();
-        let (path, cap) = ring.ring().unwrap();
-        let mut r = FeatureReceiver::open(Path::new(&path), cap).unwrap();
+        let (_dir, ring, path, mut r) = ring_pair(1024);
         let (p, _) = ring.encode(4, &rows(2, 4, 0.0));
         let Some(Data::Shm(s)) = p.data.clone() else { panic!() };
         let with = |s: ShmSlice, rows: u32| FeaturePayload { rows, width: 4, data: Some(Data::Shm(s)) };
@@ -427,10 +430,7 @@ mod tests {
 
     #[test]
     fn an_unlinked_ring_still_carries_features() {
-        let dir = tempfile::tempdir().unwrap();
-        let ring = ShmRingSender::create(dir.path(), 4096).unwrap();
-        let (path, cap) = ring.ring().unwrap();
-        let mut r = FeatureReceiver::open(Path::new(&path), cap).unwrap();
+        let (_dir, ring, path, mut r) = ring_pair(4096);
         ring.unlink();
         assert!(!Path::new(&path).exists());
         let d = rows(4, 8, 2.0);
