@@ -5,14 +5,17 @@
 //! the exact distribution computed from the target's own probabilities:
 //! chi-square p > 0.001 and total variation < 0.01. Two drafters: a bad one
 //! (an unrelated random model) and a good one (the target drafting for
-//! itself); two settings: temperature 0.7, and temperature 1 with top-k 5 and
-//! top-p 0.9.
+//! itself); three settings: temperature 0.7, temperature 1 with top-k 5 and
+//! top-p 0.9, and temperature 0.6 under frequency, presence and repetition
+//! penalties with a logit bias (the drafter knows nothing of them, so only
+//! the verifier's per-node processing keeps the distribution).
 
 mod common;
 use aerie_draft_worker::ProposerFactory;
 use aerie_engine::generate::GenerateRequest;
 use aerie_engine::spec::{speculative_generate, TreeSpec};
-use aerie_engine::{AttnMask, ForwardOptions, LogitsRows, Model, SamplingParams, SeqInput};
+use aerie_engine::processors::{self, History};
+use aerie_engine::{AttnMask, ForwardOptions, LogitsRows, Model, Processors, SamplingParams, SeqInput};
 use std::sync::Arc;
 
 const VOCAB: usize = 8;
@@ -23,11 +26,18 @@ fn tiny(seed: u64, logit_scale: f32) -> Arc<Model> {
     common::tiny_llama(VOCAB, seed, logit_scale)
 }
 
+/// The sampling distribution after `ctx` (PROMPT then generated tokens),
+/// with the processors seeing the generated part as output.
 fn next_probs(m: &Model, ctx: &[u32], p: &SamplingParams) -> Vec<f64> {
     let mut c = m.new_cache();
-    let out = m
+    let mut out = m
         .forward(&mut [SeqInput { cache: &mut c, tokens: ctx, positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }], &ForwardOptions::default())
         .unwrap();
+    let mut h = History::new(&PROMPT);
+    for &t in &ctx[PROMPT.len()..] {
+        h.push(t);
+    }
+    processors::apply(&mut out[0].logits, &p.processors, &h.with_path(&[]), &[]);
     aerie_engine::sampling::target_probs(&out[0].logits, p).into_iter().map(|x| x as f64).collect()
 }
 
@@ -164,7 +174,23 @@ fn topk_topp() -> SamplingParams {
     SamplingParams { temperature: 1.0, top_k: 5, top_p: 0.9, ..Default::default() }
 }
 
+fn penalized() -> SamplingParams {
+    let processors = Processors { frequency_penalty: 1.5, presence_penalty: 0.5, repetition_penalty: 1.3, logit_bias: vec![(3, 1.0)], min_tokens: 0 };
+    SamplingParams { temperature: 0.6, processors, ..Default::default() }
+}
+
 const TARGET: (u64, f32) = (11, 0.6);
+
+#[test]
+fn bad_drafter_keeps_target_distribution_under_penalties_and_bias() {
+    // The penalties must change the distribution, or this test shows nothing.
+    let t = tiny(TARGET.0, TARGET.1);
+    let plain = SamplingParams { temperature: 0.6, ..Default::default() };
+    let (a, b) = (exact_joint(&t, &plain), exact_joint(&t, &penalized()));
+    let tv: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / 2.0).sum();
+    assert!(tv > 0.1, "penalties moved the joint distribution by only {tv}");
+    run(tiny(99, 2.0), t, penalized(), "bad drafter, T=0.6, penalties and bias");
+}
 
 #[test]
 fn bad_drafter_keeps_target_distribution_at_temperature() {

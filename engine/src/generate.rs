@@ -3,6 +3,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::model::{AttnMask, ForwardOptions, LogitsRows, Model, SeqInput};
+use crate::processors::{self, History};
 use crate::sampling::{Sampler, SamplingParams};
 use serde::Serialize;
 use std::time::Instant;
@@ -63,8 +64,12 @@ pub fn generate(model: &Model, req: &GenerateRequest, on_token: &mut dyn FnMut(u
     let t1 = Instant::now();
     let mut tokens = Vec::new();
     let mut finish = FinishReason::Length;
+    let mut history = History::new(req.prompt_ids);
     while tokens.len() < req.max_tokens && cache.len() < limit {
-        let next = sampler.sample(&out[0].logits, &req.sampling);
+        let mut logits = std::mem::take(&mut out[0].logits);
+        processors::apply(&mut logits, &req.sampling.processors, &history.with_path(&[]), req.stop_ids);
+        let next = sampler.sample(&logits, &req.sampling);
+        history.push(next);
         tokens.push(next);
         on_token(next);
         if req.stop_ids.contains(&next) {

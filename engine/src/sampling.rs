@@ -5,6 +5,7 @@
 //! speculative verifier (which must preserve exactly this distribution) uses
 //! the same function, so plain and speculative sampling agree by design.
 
+use crate::processors::Processors;
 use aerie_kernels::cpu::ops;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -20,11 +21,16 @@ pub struct SamplingParams {
     /// 0.0 disables min-p.
     pub min_p: f32,
     pub seed: Option<u64>,
+    /// Penalties, bias and `min_tokens`, applied before argmax or sampling.
+    pub processors: Processors,
+    /// Report each emitted token's log-probability and this many top
+    /// alternatives (OpenAI's `logprobs`/`top_logprobs`); `None` is off.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, min_p: 0.0, seed: None }
+        SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, min_p: 0.0, seed: None, processors: Processors::default(), logprobs: None }
     }
 }
 

@@ -181,6 +181,21 @@ impl Tokenizer {
         self.with_special.get_vocab_size(true)
     }
 
+    /// The bytes token `id` stands for (what OpenAI's logprobs report as
+    /// `bytes`): byte-level BPE pieces are mapped back to their raw bytes,
+    /// so a token holding half of a UTF-8 character gives exactly that half.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        if let Some(piece) = self.with_special.id_to_token(id) {
+            // Added tokens (`<|im_end|>`) are stored as their text.
+            if self.with_special.get_added_vocabulary().simple_id_to_token(id).is_none() {
+                if let Some(b) = byte_level_bytes(&piece) {
+                    return b;
+                }
+            }
+        }
+        self.decode(&[id], false).map(String::into_bytes).unwrap_or_default()
+    }
+
     pub fn token_to_id(&self, t: &str) -> Option<u32> {
         self.with_special.token_to_id(t)
     }
@@ -294,6 +309,30 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
         .into(),
         _ => ByteLevel::new(false, true, true).into(),
     })
+}
+
+/// The raw bytes of a byte-level BPE piece (GPT-2's reversible mapping of
+/// bytes to printable characters: printable Latin-1 bytes stand for
+/// themselves, the other 68 bytes for U+0100 onwards in byte order), or
+/// `None` when a character is outside that alphabet (not a byte-level piece).
+fn byte_level_bytes(piece: &str) -> Option<Vec<u8>> {
+    static TABLE: std::sync::OnceLock<std::collections::HashMap<char, u8>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+        let mut m = std::collections::HashMap::new();
+        let mut next = 256u32;
+        for b in 0..=255u8 {
+            let c = if printable(b) {
+                b as u32
+            } else {
+                next += 1;
+                next - 1
+            };
+            m.insert(char::from_u32(c).expect("valid code point"), b);
+        }
+        m
+    });
+    piece.chars().map(|c| table.get(&c).copied()).collect()
 }
 
 /// Incremental, UTF-8-safe detokenization: text is released only once the

@@ -2,6 +2,7 @@
 //!
 //! - [`openai`]: request and response types, with unknown fields refused;
 //! - [`error`]: the OpenAI error schema and the status each failure gets;
+//! - [`logprobs`]: OpenAI's chat and completions `logprobs` shapes;
 //! - [`text`]: incremental detokenization and stop strings across tokens;
 //! - [`worker`]: the `Worker` trait, target and draft handles, the registry
 //!   and its health checks;
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod logprobs;
 pub mod metrics_names;
 pub mod openai;
 pub mod policies;

@@ -1,8 +1,8 @@
 //! OpenAI request types. Every struct refuses unknown fields, so a parameter
 //! Aerie does not implement is a 400 that names it, never silently ignored.
 //! Parameters that exist in OpenAI's API but that Aerie does not support
-//! (`logprobs`, `n > 1`, penalties other than 0, …) are refused by
-//! [`CommonFields::check`] with the same kind of message.
+//! (`n > 1`, …) are refused by [`CommonFields::check`] with the same kind
+//! of message.
 
 use crate::error::ApiError;
 use serde::Deserialize;
@@ -88,6 +88,13 @@ macro_rules! openai_request {
             pub presence_penalty: Option<f32>,
             pub frequency_penalty: Option<f32>,
             pub ignore_eos: Option<bool>,
+            /// vLLM/SGLang extension.
+            pub repetition_penalty: Option<f32>,
+            pub logit_bias: Option<std::collections::HashMap<String, f32>>,
+            /// vLLM/SGLang extension.
+            pub min_tokens: Option<u32>,
+            /// vLLM/SGLang extension: token ids that end generation.
+            pub stop_token_ids: Option<Vec<u32>>,
         }
 
         impl $name {
@@ -110,6 +117,10 @@ macro_rules! openai_request {
                     presence_penalty: self.presence_penalty.take(),
                     frequency_penalty: self.frequency_penalty.take(),
                     ignore_eos: self.ignore_eos.take(),
+                    repetition_penalty: self.repetition_penalty.take(),
+                    logit_bias: self.logit_bias.take(),
+                    min_tokens: self.min_tokens.take(),
+                    stop_token_ids: self.stop_token_ids.take(),
                 }
             }
         }
@@ -160,6 +171,19 @@ pub struct CommonFields {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub ignore_eos: Option<bool>,
+    pub repetition_penalty: Option<f32>,
+    pub logit_bias: Option<std::collections::HashMap<String, f32>>,
+    pub min_tokens: Option<u32>,
+    pub stop_token_ids: Option<Vec<u32>>,
+}
+
+/// Which endpoint's `logprobs` shape a request uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogprobsStyle {
+    /// Chat: `logprobs: bool` plus `top_logprobs` in 0..=20.
+    Chat,
+    /// Completions: `logprobs: int` in 0..=5 (the number of top tokens).
+    Completion,
 }
 
 /// What a request asks for, after checks.
@@ -177,28 +201,57 @@ pub struct Sampling {
     /// Usage on every chunk (`stream_options.continuous_usage_stats`).
     pub continuous_usage: bool,
     pub ignore_eos: bool,
+    /// Report logprobs with this many top alternatives; `None` is off.
+    pub logprobs: Option<u32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    /// Token id and bias, sorted by id.
+    pub logit_bias: std::collections::HashMap<u32, f32>,
+    pub min_tokens: Option<u32>,
+    pub stop_token_ids: Vec<u32>,
 }
 
 impl CommonFields {
     /// Refuses what Aerie does not implement and checks ranges.
-    pub fn check(self, max_stops: usize) -> Result<(String, Sampling), ApiError> {
+    pub fn check(self, max_stops: usize, style: LogprobsStyle) -> Result<(String, Sampling), ApiError> {
         let model = self.model.ok_or_else(|| ApiError::invalid("you must provide a model parameter", Some("model")).with_code("missing_required_parameter"))?;
         if let Some(n) = self.n {
             if n != 1 {
                 return Err(ApiError::invalid(format!("n = {n} is not supported; Aerie returns one choice (n = 1)"), Some("n")));
             }
         }
-        let lp = match &self.logprobs {
-            None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
-            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(0) => false,
-            _ => true,
-        };
-        if lp || self.top_logprobs.unwrap_or(0) > 0 {
-            return Err(ApiError::invalid("logprobs are not supported by Aerie yet", Some("logprobs")).with_code("unsupported_parameter"));
-        }
+        let logprobs = check_logprobs(&self.logprobs, self.top_logprobs, style)?;
         for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
-            if v.is_some_and(|x| x != 0.0) {
-                return Err(ApiError::invalid(format!("{name} is not supported by Aerie (only 0)"), Some(name)).with_code("unsupported_parameter"));
+            if v.is_some_and(|x| !x.is_finite() || !(-2.0..=2.0).contains(&x)) {
+                return Err(ApiError::invalid(format!("{name} must be between -2 and 2, got {}", v.unwrap_or(0.0)), Some(name)));
+            }
+        }
+        if let Some(r) = self.repetition_penalty {
+            if !r.is_finite() || r <= 0.0 || r > 2.0 {
+                return Err(ApiError::invalid(format!("repetition_penalty must be in (0, 2], got {r}"), Some("repetition_penalty")));
+            }
+        }
+        let mut logit_bias = std::collections::HashMap::new();
+        for (k, v) in self.logit_bias.unwrap_or_default() {
+            let Ok(t) = k.trim().parse::<u32>() else {
+                return Err(ApiError::invalid(format!("logit_bias keys must be token ids, got `{k}`"), Some("logit_bias")));
+            };
+            if !v.is_finite() || !(-100.0..=100.0).contains(&v) {
+                return Err(ApiError::invalid(format!("logit_bias values must be between -100 and 100, got {v} for token {t}"), Some("logit_bias")));
+            }
+            logit_bias.insert(t, v);
+        }
+        if logit_bias.len() > 1024 {
+            return Err(ApiError::invalid("logit_bias may name at most 1024 tokens", Some("logit_bias")));
+        }
+        let stop_token_ids = self.stop_token_ids.unwrap_or_default();
+        if stop_token_ids.len() > 256 {
+            return Err(ApiError::invalid("stop_token_ids may hold at most 256 ids", Some("stop_token_ids")));
+        }
+        if let (Some(min), Some(max)) = (self.min_tokens, self.max_tokens) {
+            if min as u64 > max {
+                return Err(ApiError::invalid(format!("min_tokens ({min}) must not exceed max_tokens ({max})"), Some("min_tokens")));
             }
         }
         if let Some(t) = self.temperature {
@@ -250,8 +303,49 @@ impl CommonFields {
                 include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage),
                 continuous_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage && o.continuous_usage_stats),
                 ignore_eos: self.ignore_eos.unwrap_or(false),
+                logprobs,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                repetition_penalty: self.repetition_penalty,
+                logit_bias,
+                min_tokens: self.min_tokens,
+                stop_token_ids,
             },
         ))
+    }
+}
+
+/// The number of top alternatives a request's logprobs ask for, or `None`
+/// when it asks for none. Chat sends `logprobs: true` and `top_logprobs`
+/// (0–20); completions send `logprobs: n` (0–5), as OpenAI defines them.
+fn check_logprobs(lp: &Option<serde_json::Value>, top: Option<u32>, style: LogprobsStyle) -> Result<Option<u32>, ApiError> {
+    use serde_json::Value;
+    match style {
+        LogprobsStyle::Chat => {
+            let on = match lp {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(ApiError::invalid("logprobs must be a boolean on chat completions", Some("logprobs"))),
+            };
+            match top {
+                Some(n) if n > 20 => Err(ApiError::invalid(format!("top_logprobs must be between 0 and 20, got {n}"), Some("top_logprobs"))),
+                Some(n) if n > 0 && !on => Err(ApiError::invalid("top_logprobs requires logprobs to be true", Some("top_logprobs"))),
+                _ => Ok(on.then_some(top.unwrap_or(0))),
+            }
+        }
+        LogprobsStyle::Completion => {
+            if top.is_some() {
+                return Err(ApiError::invalid("top_logprobs is a chat parameter; completions take logprobs: n", Some("top_logprobs")));
+            }
+            match lp {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(n)) => match n.as_u64() {
+                    Some(n) if n <= 5 => Ok(Some(n as u32)),
+                    _ => Err(ApiError::invalid(format!("logprobs must be an integer between 0 and 5, got {n}"), Some("logprobs"))),
+                },
+                Some(_) => Err(ApiError::invalid("logprobs must be an integer between 0 and 5 on completions", Some("logprobs"))),
+            }
+        }
     }
 }
 

@@ -14,7 +14,8 @@
 use crate::config::RouterConfig;
 use crate::error::{from_status, ApiError};
 use crate::metrics_names as m;
-use crate::openai::{ChatRequest, CompletionRequest, Sampling};
+use crate::logprobs::Logprobs;
+use crate::openai::{ChatRequest, CompletionRequest, LogprobsStyle, Sampling};
 use crate::policies::{self, RoutingPolicy};
 use crate::text::TextStream;
 use crate::worker::{DraftHandle, InFlight, Registry, TargetHandle, Worker};
@@ -191,6 +192,18 @@ fn check_model(state: &RouterState, model: &str) -> Result<(), ApiError> {
     }
 }
 
+/// `logit_bias` and `stop_token_ids` must name tokens of the vocabulary.
+fn check_token_ids(state: &RouterState, s: &Sampling) -> Result<(), ApiError> {
+    let vocab = state.tokenizer.vocab_size() as u32;
+    if let Some(t) = s.logit_bias.keys().find(|&&t| t >= vocab) {
+        return Err(ApiError::invalid(format!("logit_bias names token {t}; the vocabulary has {vocab} tokens"), Some("logit_bias")));
+    }
+    if let Some(t) = s.stop_token_ids.iter().find(|&&t| t >= vocab) {
+        return Err(ApiError::invalid(format!("stop_token_ids holds {t}; the vocabulary has {vocab} tokens"), Some("stop_token_ids")));
+    }
+    Ok(())
+}
+
 /// Tokens to generate, after the context check.
 fn budget(state: &RouterState, prompt_len: usize, asked: Option<u64>) -> Result<usize, ApiError> {
     let ctx = state.context_length;
@@ -214,6 +227,13 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "chat",
             Endpoint::Completion => "completions",
+        }
+    }
+
+    fn logprobs_style(self) -> LogprobsStyle {
+        match self {
+            Endpoint::Chat => LogprobsStyle::Chat,
+            Endpoint::Completion => LogprobsStyle::Completion,
         }
     }
 }
@@ -272,10 +292,23 @@ async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: P
             request_id: format!("{id}#{}", state.next_id.fetch_add(1, Ordering::Relaxed)),
             prompt_ids: prompt.clone(),
             max_tokens: Some(max_tokens.min(u32::MAX as usize) as u32),
-            sampling: Some(WireSampling { temperature: sampling.temperature, top_p: sampling.top_p, top_k: sampling.top_k, min_p: sampling.min_p, seed: sampling.seed }),
-            stop_ids: Vec::new(),
+            sampling: Some(WireSampling {
+                temperature: sampling.temperature,
+                top_p: sampling.top_p,
+                top_k: sampling.top_k,
+                min_p: sampling.min_p,
+                seed: sampling.seed,
+                presence_penalty: sampling.presence_penalty,
+                frequency_penalty: sampling.frequency_penalty,
+                repetition_penalty: sampling.repetition_penalty,
+                logit_bias: sampling.logit_bias.clone(),
+                min_tokens: sampling.min_tokens,
+            }),
+            stop_ids: sampling.stop_token_ids.clone(),
             draft_worker: draft.as_ref().map(|d| d.draft.addr().to_string()).unwrap_or_default(),
             ignore_eos: sampling.ignore_eos,
+            logprobs: sampling.logprobs.is_some(),
+            top_logprobs: sampling.logprobs.unwrap_or(0),
         };
         let in_flight = target.track();
         match target.client().generate(req).await {
@@ -398,6 +431,7 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
     tokio::spawn(async move {
         let created = now_secs();
         let mut text = TextStream::new(job.sampling.stops.clone());
+        let mut logprobs = job.sampling.logprobs.map(|_| Logprobs::new(job.endpoint.logprobs_style()));
         let mut usage = Usage::default();
         let mut last = Instant::now();
         let mut first = true;
@@ -420,14 +454,22 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
             for &t in &msg.token_ids {
                 out.push_str(&text.push(&state.tokenizer, t));
             }
+            if let Some(lp) = logprobs.as_mut() {
+                lp.extend(&state.tokenizer, &msg.logprobs);
+            }
             if !msg.token_ids.is_empty() {
                 let h = if usage.completion_tokens == msg.token_ids.len() { m::TTFT } else { m::ITL };
                 let since = if h == m::TTFT { job.started } else { last };
                 metrics::histogram!(h).record(since.elapsed().as_secs_f64());
                 last = Instant::now();
             }
+            // Logprobs ride with the text their tokens produced; tokens whose
+            // text is still held back wait for the next chunk.
             if !out.is_empty() {
                 let mut chunk = chunk_json(&job, created, Some(&out), None, first);
+                if let Some(lp) = logprobs.as_mut() {
+                    chunk["choices"][0]["logprobs"] = lp.take();
+                }
                 if job.sampling.continuous_usage {
                     chunk["usage"] = usage.json(job.prompt_len);
                 }
@@ -455,8 +497,12 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
             return;
         }
         let tail = text.finish(&state.tokenizer);
-        if !tail.is_empty() {
-            let _ = tx.send(Ok(sse(&chunk_json(&job, created, Some(&tail), None, false)))).await;
+        if !tail.is_empty() || logprobs.as_ref().is_some_and(|l| !l.is_empty()) {
+            let mut chunk = chunk_json(&job, created, Some(&tail), None, false);
+            if let Some(lp) = logprobs.as_mut() {
+                chunk["choices"][0]["logprobs"] = lp.take();
+            }
+            let _ = tx.send(Ok(sse(&chunk))).await;
         }
         let reason = finish.unwrap_or_else(|| "length".into());
         let mut fin = chunk_json(&job, created, None, Some(&reason), false);
@@ -498,6 +544,7 @@ fn finish_log(job: &Job, usage: &Usage, reason: &str, status: u16) {
 /// Collects a job into one JSON response.
 async fn whole_response(state: Arc<RouterState>, mut job: Job) -> Response {
     let mut text = TextStream::new(job.sampling.stops.clone());
+    let mut logprobs = job.sampling.logprobs.map(|_| Logprobs::new(job.endpoint.logprobs_style()));
     let mut usage = Usage::default();
     let mut out = String::new();
     let mut finish = None;
@@ -513,6 +560,9 @@ async fn whole_response(state: Arc<RouterState>, mut job: Job) -> Response {
         usage.add(&msg);
         for &t in &msg.token_ids {
             out.push_str(&text.push(&state.tokenizer, t));
+        }
+        if let Some(lp) = logprobs.as_mut() {
+            lp.extend(&state.tokenizer, &msg.logprobs);
         }
         if text.stopped {
             finish = Some("stop".to_string());
@@ -530,12 +580,13 @@ async fn whole_response(state: Arc<RouterState>, mut job: Job) -> Response {
         return e.into_response();
     };
     let created = now_secs();
+    let lp = logprobs.as_mut().map_or(Value::Null, Logprobs::take);
     let body = match job.endpoint {
         Endpoint::Chat => json!({"id": job.id, "object": "chat.completion", "created": created, "model": job.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "logprobs": null, "finish_reason": reason}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "logprobs": lp, "finish_reason": reason}],
             "usage": usage.json(job.prompt_len)}),
         Endpoint::Completion => json!({"id": job.id, "object": "text_completion", "created": created, "model": job.model,
-            "choices": [{"index": 0, "text": out, "logprobs": null, "finish_reason": reason}],
+            "choices": [{"index": 0, "text": out, "logprobs": lp, "finish_reason": reason}],
             "usage": usage.json(job.prompt_len)}),
     };
     finish_log(&job, &usage, &reason, 200);
@@ -567,8 +618,9 @@ impl RouterState {
         authorize(state, headers)?;
         let mut req: ChatRequest = parse(state, body)?;
         let max_completion = req.max_completion_tokens;
-        let (model, mut sampling) = req.take_common().check(state.cfg.max_stop_strings)?;
+        let (model, mut sampling) = req.take_common().check(state.cfg.max_stop_strings, LogprobsStyle::Chat)?;
         check_model(state, &model)?;
+        check_token_ids(state, &sampling)?;
         if req.messages.is_empty() {
             return Err(ApiError::invalid("messages must contain at least one message", Some("messages")));
         }
@@ -602,8 +654,9 @@ impl RouterState {
         let state = self;
         authorize(state, headers)?;
         let mut req: CompletionRequest = parse(state, body)?;
-        let (model, sampling) = req.take_common().check(state.cfg.max_stop_strings)?;
+        let (model, sampling) = req.take_common().check(state.cfg.max_stop_strings, LogprobsStyle::Completion)?;
         check_model(state, &model)?;
+        check_token_ids(state, &sampling)?;
         if req.echo == Some(true) {
             return Err(ApiError::invalid("echo is not supported by Aerie", Some("echo")).with_code("unsupported_parameter"));
         }

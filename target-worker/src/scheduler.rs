@@ -21,7 +21,7 @@ use aerie_engine::generate::{FinishReason, GenerateRequest};
 use aerie_engine::spec::{step_batch, Proposer, SpecSession};
 use aerie_engine::{Model, SamplingParams};
 use aerie_proto::metric_names as m;
-use aerie_proto::v1::{Finished, GenerateResponse, StepStats};
+use aerie_proto::v1::{Finished, GenerateResponse, StepStats, TokenLogprob, TopLogprob};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -204,11 +204,27 @@ struct Running {
     out: ChunkSender,
     cancel: Arc<AtomicBool>,
     reserve: usize,
+    /// Entries of `session.logprobs` already sent.
+    logprobs_sent: usize,
 }
 
 impl Running {
     fn gone(&self) -> bool {
         self.cancel.load(Ordering::Acquire) || self.out.is_closed()
+    }
+
+    /// The logprobs of tokens emitted since the last chunk, on the wire.
+    fn new_logprobs(&mut self) -> Vec<TokenLogprob> {
+        let fresh = &self.session.logprobs[self.logprobs_sent..];
+        self.logprobs_sent = self.session.logprobs.len();
+        fresh
+            .iter()
+            .map(|l| TokenLogprob {
+                token_id: l.token,
+                logprob: l.logprob,
+                top: l.top.iter().map(|&(token_id, logprob)| TopLogprob { token_id, logprob }).collect(),
+            })
+            .collect()
     }
 }
 
@@ -236,6 +252,7 @@ fn finished_message(r: &mut Running) -> GenerateResponse {
     GenerateResponse {
         token_ids: Vec::new(),
         step: None,
+        logprobs: Vec::new(),
         finished: Some(Finished {
             finish_reason: finish_reason.into(),
             prompt_tokens: s.stats.prompt_tokens as u32,
@@ -291,11 +308,21 @@ fn run(model: &Model, shared: &Shared) {
             let req = GenerateRequest { prompt_ids: &j.prompt, max_tokens: j.max_tokens, sampling: j.sampling.clone(), stop_ids: &j.stop_ids };
             match SpecSession::start(model, j.proposer, &req) {
                 Ok(session) => {
-                    let r = Running { id: j.id, session, speculative: j.speculative, fallback: j.fallback, out: j.out, cancel: j.cancel, reserve: j.reserve };
+                    let mut r = Running {
+                        id: j.id,
+                        session,
+                        speculative: j.speculative,
+                        fallback: j.fallback,
+                        out: j.out,
+                        cancel: j.cancel,
+                        reserve: j.reserve,
+                        logprobs_sent: 0,
+                    };
                     let first = r.session.tokens.clone();
                     metrics::counter!(m::TARGET_GENERATED_TOKENS).increment(first.len() as u64);
                     if !first.is_empty() {
-                        let _ = r.out.send(Ok(GenerateResponse { token_ids: first, step: None, finished: None }));
+                        let logprobs = r.new_logprobs();
+                        let _ = r.out.send(Ok(GenerateResponse { token_ids: first, step: None, finished: None, logprobs }));
                     }
                     if r.session.is_finished() {
                         finish(shared, r);
@@ -345,7 +372,7 @@ fn run(model: &Model, shared: &Shared) {
             metrics::histogram!(m::TARGET_VERIFY_DURATION).record((r.session.spec.verify_ms - before[0].2).max(0.0) / 1e3);
         }
         let mut still = Vec::with_capacity(running.len());
-        for ((r, new), (c0, p0, _)) in running.drain(..).zip(news).zip(before) {
+        for ((mut r, new), (c0, p0, _)) in running.drain(..).zip(news).zip(before) {
             let accepted = r.session.spec.spec_num_correct_drafts - c0;
             let depth = r.session.spec.spec_num_proposed_drafts - p0;
             metrics::counter!(m::TARGET_VERIFY_STEPS).increment(1);
@@ -359,7 +386,8 @@ fn run(model: &Model, shared: &Shared) {
                 }
             }
             let step = r.speculative.then_some(StepStats { accepted_drafts: accepted as u32, proposed_depth: depth as u32, batch_size: batch as u32 });
-            if !new.is_empty() && r.out.send(Ok(GenerateResponse { token_ids: new, step, finished: None })).is_err() {
+            let logprobs = r.new_logprobs();
+            if !new.is_empty() && r.out.send(Ok(GenerateResponse { token_ids: new, step, finished: None, logprobs })).is_err() {
                 r.cancel.store(true, Ordering::Release);
             }
             if r.session.is_finished() {

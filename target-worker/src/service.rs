@@ -6,7 +6,7 @@ use crate::error::TargetError;
 use crate::remote_draft::DraftLink;
 use crate::scheduler::{self, Job, Shared, TREE_SLACK};
 use aerie_engine::spec::{NoProposer, Proposer};
-use aerie_engine::{Engine, Model, SamplingParams};
+use aerie_engine::{Engine, Model, Processors, SamplingParams};
 use aerie_proto::metric_names as m;
 use aerie_proto::v1::target_service_server::TargetService;
 use aerie_proto::v1::{
@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
+
+/// Most `top_logprobs` a request may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 /// Default `max_tokens` when a request leaves it unset.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
@@ -92,7 +95,7 @@ impl TargetServer {
             return Err(TargetError::InvalidRequest(format!("stop id {t} is outside the vocabulary (size {vocab})")));
         }
         let max_tokens = r.max_tokens.map(|x| x as usize).unwrap_or(DEFAULT_MAX_TOKENS);
-        let s = r.sampling.unwrap_or_default();
+        let s = r.sampling.clone().unwrap_or_default();
         let d = SamplingParams::default();
         let sampling = SamplingParams {
             temperature: s.temperature.unwrap_or(d.temperature),
@@ -100,8 +103,28 @@ impl TargetServer {
             top_k: s.top_k.map(|x| x as usize).unwrap_or(d.top_k),
             min_p: s.min_p.unwrap_or(d.min_p),
             seed: s.seed,
+            processors: Processors {
+                presence_penalty: s.presence_penalty.unwrap_or(0.0),
+                frequency_penalty: s.frequency_penalty.unwrap_or(0.0),
+                repetition_penalty: s.repetition_penalty.unwrap_or(1.0),
+                logit_bias: {
+                    let mut b: Vec<(u32, f32)> = s.logit_bias.iter().map(|(&t, &v)| (t, v)).collect();
+                    b.sort_by_key(|x| x.0);
+                    b
+                },
+                min_tokens: s.min_tokens.unwrap_or(0) as usize,
+            },
+            logprobs: if r.logprobs {
+                if r.top_logprobs > MAX_TOP_LOGPROBS {
+                    return Err(TargetError::InvalidRequest(format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}", r.top_logprobs)));
+                }
+                Some(r.top_logprobs as usize)
+            } else {
+                None
+            },
         };
         sampling.validate().map_err(TargetError::InvalidRequest)?;
+        sampling.processors.validate(vocab as usize).map_err(TargetError::InvalidRequest)?;
         Ok((max_tokens, sampling))
     }
 }

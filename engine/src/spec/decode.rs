@@ -17,6 +17,7 @@ use crate::error::{EngineError, Result};
 use crate::generate::{FinishReason, GenerateRequest, GenerationStats};
 use crate::kv::KvCache;
 use crate::model::{AttnMask, ForwardOptions, LogitsRows, Model, SeqInput, SeqOutput};
+use crate::processors::{self, logprob_of, History, TokenLogprob};
 use crate::sampling::{target_probs, Sampler, SamplingParams};
 use aerie_kernels::cpu::ops;
 use serde::Serialize;
@@ -60,6 +61,10 @@ pub struct SpecSession<'p> {
     pub stats: GenerationStats,
     pub spec: SpecStats,
     verify_emitted: usize,
+    /// What the logits processors see: prompt and committed output.
+    history: History,
+    /// One entry per emitted token when `sampling.logprobs` asks for them.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// What a forward must export for these feature kinds.
@@ -125,7 +130,14 @@ impl<'p> SpecSession<'p> {
             &opts,
         )?;
         let mut sampler = Sampler::new(req.sampling.seed);
-        let first = sampler.sample(&out[0].logits, &req.sampling);
+        let history = History::new(req.prompt_ids);
+        let mut logits = out[0].logits.clone();
+        processors::apply(&mut logits, &req.sampling.processors, &history.with_path(&[]), req.stop_ids);
+        let first = sampler.sample(&logits, &req.sampling);
+        let mut logprobs = Vec::new();
+        if let Some(top) = req.sampling.logprobs {
+            logprobs.push(logprob_of(&out[0].logits, first, top));
+        }
         stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
         let mut s = SpecSession {
             cache,
@@ -140,6 +152,8 @@ impl<'p> SpecSession<'p> {
             stats,
             spec: SpecStats::default(),
             verify_emitted: 0,
+            history,
+            logprobs,
             proposer,
         };
         if req.max_tokens == 0 {
@@ -147,6 +161,7 @@ impl<'p> SpecSession<'p> {
             return Ok(s);
         }
         s.tokens.push(first);
+        s.history.push(first);
         s.check_finished(model);
         if s.finish.is_none() {
             let rows: Vec<usize> = (0..req.prompt_ids.len()).collect();
@@ -262,15 +277,29 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
         let base = bases.next().expect("one base per tree");
         let t = Instant::now();
         let mut logits = PathLogits::new(model, tree, &out.hidden);
-        let acc: Accepted = if s.sampling.is_greedy() {
-            greedy_verify_lazy(tree, &mut |i| logits.row(i).map_or(0, |l| ops::argmax(&l).0 as u32))
+        // Each node's logits, processed with the history after its own path
+        // (see `processors`); raw rows are kept when logprobs are reported.
+        let params = s.sampling.clone();
+        let mut raw: Vec<(usize, Vec<f32>)> = Vec::new();
+        let mut row = |i: usize| -> Option<Vec<f32>> {
+            let mut l = logits.row(i).ok()?;
+            if params.logprobs.is_some() {
+                raw.push((i, l.clone()));
+            }
+            if !params.processors.is_noop() {
+                let path = tree.path_tokens(i);
+                processors::apply(&mut l, &params.processors, &s.history.with_path(&path), &s.stop_ids);
+            }
+            Some(l)
+        };
+        let acc: Accepted = if params.is_greedy() {
+            greedy_verify_lazy(tree, &mut |i| row(i).map_or(0, |l| ops::argmax(&l).0 as u32))
         } else {
-            let params = s.sampling.clone();
             // After an error any well-formed distribution keeps verification
             // going; its result is discarded below.
             let vocab = model.config.vocab_size;
             let uniform = || vec![1.0 / vocab as f32; vocab];
-            sample_verify(tree, &mut |i| logits.row(i).map_or_else(|_| uniform(), |l| target_probs(&l, &params)), &mut s.sampler)
+            sample_verify(tree, &mut |i| row(i).map_or_else(uniform, |l| target_probs(&l, &params)), &mut s.sampler)
         };
         // A failed lm_head (a device error) voids the round's result.
         if let Some(e) = logits.error.take() {
@@ -288,8 +317,14 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
         s.cache.keep_rows(base, &acc.path)?;
         // Emit until a stop token or the token budget; the rest is dropped.
         let mut new = Vec::new();
-        for &tok in &acc.tokens {
+        for (j, &tok) in acc.tokens.iter().enumerate() {
+            if let Some(top) = s.sampling.logprobs {
+                let node = acc.path[j];
+                let l = &raw.iter().find(|r| r.0 == node).expect("the walk scored every node on its path").1;
+                s.logprobs.push(logprob_of(l, tok, top));
+            }
             s.tokens.push(tok);
+            s.history.push(tok);
             new.push(tok);
             s.check_finished(model);
             if s.is_finished() {

@@ -129,6 +129,19 @@ impl DraftTree {
         self.tokens.is_empty()
     }
 
+    /// Tokens from the root's child down to node `i` (empty for the root):
+    /// what decoding would have emitted after the root to reach `i`.
+    pub fn path_tokens(&self, i: usize) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.depth[i]);
+        let mut n = i;
+        while let Some(p) = self.parents[n] {
+            out.push(self.tokens[n]);
+            n = p;
+        }
+        out.reverse();
+        out
+    }
+
     /// Positions of the nodes when the root sits at `root_pos`.
     pub fn positions(&self, root_pos: usize) -> Vec<u32> {
         self.depth.iter().map(|&d| (root_pos + d) as u32).collect()
