@@ -375,3 +375,20 @@ impl StreamDecoder {
         Ok(now.get(before.len()..).filter(|t| !t.is_empty()).map(str::to_string))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::byte_level_bytes;
+
+    #[test]
+    fn byte_level_pieces_map_back_to_their_bytes() {
+        assert_eq!(byte_level_bytes("Ġthe").unwrap(), b" the");
+        assert_eq!(byte_level_bytes("Ċ").unwrap(), b"\n");
+        // "é" is 0xC3 0xA9; byte-level BPE writes it as "Ã©", and half a
+        // character stays half.
+        assert_eq!(byte_level_bytes("Ã©").unwrap(), "é".as_bytes());
+        assert_eq!(byte_level_bytes("Ã").unwrap(), vec![0xC3]);
+        // SentencePiece's "▁" is not a byte-level character.
+        assert!(byte_level_bytes("▁the").is_none());
+    }
+}

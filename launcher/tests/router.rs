@@ -88,6 +88,31 @@ fn openai_python_client_conformance_through_aerie_serve() {
     assert!(st.success(), "{st}");
 }
 
+/// logprobs, penalties, logit_bias, min_tokens and stop_token_ids through
+/// the official client: greedy output and logprobs with speculation equal
+/// those without it (`tests/openai/features.py`).
+#[test]
+fn openai_sampling_features_are_lossless_under_speculation() {
+    let _g = serial();
+    let spec = serve(&[]);
+    let plain = serve(&["--no-speculation"]);
+    let e = engine();
+    let id = |t: &str| {
+        let ids = e.tokenizer.encode(t, false).unwrap();
+        assert_eq!(ids.len(), 1, "{t:?} is one token");
+        ids[0]
+    };
+    let ids = json!({"the": id(" the"), "period": id(".")});
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/openai/features.py"))
+        .args(["--spec-url", &format!("http://{}/v1", spec.addr), "--plain-url", &format!("http://{}/v1", plain.addr), "--ids", &ids.to_string()])
+        .output()
+        .expect("the test venv (scripts/setup.sh installs openai into .venv)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "feature failures:\n{stdout}");
+}
+
 #[test]
 fn greedy_text_is_identical_with_and_without_speculation() {
     let _g = serial();
