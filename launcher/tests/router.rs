@@ -88,7 +88,7 @@ fn openai_python_client_conformance_through_aerie_serve() {
     assert!(st.success(), "{st}");
 }
 
-/// logprobs, penalties, logit_bias, min_tokens and stop_token_ids through
+/// logprobs, penalties, logit_bias, min_tokens, stop_token_ids and n through
 /// the official client: greedy output and logprobs with speculation equal
 /// those without it (`tests/openai/features.py`).
 #[test]
@@ -103,9 +103,16 @@ fn openai_sampling_features_are_lossless_under_speculation() {
         ids[0]
     };
     let ids = json!({"the": id(" the"), "period": id(".")});
+    let metrics = spec
+        .preamble
+        .iter()
+        .find(|l| l.trim_start().starts_with("target-0"))
+        .and_then(|l| l.split_whitespace().find(|w| w.ends_with("/metrics")))
+        .expect("serve prints its target's metrics URL")
+        .to_string();
     let out = Command::new(repo().join(".venv/bin/python"))
         .arg(repo().join("tests/openai/features.py"))
-        .args(["--spec-url", &format!("http://{}/v1", spec.addr), "--plain-url", &format!("http://{}/v1", plain.addr), "--ids", &ids.to_string()])
+        .args(["--spec-url", &format!("http://{}/v1", spec.addr), "--plain-url", &format!("http://{}/v1", plain.addr), "--ids", &ids.to_string(), "--target-metrics", &metrics])
         .output()
         .expect("the test venv (scripts/setup.sh installs openai into .venv)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -149,7 +156,7 @@ fn greedy_text_is_identical_with_and_without_speculation() {
 #[test]
 fn no_target_is_503_and_full_queues_are_429() {
     let _g = serial();
-    let dead = Proc { child: Command::new("true").spawn().unwrap(), addr: format!("127.0.0.1:{}", free_port()), ready: String::new() };
+    let dead = Proc { child: Command::new("true").spawn().unwrap(), addr: format!("127.0.0.1:{}", free_port()), ready: String::new(), preamble: Vec::new() };
     let r = router(&[&dead], &[], &[]);
     let (s, b) = http(&r.addr, "GET", "/health", None);
     assert_eq!(s, 503, "{b}");

@@ -36,6 +36,8 @@ pub const TARGET_RUNNING: &str = "aerie_target_running_requests";
 pub const TARGET_DRAFT_FALLBACKS: &str = "aerie_target_draft_fallbacks_total";
 /// Counter, label `outcome` (`finished`, `aborted`, `rejected`, `failed`): requests.
 pub const TARGET_REQUESTS: &str = "aerie_target_requests_total";
+/// Counter: prompt tokens prefilled (once per request, whatever its `n`).
+pub const TARGET_PREFILL_TOKENS: &str = "aerie_target_prefill_tokens_total";
 /// Counter: tokens generated.
 pub const TARGET_GENERATED_TOKENS: &str = "aerie_target_generated_tokens_total";
 /// Counter, label `transport`: feature bytes sent to draft workers.

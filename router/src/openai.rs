@@ -1,7 +1,7 @@
 //! OpenAI request types. Every struct refuses unknown fields, so a parameter
 //! Aerie does not implement is a 400 that names it, never silently ignored.
 //! Parameters that exist in OpenAI's API but that Aerie does not support
-//! (`n > 1`, …) are refused by [`CommonFields::check`] with the same kind
+//! (`response_format`, `tools`, …) are refused by [`CommonFields::check`] with the same kind
 //! of message.
 
 use crate::error::ApiError;
@@ -177,6 +177,9 @@ pub struct CommonFields {
     pub stop_token_ids: Option<Vec<u32>>,
 }
 
+/// Most choices one request may ask for (the target workers' limit too).
+pub const MAX_CHOICES: u32 = 32;
+
 /// Which endpoint's `logprobs` shape a request uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogprobsStyle {
@@ -201,6 +204,8 @@ pub struct Sampling {
     /// Usage on every chunk (`stream_options.continuous_usage_stats`).
     pub continuous_usage: bool,
     pub ignore_eos: bool,
+    /// Choices (OpenAI's `n`), sharing one prefill on the target.
+    pub n: u32,
     /// Report logprobs with this many top alternatives; `None` is off.
     pub logprobs: Option<u32>,
     pub presence_penalty: Option<f32>,
@@ -216,10 +221,9 @@ impl CommonFields {
     /// Refuses what Aerie does not implement and checks ranges.
     pub fn check(self, max_stops: usize, style: LogprobsStyle) -> Result<(String, Sampling), ApiError> {
         let model = self.model.ok_or_else(|| ApiError::invalid("you must provide a model parameter", Some("model")).with_code("missing_required_parameter"))?;
-        if let Some(n) = self.n {
-            if n != 1 {
-                return Err(ApiError::invalid(format!("n = {n} is not supported; Aerie returns one choice (n = 1)"), Some("n")));
-            }
+        let n = self.n.unwrap_or(1);
+        if !(1..=MAX_CHOICES).contains(&n) {
+            return Err(ApiError::invalid(format!("n must be between 1 and {MAX_CHOICES}, got {n}"), Some("n")));
         }
         let logprobs = check_logprobs(&self.logprobs, self.top_logprobs, style)?;
         for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
@@ -303,6 +307,7 @@ impl CommonFields {
                 include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage),
                 continuous_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage && o.continuous_usage_stats),
                 ignore_eos: self.ignore_eos.unwrap_or(false),
+                n,
                 logprobs,
                 presence_penalty: self.presence_penalty,
                 frequency_penalty: self.frequency_penalty,

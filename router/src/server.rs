@@ -309,6 +309,7 @@ async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: P
             ignore_eos: sampling.ignore_eos,
             logprobs: sampling.logprobs.is_some(),
             top_logprobs: sampling.logprobs.unwrap_or(0),
+            n: sampling.n,
         };
         let in_flight = target.track();
         match target.client().generate(req).await {
@@ -347,7 +348,7 @@ async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: P
 }
 
 /// Speculation counters, accumulated from step chunks and replaced by the
-/// worker's own totals when its final message arrives.
+/// workers' own totals once every choice has sent its final message.
 #[derive(Default)]
 struct Usage {
     completion_tokens: usize,
@@ -355,7 +356,7 @@ struct Usage {
     correct: u32,
     proposed: u32,
     step_tokens: usize,
-    finished: Option<aerie_proto::v1::Finished>,
+    finished: Vec<aerie_proto::v1::Finished>,
 }
 
 impl Usage {
@@ -368,25 +369,38 @@ impl Usage {
             self.step_tokens += m.token_ids.len();
         }
         if let Some(f) = &m.finished {
-            self.finished = Some(f.clone());
+            self.finished.push(f.clone());
         }
     }
 
-    fn json(&self, prompt_len: usize) -> Value {
+    fn json(&self, prompt_len: usize, choices: usize) -> Value {
         let mut u = json!({
             "prompt_tokens": prompt_len,
             "completion_tokens": self.completion_tokens,
             "total_tokens": prompt_len + self.completion_tokens,
         });
         if self.verify_ct > 0 {
-            let (ct, correct, len, rate) = match &self.finished {
-                Some(f) if f.spec_verify_ct > 0 => (f.spec_verify_ct, f.spec_num_correct_drafts, f.spec_accept_length, f.spec_accept_rate),
-                _ => (
+            let ct: u32 = self.finished.iter().map(|f| f.spec_verify_ct).sum();
+            let (ct, correct, len, rate) = if self.finished.len() == choices && ct > 0 {
+                // The workers' totals; over several choices, τ is weighted
+                // by each choice's verifications.
+                let correct = self.finished.iter().map(|f| f.spec_num_correct_drafts).sum();
+                let len = self.finished.iter().map(|f| f.spec_accept_length * f.spec_verify_ct as f64).sum::<f64>() / ct as f64;
+                let rate = if self.finished.len() == 1 {
+                    self.finished[0].spec_accept_rate
+                } else if self.proposed > 0 {
+                    self.correct as f64 / self.proposed as f64
+                } else {
+                    0.0
+                };
+                (ct, correct, len, rate)
+            } else {
+                (
                     self.verify_ct,
                     self.correct,
                     self.step_tokens as f64 / self.verify_ct as f64,
                     if self.proposed > 0 { self.correct as f64 / self.proposed as f64 } else { 0.0 },
-                ),
+                )
             };
             u["spec_verify_ct"] = json!(ct);
             u["spec_num_correct_drafts"] = json!(correct);
@@ -397,7 +411,58 @@ impl Usage {
     }
 }
 
-fn chunk_json(job: &Job, created: u64, text: Option<&str>, finish: Option<&str>, first: bool) -> Value {
+/// One choice's relay state.
+struct Choice {
+    text: TextStream,
+    logprobs: Option<Logprobs>,
+    /// The whole text (non-streaming responses only).
+    out: String,
+    finish: Option<String>,
+    /// No chunk sent yet (chat's first delta carries the role).
+    first: bool,
+}
+
+impl Choice {
+    fn all(job: &Job) -> Vec<Choice> {
+        (0..job.sampling.n)
+            .map(|_| Choice {
+                text: TextStream::new(job.sampling.stops.clone()),
+                logprobs: job.sampling.logprobs.map(|_| Logprobs::new(job.endpoint.logprobs_style())),
+                out: String::new(),
+                finish: None,
+                first: true,
+            })
+            .collect()
+    }
+
+    /// Adds one worker message; returns the text it releases.
+    fn push(&mut self, tok: &Tokenizer, m: &GenerateResponse) -> String {
+        if self.finish.is_some() {
+            // Past a stop string: the worker's later tokens are dropped.
+            return String::new();
+        }
+        let mut out = String::new();
+        for &t in &m.token_ids {
+            out.push_str(&self.text.push(tok, t));
+        }
+        if let Some(lp) = self.logprobs.as_mut() {
+            lp.extend(tok, &m.logprobs);
+        }
+        if self.text.stopped {
+            self.finish = Some("stop".into());
+        } else if let Some(f) = &m.finished {
+            self.finish = Some(f.finish_reason.clone());
+        }
+        out
+    }
+
+    /// The logprobs of the tokens since the last chunk, or null.
+    fn take_logprobs(&mut self) -> Value {
+        self.logprobs.as_mut().map_or(Value::Null, Logprobs::take)
+    }
+}
+
+fn chunk_json(job: &Job, created: u64, index: u32, text: Option<&str>, finish: Option<&str>, first: bool) -> Value {
     match job.endpoint {
         Endpoint::Chat => {
             let mut delta = json!({});
@@ -408,10 +473,10 @@ fn chunk_json(job: &Job, created: u64, text: Option<&str>, finish: Option<&str>,
                 delta["content"] = json!(t);
             }
             json!({"id": job.id, "object": "chat.completion.chunk", "created": created, "model": job.model,
-                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+                   "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]})
         }
         Endpoint::Completion => json!({"id": job.id, "object": "text_completion", "created": created, "model": job.model,
-                   "choices": [{"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}]}),
+                   "choices": [{"index": index, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}]}),
     }
 }
 
@@ -430,16 +495,18 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
     let id = job.id.clone();
     tokio::spawn(async move {
         let created = now_secs();
-        let mut text = TextStream::new(job.sampling.stops.clone());
-        let mut logprobs = job.sampling.logprobs.map(|_| Logprobs::new(job.endpoint.logprobs_style()));
+        let mut choices = Choice::all(&job);
+        let n = choices.len();
         let mut usage = Usage::default();
         let mut last = Instant::now();
-        let mut first = true;
-        if job.endpoint == Endpoint::Chat && tx.send(Ok(sse(&chunk_json(&job, created, Some(""), None, true)))).await.is_err() {
-            return;
+        if job.endpoint == Endpoint::Chat {
+            for (i, c) in choices.iter_mut().enumerate() {
+                if tx.send(Ok(sse(&chunk_json(&job, created, i as u32, Some(""), None, true)))).await.is_err() {
+                    return;
+                }
+                c.first = false;
+            }
         }
-        first = first && job.endpoint != Endpoint::Chat;
-        let mut finish: Option<String> = None;
         let mut failed: Option<ApiError> = None;
         while let Some(msg) = job.stream.next().await {
             let msg = match msg {
@@ -449,14 +516,15 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
                     break;
                 }
             };
+            let Some(c) = choices.get_mut(msg.index as usize) else {
+                failed = Some(ApiError::internal(&format!("the target worker sent choice {} of a request with {n}", msg.index)));
+                break;
+            };
+            if c.finish.is_some() {
+                continue;
+            }
             usage.add(&msg);
-            let mut out = String::new();
-            for &t in &msg.token_ids {
-                out.push_str(&text.push(&state.tokenizer, t));
-            }
-            if let Some(lp) = logprobs.as_mut() {
-                lp.extend(&state.tokenizer, &msg.logprobs);
-            }
+            let out = c.push(&state.tokenizer, &msg);
             if !msg.token_ids.is_empty() {
                 let h = if usage.completion_tokens == msg.token_ids.len() { m::TTFT } else { m::ITL };
                 let since = if h == m::TTFT { job.started } else { last };
@@ -466,27 +534,35 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
             // Logprobs ride with the text their tokens produced; tokens whose
             // text is still held back wait for the next chunk.
             if !out.is_empty() {
-                let mut chunk = chunk_json(&job, created, Some(&out), None, first);
-                if let Some(lp) = logprobs.as_mut() {
-                    chunk["choices"][0]["logprobs"] = lp.take();
-                }
+                let mut chunk = chunk_json(&job, created, msg.index, Some(&out), None, c.first);
+                c.first = false;
+                chunk["choices"][0]["logprobs"] = c.take_logprobs();
                 if job.sampling.continuous_usage {
-                    chunk["usage"] = usage.json(job.prompt_len);
+                    chunk["usage"] = usage.json(job.prompt_len, n);
                 }
                 if tx.send(Ok(sse(&chunk))).await.is_err() {
                     return; // the client left; dropping the stream aborts the request
                 }
             }
-            if text.stopped {
-                finish = Some("stop".into());
-                break;
-            }
-            if let Some(f) = &msg.finished {
-                finish = Some(f.finish_reason.clone());
-                break;
+            if let Some(reason) = c.finish.clone() {
+                let tail = c.text.finish(&state.tokenizer);
+                if !tail.is_empty() || c.logprobs.as_ref().is_some_and(|l| !l.is_empty()) {
+                    let mut chunk = chunk_json(&job, created, msg.index, Some(&tail), None, c.first);
+                    c.first = false;
+                    chunk["choices"][0]["logprobs"] = c.take_logprobs();
+                    let _ = tx.send(Ok(sse(&chunk))).await;
+                }
+                let mut fin = chunk_json(&job, created, msg.index, None, Some(&reason), false);
+                if job.endpoint == Endpoint::Completion {
+                    fin["choices"][0]["text"] = json!("");
+                }
+                let _ = tx.send(Ok(sse(&fin))).await;
+                if choices.iter().all(|c| c.finish.is_some()) {
+                    break;
+                }
             }
         }
-        if finish.is_none() && failed.is_none() {
+        if failed.is_none() && choices.iter().any(|c| c.finish.is_none()) {
             failed = Some(ApiError::internal("the target worker ended the stream without finishing the request"));
         }
         if let Some(e) = failed {
@@ -496,26 +572,13 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
             record(job.endpoint, e.status.as_u16(), job.started);
             return;
         }
-        let tail = text.finish(&state.tokenizer);
-        if !tail.is_empty() || logprobs.as_ref().is_some_and(|l| !l.is_empty()) {
-            let mut chunk = chunk_json(&job, created, Some(&tail), None, false);
-            if let Some(lp) = logprobs.as_mut() {
-                chunk["choices"][0]["logprobs"] = lp.take();
-            }
-            let _ = tx.send(Ok(sse(&chunk))).await;
-        }
-        let reason = finish.unwrap_or_else(|| "length".into());
-        let mut fin = chunk_json(&job, created, None, Some(&reason), false);
-        if job.endpoint == Endpoint::Completion {
-            fin["choices"][0]["text"] = json!("");
-        }
-        let _ = tx.send(Ok(sse(&fin))).await;
         if job.sampling.include_usage {
             let u = json!({"id": job.id, "object": if job.endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" },
-                           "created": created, "model": job.model, "choices": [], "usage": usage.json(job.prompt_len)});
+                           "created": created, "model": job.model, "choices": [], "usage": usage.json(job.prompt_len, n)});
             let _ = tx.send(Ok(sse(&u))).await;
         }
         let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+        let reason = choices[0].finish.clone().unwrap_or_default();
         finish_log(&job, &usage, &reason, 200);
     });
     let mut r = Response::new(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)));
@@ -543,11 +606,9 @@ fn finish_log(job: &Job, usage: &Usage, reason: &str, status: u16) {
 
 /// Collects a job into one JSON response.
 async fn whole_response(state: Arc<RouterState>, mut job: Job) -> Response {
-    let mut text = TextStream::new(job.sampling.stops.clone());
-    let mut logprobs = job.sampling.logprobs.map(|_| Logprobs::new(job.endpoint.logprobs_style()));
+    let mut choices = Choice::all(&job);
+    let n = choices.len();
     let mut usage = Usage::default();
-    let mut out = String::new();
-    let mut finish = None;
     while let Some(msg) = job.stream.next().await {
         let msg = match msg {
             Ok(m) => m,
@@ -557,38 +618,49 @@ async fn whole_response(state: Arc<RouterState>, mut job: Job) -> Response {
                 return e.into_response();
             }
         };
+        let Some(c) = choices.get_mut(msg.index as usize) else {
+            let e = ApiError::internal(&format!("the target worker sent choice {} of a request with {n}", msg.index));
+            record(job.endpoint, e.status.as_u16(), job.started);
+            return e.into_response();
+        };
+        if c.finish.is_some() {
+            continue;
+        }
         usage.add(&msg);
-        for &t in &msg.token_ids {
-            out.push_str(&text.push(&state.tokenizer, t));
-        }
-        if let Some(lp) = logprobs.as_mut() {
-            lp.extend(&state.tokenizer, &msg.logprobs);
-        }
-        if text.stopped {
-            finish = Some("stop".to_string());
-            break;
-        }
-        if let Some(f) = &msg.finished {
-            finish = Some(f.finish_reason.clone());
-            break;
+        let out = c.push(&state.tokenizer, &msg);
+        c.out.push_str(&out);
+        if c.finish.is_some() {
+            let tail = c.text.finish(&state.tokenizer);
+            c.out.push_str(&tail);
+            if choices.iter().all(|c| c.finish.is_some()) {
+                break;
+            }
         }
     }
-    out.push_str(&text.finish(&state.tokenizer));
-    let Some(reason) = finish else {
+    if choices.iter().any(|c| c.finish.is_none()) {
         let e = ApiError::internal("the target worker ended the stream without finishing the request");
         record(job.endpoint, e.status.as_u16(), job.started);
         return e.into_response();
-    };
+    }
     let created = now_secs();
-    let lp = logprobs.as_mut().map_or(Value::Null, Logprobs::take);
-    let body = match job.endpoint {
-        Endpoint::Chat => json!({"id": job.id, "object": "chat.completion", "created": created, "model": job.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "logprobs": lp, "finish_reason": reason}],
-            "usage": usage.json(job.prompt_len)}),
-        Endpoint::Completion => json!({"id": job.id, "object": "text_completion", "created": created, "model": job.model,
-            "choices": [{"index": 0, "text": out, "logprobs": lp, "finish_reason": reason}],
-            "usage": usage.json(job.prompt_len)}),
+    let body_choices: Vec<Value> = choices
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| {
+            let lp = c.take_logprobs();
+            let reason = c.finish.clone().unwrap_or_default();
+            match job.endpoint {
+                Endpoint::Chat => json!({"index": i, "message": {"role": "assistant", "content": c.out}, "logprobs": lp, "finish_reason": reason}),
+                Endpoint::Completion => json!({"index": i, "text": c.out, "logprobs": lp, "finish_reason": reason}),
+            }
+        })
+        .collect();
+    let object = match job.endpoint {
+        Endpoint::Chat => "chat.completion",
+        Endpoint::Completion => "text_completion",
     };
+    let body = json!({"id": job.id, "object": object, "created": created, "model": job.model, "choices": body_choices, "usage": usage.json(job.prompt_len, n)});
+    let reason = choices[0].finish.clone().unwrap_or_default();
     finish_log(&job, &usage, &reason, 200);
     let mut r = axum::Json(body).into_response();
     if let Ok(v) = HeaderValue::from_str(&job.id) {

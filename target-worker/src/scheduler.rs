@@ -40,14 +40,15 @@ pub struct Job {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop_ids: Vec<u32>,
-    pub proposer: Box<dyn Proposer>,
+    /// One proposer per choice (OpenAI's `n`); the choices share the prefill.
+    pub proposers: Vec<Box<dyn Proposer>>,
     /// Whether per-step speculation stats are reported.
     pub speculative: bool,
     /// Raised when the request lost (or never got) its draft worker.
     pub fallback: Arc<AtomicBool>,
     pub out: ChunkSender,
     pub cancel: Arc<AtomicBool>,
-    /// KV tokens reserved while running.
+    /// KV tokens reserved while running, for all choices together.
     pub reserve: usize,
 }
 
@@ -195,9 +196,14 @@ impl Shared {
     }
 }
 
-/// A request being decoded.
+/// One choice of a request being decoded.
 struct Running {
     id: String,
+    /// Which choice (0 for a request with one).
+    index: u32,
+    /// Choices of this request still running; the last one to end forgets
+    /// the request id and counts the request.
+    siblings: Arc<AtomicUsize>,
     session: SpecSession<'static>,
     speculative: bool,
     fallback: Arc<AtomicBool>,
@@ -253,6 +259,7 @@ fn finished_message(r: &mut Running) -> GenerateResponse {
         token_ids: Vec::new(),
         step: None,
         logprobs: Vec::new(),
+        index: r.index,
         finished: Some(Finished {
             finish_reason: finish_reason.into(),
             prompt_tokens: s.stats.prompt_tokens as u32,
@@ -273,10 +280,12 @@ fn run(model: &Model, shared: &Shared) {
         running.retain(|r| {
             if r.gone() {
                 shared.kv_used.fetch_sub(r.reserve, Ordering::AcqRel);
-                shared.forget(&r.id);
-                metrics::counter!(m::TARGET_REQUESTS, "outcome" => "aborted").increment(1);
-                // An Abort RPC ends the stream with CANCELLED, never silently.
-                let _ = r.out.send(Err(tonic::Status::cancelled("aborted")));
+                if r.siblings.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    shared.forget(&r.id);
+                    metrics::counter!(m::TARGET_REQUESTS, "outcome" => "aborted").increment(1);
+                    // An Abort RPC ends the stream with CANCELLED, never silently.
+                    let _ = r.out.send(Err(tonic::Status::cancelled("aborted")));
+                }
                 false
             } else {
                 true
@@ -306,29 +315,40 @@ fn run(model: &Model, shared: &Shared) {
         }
         for j in admitted {
             let req = GenerateRequest { prompt_ids: &j.prompt, max_tokens: j.max_tokens, sampling: j.sampling.clone(), stop_ids: &j.stop_ids };
-            match SpecSession::start(model, j.proposer, &req) {
-                Ok(session) => {
-                    let mut r = Running {
-                        id: j.id,
-                        session,
-                        speculative: j.speculative,
-                        fallback: j.fallback,
-                        out: j.out,
-                        cancel: j.cancel,
-                        reserve: j.reserve,
-                        logprobs_sent: 0,
-                    };
-                    let first = r.session.tokens.clone();
-                    metrics::counter!(m::TARGET_GENERATED_TOKENS).increment(first.len() as u64);
-                    if !first.is_empty() {
-                        let logprobs = r.new_logprobs();
-                        let _ = r.out.send(Ok(GenerateResponse { token_ids: first, step: None, finished: None, logprobs }));
+            let n = j.proposers.len();
+            // Choice i samples with seed + i, so each is reproducible alone.
+            let choices: Vec<_> = j.proposers.into_iter().enumerate().map(|(i, p)| (p, j.sampling.seed.map(|s| s.wrapping_add(i as u64)))).collect();
+            match SpecSession::start_many(model, choices, &req) {
+                Ok(sessions) => {
+                    metrics::counter!(m::TARGET_PREFILL_TOKENS).increment(j.prompt.len() as u64);
+                    let siblings = Arc::new(AtomicUsize::new(n));
+                    for (index, session) in sessions.into_iter().enumerate() {
+                        let mut r = Running {
+                            id: j.id.clone(),
+                            index: index as u32,
+                            siblings: siblings.clone(),
+                            session,
+                            speculative: j.speculative,
+                            fallback: j.fallback.clone(),
+                            out: j.out.clone(),
+                            cancel: j.cancel.clone(),
+                            reserve: j.reserve / n,
+                            logprobs_sent: 0,
+                        };
+                        let first = r.session.tokens.clone();
+                        metrics::counter!(m::TARGET_GENERATED_TOKENS).increment(first.len() as u64);
+                        if !first.is_empty() {
+                            let logprobs = r.new_logprobs();
+                            let _ = r.out.send(Ok(GenerateResponse { token_ids: first, step: None, finished: None, logprobs, index: r.index }));
+                        }
+                        if r.session.is_finished() {
+                            finish(shared, r);
+                        } else {
+                            running.push(r);
+                        }
                     }
-                    if r.session.is_finished() {
-                        finish(shared, r);
-                    } else {
-                        running.push(r);
-                    }
+                    // What integer division left over is released now.
+                    shared.kv_used.fetch_sub(j.reserve % n, Ordering::AcqRel);
                 }
                 Err(e) => {
                     shared.kv_used.fetch_sub(j.reserve, Ordering::AcqRel);
@@ -361,8 +381,10 @@ fn run(model: &Model, shared: &Shared) {
                 tracing::error!("verify step failed: {e}");
                 for r in running.drain(..) {
                     shared.kv_used.fetch_sub(r.reserve, Ordering::AcqRel);
-                    shared.forget(&r.id);
-                    metrics::counter!(m::TARGET_REQUESTS, "outcome" => "failed").increment(1);
+                    if r.siblings.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        shared.forget(&r.id);
+                        metrics::counter!(m::TARGET_REQUESTS, "outcome" => "failed").increment(1);
+                    }
                     let _ = r.out.send(Err(tonic::Status::internal(format!("verify step failed: {e}"))));
                 }
                 continue;
@@ -387,7 +409,7 @@ fn run(model: &Model, shared: &Shared) {
             }
             let step = r.speculative.then_some(StepStats { accepted_drafts: accepted as u32, proposed_depth: depth as u32, batch_size: batch as u32 });
             let logprobs = r.new_logprobs();
-            if !new.is_empty() && r.out.send(Ok(GenerateResponse { token_ids: new, step, finished: None, logprobs })).is_err() {
+            if !new.is_empty() && r.out.send(Ok(GenerateResponse { token_ids: new, step, finished: None, logprobs, index: r.index })).is_err() {
                 r.cancel.store(true, Ordering::Release);
             }
             if r.session.is_finished() {
@@ -407,7 +429,9 @@ fn finish(shared: &Shared, mut r: Running) {
         shared.record_tau(r.session.spec.spec_accept_length);
     }
     shared.kv_used.fetch_sub(r.reserve, Ordering::AcqRel);
-    shared.forget(&r.id);
-    metrics::counter!(m::TARGET_REQUESTS, "outcome" => "finished").increment(1);
+    if r.siblings.fetch_sub(1, Ordering::AcqRel) == 1 {
+        shared.forget(&r.id);
+        metrics::counter!(m::TARGET_REQUESTS, "outcome" => "finished").increment(1);
+    }
     let _ = r.out.send(Ok(msg));
 }

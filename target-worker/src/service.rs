@@ -18,6 +18,9 @@ use std::sync::Arc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
 
+/// Most choices (`n`) one request may ask for.
+pub const MAX_CHOICES: usize = 32;
+
 /// Most `top_logprobs` a request may ask for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: u32 = 20;
 
@@ -160,28 +163,33 @@ impl TargetService for TargetServer {
         }
         let (max_tokens, sampling) = self.validate(&r)?;
         let ctx = self.model.config.max_position_embeddings;
-        let reserve = (r.prompt_ids.len() + max_tokens).min(ctx) + TREE_SLACK;
+        let n = r.n.max(1) as usize;
+        if n > MAX_CHOICES {
+            return Err(TargetError::InvalidRequest(format!("n = {n} choices; at most {MAX_CHOICES} are allowed")).into());
+        }
+        let reserve = ((r.prompt_ids.len() + max_tokens).min(ctx) + TREE_SLACK) * n;
         if reserve > self.shared.max_total_tokens() {
             return Err(TargetError::InvalidRequest(format!(
-                "the request needs {reserve} KV tokens (prompt + max_tokens + tree slack); this worker's budget is {}",
+                "the request needs {reserve} KV tokens ((prompt + max_tokens + tree slack) × n = {n}); this worker's budget is {}",
                 self.shared.max_total_tokens()
             ))
             .into());
         }
         let fallback = Arc::new(AtomicBool::new(false));
         let speculative = !r.draft_worker.is_empty();
-        let proposer: Box<dyn Proposer> = if speculative {
+        // One proposer per choice: each is its own sequence on the draft worker.
+        let proposers: Vec<Box<dyn Proposer>> = if speculative {
             match self.draft_link(&r.draft_worker).await {
-                Ok(link) => Box::new(link.proposer(fallback.clone())),
+                Ok(link) => (0..n).map(|_| Box::new(link.proposer(fallback.clone())) as Box<dyn Proposer>).collect(),
                 Err(e) => {
                     tracing::warn!("no speculation for this request: {e}");
                     metrics::counter!(m::TARGET_DRAFT_FALLBACKS, "reason" => "connect").increment(1);
                     fallback.store(true, Ordering::Release);
-                    Box::new(NoProposer::default())
+                    (0..n).map(|_| Box::new(NoProposer::default()) as Box<dyn Proposer>).collect()
                 }
             }
         } else {
-            Box::new(NoProposer::default())
+            (0..n).map(|_| Box::new(NoProposer::default()) as Box<dyn Proposer>).collect()
         };
         let id = if r.request_id.is_empty() { format!("req-{}", self.next_id.fetch_add(1, Ordering::Relaxed)) } else { r.request_id };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -197,7 +205,7 @@ impl TargetService for TargetServer {
                 }
                 stop
             },
-            proposer,
+            proposers,
             speculative,
             fallback,
             out: tx,

@@ -176,7 +176,7 @@ def context_length_exceeded(c, a):
 
 @check
 def unsupported_parameters_are_400(c, a):
-    expect_error(lambda: chat(c, a.model, "hi", max_tokens=4, n=2), openai.BadRequestError, 400, param="n")
+    expect_error(lambda: chat(c, a.model, "hi", max_tokens=4, n=33), openai.BadRequestError, 400, param="n")
     expect_error(lambda: chat(c, a.model, "hi", max_tokens=4, temperature=-1), openai.BadRequestError, 400, param="temperature")
     expect_error(lambda: c.chat.completions.create(model=a.model, messages=[], max_tokens=4), openai.BadRequestError, 400, param="messages")
 

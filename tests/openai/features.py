@@ -1,10 +1,11 @@
 """The OpenAI sampling features, lossless under speculation: logprobs,
-penalties, logit_bias, min_tokens and stop_token_ids, checked with the
+penalties, logit_bias, min_tokens, stop_token_ids and n, checked with the
 official `openai` client against two running clusters, one speculating and
 one not:
 
     python tests/openai/features.py --spec-url http://127.0.0.1:30000/v1 \
-        --plain-url http://127.0.0.1:30001/v1 --ids '{"the": 260, "period": 30}'
+        --plain-url http://127.0.0.1:30001/v1 --ids '{"the": 260, "period": 30}' \
+        --target-metrics http://127.0.0.1:PORT/metrics
 
 `--ids` gives token ids the checks need (the caller has the tokenizer).
 Greedy output with speculation must equal greedy output without it, token
@@ -18,6 +19,7 @@ import re
 import sys
 import traceback
 
+import httpx
 import openai
 
 CHECKS = []
@@ -161,6 +163,43 @@ def sampling_with_penalties_is_reproducible_with_a_seed(a):
     same_logprobs(x.choices[0].logprobs.content, y.choices[0].logprobs.content, "seeded")
 
 
+def prefill_tokens(a):
+    t = httpx.get(a.target_metrics, timeout=30).text
+    m = re.search(r"^aerie_target_prefill_tokens_total (\S+)", t, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+@check
+def n_choices_share_one_prefill_and_each_is_reproducible_with_its_seed(a):
+    p = PROMPTS[4]
+    before = prefill_tokens(a)
+    r = chat(a.spec, a, p, n=4, temperature=0.8, seed=77, max_tokens=24)
+    assert prefill_tokens(a) - before == r.usage.prompt_tokens, "four choices, one prefill"
+    assert [c.index for c in r.choices] == [0, 1, 2, 3], r.choices
+    texts = [c.message.content for c in r.choices]
+    assert len(set(texts)) > 1, texts
+    # Choice i is the request alone with seed + i. (Between the two clusters
+    # seeded samples differ: speculation draws its coins per tree node, so
+    # only the distribution is shared, which the chi-square tests check.)
+    for c in r.choices:
+        alone = chat(a.spec, a, p, temperature=0.8, seed=77 + c.index, max_tokens=24)
+        assert alone.choices[0].message.content == c.message.content, (c.index, alone.choices[0].message.content, c.message.content)
+    q = chat(a.plain, a, p, n=2, temperature=0.8, seed=77, max_tokens=24)
+    for c in q.choices:
+        alone = chat(a.plain, a, p, temperature=0.8, seed=77 + c.index, max_tokens=24)
+        assert alone.choices[0].message.content == c.message.content, ("plain", c.index)
+    assert r.usage.model_dump().get("spec_verify_ct", 0) > 0
+    # Streamed, each index carries its own choice's text.
+    got = {}
+    for ch in chat(a.spec, a, p, n=2, temperature=0.8, seed=77, max_tokens=24, stream=True):
+        for x in ch.choices:
+            got[x.index] = got.get(x.index, "") + (x.delta.content or "")
+    assert [got[0], got[1]] == texts[:2], got
+    # Greedy choices are all the greedy answer.
+    g = chat(a.spec, a, p, n=3, temperature=0, max_tokens=16)
+    assert len({c.message.content for c in g.choices}) == 1 and len(g.choices) == 3
+
+
 def expect_400(fn, param):
     try:
         fn()
@@ -185,6 +224,7 @@ def out_of_range_values_are_400s_naming_the_field(a):
     expect_400(lambda: chat(c, a, "hi", max_tokens=4, extra_body={"min_tokens": 5}), "min_tokens")
     expect_400(lambda: chat(c, a, "hi", max_tokens=4, extra_body={"stop_token_ids": [99999999]}), "stop_token_ids")
     expect_400(lambda: c.completions.create(model=a.model, prompt="hi", max_tokens=4, logprobs=6), "logprobs")
+    expect_400(lambda: chat(c, a, "hi", max_tokens=4, n=0), "n")
 
 
 def main():
@@ -194,6 +234,7 @@ def main():
     p.add_argument("--model", default="smollm2")
     p.add_argument("--api-key", default="none")
     p.add_argument("--ids", required=True, help='JSON: {"the": id of " the", "period": id of "."}')
+    p.add_argument("--target-metrics", required=True, help="the speculating cluster's target worker /metrics URL")
     p.add_argument("--only", default="", help="run only checks whose name contains this")
     a = p.parse_args()
     a.ids = json.loads(a.ids)

@@ -113,66 +113,88 @@ impl<'p> SpecSession<'p> {
     /// Prefills the prompt, emits the first token and starts the proposer.
     /// The session owns its proposer: pass `Box::new(&mut p)` to lend one.
     pub fn start(model: &Model, proposer: Box<dyn Proposer + 'p>, req: &GenerateRequest) -> Result<SpecSession<'p>> {
+        let seed = req.sampling.seed;
+        Ok(Self::start_many(model, vec![(proposer, seed)], req)?.pop().expect("one choice"))
+    }
+
+    /// Several independent choices of one request (OpenAI's `n`) from a
+    /// single prefill: each gets a copy of the prompt's KV cache, its own
+    /// proposer and its own seed, and samples its first token from the
+    /// shared prefill logits with that seed. A choice is therefore exactly
+    /// the request run alone with the choice's seed.
+    pub fn start_many(model: &Model, choices: Vec<(Box<dyn Proposer + 'p>, Option<u64>)>, req: &GenerateRequest) -> Result<Vec<SpecSession<'p>>> {
         if req.prompt_ids.is_empty() {
             return Err(EngineError::InvalidInput("prompt is empty".into()));
+        }
+        if choices.is_empty() {
+            return Err(EngineError::InvalidInput("a request needs at least one choice".into()));
         }
         let limit = model.config.max_position_embeddings;
         if req.prompt_ids.len() >= limit {
             return Err(EngineError::ContextLength { needed: req.prompt_ids.len() + 1, limit });
         }
-        let features = proposer.features();
-        let opts = forward_options(&[&features]);
+        let kinds: Vec<FeatureKind> = choices.iter().map(|c| c.0.features()).collect();
+        let opts = forward_options(&kinds.iter().collect::<Vec<_>>());
         let mut cache = model.new_cache();
-        let mut stats = GenerationStats { prompt_tokens: req.prompt_ids.len(), ..Default::default() };
         let t0 = Instant::now();
         let out = model.forward(
             &mut [SeqInput { cache: &mut cache, tokens: req.prompt_ids, positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }],
             &opts,
         )?;
-        let mut sampler = Sampler::new(req.sampling.seed);
         let history = History::new(req.prompt_ids);
         let mut logits = out[0].logits.clone();
         processors::apply(&mut logits, &req.sampling.processors, &history.with_path(&[]), req.stop_ids);
-        let first = sampler.sample(&logits, &req.sampling);
-        let mut logprobs = Vec::new();
-        if let Some(top) = req.sampling.logprobs {
-            logprobs.push(logprob_of(&out[0].logits, first, top));
+        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let n = choices.len();
+        let mut sessions = Vec::with_capacity(n);
+        let mut cache = Some(cache);
+        for (i, ((proposer, seed), features)) in choices.into_iter().zip(kinds).enumerate() {
+            // The last choice takes the prefilled cache itself.
+            let cache = if i + 1 == n { cache.take().expect("cache kept for the last choice") } else { cache.as_ref().expect("cache").try_clone()? };
+            let mut sampler = Sampler::new(seed);
+            let first = sampler.sample(&logits, &req.sampling);
+            let mut logprobs = Vec::new();
+            if let Some(top) = req.sampling.logprobs {
+                logprobs.push(logprob_of(&out[0].logits, first, top));
+            }
+            let mut s = SpecSession {
+                cache,
+                features: features.clone(),
+                sampling: SamplingParams { seed, ..req.sampling.clone() },
+                sampler,
+                stop_ids: req.stop_ids.to_vec(),
+                max_tokens: req.max_tokens,
+                prompt_len: req.prompt_ids.len(),
+                tokens: Vec::new(),
+                finish: None,
+                stats: GenerationStats { prompt_tokens: req.prompt_ids.len(), prefill_ms, ..Default::default() },
+                spec: SpecStats::default(),
+                verify_emitted: 0,
+                history: history.clone(),
+                logprobs,
+                proposer,
+            };
+            if req.max_tokens == 0 {
+                s.finish = Some(FinishReason::Length);
+                s.logprobs.clear();
+                sessions.push(s);
+                continue;
+            }
+            s.tokens.push(first);
+            s.history.push(first);
+            s.check_finished(model);
+            if s.finish.is_none() {
+                let rows: Vec<usize> = (0..req.prompt_ids.len()).collect();
+                let feats = features_of(&out[0], &features, &opts, model.config.hidden_size, &rows);
+                let t = Instant::now();
+                let mut stream = req.prompt_ids.to_vec();
+                stream.push(first);
+                s.proposer.begin(&stream, &feats)?;
+                s.spec.draft_ms += t.elapsed().as_secs_f64() * 1e3;
+            }
+            sessions.push(s);
         }
-        stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let mut s = SpecSession {
-            cache,
-            features: features.clone(),
-            sampling: req.sampling.clone(),
-            sampler,
-            stop_ids: req.stop_ids.to_vec(),
-            max_tokens: req.max_tokens,
-            prompt_len: req.prompt_ids.len(),
-            tokens: Vec::new(),
-            finish: None,
-            stats,
-            spec: SpecStats::default(),
-            verify_emitted: 0,
-            history,
-            logprobs,
-            proposer,
-        };
-        if req.max_tokens == 0 {
-            s.finish = Some(FinishReason::Length);
-            return Ok(s);
-        }
-        s.tokens.push(first);
-        s.history.push(first);
-        s.check_finished(model);
-        if s.finish.is_none() {
-            let rows: Vec<usize> = (0..req.prompt_ids.len()).collect();
-            let feats = features_of(&out[0], &features, &opts, model.config.hidden_size, &rows);
-            let t = Instant::now();
-            let mut stream = req.prompt_ids.to_vec();
-            stream.push(first);
-            s.proposer.begin(&stream, &feats)?;
-            s.spec.draft_ms += t.elapsed().as_secs_f64() * 1e3;
-        }
-        Ok(s)
+        Ok(sessions)
     }
 
     fn check_finished(&mut self, model: &Model) {

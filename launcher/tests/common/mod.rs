@@ -37,6 +37,8 @@ pub struct Proc {
     pub addr: String,
     /// The stdout line that said it was ready.
     pub ready: String,
+    /// The stdout lines before it.
+    pub preamble: Vec<String>,
 }
 
 impl Drop for Proc {
@@ -58,15 +60,16 @@ pub fn start(args: &[&str], ready: &str, field: &dyn Fn(&str) -> String) -> Proc
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut preamble = Vec::new();
     let line = loop {
         match lines.next() {
             Some(Ok(l)) if l.starts_with(ready) => break l,
-            Some(Ok(_)) => continue,
+            Some(Ok(l)) => preamble.push(l),
             _ => panic!("{args:?} exited before `{ready}`: {:?}", child.wait()),
         }
     };
     std::thread::spawn(move || for _ in lines.by_ref() {});
-    Proc { addr: field(&line), child, ready: line }
+    Proc { addr: field(&line), child, ready: line, preamble }
 }
 
 /// The value after `key` in a READY line (`grpc=`, `metrics=`, …).
