@@ -62,8 +62,11 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// `base_url` may stop at the host (`http://127.0.0.1:30000`, as SGLang's
+    /// `bench_serving` passes it) or include the API path (`…/v1`); see
+    /// [`openai_base_url`].
     pub fn new(base_url: &str, model: &str) -> Self {
-        ClientConfig { base_url: base_url.trim_end_matches('/').to_string(), api_key: None, model: model.to_string(), api: Api::Chat, timeout: Duration::from_secs(120), continuous_usage: false }
+        ClientConfig { base_url: openai_base_url(base_url), api_key: None, model: model.to_string(), api: Api::Chat, timeout: Duration::from_secs(120), continuous_usage: false }
     }
 }
 
@@ -266,6 +269,20 @@ impl Http {
     }
 }
 
+/// An OpenAI base URL up to its API path: a URL naming only a host (and
+/// port) gets `/v1`, one with a path keeps it; a trailing `/` is dropped.
+/// `http://h:1` and `http://h:1/` → `http://h:1/v1`; `http://h:1/v1/` →
+/// `http://h:1/v1`; `http://h/proxy/v1` stays.
+pub fn openai_base_url(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    if after_scheme.contains('/') {
+        url.to_string()
+    } else {
+        format!("{url}/v1")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +291,21 @@ mod tests {
     fn chatml_renders_history_and_an_open_assistant_turn() {
         let h = [(Role::System, "S".to_string()), (Role::User, "Q".to_string())];
         assert_eq!(PromptFormat::chatml().render(&h, "Name:"), "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nName:");
+    }
+
+    #[test]
+    fn base_urls_work_with_or_without_the_api_path() {
+        for (given, want) in [
+            ("http://x:1", "http://x:1/v1"),
+            ("http://x:1/", "http://x:1/v1"),
+            ("http://x:1/v1", "http://x:1/v1"),
+            ("http://x:1/v1/", "http://x:1/v1"),
+            ("https://h/proxy/openai/v1", "https://h/proxy/openai/v1"),
+            ("http://[::1]:8080", "http://[::1]:8080/v1"),
+        ] {
+            assert_eq!(openai_base_url(given), want, "{given}");
+        }
+        assert_eq!(ClientConfig::new("http://x:1", "m").base_url, "http://x:1/v1");
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod executor;
 pub mod matcher;
 pub mod program;
 
-pub use api::{Api, ClientConfig, PromptFormat};
+pub use api::{openai_base_url, Api, ClientConfig, PromptFormat};
 pub use error::{ClientError, ProgramError};
 pub use executor::{Client, Field, Mode, ProgramResult, Source};
 pub use program::{gen, Gen, Program, ProgramBuilder, Role, Sampling, Term};

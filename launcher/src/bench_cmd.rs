@@ -84,7 +84,7 @@ struct Workload {
 
 #[derive(Args, Debug)]
 struct ServeBenchArgs {
-    /// A server as `URL` or `LABEL=URL` (up to /v1); repeat to compare several.
+    /// A server as `URL` or `LABEL=URL` (`http://host:port`, with or without `/v1`); repeat to compare several.
     #[arg(long, required = true)]
     base_url: Vec<String>,
     #[arg(long, env = "AERIE_API_KEY")]
@@ -267,6 +267,8 @@ fn serve(a: ServeBenchArgs) -> Result<()> {
             Some((l, u)) if !l.contains("://") => (l.to_string(), u.to_string()),
             _ => (if a.base_url.len() == 1 { "server".to_string() } else { format!("server{}", i + 1) }, spec.clone()),
         };
+        // With or without `/v1`, as SGLang's bench_serving passes it.
+        let url = aerie_client::openai_base_url(&url);
         require_loopback(&url)?;
         let model = model_name(w.model.as_deref(), &url, a.api_key.as_deref())?;
         servers.push(Server { label, base_url: url, api_key: a.api_key.clone(), model, extra: Default::default() });

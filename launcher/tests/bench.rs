@@ -34,7 +34,7 @@ fn bench_serve_measures_two_servers_interleaved_and_writes_records_summaries_and
         "--base-url",
         &format!("eagle=http://{}/v1", eagle.addr),
         "--base-url",
-        &format!("plain=http://{}/v1", plain.addr),
+        &format!("plain=http://{}", plain.addr), // no /v1, as SGLang's bench_serving passes it
         "--baseline",
         "plain",
         "--dataset",
