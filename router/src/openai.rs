@@ -7,8 +7,9 @@
 use crate::error::ApiError;
 use serde::Deserialize;
 
+// `expecting` keeps Rust type names out of the error a client sees.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or a list of strings")]
 pub enum StringOrList {
     One(String),
     Many(Vec<String>),
@@ -45,7 +46,7 @@ pub struct ContentPart {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "message content as a string or a list of content parts")]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
@@ -371,5 +372,38 @@ impl Message {
                 Ok(out)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parse errors reach clients verbatim, so they must not name Rust types.
+    #[test]
+    fn parse_errors_name_no_rust_types() {
+        for body in [
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":5}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logit_bias":[1]}"#,
+        ] {
+            let e = serde_json::from_str::<ChatRequest>(body).unwrap_err().to_string();
+            for word in ["enum", "struct", "StringOrList", "Content", "HashMap"] {
+                assert!(!e.contains(word), "{body}: {e}");
+            }
+        }
+        let e = serde_json::from_str::<CompletionRequest>(r#"{"model":"m","prompt":5}"#).unwrap_err().to_string();
+        assert!(e.contains("a string or a list of strings"), "{e}");
+    }
+
+    #[test]
+    fn logprobs_take_each_endpoint_shape() {
+        use serde_json::json;
+        assert_eq!(check_logprobs(&Some(json!(true)), Some(3), LogprobsStyle::Chat).unwrap(), Some(3));
+        assert_eq!(check_logprobs(&Some(json!(false)), None, LogprobsStyle::Chat).unwrap(), None);
+        assert!(check_logprobs(&Some(json!(2)), None, LogprobsStyle::Chat).is_err());
+        assert_eq!(check_logprobs(&Some(json!(0)), None, LogprobsStyle::Completion).unwrap(), Some(0));
+        assert!(check_logprobs(&Some(json!(true)), None, LogprobsStyle::Completion).is_err());
+        assert!(check_logprobs(&None, Some(1), LogprobsStyle::Completion).is_err());
     }
 }
