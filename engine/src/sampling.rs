@@ -5,6 +5,7 @@
 //! speculative verifier (which must preserve exactly this distribution) uses
 //! the same function, so plain and speculative sampling agree by design.
 
+use crate::grammar::Grammar;
 use crate::processors::Processors;
 use aerie_kernels::cpu::ops;
 use rand::rngs::StdRng;
@@ -26,11 +27,13 @@ pub struct SamplingParams {
     /// Report each emitted token's log-probability and this many top
     /// alternatives (OpenAI's `logprobs`/`top_logprobs`); `None` is off.
     pub logprobs: Option<usize>,
+    /// Output constraint (JSON Schema, regex, grammar); `None` is free text.
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, min_p: 0.0, seed: None, processors: Processors::default(), logprobs: None }
+        SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, min_p: 0.0, seed: None, processors: Processors::default(), logprobs: None, grammar: None }
     }
 }
 

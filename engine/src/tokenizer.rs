@@ -196,6 +196,11 @@ impl Tokenizer {
         self.decode(&[id], false).map(String::into_bytes).unwrap_or_default()
     }
 
+    /// Whether `id` is a special (control) token such as `<|im_end|>`.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.with_special.get_added_vocabulary().get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
+    }
+
     pub fn token_to_id(&self, t: &str) -> Option<u32> {
         self.with_special.token_to_id(t)
     }

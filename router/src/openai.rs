@@ -5,6 +5,7 @@
 //! of message.
 
 use crate::error::ApiError;
+use aerie_proto::v1::constraint::Kind as ConstraintKind;
 use serde::Deserialize;
 
 // `expecting` keeps Rust type names out of the error a client sees.
@@ -96,6 +97,11 @@ macro_rules! openai_request {
             pub min_tokens: Option<u32>,
             /// vLLM/SGLang extension: token ids that end generation.
             pub stop_token_ids: Option<Vec<u32>>,
+            pub response_format: Option<ResponseFormat>,
+            /// SGLang extension: a regular expression the output matches.
+            pub regex: Option<String>,
+            /// SGLang extension: a Lark/EBNF grammar the output follows.
+            pub ebnf: Option<String>,
         }
 
         impl $name {
@@ -122,6 +128,9 @@ macro_rules! openai_request {
                     logit_bias: self.logit_bias.take(),
                     min_tokens: self.min_tokens.take(),
                     stop_token_ids: self.stop_token_ids.take(),
+                    response_format: self.response_format.take(),
+                    regex: self.regex.take(),
+                    ebnf: self.ebnf.take(),
                 }
             }
         }
@@ -176,6 +185,30 @@ pub struct CommonFields {
     pub logit_bias: Option<std::collections::HashMap<String, f32>>,
     pub min_tokens: Option<u32>,
     pub stop_token_ids: Option<Vec<u32>>,
+    pub response_format: Option<ResponseFormat>,
+    pub regex: Option<String>,
+    pub ebnf: Option<String>,
+}
+
+/// OpenAI's `response_format`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFormat {
+    /// `text`, `json_object` or `json_schema`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub schema: Option<serde_json::Value>,
+    /// Accepted; Aerie always enforces the schema exactly.
+    pub strict: Option<bool>,
 }
 
 /// Most choices one request may ask for (the target workers' limit too).
@@ -216,6 +249,8 @@ pub struct Sampling {
     pub logit_bias: std::collections::HashMap<u32, f32>,
     pub min_tokens: Option<u32>,
     pub stop_token_ids: Vec<u32>,
+    /// What the output must match (sent to the target, which compiles it).
+    pub constraint: Option<ConstraintKind>,
 }
 
 impl CommonFields {
@@ -250,6 +285,7 @@ impl CommonFields {
         if logit_bias.len() > 1024 {
             return Err(ApiError::invalid("logit_bias may name at most 1024 tokens", Some("logit_bias")));
         }
+        let constraint = check_constraint(self.response_format, self.regex, self.ebnf)?;
         let stop_token_ids = self.stop_token_ids.unwrap_or_default();
         if stop_token_ids.len() > 256 {
             return Err(ApiError::invalid("stop_token_ids may hold at most 256 ids", Some("stop_token_ids")));
@@ -316,9 +352,39 @@ impl CommonFields {
                 logit_bias,
                 min_tokens: self.min_tokens,
                 stop_token_ids,
+                constraint,
             },
         ))
     }
+}
+
+/// At most one of `response_format` (JSON), `regex` and `ebnf`, checked for
+/// shape here; the target worker compiles it and refuses what it cannot.
+fn check_constraint(rf: Option<ResponseFormat>, regex: Option<String>, ebnf: Option<String>) -> Result<Option<ConstraintKind>, ApiError> {
+    let json = match rf {
+        None => None,
+        Some(rf) => match rf.kind.as_str() {
+            "text" => None,
+            "json_object" => Some(ConstraintKind::JsonObject(true)),
+            "json_schema" => {
+                let Some(schema) = rf.json_schema.and_then(|j| j.schema) else {
+                    return Err(ApiError::invalid("response_format json_schema needs json_schema.schema", Some("response_format")));
+                };
+                if !schema.is_object() {
+                    return Err(ApiError::invalid("response_format json_schema.schema must be a JSON object", Some("response_format")));
+                }
+                Some(ConstraintKind::JsonSchema(schema.to_string()))
+            }
+            other => {
+                return Err(ApiError::invalid(format!("response_format type `{other}` is not one of text, json_object, json_schema"), Some("response_format")));
+            }
+        },
+    };
+    let given = [json.is_some(), regex.is_some(), ebnf.is_some()].iter().filter(|&&x| x).count();
+    if given > 1 {
+        return Err(ApiError::invalid("give at most one of response_format (JSON), regex and ebnf", Some("response_format")));
+    }
+    Ok(json.or(regex.map(ConstraintKind::Regex)).or(ebnf.map(ConstraintKind::Ebnf)))
 }
 
 /// The number of top alternatives a request's logprobs ask for, or `None`

@@ -310,6 +310,7 @@ async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: P
             logprobs: sampling.logprobs.is_some(),
             top_logprobs: sampling.logprobs.unwrap_or(0),
             n: sampling.n,
+            constraint: sampling.constraint.clone().map(|k| aerie_proto::v1::Constraint { kind: Some(k) }),
         };
         let in_flight = target.track();
         match target.client().generate(req).await {

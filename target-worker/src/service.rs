@@ -6,7 +6,8 @@ use crate::error::TargetError;
 use crate::remote_draft::DraftLink;
 use crate::scheduler::{self, Job, Shared, TREE_SLACK};
 use aerie_engine::spec::{NoProposer, Proposer};
-use aerie_engine::{Engine, Model, Processors, SamplingParams};
+use aerie_engine::{ConstraintSpec, Engine, GrammarCompiler, Model, Processors, SamplingParams};
+use aerie_proto::v1::constraint::Kind as ConstraintKind;
 use aerie_proto::metric_names as m;
 use aerie_proto::v1::target_service_server::TargetService;
 use aerie_proto::v1::{
@@ -43,12 +44,16 @@ pub struct TargetServer {
     drafts: tokio::sync::Mutex<HashMap<String, DraftSlot>>,
     host_id: String,
     next_id: AtomicU64,
+    /// Compiles requests' output constraints over the model's tokenizer.
+    grammars: Arc<GrammarCompiler>,
 }
 
 impl TargetServer {
     /// Starts the scheduler thread for `engine`'s model.
     pub fn start(engine: &Engine, cfg: TargetConfig) -> std::io::Result<TargetServer> {
         let shared = Shared::new(&cfg);
+        let eos = engine.tokenizer.eos_ids.first().copied().unwrap_or(0);
+        let grammars = GrammarCompiler::new(&engine.tokenizer, eos).map_err(|e| std::io::Error::other(format!("building the constrained-decoding token trie: {e}")))?;
         scheduler::spawn(engine.model.clone(), shared.clone())?;
         Ok(TargetServer {
             model: engine.model.clone(),
@@ -59,6 +64,7 @@ impl TargetServer {
             drafts: tokio::sync::Mutex::new(HashMap::new()),
             host_id: aerie_proto::transport::host_id(),
             next_id: AtomicU64::new(1),
+            grammars: Arc::new(grammars),
         })
     }
 
@@ -125,6 +131,7 @@ impl TargetServer {
             } else {
                 None
             },
+            grammar: None,
         };
         sampling.validate().map_err(TargetError::InvalidRequest)?;
         sampling.processors.validate(vocab as usize).map_err(TargetError::InvalidRequest)?;
@@ -161,7 +168,24 @@ impl TargetService for TargetServer {
         if self.shared.is_draining() {
             return Err(TargetError::Draining.into());
         }
-        let (max_tokens, sampling) = self.validate(&r)?;
+        let (max_tokens, mut sampling) = self.validate(&r)?;
+        if let Some(kind) = r.constraint.as_ref().and_then(|c| c.kind.clone()) {
+            let spec = match kind {
+                ConstraintKind::JsonObject(_) => ConstraintSpec::JsonObject,
+                ConstraintKind::JsonSchema(s) => ConstraintSpec::JsonSchema(
+                    serde_json::from_str(&s).map_err(|e| TargetError::InvalidRequest(format!("the JSON Schema is not valid JSON: {e}")))?,
+                ),
+                ConstraintKind::Regex(s) => ConstraintSpec::Regex(s),
+                ConstraintKind::Ebnf(s) => ConstraintSpec::Ebnf(s),
+            };
+            // Compiling can take milliseconds; keep it off the async workers.
+            let compiler = self.grammars.clone();
+            let grammar = tokio::task::spawn_blocking(move || compiler.compile(&spec))
+                .await
+                .map_err(|e| Status::internal(format!("compiling the constraint: {e}")))?
+                .map_err(|e| TargetError::InvalidRequest(format!("invalid constraint: {e}")))?;
+            sampling.grammar = Some(grammar);
+        }
         let ctx = self.model.config.max_position_embeddings;
         let n = r.n.max(1) as usize;
         if n > MAX_CHOICES {

@@ -17,6 +17,7 @@ use crate::error::{EngineError, Result};
 use crate::generate::{FinishReason, GenerateRequest, GenerationStats};
 use crate::kv::KvCache;
 use crate::model::{AttnMask, ForwardOptions, LogitsRows, Model, SeqInput, SeqOutput};
+use crate::grammar::GrammarState;
 use crate::processors::{self, logprob_of, History, TokenLogprob};
 use crate::sampling::{target_probs, Sampler, SamplingParams};
 use aerie_kernels::cpu::ops;
@@ -65,6 +66,8 @@ pub struct SpecSession<'p> {
     history: History,
     /// One entry per emitted token when `sampling.logprobs` asks for them.
     pub logprobs: Vec<TokenLogprob>,
+    /// The output constraint's state at the committed output.
+    grammar: Option<GrammarState>,
 }
 
 /// What a forward must export for these feature kinds.
@@ -152,7 +155,17 @@ impl<'p> SpecSession<'p> {
             // The last choice takes the prefilled cache itself.
             let cache = if i + 1 == n { cache.take().expect("cache kept for the last choice") } else { cache.as_ref().expect("cache").try_clone()? };
             let mut sampler = Sampler::new(seed);
-            let first = sampler.sample(&logits, &req.sampling);
+            let mut grammar = req.sampling.grammar.as_ref().map(|g| g.start()).transpose().map_err(EngineError::InvalidInput)?;
+            let first = match grammar.as_mut() {
+                Some(g) => {
+                    let mut masked = logits.clone();
+                    g.mask_after(&[], &mut masked, req.stop_ids);
+                    let first = sampler.sample(&masked, &req.sampling);
+                    g.commit(&[first]);
+                    first
+                }
+                None => sampler.sample(&logits, &req.sampling),
+            };
             let mut logprobs = Vec::new();
             if let Some(top) = req.sampling.logprobs {
                 logprobs.push(logprob_of(&out[0].logits, first, top));
@@ -172,6 +185,7 @@ impl<'p> SpecSession<'p> {
                 verify_emitted: 0,
                 history: history.clone(),
                 logprobs,
+                grammar,
                 proposer,
             };
             if req.max_tokens == 0 {
@@ -308,9 +322,12 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
             if params.logprobs.is_some() {
                 raw.push((i, l.clone()));
             }
-            if !params.processors.is_noop() {
+            if !params.processors.is_noop() || s.grammar.is_some() {
                 let path = tree.path_tokens(i);
                 processors::apply(&mut l, &params.processors, &s.history.with_path(&path), &s.stop_ids);
+                if let Some(g) = s.grammar.as_mut() {
+                    g.mask_after(&path, &mut l, &s.stop_ids);
+                }
             }
             Some(l)
         };
@@ -354,6 +371,9 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
             }
         }
         s.verify_emitted += new.len();
+        if let Some(g) = s.grammar.as_mut() {
+            g.commit(&new);
+        }
         if !s.is_finished() {
             let feats = features_of(&out, &s.features, &opts, model.config.hidden_size, &acc.path);
             let t = Instant::now();
