@@ -44,14 +44,14 @@ fi
 # Python tools for the tests: NVRTC for the CUDA compile check, nvcc 13.0
 # for the sm_80/sm_90 cubins and ptxas figures (every companion wheel pinned
 # to the same 13.0 release: a lone nvcc pin pulls newer ones whose ptxas
-# refuses its PTX), and the official openai client for the router's
-# conformance suite.
+# refuses its PTX), the official openai client for the router's
+# conformance suite, and jsonschema to validate structured outputs.
 cuda13=(nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85)
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import nvidia.cuda_nvrtc, openai' 2>/dev/null \
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import nvidia.cuda_nvrtc, openai, jsonschema' 2>/dev/null \
    || ! ls .venv/lib/python3*/site-packages/nvidia/cu13/bin/nvcc >/dev/null 2>&1; then
-  echo "setup: creating .venv with nvidia-cuda-nvrtc-cu12, nvcc 13.0 and openai"
+  echo "setup: creating .venv with nvidia-cuda-nvrtc-cu12, nvcc 13.0, openai and jsonschema"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check 'nvidia-cuda-nvrtc-cu12==12.9.86' 'openai==1.109.1' "${cuda13[@]}"
+  .venv/bin/pip install -q --disable-pip-version-check 'nvidia-cuda-nvrtc-cu12==12.9.86' 'openai==1.109.1' 'jsonschema==4.23.0' "${cuda13[@]}"
 fi
 
 cargo build --release -q -p aerie-launcher

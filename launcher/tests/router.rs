@@ -88,11 +88,12 @@ fn openai_python_client_conformance_through_aerie_serve() {
     assert!(st.success(), "{st}");
 }
 
-/// logprobs, penalties, logit_bias, min_tokens, stop_token_ids and n through
-/// the official client: greedy output and logprobs with speculation equal
-/// those without it (`tests/openai/features.py`).
+/// logprobs, penalties, logit_bias, min_tokens, stop_token_ids, n and
+/// structured output through the official client: greedy output and
+/// logprobs with speculation equal those without it, and constrained output
+/// validates (`tests/openai/features.py`, `tests/openai/structured.py`).
 #[test]
-fn openai_sampling_features_are_lossless_under_speculation() {
+fn openai_sampling_features_and_structured_output_are_lossless_under_speculation() {
     let _g = serial();
     let spec = serve(&[]);
     let plain = serve(&["--no-speculation"]);
@@ -110,14 +111,19 @@ fn openai_sampling_features_are_lossless_under_speculation() {
         .and_then(|l| l.split_whitespace().find(|w| w.ends_with("/metrics")))
         .expect("serve prints its target's metrics URL")
         .to_string();
-    let out = Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("tests/openai/features.py"))
-        .args(["--spec-url", &format!("http://{}/v1", spec.addr), "--plain-url", &format!("http://{}/v1", plain.addr), "--ids", &ids.to_string(), "--target-metrics", &metrics])
-        .output()
-        .expect("the test venv (scripts/setup.sh installs openai into .venv)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "feature failures:\n{stdout}");
+    let urls = ["--spec-url".to_string(), format!("http://{}/v1", spec.addr), "--plain-url".to_string(), format!("http://{}/v1", plain.addr)];
+    let feature_args = ["--ids".to_string(), ids.to_string(), "--target-metrics".to_string(), metrics];
+    for (script, extra) in [("tests/openai/features.py", &feature_args[..]), ("tests/openai/structured.py", &[][..])] {
+        let out = Command::new(repo().join(".venv/bin/python"))
+            .arg(repo().join(script))
+            .args(&urls)
+            .args(extra)
+            .output()
+            .expect("the test venv (scripts/setup.sh installs openai and jsonschema into .venv)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{script} failures:\n{stdout}");
+    }
 }
 
 #[test]
