@@ -8,7 +8,9 @@
 //! itself); three settings: temperature 0.7, temperature 1 with top-k 5 and
 //! top-p 0.9, and temperature 0.6 under frequency, presence and repetition
 //! penalties with a logit bias (the drafter knows nothing of them, so only
-//! the verifier's per-node processing keeps the distribution).
+//! the verifier's per-node processing keeps the distribution), and
+//! temperature 1 under a regular expression (each node masked by the
+//! grammar state after its own path).
 
 mod common;
 use aerie_draft_worker::ProposerFactory;
@@ -38,6 +40,11 @@ fn next_probs(m: &Model, ctx: &[u32], p: &SamplingParams) -> Vec<f64> {
         h.push(t);
     }
     processors::apply(&mut out[0].logits, &p.processors, &h.with_path(&[]), &[]);
+    if let Some(g) = &p.grammar {
+        let mut st = g.start().unwrap();
+        st.commit(&ctx[PROMPT.len()..]);
+        st.mask_after(&[], &mut out[0].logits, &[]);
+    }
     aerie_engine::sampling::target_probs(&out[0].logits, p).into_iter().map(|x| x as f64).collect()
 }
 
@@ -179,7 +186,28 @@ fn penalized() -> SamplingParams {
     SamplingParams { temperature: 0.6, processors, ..Default::default() }
 }
 
+/// A regular expression over the tiny vocabulary, read as the bytes
+/// `a`..`g` (token 7 is EOS): the first three tokens may take only some of
+/// the values, and which ones depends on the tokens before.
+fn constrained() -> SamplingParams {
+    let mut words: Vec<Vec<u8>> = (0..7u8).map(|i| vec![b'a' + i]).collect();
+    words.push(b"\xff<eos>".to_vec());
+    let c = aerie_engine::GrammarCompiler::from_token_bytes(&words, 7, None).unwrap();
+    let grammar = c.compile(&aerie_engine::ConstraintSpec::Regex("(a[bcd]|b[ae]|[cfg]a)[a-e][a-g]*".into())).unwrap();
+    SamplingParams { temperature: 1.0, grammar: Some(grammar), ..Default::default() }
+}
+
 const TARGET: (u64, f32) = (11, 0.6);
+
+#[test]
+fn good_drafter_keeps_target_distribution_under_a_grammar() {
+    let t = tiny(TARGET.0, TARGET.1);
+    // The grammar must rule sequences out, or this test shows nothing.
+    let exact = exact_joint(&t, &constrained());
+    let zero = exact.iter().filter(|&&p| p == 0.0).count();
+    assert!(zero > VOCAB.pow(3) / 2, "only {zero} sequences are ruled out");
+    run(t.clone(), t, constrained(), "good drafter, T=1, regex");
+}
 
 #[test]
 fn bad_drafter_keeps_target_distribution_under_penalties_and_bias() {

@@ -22,8 +22,8 @@
 use crate::tokenizer::Tokenizer;
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
-use llguidance::{Matcher, ParserFactory};
-use std::sync::Arc;
+use llguidance::{Matcher, ParserFactory, TokenParser};
+use std::sync::{Arc, Mutex};
 
 /// What a request constrains its output to.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,8 +48,7 @@ impl GrammarCompiler {
     /// The token trie over `tok`'s vocabulary; `eos` is the token the
     /// grammar allows once the output is complete.
     pub fn new(tok: &Tokenizer, eos: u32) -> Result<Self, String> {
-        let vocab = tok.vocab_size();
-        let words: Vec<Vec<u8>> = (0..vocab as u32)
+        let words: Vec<Vec<u8>> = (0..tok.vocab_size() as u32)
             .map(|id| {
                 let b = tok.token_bytes(id);
                 // Special tokens are marked so grammars never spell them
@@ -63,8 +62,15 @@ impl GrammarCompiler {
                 }
             })
             .collect();
-        let info = TokRxInfo { vocab_size: vocab as u32, tok_eos: eos, tok_bos: tok.bos_id, tok_pad: None, tok_unk: None, tok_end_of_turn: None };
-        let env: TokEnv = Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, &words)));
+        Self::from_token_bytes(&words, eos, tok.bos_id)
+    }
+
+    /// Over a vocabulary given as each token's bytes (special tokens start
+    /// with `TokTrie::SPECIAL_TOKEN_MARKER`); for models without a
+    /// tokenizer of their own, such as the tests' tiny ones.
+    pub fn from_token_bytes(words: &[Vec<u8>], eos: u32, bos: Option<u32>) -> Result<Self, String> {
+        let info = TokRxInfo { vocab_size: words.len() as u32, tok_eos: eos, tok_bos: bos, tok_pad: None, tok_unk: None, tok_end_of_turn: None };
+        let env: TokEnv = Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, words)));
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
         factory.quiet();
         Ok(GrammarCompiler { factory: Arc::new(factory) })
@@ -83,8 +89,10 @@ impl GrammarCompiler {
             ConstraintSpec::Regex(r) => TopLevelGrammar::from_regex(r),
             ConstraintSpec::Ebnf(g) => TopLevelGrammar::from_lark(g.clone()),
         };
-        let g = Grammar { factory: self.factory.clone(), top: Arc::new(top) };
-        // Compiling once here surfaces every error before decoding starts.
+        // Compiled once: errors surface before decoding starts, and each
+        // sequence then starts from a copy of the compiled parser.
+        let parser = self.factory.create_parser(top).map_err(|e| e.to_string())?;
+        let g = Grammar { parser: Arc::new(Mutex::new(parser)) };
         g.start()?;
         Ok(g)
     }
@@ -103,8 +111,9 @@ fn compact(mut schema: serde_json::Value) -> serde_json::Value {
 /// [`GrammarState`] from it.
 #[derive(Clone)]
 pub struct Grammar {
-    factory: Arc<ParserFactory>,
-    top: Arc<TopLevelGrammar>,
+    /// The compiled parser, never advanced itself (the lock only guards
+    /// the copy).
+    parser: Arc<Mutex<TokenParser>>,
 }
 
 impl std::fmt::Debug for Grammar {
@@ -115,14 +124,14 @@ impl std::fmt::Debug for Grammar {
 
 impl PartialEq for Grammar {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.top, &other.top)
+        Arc::ptr_eq(&self.parser, &other.parser)
     }
 }
 
 impl Grammar {
     /// A fresh matcher at the start of the output.
     pub fn start(&self) -> Result<GrammarState, String> {
-        let parser = self.factory.create_parser((*self.top).clone()).map_err(|e| e.to_string())?;
+        let parser = self.parser.lock().unwrap_or_else(|e| e.into_inner()).deep_clone();
         let m = Matcher::new(Ok(parser));
         if let Some(e) = m.get_error() {
             return Err(e);
@@ -184,5 +193,48 @@ impl GrammarState {
             tracing::warn!("constrained decoding: committing the accepted tokens: {e}");
         }
         self.path.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_vocab() -> GrammarCompiler {
+        let mut words: Vec<Vec<u8>> = (b'a'..=b'e').map(|c| vec![c]).collect();
+        words.push(b"\xff<eos>".to_vec());
+        GrammarCompiler::from_token_bytes(&words, 5, None).unwrap()
+    }
+
+    fn allowed(g: &mut GrammarState, path: &[u32]) -> Vec<u32> {
+        let mut l = vec![0.0f32; 6];
+        g.mask_after(path, &mut l, &[5]);
+        (0..6).filter(|&t| l[t as usize] == 0.0).collect()
+    }
+
+    #[test]
+    fn masks_follow_each_path_and_roll_back_between_paths() {
+        let g = bytes_vocab().compile(&ConstraintSpec::Regex("a(b|cd)e?".into())).unwrap();
+        let mut s = g.start().unwrap();
+        assert_eq!(allowed(&mut s, &[]), vec![0]);
+        assert_eq!(allowed(&mut s, &[0]), vec![1, 2]);
+        // Sibling paths in any order: the state rolls back to their common prefix.
+        assert_eq!(allowed(&mut s, &[0, 2]), vec![3]);
+        assert_eq!(allowed(&mut s, &[0, 1]), vec![4, 5]);
+        assert_eq!(allowed(&mut s, &[0, 2, 3]), vec![4, 5]);
+        // Committing moves the start; paths are then relative to it.
+        s.commit(&[0, 2]);
+        assert_eq!(allowed(&mut s, &[]), vec![3]);
+        assert_eq!(allowed(&mut s, &[3, 4]), vec![5]);
+        // A second sequence starts from the beginning, untouched.
+        assert_eq!(allowed(&mut g.start().unwrap(), &[]), vec![0]);
+    }
+
+    #[test]
+    fn bad_constraints_say_what_is_wrong() {
+        let c = bytes_vocab();
+        assert!(c.compile(&ConstraintSpec::Regex("((".into())).unwrap_err().contains("regex"));
+        assert!(c.compile(&ConstraintSpec::JsonSchema(serde_json::json!([1]))).unwrap_err().contains("object"));
+        assert!(c.compile(&ConstraintSpec::JsonSchema(serde_json::json!({"type": "frob"}))).unwrap_err().contains("frob"));
     }
 }
