@@ -92,6 +92,12 @@ struct ServeBenchArgs {
     /// The label speedups are computed against.
     #[arg(long)]
     baseline: Option<String>,
+    /// Extra request-body fields for one server, as `LABEL=JSON` (a JSON
+    /// object merged into each of its requests, e.g. a `response_format`);
+    /// repeat for several. The same URL may appear under two labels to
+    /// compare request settings on one server.
+    #[arg(long)]
+    extra_body: Vec<String>,
     #[command(flatten)]
     workload: Workload,
 }
@@ -272,6 +278,14 @@ fn serve(a: ServeBenchArgs) -> Result<()> {
         require_loopback(&url)?;
         let model = model_name(w.model.as_deref(), &url, a.api_key.as_deref())?;
         servers.push(Server { label, base_url: url, api_key: a.api_key.clone(), model, extra: Default::default() });
+    }
+    for spec in &a.extra_body {
+        let Some((label, body)) = spec.split_once('=') else { bail!("--extra-body {spec}: expected LABEL=JSON") };
+        let Some(server) = servers.iter_mut().find(|s| s.label == label) else { bail!("--extra-body {spec}: no --base-url has the label {label}") };
+        match serde_json::from_str::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(m)) => server.extra.extend(m),
+            _ => bail!("--extra-body {spec}: the value must be a JSON object"),
+        }
     }
     if let Some(b) = &a.baseline {
         if !servers.iter().any(|s| &s.label == b) {

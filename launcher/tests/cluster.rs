@@ -87,6 +87,7 @@ fn greedy(i: usize, max_tokens: u32, draft: Option<&Worker>) -> GenerateRequest 
         stop_ids: vec![],
         draft_worker: draft.map(|d| d.grpc.clone()).unwrap_or_default(),
         ignore_eos: true, // as the reference does
+        ..Default::default()
     }
 }
 
@@ -455,6 +456,25 @@ fn full_queue_and_bad_requests_are_refused_and_the_worker_stays_up() {
                         top_p: Some(1.5),
                         ..Default::default()
                     }),
+                    ..greedy(0, 8, None)
+                },
+            ),
+            (
+                "top_logprobs above 20",
+                GenerateRequest { logprobs: true, top_logprobs: 21, ..greedy(0, 8, None) },
+            ),
+            (
+                "logit_bias outside the vocabulary",
+                GenerateRequest {
+                    sampling: Some(WireSampling { logit_bias: [(vocab + 1, 1.0)].into(), ..Default::default() }),
+                    ..greedy(0, 8, None)
+                },
+            ),
+            ("n above 32", GenerateRequest { n: 33, ..greedy(0, 8, None) }),
+            (
+                "a regex that does not parse",
+                GenerateRequest {
+                    constraint: Some(aerie_proto::v1::Constraint { kind: Some(aerie_proto::v1::constraint::Kind::Regex("((".into())) }),
                     ..greedy(0, 8, None)
                 },
             ),
