@@ -219,6 +219,12 @@ impl Running {
         self.cancel.load(Ordering::Acquire) || self.out.is_closed()
     }
 
+    /// Marks this choice ended; true for the request's last choice, which
+    /// forgets the request id and counts the request.
+    fn leave(&self) -> bool {
+        self.siblings.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
     /// The logprobs of tokens emitted since the last chunk, on the wire.
     fn new_logprobs(&mut self) -> Vec<TokenLogprob> {
         let fresh = &self.session.logprobs[self.logprobs_sent..];
@@ -280,7 +286,7 @@ fn run(model: &Model, shared: &Shared) {
         running.retain(|r| {
             if r.gone() {
                 shared.kv_used.fetch_sub(r.reserve, Ordering::AcqRel);
-                if r.siblings.fetch_sub(1, Ordering::AcqRel) == 1 {
+                if r.leave() {
                     shared.forget(&r.id);
                     metrics::counter!(m::TARGET_REQUESTS, "outcome" => "aborted").increment(1);
                     // An Abort RPC ends the stream with CANCELLED, never silently.
@@ -381,7 +387,7 @@ fn run(model: &Model, shared: &Shared) {
                 tracing::error!("verify step failed: {e}");
                 for r in running.drain(..) {
                     shared.kv_used.fetch_sub(r.reserve, Ordering::AcqRel);
-                    if r.siblings.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    if r.leave() {
                         shared.forget(&r.id);
                         metrics::counter!(m::TARGET_REQUESTS, "outcome" => "failed").increment(1);
                     }
@@ -429,7 +435,7 @@ fn finish(shared: &Shared, mut r: Running) {
         shared.record_tau(r.session.spec.spec_accept_length);
     }
     shared.kv_used.fetch_sub(r.reserve, Ordering::AcqRel);
-    if r.siblings.fetch_sub(1, Ordering::AcqRel) == 1 {
+    if r.leave() {
         shared.forget(&r.id);
         metrics::counter!(m::TARGET_REQUESTS, "outcome" => "finished").increment(1);
     }
