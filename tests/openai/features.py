@@ -13,14 +13,12 @@ for token, under every feature; logprobs must agree to 1e-5. The last line
 is `N passed, M failed`; the exit code is 0 only when nothing failed.
 """
 
-import argparse
 import json
 import re
-import sys
-import traceback
 
 import httpx
 import openai
+import pair
 
 CHECKS = []
 PROMPTS = [
@@ -228,32 +226,12 @@ def out_of_range_values_are_400s_naming_the_field(a):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--spec-url", required=True)
-    p.add_argument("--plain-url", required=True)
-    p.add_argument("--model", default="smollm2")
-    p.add_argument("--api-key", default="none")
+    p = pair.parser(__doc__)
     p.add_argument("--ids", required=True, help='JSON: {"the": id of " the", "period": id of "."}')
     p.add_argument("--target-metrics", required=True, help="the speculating cluster's target worker /metrics URL")
-    p.add_argument("--only", default="", help="run only checks whose name contains this")
     a = p.parse_args()
     a.ids = json.loads(a.ids)
-    a.spec = openai.OpenAI(base_url=a.spec_url, api_key=a.api_key, max_retries=0, timeout=300)
-    a.plain = openai.OpenAI(base_url=a.plain_url, api_key=a.api_key, max_retries=0, timeout=300)
-    passed = failed = 0
-    for fn in CHECKS:
-        if a.only not in fn.__name__:
-            continue
-        try:
-            fn(a)
-            passed += 1
-            print(f"ok   {fn.__name__}", flush=True)
-        except Exception:
-            failed += 1
-            print(f"FAIL {fn.__name__}", flush=True)
-            traceback.print_exc()
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    pair.run(CHECKS, a)
 
 
 if __name__ == "__main__":

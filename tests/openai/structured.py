@@ -11,14 +11,12 @@ output with speculation must equal greedy output without it. The last line
 is `N passed, M failed`; the exit code is 0 only when nothing failed.
 """
 
-import argparse
 import json
 import re
-import sys
-import traceback
 
 import jsonschema
 import openai
+import pair
 from pydantic import BaseModel
 
 S = {"type": "string", "maxLength": 24}
@@ -155,29 +153,9 @@ def bad_constraints_are_400s_that_say_what_is_wrong(a):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--spec-url", required=True)
-    p.add_argument("--plain-url", required=True)
-    p.add_argument("--model", default="smollm2")
-    p.add_argument("--api-key", default="none")
-    p.add_argument("--only", default="")
+    p = pair.parser(__doc__)
     a = p.parse_args()
-    a.spec = openai.OpenAI(base_url=a.spec_url, api_key=a.api_key, max_retries=0, timeout=300)
-    a.plain = openai.OpenAI(base_url=a.plain_url, api_key=a.api_key, max_retries=0, timeout=300)
-    passed = failed = 0
-    for fn in CHECKS:
-        if a.only not in fn.__name__:
-            continue
-        try:
-            fn(a)
-            passed += 1
-            print(f"ok   {fn.__name__}", flush=True)
-        except Exception:
-            failed += 1
-            print(f"FAIL {fn.__name__}", flush=True)
-            traceback.print_exc()
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    pair.run(CHECKS, a)
 
 
 if __name__ == "__main__":
