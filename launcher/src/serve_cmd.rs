@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// Routing policy: round_robin, least_load or prefix_affinity.
     #[arg(long, default_value = "least_load")]
     pub policy: String,
+    /// How the model writes tool calls: `hermes` (also `qwen25`) or
+    /// `llama3`. Default: read from the chat template.
+    #[arg(long)]
+    pub tool_call_parser: Option<String>,
     /// Per target worker: most requests decoded at once.
     #[arg(long, default_value_t = 16)]
     pub max_running_requests: usize,
@@ -330,6 +334,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
         }
         for d in &drafts {
             args.extend(["--draft".to_string(), format!("http://{d}")]);
+        }
+        if let Some(p) = &a.tool_call_parser {
+            args.extend(["--tool-call-parser".to_string(), p.clone()]);
         }
         // The key travels in the environment, not on the command line.
         if let Some(k) = &a.api_key {

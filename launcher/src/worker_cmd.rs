@@ -327,6 +327,10 @@ pub struct RouterArgs {
     /// Open HTTP connections at once; past it new ones are closed at once.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// How the model writes tool calls: `hermes` (also `qwen25`) or
+    /// `llama3`. Default: read from the chat template (SGLang's flag).
+    #[arg(long)]
+    pub tool_call_parser: Option<String>,
     /// Discover workers in etcd (added to any static ones).
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -380,6 +384,7 @@ pub fn run_router(a: RouterArgs) -> Result<()> {
         prefix_tokens: a.prefix_tokens,
         max_concurrent_requests_per_key: a.max_concurrent_requests_per_key,
         body_read_timeout: Duration::from_secs(a.body_read_timeout_secs),
+        tool_call_parser: a.tool_call_parser,
         ..Default::default()
     };
     let limits = aerie_router::HttpLimits {

@@ -30,6 +30,10 @@ pub struct RouterConfig {
     pub max_concurrent_tokenizations: usize,
     /// A request body must arrive within this. Default 60 s.
     pub body_read_timeout: Duration,
+    /// How tool calls are written in the output (SGLang's
+    /// `--tool-call-parser`: `hermes`/`qwen25` or `llama3`). Default: read
+    /// from the chat template.
+    pub tool_call_parser: Option<String>,
 }
 
 impl Default for RouterConfig {
@@ -47,6 +51,7 @@ impl Default for RouterConfig {
             max_concurrent_requests_per_key: 0,
             max_concurrent_tokenizations: std::thread::available_parallelism().map_or(2, |n| n.get()),
             body_read_timeout: Duration::from_secs(60),
+            tool_call_parser: None,
         }
     }
 }

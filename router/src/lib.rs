@@ -19,6 +19,7 @@ pub mod openai;
 pub mod policies;
 pub mod server;
 pub mod text;
+pub mod tools;
 pub mod worker;
 
 pub use config::RouterConfig;

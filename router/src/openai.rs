@@ -1,8 +1,8 @@
 //! OpenAI request types. Every struct refuses unknown fields, so a parameter
 //! Aerie does not implement is a 400 that names it, never silently ignored.
 //! Parameters that exist in OpenAI's API but that Aerie does not support
-//! (`response_format`, `tools`, …) are refused by [`CommonFields::check`] with the same kind
-//! of message.
+//! (`echo`, `suffix`, `best_of` above 1) are refused with the same kind of
+//! message. Tool fields are checked in [`crate::tools`].
 
 use crate::error::ApiError;
 use aerie_proto::v1::constraint::Kind as ConstraintKind;
@@ -61,6 +61,30 @@ pub struct Message {
     pub content: Option<Content>,
     #[serde(default)]
     pub name: Option<String>,
+    /// An assistant message's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<MessageToolCall>>,
+    /// A tool message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+/// A call in an assistant message of the history.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: MessageFunctionCall,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageFunctionCall {
+    pub name: String,
+    /// JSON text, as OpenAI returns it.
+    pub arguments: String,
 }
 
 /// Declares a request struct with the fields both endpoints share, plus
@@ -148,6 +172,11 @@ openai_request!(
         /// vLLM/SGLang extension; only `true` (the default) or, with
         /// `continue_final_message`, `false`.
         add_generation_prompt: Option<bool>,
+        /// Function definitions (`{"type": "function", "function": {…}}`).
+        tools: Option<Vec<serde_json::Value>>,
+        /// `none`, `auto`, `required` or `{"type": "function", "function": {"name"}}`.
+        tool_choice: Option<serde_json::Value>,
+        parallel_tool_calls: Option<bool>,
     }
 );
 
@@ -251,6 +280,8 @@ pub struct Sampling {
     pub stop_token_ids: Vec<u32>,
     /// What the output must match (sent to the target, which compiles it).
     pub constraint: Option<ConstraintKind>,
+    /// Offered functions (chat only); the output is parsed for calls.
+    pub tools: Option<std::sync::Arc<crate::tools::Tools>>,
 }
 
 impl CommonFields {
@@ -353,6 +384,7 @@ impl CommonFields {
                 min_tokens: self.min_tokens,
                 stop_token_ids,
                 constraint,
+                tools: None,
             },
         ))
     }

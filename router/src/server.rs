@@ -18,6 +18,7 @@ use crate::logprobs::Logprobs;
 use crate::openai::{ChatRequest, CompletionRequest, LogprobsStyle, Sampling};
 use crate::policies::{self, RoutingPolicy};
 use crate::text::TextStream;
+use crate::tools::{Call, ToolFormat, ToolParser, Tools};
 use crate::worker::{DraftHandle, InFlight, Registry, TargetHandle, Worker};
 use aerie_engine::{ChatMessage, ChatTemplate, Tokenizer};
 use aerie_proto::v1::{GenerateRequest, GenerateResponse, SamplingParams as WireSampling};
@@ -47,6 +48,8 @@ pub struct RouterState {
     tokenize_permits: tokio::sync::Semaphore,
     /// Requests in flight per API key (only with a per-key limit).
     key_slots: Arc<Mutex<HashMap<String, usize>>>,
+    /// How the model writes tool calls.
+    tool_format: ToolFormat,
 }
 
 /// One of an API key's request slots, returned when the response ends.
@@ -81,7 +84,13 @@ impl RouterState {
         let registry = Registry::new(&cfg.targets, &cfg.drafts, tokenizer.hash())?;
         let policy = policies::by_name(&cfg.policy, cfg.prefix_tokens)?;
         let tokenize_permits = tokio::sync::Semaphore::new(cfg.max_concurrent_tokenizations.max(1));
+        let tool_format = match (&cfg.tool_call_parser, &template) {
+            (Some(name), _) => ToolFormat::from_name(name)?,
+            (None, Some(t)) => ToolFormat::detect(t),
+            (None, None) => ToolFormat::Hermes,
+        };
         Ok(Arc::new(RouterState {
+            tool_format,
             cfg,
             tokenizer,
             template,
@@ -421,6 +430,10 @@ struct Choice {
     finish: Option<String>,
     /// No chunk sent yet (chat's first delta carries the role).
     first: bool,
+    /// Splits the text into content and tool calls, when tools are offered.
+    tools: Option<ToolParser>,
+    /// The calls found (non-streaming responses only).
+    calls: Vec<Call>,
 }
 
 impl Choice {
@@ -432,8 +445,35 @@ impl Choice {
                 out: String::new(),
                 finish: None,
                 first: true,
+                tools: job.sampling.tools.as_deref().map(ToolParser::new),
+                calls: Vec::new(),
             })
             .collect()
+    }
+
+    /// Released text as content and whole tool calls; `end` releases what
+    /// the parser still holds.
+    fn parse(&mut self, text: &str, end: bool) -> (String, Vec<Call>) {
+        let Some(p) = self.tools.as_mut() else { return (text.to_string(), Vec::new()) };
+        let mut got = p.push(text);
+        if end {
+            let rest = p.finish();
+            got.content.push_str(&rest.content);
+            got.calls.extend(rest.calls);
+        }
+        (got.content, got.calls)
+    }
+
+    /// The finish reason to report: a turn that ended after calling tools
+    /// is `tool_calls`, as in OpenAI's API.
+    fn reason(&self) -> String {
+        let r = self.finish.clone().unwrap_or_default();
+        let called = self.tools.as_ref().is_some_and(|p| p.calls > 0);
+        if called && r == "stop" {
+            "tool_calls".into()
+        } else {
+            r
+        }
     }
 
     /// Adds one worker message; returns the text it releases.
@@ -479,6 +519,30 @@ fn chunk_json(job: &Job, created: u64, index: u32, text: Option<&str>, finish: O
         Endpoint::Completion => json!({"id": job.id, "object": "text_completion", "created": created, "model": job.model,
                    "choices": [{"index": index, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}]}),
     }
+}
+
+/// The id of a choice's `k`th call: unique within the request, and
+/// across requests through the request id.
+fn call_id(job: &Job, index: u32, k: usize) -> String {
+    let tail = job.id.split_once('-').map_or(job.id.as_str(), |(_, t)| t);
+    format!("call_{tail}_{index}_{k}")
+}
+
+/// A streamed call, as OpenAI sends it: its id, type and name with empty
+/// arguments, then the arguments.
+fn tool_call_chunks(job: &Job, created: u64, index: u32, first_k: usize, calls: &[Call]) -> Vec<Value> {
+    let mut out = Vec::with_capacity(2 * calls.len());
+    for (j, c) in calls.iter().enumerate() {
+        let k = first_k + j;
+        let head = json!([{"index": k, "id": call_id(job, index, k), "type": "function", "function": {"name": c.name, "arguments": ""}}]);
+        let args = json!([{"index": k, "function": {"arguments": c.arguments}}]);
+        for tc in [head, args] {
+            let mut chunk = chunk_json(job, created, index, None, None, false);
+            chunk["choices"][0]["delta"]["tool_calls"] = tc;
+            out.push(chunk);
+        }
+    }
+    out
 }
 
 fn sse(v: &Value) -> Bytes {
@@ -534,25 +598,31 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
             }
             // Logprobs ride with the text their tokens produced; tokens whose
             // text is still held back wait for the next chunk.
-            if !out.is_empty() {
-                let mut chunk = chunk_json(&job, created, msg.index, Some(&out), None, c.first);
+            let end = c.finish.is_some();
+            let mut released = out;
+            if end {
+                released.push_str(&c.text.finish(&state.tokenizer));
+            }
+            let called_before = c.tools.as_ref().map_or(0, |p| p.calls);
+            let (content, calls) = c.parse(&released, end);
+            let mut chunks = Vec::new();
+            if !content.is_empty() || (end && c.logprobs.as_ref().is_some_and(|l| !l.is_empty())) {
+                let mut chunk = chunk_json(&job, created, msg.index, Some(&content), None, c.first);
                 c.first = false;
                 chunk["choices"][0]["logprobs"] = c.take_logprobs();
                 if job.sampling.continuous_usage {
                     chunk["usage"] = usage.json(job.prompt_len, n);
                 }
-                if tx.send(Ok(sse(&chunk))).await.is_err() {
+                chunks.push(chunk);
+            }
+            chunks.extend(tool_call_chunks(&job, created, msg.index, called_before, &calls));
+            for chunk in &chunks {
+                if tx.send(Ok(sse(chunk))).await.is_err() {
                     return; // the client left; dropping the stream aborts the request
                 }
             }
-            if let Some(reason) = c.finish.clone() {
-                let tail = c.text.finish(&state.tokenizer);
-                if !tail.is_empty() || c.logprobs.as_ref().is_some_and(|l| !l.is_empty()) {
-                    let mut chunk = chunk_json(&job, created, msg.index, Some(&tail), None, c.first);
-                    c.first = false;
-                    chunk["choices"][0]["logprobs"] = c.take_logprobs();
-                    let _ = tx.send(Ok(sse(&chunk))).await;
-                }
+            if end {
+                let reason = c.reason();
                 let mut fin = chunk_json(&job, created, msg.index, None, Some(&reason), false);
                 if job.endpoint == Endpoint::Completion {
                     fin["choices"][0]["text"] = json!("");
@@ -628,11 +698,15 @@ async fn whole_response(state: Arc<RouterState>, mut job: Job) -> Response {
             continue;
         }
         usage.add(&msg);
-        let out = c.push(&state.tokenizer, &msg);
-        c.out.push_str(&out);
-        if c.finish.is_some() {
-            let tail = c.text.finish(&state.tokenizer);
-            c.out.push_str(&tail);
+        let mut out = c.push(&state.tokenizer, &msg);
+        let end = c.finish.is_some();
+        if end {
+            out.push_str(&c.text.finish(&state.tokenizer));
+        }
+        let (content, calls) = c.parse(&out, end);
+        c.out.push_str(&content);
+        c.calls.extend(calls);
+        if end {
             if choices.iter().all(|c| c.finish.is_some()) {
                 break;
             }
@@ -649,8 +723,13 @@ async fn whole_response(state: Arc<RouterState>, mut job: Job) -> Response {
         .enumerate()
         .map(|(i, c)| {
             let lp = c.take_logprobs();
-            let reason = c.finish.clone().unwrap_or_default();
+            let reason = c.reason();
             match job.endpoint {
+                Endpoint::Chat if !c.calls.is_empty() => {
+                    let calls: Vec<Value> = c.calls.iter().enumerate().map(|(k, call)| call.json(&call_id(&job, i as u32, k))).collect();
+                    let content = if c.out.trim().is_empty() { Value::Null } else { json!(c.out.trim_end()) };
+                    json!({"index": i, "message": {"role": "assistant", "content": content, "tool_calls": calls}, "logprobs": lp, "finish_reason": reason})
+                }
                 Endpoint::Chat => json!({"index": i, "message": {"role": "assistant", "content": c.out}, "logprobs": lp, "finish_reason": reason}),
                 Endpoint::Completion => json!({"index": i, "text": c.out, "logprobs": lp, "finish_reason": reason}),
             }
@@ -697,21 +776,36 @@ impl RouterState {
         if req.messages.is_empty() {
             return Err(ApiError::invalid("messages must contain at least one message", Some("messages")));
         }
-        let mut msgs = Vec::with_capacity(req.messages.len());
-        for (i, m) in req.messages.iter().enumerate() {
-            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
-                return Err(ApiError::invalid(format!("messages[{i}].role `{}` is not supported (system, user, assistant)", m.role), Some("messages")));
-            }
-            let role = if m.role == "developer" { "system" } else { m.role.as_str() };
-            msgs.push(ChatMessage::new(role, &m.text()?));
-        }
+        let tools = Tools::parse(req.tools.take(), req.tool_choice.take(), req.parallel_tool_calls, state.tool_format)?;
         let template = state.template.as_ref().ok_or_else(|| ApiError::invalid("this model has no chat template; use /v1/completions", None))?;
+        let offered = tools.as_ref().and_then(|t| t.for_template());
+        // A template that renders no tools gets them, and the history's
+        // calls and results, as text in the Hermes format.
+        let as_text = offered.is_some() && !template.knows_tools();
+        let mut msgs = Vec::with_capacity(req.messages.len() + 1);
+        for (i, m) in req.messages.iter().enumerate() {
+            msgs.push(history_message(i, m, !template.knows_tools())?);
+        }
+        if let (true, Some(t)) = (as_text, &tools) {
+            match msgs.first_mut().filter(|m| m.role == "system") {
+                Some(sys) => sys.content = format!("{}\n\n{}", sys.content, t.preamble()),
+                None => msgs.insert(0, ChatMessage::new("system", &t.preamble())),
+            }
+        }
+        if let Some(g) = tools.as_ref().and_then(|t| t.grammar()) {
+            if sampling.constraint.is_some() {
+                return Err(ApiError::invalid("tool_choice required or a named function cannot be combined with response_format, regex or ebnf", Some("tool_choice")));
+            }
+            sampling.constraint = Some(aerie_proto::v1::constraint::Kind::Ebnf(g));
+        }
+        sampling.tools = tools.filter(|t| t.parses()).map(Arc::new);
         let continue_final = req.continue_final_message.unwrap_or(false);
         if req.add_generation_prompt.is_some_and(|g| g == continue_final) {
             let why = if continue_final { "add_generation_prompt cannot be true with continue_final_message" } else { "add_generation_prompt false needs continue_final_message" };
             return Err(ApiError::invalid(why, Some("add_generation_prompt")));
         }
-        let render = |msgs: &[ChatMessage], gen: bool| template.render(msgs, gen).map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")));
+        let tools_ctx = if as_text { None } else { offered.as_deref() };
+        let render = |msgs: &[ChatMessage], gen: bool| template.render_with_tools(msgs, tools_ctx, gen).map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")));
         let text = if continue_final { open_final_message(&msgs, render)? } else { render(&msgs, true)? };
         sampling.max_tokens = max_completion.or(sampling.max_tokens);
         if sampling.max_tokens == Some(0) {
@@ -779,6 +873,55 @@ async fn handle(state: Arc<RouterState>, endpoint: Endpoint, headers: HeaderMap,
     };
     let id = request_id(&state, &headers, if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" });
     run(state, id, endpoint, p, started, slot).await
+}
+
+/// One message of the history as the template sees it. With `as_text`
+/// (a template that knows no tools), calls become `<tool_call>` blocks in
+/// the assistant's text and results `<tool_response>` blocks in a user turn.
+fn history_message(i: usize, m: &crate::openai::Message, as_text: bool) -> Result<ChatMessage, ApiError> {
+    let bad = |why: String| ApiError::invalid(format!("messages[{i}]: {why}"), Some("messages"));
+    if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer" | "tool") {
+        return Err(bad(format!("role `{}` is not supported (system, developer, user, assistant, tool)", m.role)));
+    }
+    if m.tool_calls.is_some() && m.role != "assistant" {
+        return Err(bad("only assistant messages carry tool_calls".into()));
+    }
+    if m.tool_call_id.is_some() && m.role != "tool" {
+        return Err(bad("only tool messages carry tool_call_id".into()));
+    }
+    let text = m.text()?;
+    let role = if m.role == "developer" { "system" } else { m.role.as_str() };
+    if role == "tool" {
+        let id = m.tool_call_id.as_deref().ok_or_else(|| bad("a tool message needs the tool_call_id of the call it answers".into()))?;
+        if as_text {
+            return Ok(ChatMessage::new("user", &format!("<tool_response>\n{text}\n</tool_response>")));
+        }
+        let mut msg = ChatMessage::new("tool", &text);
+        msg.tool_call_id = Some(id.to_string());
+        msg.name = m.name.clone();
+        return Ok(msg);
+    }
+    let mut msg = ChatMessage::new(role, &text);
+    if let Some(calls) = &m.tool_calls {
+        let mut values = Vec::with_capacity(calls.len());
+        for c in calls {
+            if c.kind != "function" {
+                return Err(bad(format!("tool call type `{}` is not supported (function)", c.kind)));
+            }
+            // Templates print the arguments with `tojson`, so they go in as
+            // an object (a string that is not JSON stays a string).
+            let args = serde_json::from_str::<Value>(&c.function.arguments).unwrap_or_else(|_| json!(c.function.arguments));
+            values.push(json!({"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": args}}));
+        }
+        if as_text {
+            let blocks: Vec<String> = values.iter().map(|v| format!("<tool_call>\n{}\n</tool_call>", json!({"name": v["function"]["name"], "arguments": v["function"]["arguments"]}))).collect();
+            let sep = if text.is_empty() { "" } else { "\n" };
+            msg.content = format!("{text}{sep}{}", blocks.join("\n"));
+        } else {
+            msg.tool_calls = Some(values);
+        }
+    }
+    Ok(msg)
 }
 
 /// The prompt for `continue_final_message`: the conversation rendered with
