@@ -282,6 +282,9 @@ pub struct Sampling {
     pub constraint: Option<ConstraintKind>,
     /// Offered functions (chat only); the output is parsed for calls.
     pub tools: Option<std::sync::Arc<crate::tools::Tools>>,
+    /// Completions' `best_of` above `n`: this many choices are generated
+    /// and the `n` with the highest cumulative logprob returned.
+    pub best_of: Option<u32>,
 }
 
 impl CommonFields {
@@ -385,6 +388,7 @@ impl CommonFields {
                 stop_token_ids,
                 constraint,
                 tools: None,
+                best_of: None,
             },
         ))
     }

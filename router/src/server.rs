@@ -15,7 +15,7 @@ use crate::config::RouterConfig;
 use crate::error::{from_status, ApiError};
 use crate::metrics_names as m;
 use crate::logprobs::Logprobs;
-use crate::openai::{ChatRequest, CompletionRequest, LogprobsStyle, Sampling};
+use crate::openai::{ChatRequest, CompletionRequest, LogprobsStyle, Sampling, MAX_CHOICES};
 use crate::policies::{self, RoutingPolicy};
 use crate::text::TextStream;
 use crate::tools::{Call, ToolFormat, ToolParser, Tools};
@@ -316,9 +316,10 @@ async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: P
             stop_ids: sampling.stop_token_ids.clone(),
             draft_worker: draft.as_ref().map(|d| d.draft.addr().to_string()).unwrap_or_default(),
             ignore_eos: sampling.ignore_eos,
-            logprobs: sampling.logprobs.is_some(),
+            // best_of ranks choices by their logprobs.
+            logprobs: sampling.logprobs.is_some() || sampling.best_of.is_some(),
             top_logprobs: sampling.logprobs.unwrap_or(0),
-            n: sampling.n,
+            n: sampling.best_of.unwrap_or(sampling.n),
             constraint: sampling.constraint.clone().map(|k| aerie_proto::v1::Constraint { kind: Some(k) }),
         };
         let in_flight = target.track();
@@ -434,11 +435,13 @@ struct Choice {
     tools: Option<ToolParser>,
     /// The calls found (non-streaming responses only).
     calls: Vec<Call>,
+    /// Sum of the emitted tokens' logprobs (ranks `best_of` choices).
+    cum_logprob: f64,
 }
 
 impl Choice {
     fn all(job: &Job) -> Vec<Choice> {
-        (0..job.sampling.n)
+        (0..job.sampling.best_of.unwrap_or(job.sampling.n))
             .map(|_| Choice {
                 text: TextStream::new(job.sampling.stops.clone()),
                 logprobs: job.sampling.logprobs.map(|_| Logprobs::new(job.endpoint.logprobs_style())),
@@ -447,6 +450,7 @@ impl Choice {
                 first: true,
                 tools: job.sampling.tools.as_deref().map(ToolParser::new),
                 calls: Vec::new(),
+                cum_logprob: 0.0,
             })
             .collect()
     }
@@ -489,6 +493,7 @@ impl Choice {
         if let Some(lp) = self.logprobs.as_mut() {
             lp.extend(tok, &m.logprobs);
         }
+        self.cum_logprob += m.logprobs.iter().map(|l| l.logprob as f64).sum::<f64>();
         if self.text.stopped {
             self.finish = Some("stop".into());
         } else if let Some(f) = &m.finished {
@@ -718,6 +723,11 @@ async fn whole_response(state: Arc<RouterState>, mut job: Job) -> Response {
         return e.into_response();
     }
     let created = now_secs();
+    if job.sampling.best_of.is_some() {
+        // The n most likely of the best_of choices, most likely first.
+        choices.sort_by(|a, b| b.cum_logprob.total_cmp(&a.cum_logprob));
+        choices.truncate(job.sampling.n as usize);
+    }
     let body_choices: Vec<Value> = choices
         .iter_mut()
         .enumerate()
@@ -821,7 +831,7 @@ impl RouterState {
         let state = self;
         authorize(state, headers)?;
         let mut req: CompletionRequest = parse(state, body)?;
-        let (model, sampling) = req.take_common().check(state.cfg.max_stop_strings, LogprobsStyle::Completion)?;
+        let (model, mut sampling) = req.take_common().check(state.cfg.max_stop_strings, LogprobsStyle::Completion)?;
         check_model(state, &model)?;
         check_token_ids(state, &sampling)?;
         if req.echo == Some(true) {
@@ -830,8 +840,16 @@ impl RouterState {
         if req.suffix.is_some() {
             return Err(ApiError::invalid("suffix is not supported by Aerie", Some("suffix")).with_code("unsupported_parameter"));
         }
-        if req.best_of.is_some_and(|b| b != 1) {
-            return Err(ApiError::invalid("best_of other than 1 is not supported", Some("best_of")).with_code("unsupported_parameter"));
+        if let Some(b) = req.best_of {
+            if b < sampling.n || b > MAX_CHOICES {
+                return Err(ApiError::invalid(format!("best_of must be between n ({}) and {MAX_CHOICES}, got {b}", sampling.n), Some("best_of")));
+            }
+            if b > sampling.n {
+                if sampling.stream {
+                    return Err(ApiError::invalid("best_of cannot be used with stream", Some("best_of")));
+                }
+                sampling.best_of = Some(b);
+            }
         }
         let prompts = std::mem::replace(&mut req.prompt, crate::openai::StringOrList::Many(Vec::new())).into_vec();
         if prompts.len() != 1 {

@@ -198,6 +198,27 @@ def n_choices_share_one_prefill_and_each_is_reproducible_with_its_seed(a):
     assert len({c.message.content for c in g.choices}) == 1 and len(g.choices) == 3
 
 
+@check
+def best_of_returns_the_most_likely_of_its_choices(a):
+    # best_of=4 samples the same four choices as n=4 with the same seed
+    # (choice i with seed + i) and returns the one whose tokens' logprobs
+    # sum highest.
+    kw = dict(model=a.model, prompt="Once upon a time", max_tokens=12, temperature=1.0, seed=11, logprobs=0)
+    every = a.spec.completions.create(n=4, **kw)
+    total = lambda c: sum(c.logprobs.token_logprobs)
+    ranked = sorted(every.choices, key=total, reverse=True)
+    assert len({c.text for c in every.choices}) > 1, every
+    best = a.spec.completions.create(best_of=4, **kw)
+    assert [c.text for c in best.choices] == [ranked[0].text], (best, [(c.text, total(c)) for c in ranked])
+    two = a.spec.completions.create(best_of=4, n=2, **kw)
+    assert [c.text for c in two.choices] == [c.text for c in ranked[:2]] and [c.index for c in two.choices] == [0, 1]
+    # Without logprobs asked, none come back, and usage counts all four.
+    kw.pop("logprobs")
+    quiet = a.spec.completions.create(best_of=4, **kw)
+    assert quiet.choices[0].text == ranked[0].text and quiet.choices[0].logprobs is None
+    assert quiet.usage.completion_tokens == every.usage.completion_tokens
+
+
 def expect_400(fn, param):
     try:
         fn()
@@ -223,6 +244,9 @@ def out_of_range_values_are_400s_naming_the_field(a):
     expect_400(lambda: chat(c, a, "hi", max_tokens=4, extra_body={"stop_token_ids": [99999999]}), "stop_token_ids")
     expect_400(lambda: c.completions.create(model=a.model, prompt="hi", max_tokens=4, logprobs=6), "logprobs")
     expect_400(lambda: chat(c, a, "hi", max_tokens=4, n=0), "n")
+    expect_400(lambda: c.completions.create(model=a.model, prompt="hi", max_tokens=4, n=3, best_of=2), "best_of")
+    expect_400(lambda: c.completions.create(model=a.model, prompt="hi", max_tokens=4, best_of=33), "best_of")
+    expect_400(lambda: c.completions.create(model=a.model, prompt="hi", max_tokens=4, best_of=2, stream=True), "best_of")
 
 
 def main():
