@@ -22,6 +22,7 @@
 //! with a `SessionError`; the session and the worker stay up.
 
 use crate::{DraftError, ProposerFactory};
+use aerie_engine::grammar::{ConstraintSpec, Grammar, GrammarCompiler, GrammarState};
 use aerie_engine::spec::{FeatureKind, Features, Proposer};
 use aerie_engine::Model;
 use aerie_proto::metric_names as m;
@@ -82,6 +83,10 @@ pub struct DraftServer {
     sessions: Arc<Mutex<Vec<Arc<SessionSlot>>>>,
     next_session: AtomicU64,
     started: Instant,
+    /// Compiles requests' output constraints, so trees hold only what they
+    /// admit; without it constraints are ignored here (the target still
+    /// prunes and masks).
+    grammars: Option<Arc<GrammarCompiler>>,
 }
 
 impl DraftServer {
@@ -106,7 +111,15 @@ impl DraftServer {
             sessions: Arc::new(Mutex::new(Vec::new())),
             next_session: AtomicU64::new(1),
             started: Instant::now(),
+            grammars: None,
         }
+    }
+
+    /// Drafts under requests' output constraints, compiled with `grammars`
+    /// (built over the target's tokenizer).
+    pub fn with_grammars(mut self, grammars: GrammarCompiler) -> DraftServer {
+        self.grammars = Some(Arc::new(grammars));
+        self
     }
 
     /// Registers a new session, evicting the least recently used one when
@@ -178,6 +191,8 @@ impl DraftService for DraftServer {
             registry: self.sessions.clone(),
             slot,
             started: self.started,
+            grammars: self.grammars.clone(),
+            compiled: Vec::new(),
         };
         std::thread::Builder::new()
             .name("aerie-draft-session".into())
@@ -206,7 +221,13 @@ impl From<aerie_engine::EngineError> for SeqError {
 struct Seq {
     prop: Box<dyn Proposer>,
     last_used: Instant,
+    /// The request's output constraint, following the committed output.
+    grammar: Option<GrammarState>,
 }
+
+/// Compiled constraints a session keeps for reuse (the choices of one
+/// request, and repeated schemas, compile once).
+const COMPILED_CACHE: usize = 8;
 
 struct Session {
     factory: Arc<ProposerFactory>,
@@ -219,6 +240,9 @@ struct Session {
     registry: Arc<Mutex<Vec<Arc<SessionSlot>>>>,
     slot: Arc<SessionSlot>,
     started: Instant,
+    grammars: Option<Arc<GrammarCompiler>>,
+    /// Recently compiled constraints by their wire form, newest last.
+    compiled: Vec<(String, Grammar)>,
 }
 
 impl Session {
@@ -294,7 +318,7 @@ impl Session {
                     break;
                 }
                 Msg::Begin(b) => {
-                    let r = self.begin(b.seq_id, &b.tokens, b.features.as_ref());
+                    let r = self.begin(b.seq_id, &b.tokens, b.features.as_ref(), b.constraint.as_ref());
                     self.report(b.seq_id, r);
                 }
                 Msg::Commit(c) => {
@@ -396,6 +420,7 @@ impl Session {
         seq_id: u64,
         tokens: &[u32],
         p: Option<&FeaturePayload>,
+        constraint: Option<&aerie_proto::v1::Constraint>,
     ) -> Result<(), SeqError> {
         if tokens.len() < 2 {
             return Err(SeqError(
@@ -413,8 +438,9 @@ impl Session {
         let feats = self.features(p, tokens.len() - 1)?;
         let mut prop = self.factory.proposer();
         prop.begin(tokens, &feats)?;
+        let grammar = constraint.and_then(|c| self.grammar_state(c, tokens[tokens.len() - 1]));
         self.make_room();
-        self.seqs.insert(seq_id, Seq { prop, last_used: Instant::now() });
+        self.seqs.insert(seq_id, Seq { prop, last_used: Instant::now(), grammar });
         metrics::gauge!(m::DRAFT_SEQUENCES).increment(1.0);
         Ok(())
     }
@@ -439,7 +465,44 @@ impl Session {
         let seq = self.seqs.get_mut(&seq_id).expect("checked above");
         seq.last_used = Instant::now();
         seq.prop.commit(tokens, &feats)?;
+        if let Some(g) = seq.grammar.as_mut() {
+            g.commit(tokens);
+        }
         Ok(())
+    }
+
+    /// A grammar state for `c` that has consumed the first generated
+    /// token, or `None` (drafting unconstrained) when this worker cannot
+    /// compile it: the target masks and prunes anyway, so that costs only
+    /// acceptance.
+    fn grammar_state(&mut self, c: &aerie_proto::v1::Constraint, first: u32) -> Option<GrammarState> {
+        use aerie_proto::v1::constraint::Kind;
+        let compiler = self.grammars.clone()?;
+        let key = format!("{c:?}");
+        let grammar = match self.compiled.iter().position(|(k, _)| *k == key) {
+            Some(i) => {
+                let hit = self.compiled.remove(i);
+                self.compiled.push(hit.clone());
+                hit.1
+            }
+            None => {
+                let spec = match c.kind.clone()? {
+                    Kind::JsonObject(_) => ConstraintSpec::JsonObject,
+                    Kind::JsonSchema(s) => ConstraintSpec::JsonSchema(serde_json::from_str(&s).ok()?),
+                    Kind::Regex(r) => ConstraintSpec::Regex(r),
+                    Kind::Ebnf(g) => ConstraintSpec::Ebnf(g),
+                };
+                let g = compiler.compile(&spec).map_err(|e| tracing::warn!("drafting unconstrained: cannot compile the request's constraint: {e}")).ok()?;
+                if self.compiled.len() >= COMPILED_CACHE {
+                    self.compiled.remove(0);
+                }
+                self.compiled.push((key, g.clone()));
+                g
+            }
+        };
+        let mut st = grammar.start().ok()?;
+        st.commit(&[first]);
+        Some(st)
     }
 
     fn propose(&mut self, seq_id: u64, max_depth: usize) -> Result<(), SeqError> {
@@ -450,7 +513,10 @@ impl Session {
             .ok_or_else(|| SeqError("unknown_sequence", format!("no sequence {seq_id}")))?;
         let t = Instant::now();
         seq.last_used = t;
-        let tree = seq.prop.propose(max_depth)?;
+        let tree = match seq.grammar.as_mut() {
+            Some(g) => seq.prop.propose_within(max_depth, &mut |path, t| g.allows(path, t))?,
+            None => seq.prop.propose(max_depth)?,
+        };
         let took = t.elapsed();
         metrics::histogram!(m::DRAFT_PROPOSE_DURATION).record(took.as_secs_f64());
         let parents = tree

@@ -7,7 +7,7 @@
 
 use crate::eagle::{rows_top_k, tree_rows_mask};
 use crate::error::Result;
-use crate::tree_search::{grow_tree, DraftNet, DraftOut, StepRows};
+use crate::tree_search::{grow_tree, listed, Allow, DraftNet, DraftOut, StepRows};
 use aerie_engine::spec::{DraftTree, Features, Proposer, TreeSpec};
 use aerie_engine::{AttnMask, ForwardOptions, KvCache, LogitsRows, Model, SeqInput};
 use std::sync::Arc;
@@ -98,17 +98,28 @@ impl Proposer for StandaloneProposer {
             &ForwardOptions::default(),
         )?;
         let net = ModelNet { draft: &self.draft, vocab: self.vocab, cache: &mut self.cache, committed: 0 };
-        self.root_topk = net.top_k(&out[0].logits, self.tree.topk).remove(0);
+        // More than topk, so a constrained request finds admissible ones.
+        self.root_topk = net.top_k(&out[0].logits, listed(self.tree.topk)).remove(0);
         Ok(())
     }
 
     fn propose(&mut self, max_depth: usize) -> aerie_engine::Result<DraftTree> {
+        self.grow(max_depth, None)
+    }
+
+    fn propose_within(&mut self, max_depth: usize, allow: Allow) -> aerie_engine::Result<DraftTree> {
+        self.grow(max_depth, Some(allow))
+    }
+}
+
+impl StandaloneProposer {
+    fn grow(&mut self, max_depth: usize, allow: Option<Allow>) -> aerie_engine::Result<DraftTree> {
         self.catch_up()?;
         let root = *self.tokens.last().ok_or_else(|| aerie_engine::EngineError::InvalidInput("propose before begin".into()))?;
         let root_pos = (self.tokens.len() - 1) as u32;
         let committed = self.cache.len();
         let topk = self.root_topk.clone();
         let mut net = ModelNet { draft: &self.draft, vocab: self.vocab, cache: &mut self.cache, committed };
-        Ok(grow_tree(&mut net, root, &topk, &[], root_pos, &self.tree, max_depth, self.min_score)?)
+        Ok(grow_tree(&mut net, root, &topk, &[], root_pos, &self.tree, max_depth, self.min_score, allow)?)
     }
 }

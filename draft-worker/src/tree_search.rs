@@ -73,8 +73,33 @@ pub trait DraftNet {
     fn truncate_kv(&mut self, len: usize);
 }
 
+/// Candidates a drafter lists per row, so that under an output constraint
+/// `k` admissible ones are usually among them.
+pub fn listed(k: usize) -> usize {
+    (4 * k).max(16)
+}
+
+/// Admits a candidate `token` after `path` (the tokens from the root's
+/// child to its parent): the request's output constraint.
+pub type Allow<'a> = &'a mut dyn FnMut(&[u32], u32) -> bool;
+
+/// Tokens from the root's child down to candidate `i`.
+fn path_of(cands: &[Candidate], i: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut n = Some(i);
+    while let Some(c) = n {
+        out.push(cands[c].token);
+        n = cands[c].parent;
+    }
+    out.reverse();
+    out
+}
+
 /// Grows an EAGLE-2 tree. `root_topk`/`root_state` come from the root's own
 /// draft row; a node at depth `d` sits at draft position `root_pos + d`.
+/// With `allow`, only candidates it admits grow the tree: each row's best
+/// `topk` among the [`listed`] ones that the constraint allows.
+#[allow(clippy::too_many_arguments)]
 pub fn grow_tree(
     net: &mut dyn DraftNet,
     root: u32,
@@ -84,6 +109,7 @@ pub fn grow_tree(
     spec: &TreeSpec,
     max_depth: usize,
     min_score: f32,
+    mut allow: Option<Allow>,
 ) -> Result<DraftTree> {
     if max_depth == 0 || root_topk.first().is_none_or(|&(_, p)| p < min_score) {
         return Ok(DraftTree::chain(root, &[]));
@@ -97,7 +123,10 @@ pub fn grow_tree(
     // State each candidate carries from its parent.
     let width = root_state.len();
     let mut parent_state: Vec<Vec<f32>> = Vec::new();
-    for &(tok, p) in root_topk.iter().take(k).filter(|&&(_, p)| p >= min_score) {
+    let net_k = if allow.is_some() { listed(k) } else { k };
+    let mut admits = |path: &[u32], tok: u32| allow.as_mut().is_none_or(|a| a(path, tok));
+    let root_list: Vec<(u32, f32)> = root_topk.iter().copied().filter(|&(t, _)| admits(&[], t)).take(k).collect();
+    for &(tok, p) in root_list.iter().filter(|&&(_, p)| p >= min_score) {
         cands.push(Candidate { token: tok, parent: None, score: p.min(1.0) });
         depth.push(1);
         kv_row.push(None);
@@ -123,12 +152,14 @@ pub fn grow_tree(
                 })
                 .collect();
             let first_row = net.kv_len();
-            let out = net.step(&StepRows { tokens: &tokens, states: &states, positions: &positions, ancestors: &ancestors }, k)?;
+            let out = net.step(&StepRows { tokens: &tokens, states: &states, positions: &positions, ancestors: &ancestors }, net_k)?;
             let mut fresh = Vec::new();
             for (i, &l) in leaves.iter().enumerate() {
                 kv_row[l] = Some(first_row + i);
                 let st = if out.states.width > 0 { out.states.row(i).to_vec() } else { Vec::new() };
-                for &(tok, p) in out.topk[i].iter().take(k) {
+                let path = path_of(&cands, l);
+                let kids: Vec<(u32, f32)> = out.topk[i].iter().copied().filter(|&(t, _)| admits(&path, t)).take(k).collect();
+                for (tok, p) in kids {
                     // Clamped so that a child never outscores its parent.
                     let score = cands[l].score * p.min(1.0);
                     if score < min_score {
@@ -189,18 +220,43 @@ mod tests {
         let root_topk = [(1, 0.9), (2, 0.1)];
         // Without a minimum: all five steps run and the tree is full.
         let mut net = ScriptedNet { kv: 7, steps: 0 };
-        let full = grow_tree(&mut net, 0, &root_topk, &[], 10, &spec, 8, 0.0).unwrap();
+        let full = grow_tree(&mut net, 0, &root_topk, &[], 10, &spec, 8, 0.0, None).unwrap();
         assert_eq!((full.len(), net.steps, net.kv), (12, 4, 7));
         // At 0.7: the chain 1 → 11 → 111 (0.9, 0.81, 0.729) passes, the next
         // node (0.656) does not, so the search stops after two forwards.
         let mut net = ScriptedNet { kv: 7, steps: 0 };
-        let t = grow_tree(&mut net, 0, &root_topk, &[], 10, &spec, 8, 0.7).unwrap();
+        let t = grow_tree(&mut net, 0, &root_topk, &[], 10, &spec, 8, 0.7, None).unwrap();
         assert_eq!(t.tokens, vec![0, 1, 11, 111]);
         assert_eq!(t.parents, vec![None, Some(0), Some(1), Some(2)]);
         assert_eq!((net.steps, net.kv), (3, 7), "the leaf 111 still runs once to score its children; KV is rolled back");
         // An unsure root verifies alone, with no draft forward at all.
         let mut net = ScriptedNet { kv: 7, steps: 0 };
-        let t = grow_tree(&mut net, 0, &[(1, 0.3), (2, 0.2)], &[], 10, &spec, 8, 0.5).unwrap();
+        let t = grow_tree(&mut net, 0, &[(1, 0.3), (2, 0.2)], &[], 10, &spec, 8, 0.5, None).unwrap();
         assert_eq!((t.tokens.clone(), net.steps), (vec![0], 0));
+    }
+
+    #[test]
+    fn a_constraint_prunes_the_tree_as_it_grows() {
+        let spec = TreeSpec { num_steps: 3, topk: 2, num_draft_tokens: 8 };
+        let root_topk = [(1, 0.9), (2, 0.1)];
+        // Forbids every token ending in 1 (the likelier child of each row),
+        // and records what it was asked.
+        let mut asked: Vec<(Vec<u32>, u32)> = Vec::new();
+        let mut allow = |path: &[u32], t: u32| {
+            asked.push((path.to_vec(), t));
+            t % 10 != 1
+        };
+        let mut net = ScriptedNet { kv: 0, steps: 0 };
+        let t = grow_tree(&mut net, 0, &root_topk, &[], 10, &spec, 8, 0.0, Some(&mut allow)).unwrap();
+        // Only the admissible chain 2 → 22 → 222 is left, at full depth:
+        // the budget went to tokens the constraint allows.
+        assert_eq!(t.tokens, vec![0, 2, 22, 222]);
+        assert!(asked.contains(&(vec![2, 22], 221)) && asked.contains(&(vec![], 1)), "{asked:?}");
+        // The same tree pruned after the fact would have kept nothing deep:
+        // the unconstrained search spends its budget under the banned 1.
+        let mut net = ScriptedNet { kv: 0, steps: 0 };
+        let free = grow_tree(&mut net, 0, &root_topk, &[], 10, &spec, 8, 0.0, None).unwrap();
+        let pruned = free.prune(&mut |_, t| t % 10 != 1);
+        assert!(pruned.len() < t.len(), "{:?} vs {:?}", pruned.tokens, t.tokens);
     }
 }

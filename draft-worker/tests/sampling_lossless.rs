@@ -209,6 +209,13 @@ fn good_drafter_keeps_target_distribution_under_a_grammar() {
     run(t.clone(), t, constrained(), "good drafter, T=1, regex");
 }
 
+/// The drafter grows its trees within the grammar (`propose_within`), so
+/// the sequences it may propose change; the output distribution must not.
+#[test]
+fn bad_drafter_pruned_by_the_grammar_keeps_target_distribution() {
+    run(tiny(99, 2.0), tiny(TARGET.0, TARGET.1), constrained(), "bad drafter, T=1, regex");
+}
+
 #[test]
 fn bad_drafter_keeps_target_distribution_under_penalties_and_bias() {
     // The penalties must change the distribution, or this test shows nothing.

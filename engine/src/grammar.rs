@@ -187,6 +187,12 @@ impl GrammarState {
         }
     }
 
+    /// Whether the grammar admits `token` after committed output + `path`
+    /// (drafters ask this of each candidate; no mask is computed).
+    pub fn allows(&mut self, path: &[u32], token: u32) -> bool {
+        self.seek(path).is_ok() && self.m.validate_tokens(&[token]).is_ok_and(|n| n == 1)
+    }
+
     /// Makes `accepted` (tokens after the committed output) committed.
     pub fn commit(&mut self, accepted: &[u32]) {
         if let Err(e) = self.seek(accepted) {

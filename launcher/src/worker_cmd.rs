@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::spec_args::SpecArgs;
 use aerie_draft_worker::service::{DraftServer, SessionLimits};
 use aerie_draft_worker::{ProposerFactory, SpecAlgorithm};
-use aerie_engine::{DType, Engine};
+use aerie_engine::{DType, Engine, GrammarCompiler};
 use aerie_proto::v1::draft_service_server::DraftServiceServer;
 use aerie_proto::v1::target_service_server::TargetServiceServer;
 use aerie_target_worker::{FeatureTransportMode, TargetConfig, TargetServer};
@@ -253,7 +253,9 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
             max_sequences_per_session: a.max_sequences_per_session,
             idle_timeout: Duration::from_secs(a.session_idle_timeout_secs),
         };
-        let server = DraftServer::with_limits(factory, Arc::clone(&engine.model), draft_model, limits);
+        let eos = engine.tokenizer.eos_ids.first().copied().unwrap_or(0);
+        let grammars = GrammarCompiler::new(&engine.tokenizer, eos).map_err(|e| anyhow::anyhow!("building the constrained-decoding token trie: {e}"))?;
+        let server = DraftServer::with_limits(factory, Arc::clone(&engine.model), draft_model, limits).with_grammars(grammars);
         tracing::info!(kind = %server.info().kind, features = %server.info().features, "draft worker ready");
         let svc = DraftServiceServer::new(server).max_decoding_message_size(MAX_MESSAGE_BYTES);
         ready.store(true, Ordering::Release);

@@ -621,14 +621,15 @@ fn draft_worker_rejects_malformed_session_messages_and_stays_up() {
         let msgs = vec![
             Msg::Open(SessionOpen { target_fingerprint: fp, shm_path: String::new(), shm_capacity: 0 }),
             Msg::Propose(ProposeRequest { seq_id: 7, max_depth: 3 }),
-            Msg::Begin(SequenceBegin { seq_id: 1, tokens: vec![1, vocab + 1], features: Some(inline(1, h)) }),
-            Msg::Begin(SequenceBegin { seq_id: 2, tokens: vec![1, 2, 3], features: Some(inline(1, h)) }),
+            Msg::Begin(SequenceBegin { seq_id: 1, tokens: vec![1, vocab + 1], features: Some(inline(1, h)), constraint: None }),
+            Msg::Begin(SequenceBegin { seq_id: 2, tokens: vec![1, 2, 3], features: Some(inline(1, h)), constraint: None }),
             Msg::Begin(SequenceBegin {
                 seq_id: 3,
                 tokens: vec![1, 2],
                 features: Some(FeaturePayload { rows: 1, width: h, data: Some(feature_payload::Data::Shm(ShmSlice { offset: 0, len: h as u64 * 4, crc32: 0 })) }),
+                constraint: None,
             }),
-            Msg::Begin(SequenceBegin { seq_id: 4, tokens: vec![1, 2], features: Some(inline(1, h)) }),
+            Msg::Begin(SequenceBegin { seq_id: 4, tokens: vec![1, 2], features: Some(inline(1, h)), constraint: None }),
             Msg::Propose(ProposeRequest { seq_id: 4, max_depth: 3 }),
         ];
         let reqs: Vec<SessionRequest> = msgs.into_iter().map(|m| SessionRequest { msg: Some(m) }).collect();
@@ -759,7 +760,7 @@ fn the_draft_evicts_sequences_past_its_cap_and_closes_idle_sessions() {
     rt().block_on(async {
         let mut c = DraftServiceClient::connect(draft.grpc.clone()).await.unwrap();
         let h = engine().model.config.hidden_size as u32;
-        let begin = |seq_id| Msg::Begin(SequenceBegin { seq_id, tokens: vec![1, 2], features: Some(FeaturePayload { rows: 1, width: h, data: Some(feature_payload::Data::Inline(vec![0; h as usize * 4])) }) });
+        let begin = |seq_id| Msg::Begin(SequenceBegin { seq_id, tokens: vec![1, 2], features: Some(FeaturePayload { rows: 1, width: h, data: Some(feature_payload::Data::Inline(vec![0; h as usize * 4])) }), constraint: None });
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         for m in [Msg::Open(SessionOpen { target_fingerprint: engine().model.fingerprint.clone(), shm_path: String::new(), shm_capacity: 0 }), begin(1), begin(2), begin(3)] {
             tx.send(SessionRequest { msg: Some(m) }).unwrap();

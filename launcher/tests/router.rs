@@ -113,8 +113,9 @@ fn openai_sampling_features_and_structured_output_are_lossless_under_speculation
         .expect("serve prints its target's metrics URL")
         .to_string();
     let urls = ["--spec-url".to_string(), format!("http://{}/v1", spec.addr), "--plain-url".to_string(), format!("http://{}/v1", plain.addr)];
-    let feature_args = ["--ids".to_string(), ids.to_string(), "--target-metrics".to_string(), metrics];
-    for (script, extra) in [("tests/openai/features.py", &feature_args[..]), ("tests/openai/structured.py", &[][..]), ("tests/openai/tools.py", &[][..])] {
+    let metrics_args = ["--target-metrics".to_string(), metrics];
+    let feature_args = [&["--ids".to_string(), ids.to_string()][..], &metrics_args[..]].concat();
+    for (script, extra) in [("tests/openai/features.py", &feature_args[..]), ("tests/openai/structured.py", &metrics_args[..]), ("tests/openai/tools.py", &[][..])] {
         let out = Command::new(repo().join(".venv/bin/python"))
             .arg(repo().join(script))
             .args(&urls)

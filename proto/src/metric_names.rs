@@ -14,6 +14,9 @@ pub const TARGET_VERIFY_STEPS: &str = "aerie_target_verify_steps_total";
 pub const TARGET_DRAFT_TOKENS_PROPOSED: &str = "aerie_target_draft_tokens_proposed_total";
 /// Counter: draft tokens the target accepted.
 pub const TARGET_DRAFT_TOKENS_ACCEPTED: &str = "aerie_target_draft_tokens_accepted_total";
+/// Counter: proposed draft nodes the request's output constraint refused,
+/// pruned before verification (0 while draft workers keep to constraints).
+pub const TARGET_DRAFT_TOKENS_REFUSED: &str = "aerie_target_draft_tokens_refused_total";
 /// Counter, label `position`: accepted drafts at each tree depth (1 = first draft).
 pub const TARGET_ACCEPTED_BY_POSITION: &str = "aerie_target_accepted_by_position_total";
 /// Histogram: tokens emitted per verification, bonus included (τ per step).

@@ -179,13 +179,14 @@ impl DraftLink {
     }
 
     /// A proposer for one request. `fallback` is raised if it ever drops
-    /// speculation.
-    pub fn proposer(self: &Arc<Self>, fallback: Arc<AtomicBool>) -> RemoteProposer {
+    /// speculation; `constraint` (the request's) goes to the draft worker so
+    /// that it drafts only what the grammar admits.
+    pub fn proposer(self: &Arc<Self>, fallback: Arc<AtomicBool>, constraint: Option<aerie_proto::v1::Constraint>) -> RemoteProposer {
         let seq_id = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std_mpsc::channel();
         self.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(seq_id, tx);
         metrics::gauge!(m::TARGET_DRAFT_SEQUENCES).increment(1.0);
-        let mut p = RemoteProposer { link: self.clone(), seq_id, answers: rx, root: None, pending: false, fallback, failed: false };
+        let mut p = RemoteProposer { link: self.clone(), seq_id, answers: rx, root: None, pending: false, fallback, failed: false, constraint };
         if !self.is_alive() {
             p.fail("draft_down");
         }
@@ -243,6 +244,8 @@ pub struct RemoteProposer {
     pending: bool,
     fallback: Arc<AtomicBool>,
     failed: bool,
+    /// The request's output constraint, sent with the sequence's begin.
+    constraint: Option<aerie_proto::v1::Constraint>,
 }
 
 impl RemoteProposer {
@@ -336,7 +339,8 @@ impl Proposer for RemoteProposer {
         self.root = tokens.last().copied();
         if !self.failed {
             if let Some(p) = self.payload(feats) {
-                self.send(Msg::Begin(SequenceBegin { seq_id: self.seq_id, tokens: tokens.to_vec(), features: Some(p) }));
+                let constraint = self.constraint.take();
+                self.send(Msg::Begin(SequenceBegin { seq_id: self.seq_id, tokens: tokens.to_vec(), features: Some(p), constraint }));
             }
         }
         Ok(())

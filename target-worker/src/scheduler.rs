@@ -371,8 +371,10 @@ fn run(model: &Model, shared: &Shared) {
             continue;
         }
         // 3. One step for everyone.
-        let before: Vec<(usize, usize, f64)> =
-            running.iter().map(|r| (r.session.spec.spec_num_correct_drafts, r.session.spec.spec_num_proposed_drafts, r.session.spec.verify_ms)).collect();
+        let before: Vec<(usize, usize, f64, usize)> = running
+            .iter()
+            .map(|r| (r.session.spec.spec_num_correct_drafts, r.session.spec.spec_num_proposed_drafts, r.session.spec.verify_ms, r.session.spec.spec_refused_drafts))
+            .collect();
         let batch = running.len();
         let t = Instant::now();
         let result = {
@@ -400,7 +402,7 @@ fn run(model: &Model, shared: &Shared) {
             metrics::histogram!(m::TARGET_VERIFY_DURATION).record((r.session.spec.verify_ms - before[0].2).max(0.0) / 1e3);
         }
         let mut still = Vec::with_capacity(running.len());
-        for ((mut r, new), (c0, p0, _)) in running.drain(..).zip(news).zip(before) {
+        for ((mut r, new), (c0, p0, _, f0)) in running.drain(..).zip(news).zip(before) {
             let accepted = r.session.spec.spec_num_correct_drafts - c0;
             let depth = r.session.spec.spec_num_proposed_drafts - p0;
             metrics::counter!(m::TARGET_VERIFY_STEPS).increment(1);
@@ -408,6 +410,7 @@ fn run(model: &Model, shared: &Shared) {
             if r.speculative {
                 metrics::counter!(m::TARGET_DRAFT_TOKENS_PROPOSED).increment(depth as u64);
                 metrics::counter!(m::TARGET_DRAFT_TOKENS_ACCEPTED).increment(accepted as u64);
+                metrics::counter!(m::TARGET_DRAFT_TOKENS_REFUSED).increment((r.session.spec.spec_refused_drafts - f0) as u64);
                 metrics::histogram!(m::TARGET_ACCEPT_LENGTH).record((accepted + 1) as f64);
                 for pos in 1..=accepted.min(64) {
                     metrics::counter!(m::TARGET_ACCEPTED_BY_POSITION, "position" => pos.to_string()).increment(1);

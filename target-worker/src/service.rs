@@ -204,7 +204,7 @@ impl TargetService for TargetServer {
         // One proposer per choice: each is its own sequence on the draft worker.
         let proposers: Vec<Box<dyn Proposer>> = if speculative {
             match self.draft_link(&r.draft_worker).await {
-                Ok(link) => (0..n).map(|_| Box::new(link.proposer(fallback.clone())) as Box<dyn Proposer>).collect(),
+                Ok(link) => (0..n).map(|_| Box::new(link.proposer(fallback.clone(), r.constraint.clone())) as Box<dyn Proposer>).collect(),
                 Err(e) => {
                     tracing::warn!("no speculation for this request: {e}");
                     metrics::counter!(m::TARGET_DRAFT_FALLBACKS, "reason" => "connect").increment(1);

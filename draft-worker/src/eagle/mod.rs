@@ -13,7 +13,7 @@ pub use config::{default_aux_layers, EagleConfig, EagleKind};
 pub use head::EagleHead;
 
 use crate::error::Result;
-use crate::tree_search::{grow_tree, top_k, DraftNet, DraftOut, StepRows};
+use crate::tree_search::{grow_tree, listed, top_k, Allow, DraftNet, DraftOut, StepRows};
 use aerie_engine::spec::{DraftTree, FeatureKind, Features, Proposer, TreeSpec};
 use aerie_engine::{AttnMask, KvCache, Model};
 use aerie_kernels::cpu::ops;
@@ -153,7 +153,8 @@ impl Proposer for EagleProposer {
         let last = x[(n - 1) * h..].to_vec();
         let logits = self.head.logits(&self.target, &last);
         let dv = self.head.draft_vocab(&self.target);
-        let topk = rows_top_k(&logits, dv, self.tree.topk, &|i| self.head.target_id(i)).remove(0);
+        // More than topk, so a constrained request finds admissible ones.
+        let topk = rows_top_k(&logits, dv, listed(self.tree.topk), &|i| self.head.target_id(i)).remove(0);
         self.root = Some((topk, last));
         self.processed += n;
         self.pending.data.clear();
@@ -161,6 +162,16 @@ impl Proposer for EagleProposer {
     }
 
     fn propose(&mut self, max_depth: usize) -> aerie_engine::Result<DraftTree> {
+        self.grow(max_depth, None)
+    }
+
+    fn propose_within(&mut self, max_depth: usize, allow: Allow) -> aerie_engine::Result<DraftTree> {
+        self.grow(max_depth, Some(allow))
+    }
+}
+
+impl EagleProposer {
+    fn grow(&mut self, max_depth: usize, allow: Option<Allow>) -> aerie_engine::Result<DraftTree> {
         self.catch_up()?;
         let root = *self.tokens.last().ok_or_else(|| aerie_engine::EngineError::InvalidInput("propose before begin".into()))?;
         let Some((topk, state)) = self.root.clone() else {
@@ -169,6 +180,6 @@ impl Proposer for EagleProposer {
         let root_pos = (self.tokens.len() - 2) as u32;
         let committed = self.cache.len();
         let mut net = HeadNet { head: &self.head, target: &self.target, cache: &mut self.cache, committed };
-        Ok(grow_tree(&mut net, root, &topk, &state, root_pos, &self.tree, max_depth, self.min_score)?)
+        Ok(grow_tree(&mut net, root, &topk, &state, root_pos, &self.tree, max_depth, self.min_score, allow)?)
     }
 }

@@ -44,6 +44,11 @@ pub struct SpecStats {
     pub draft_ms: f64,
     /// Wall time spent in verification forwards, ms.
     pub verify_ms: f64,
+    /// Draft candidates the request's output constraint refused: for a
+    /// drafter that prunes as it grows (in process), candidates it never
+    /// added; for a remote one, proposed nodes pruned before verification
+    /// (0 when the draft worker keeps to the constraint itself).
+    pub spec_refused_drafts: usize,
 }
 
 /// One request being decoded speculatively.
@@ -264,7 +269,20 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
             continue;
         }
         let t = Instant::now();
-        let proposed = s.proposer.propose(s.depth_budget(model))?;
+        let budget = s.depth_budget(model);
+        // Under a constraint the tree holds only what the grammar admits:
+        // a forbidden node could never be accepted, so verifying it is waste.
+        let proposed = match s.grammar.as_mut() {
+            Some(g) => {
+                let refused = &mut s.spec.spec_refused_drafts;
+                s.proposer.propose_within(budget, &mut |path, t| {
+                    let ok = g.allows(path, t);
+                    *refused += usize::from(!ok);
+                    ok
+                })?
+            }
+            None => s.proposer.propose(budget)?,
+        };
         proposed.validate()?;
         let tree = proposed.limit_depth(s.depth_budget(model));
         s.spec.draft_ms += t.elapsed().as_secs_f64() * 1e3;

@@ -119,6 +119,15 @@ pub trait Proposer: Send {
     /// A tree rooted at the last committed token, no deeper than `max_depth`.
     fn propose(&mut self, max_depth: usize) -> Result<DraftTree>;
 
+    /// As [`propose`](Self::propose), for a request whose output is
+    /// constrained: every node must satisfy `allow(path, token)`, `path`
+    /// being the tokens from the root's child to the node's parent. The
+    /// default prunes the finished tree; drafters that search override it
+    /// to prune as the tree grows, so the budget goes to admissible tokens.
+    fn propose_within(&mut self, max_depth: usize, allow: &mut dyn FnMut(&[u32], u32) -> bool) -> Result<DraftTree> {
+        Ok(self.propose(max_depth)?.prune(allow))
+    }
+
     /// Starts a request: the prompt plus the first generated token, and the
     /// features of every prompt token.
     fn begin(&mut self, tokens: &[u32], feats: &Features) -> Result<()> {
@@ -149,6 +158,9 @@ impl<P: Proposer + ?Sized> Proposer for &mut P {
     }
     fn propose(&mut self, max_depth: usize) -> Result<DraftTree> {
         (**self).propose(max_depth)
+    }
+    fn propose_within(&mut self, max_depth: usize, allow: &mut dyn FnMut(&[u32], u32) -> bool) -> Result<DraftTree> {
+        (**self).propose_within(max_depth, allow)
     }
     fn begin(&mut self, tokens: &[u32], feats: &Features) -> Result<()> {
         (**self).begin(tokens, feats)

@@ -182,6 +182,31 @@ impl DraftTree {
         t
     }
 
+    /// Keeps the nodes `allow(path, token)` admits, where `path` is the
+    /// tokens from the root's child down to the node's parent; a node's
+    /// subtree goes with it. Parents stay before children.
+    pub fn prune(&self, allow: &mut dyn FnMut(&[u32], u32) -> bool) -> DraftTree {
+        let mut slot = vec![usize::MAX; self.len()];
+        let mut t = DraftTree { tokens: Vec::new(), parents: Vec::new(), depth: Vec::new() };
+        for i in 0..self.len() {
+            let parent = match self.parents[i] {
+                None => None,
+                Some(p) if slot[p] == usize::MAX => continue,
+                Some(p) => {
+                    if !allow(&self.path_tokens(p), self.tokens[i]) {
+                        continue;
+                    }
+                    Some(slot[p])
+                }
+            };
+            slot[i] = t.tokens.len();
+            t.tokens.push(self.tokens[i]);
+            t.parents.push(parent);
+            t.depth.push(self.depth[i]);
+        }
+        t
+    }
+
     /// Deepest node's depth: the most drafts one verification can accept.
     pub fn max_depth(&self) -> usize {
         self.depth.iter().copied().max().unwrap_or(0)
@@ -228,5 +253,27 @@ impl DraftTree {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_drops_refused_nodes_with_their_subtrees() {
+        // 0 ─┬─ 1 ── 3
+        //    └─ 2 ─┬─ 4
+        //          └─ 5
+        let t = DraftTree::from_parents(vec![0, 1, 2, 3, 4, 5], vec![None, Some(0), Some(0), Some(1), Some(2), Some(2)]).unwrap();
+        let mut asked = Vec::new();
+        let p = t.prune(&mut |path, tok| {
+            asked.push((path.to_vec(), tok));
+            tok != 1 && tok != 5
+        });
+        assert_eq!((p.tokens.clone(), p.parents.clone(), p.depth.clone()), (vec![0, 2, 4], vec![None, Some(0), Some(1)], vec![0, 1, 2]));
+        p.validate().unwrap();
+        // 3 is never asked about (its parent is gone); 4 is asked with its path.
+        assert!(!asked.iter().any(|(_, t)| *t == 3) && asked.contains(&(vec![2], 4)), "{asked:?}");
     }
 }
