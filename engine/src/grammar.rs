@@ -140,6 +140,33 @@ impl Grammar {
     }
 }
 
+/// What a grammar admits at one point; see [`GrammarState::mask_for`].
+pub struct TokenMask(std::result::Result<llguidance::toktrie::SimpleVob, String>);
+
+impl TokenMask {
+    /// Sets `-inf` on every forbidden token; after an error, on every
+    /// token but the `stop` ones.
+    pub fn apply(&self, logits: &mut [f32], stop: &[u32]) {
+        match &self.0 {
+            Ok(allowed) => {
+                for (t, l) in logits.iter_mut().enumerate() {
+                    if !allowed.is_allowed(t as u32) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("constrained decoding: {e}; ending the sequence");
+                for (t, l) in logits.iter_mut().enumerate() {
+                    if !stop.contains(&(t as u32)) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One sequence's position in its grammar.
 pub struct GrammarState {
     m: Matcher,
@@ -167,23 +194,15 @@ impl GrammarState {
     /// allows nothing but the `stop` tokens, so the sequence ends instead
     /// of leaving the constraint.
     pub fn mask_after(&mut self, path: &[u32], logits: &mut [f32], stop: &[u32]) {
-        let mask = self.seek(path).and_then(|_| self.m.compute_mask_or_eos().map_err(|e| e.to_string()));
-        match mask {
-            Ok(allowed) => {
-                for (t, l) in logits.iter_mut().enumerate() {
-                    if !allowed.is_allowed(t as u32) {
-                        *l = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!("constrained decoding: {e}; ending the sequence");
-                for (t, l) in logits.iter_mut().enumerate() {
-                    if !stop.contains(&(t as u32)) {
-                        *l = f32::NEG_INFINITY;
-                    }
-                }
-            }
+        self.mask_for(path).apply(logits, stop);
+    }
+
+    /// The tokens the grammar admits after committed output + `path`,
+    /// to apply later (masks are computed while the verify forward runs).
+    pub fn mask_for(&mut self, path: &[u32]) -> TokenMask {
+        match self.seek(path).and_then(|_| self.m.compute_mask_or_eos().map_err(|e| e.to_string())) {
+            Ok(allowed) => TokenMask(Ok(allowed)),
+            Err(e) => TokenMask(Err(e)),
         }
     }
 

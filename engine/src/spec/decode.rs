@@ -17,9 +17,14 @@ use crate::error::{EngineError, Result};
 use crate::generate::{FinishReason, GenerateRequest, GenerationStats};
 use crate::kv::KvCache;
 use crate::model::{AttnMask, ForwardOptions, LogitsRows, Model, SeqInput, SeqOutput};
-use crate::grammar::GrammarState;
+use crate::grammar::{GrammarState, TokenMask};
 use crate::processors::{self, logprob_of, History, TokenLogprob};
 use crate::sampling::{target_probs, Sampler, SamplingParams};
+
+/// Nodes per constrained tree whose grammar masks are computed during the
+/// verify forward; the walk rarely goes further (it follows one path), so
+/// masks for more nodes would mostly be wasted work.
+const MASKS_AHEAD: usize = 8;
 use aerie_kernels::cpu::ops;
 use serde::Serialize;
 use std::time::Instant;
@@ -305,28 +310,54 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
     let mut bases = Vec::new();
     let positions: Vec<Option<Vec<u32>>> =
         sessions.iter().zip(&trees).map(|(s, t)| t.as_ref().map(|t| t.positions(s.cache.len()))).collect();
+    // Under a constraint, the grammar masks of each tree's first nodes are
+    // computed on a second thread while the forward runs (they depend only
+    // on the tree); the walk computes any other node's mask itself.
+    let mut ahead: Vec<Vec<Option<TokenMask>>> = (0..sessions.len()).map(|_| Vec::new()).collect();
     let outs = {
         let mut inputs = Vec::new();
-        for ((s, tree), pos) in sessions.iter_mut().zip(&trees).zip(&positions) {
+        let mut jobs: Vec<(usize, &mut GrammarState, &DraftTree)> = Vec::new();
+        for (k, ((s, tree), pos)) in sessions.iter_mut().zip(&trees).zip(&positions).enumerate() {
             if let (Some(tree), Some(pos)) = (tree, pos) {
-                bases.push(s.cache.len());
-                inputs.push(SeqInput { cache: &mut s.cache, tokens: &tree.tokens, positions: Some(pos), mask: tree.mask(), logits: LogitsRows::None });
+                let SpecSession { cache, grammar, .. } = &mut **s;
+                bases.push(cache.len());
+                inputs.push(SeqInput { cache, tokens: &tree.tokens, positions: Some(pos), mask: tree.mask(), logits: LogitsRows::None });
+                if let Some(g) = grammar.as_mut() {
+                    jobs.push((k, g, tree));
+                }
             }
         }
         if inputs.is_empty() {
             return Ok(vec![Vec::new(); sessions.len()]);
         }
-        model.forward(&mut inputs, &opts)?
+        if jobs.is_empty() {
+            model.forward(&mut inputs, &opts)?
+        } else {
+            let (outs, masks) = std::thread::scope(|sc| {
+                let masker = sc.spawn(move || {
+                    jobs.into_iter()
+                        .map(|(k, g, tree)| (k, (0..tree.len().min(MASKS_AHEAD)).map(|i| Some(g.mask_for(&tree.path_tokens(i)))).collect::<Vec<_>>()))
+                        .collect::<Vec<_>>()
+                });
+                let outs = model.forward(&mut inputs, &opts);
+                (outs, masker.join())
+            });
+            for (k, m) in masks.map_err(|_| EngineError::InvalidInput("the grammar mask thread panicked".into()))? {
+                ahead[k] = m;
+            }
+            outs?
+        }
     };
     let verify_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut outs = outs.into_iter();
     let mut bases = bases.into_iter();
     let mut news = Vec::with_capacity(sessions.len());
-    for (s, tree) in sessions.iter_mut().zip(&trees) {
+    for (k, (s, tree)) in sessions.iter_mut().zip(&trees).enumerate() {
         let Some(tree) = tree else {
             news.push(Vec::new());
             continue;
         };
+        let pre = &mut ahead[k];
         let out = outs.next().expect("one output per tree");
         let base = bases.next().expect("one base per tree");
         let t = Instant::now();
@@ -344,7 +375,10 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
                 let path = tree.path_tokens(i);
                 processors::apply(&mut l, &params.processors, &s.history.with_path(&path), &s.stop_ids);
                 if let Some(g) = s.grammar.as_mut() {
-                    g.mask_after(&path, &mut l, &s.stop_ids);
+                    match pre.get_mut(i).and_then(Option::take) {
+                        Some(m) => m.apply(&mut l, &s.stop_ids),
+                        None => g.mask_after(&path, &mut l, &s.stop_ids),
+                    }
                 }
             }
             Some(l)
