@@ -1,7 +1,7 @@
 """What the scripts that compare a speculating cluster with a plain one
-share: their common arguments, the two clients, and the check loop (the
-last line is `N passed, M failed`; the exit code is 0 only when nothing
-failed)."""
+share: their common arguments, the two clients, the check loop (the last
+line is `N passed, M failed`; the exit code is 0 only when nothing
+failed) and the check that a request is refused with a 400."""
 
 import argparse
 import sys
@@ -18,6 +18,16 @@ def parser(doc):
     p.add_argument("--api-key", default="none")
     p.add_argument("--only", default="", help="run only checks whose name contains this")
     return p
+
+
+def expect_400(fn, words):
+    """Runs `fn`, which must fail with a 400 whose text holds one of `words`."""
+    try:
+        fn()
+    except openai.BadRequestError as e:
+        assert any(w in str(e) for w in words), e
+        return
+    raise AssertionError(f"expected a 400 mentioning {words}")
 
 
 def run(checks, a):
