@@ -326,6 +326,10 @@ pub struct RouterArgs {
     /// A request body must arrive within this, seconds (else 408).
     #[arg(long, default_value_t = 60)]
     pub body_read_timeout_secs: u64,
+    /// A request not finished within this many seconds is cancelled on its
+    /// worker and answered 504 (sgl-model-gateway's flag).
+    #[arg(long, default_value_t = 1800)]
+    pub request_timeout_secs: u64,
     /// Open HTTP connections at once; past it new ones are closed at once.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
@@ -386,6 +390,7 @@ pub fn run_router(a: RouterArgs) -> Result<()> {
         prefix_tokens: a.prefix_tokens,
         max_concurrent_requests_per_key: a.max_concurrent_requests_per_key,
         body_read_timeout: Duration::from_secs(a.body_read_timeout_secs),
+        request_timeout: Duration::from_secs(a.request_timeout_secs.max(1)),
         tool_call_parser: a.tool_call_parser,
         ..Default::default()
     };

@@ -480,3 +480,35 @@ fn a_target_frees_the_requests_of_a_router_that_froze() {
     unsafe { libc::kill(r.child.id() as i32, libc::SIGCONT) };
     assert_eq!(gauge(&tmetrics, "aerie_target_kv_used_tokens"), 0.0);
 }
+
+#[test]
+fn a_request_past_the_request_timeout_ends_with_504_and_is_cancelled_on_the_target() {
+    let _g = serial();
+    let target = worker(&["target-worker"]);
+    let tmetrics = ready_field("metrics=")(&target.ready);
+    let r = router(&[&target], &[], &["--request-timeout-secs", "2"]);
+    // Whole response: 6000 tokens take far longer than 2 s on the CPU.
+    let t = Instant::now();
+    let (status, body) = http(&r.addr, "POST", "/v1/chat/completions", Some(&chat_body("Tell a very long story.", 6000)));
+    let took = t.elapsed();
+    assert_eq!(status, 504, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "request_timeout", "{body}");
+    assert!(took < Duration::from_secs(6), "answered after {took:?}");
+    // Streamed: the error arrives as the last event, then [DONE].
+    let mut b = chat_body("Tell a very long story.", 6000);
+    b["stream"] = json!(true);
+    let (status, body) = http(&r.addr, "POST", "/v1/chat/completions", Some(&b));
+    assert_eq!(status, 200);
+    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert!(events.len() > 3, "tokens streamed before the deadline: {body}");
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    assert!(events[events.len() - 2].contains("\"request_timeout\""), "{body}");
+    // Neither request goes on running on the target.
+    let t = Instant::now();
+    while gauge(&tmetrics, "aerie_target_running_requests") != 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(5), "the target still runs a timed-out request");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(gauge(&tmetrics, "aerie_target_kv_used_tokens"), 0.0);
+}

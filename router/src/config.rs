@@ -30,6 +30,10 @@ pub struct RouterConfig {
     pub max_concurrent_tokenizations: usize,
     /// A request body must arrive within this. Default 60 s.
     pub body_read_timeout: Duration,
+    /// A request that has not finished by then is cancelled on its worker
+    /// and ends with 504 (`--request-timeout-secs`, sgl-model-gateway's
+    /// flag). Default 1800 s.
+    pub request_timeout: Duration,
     /// How tool calls are written in the output (SGLang's
     /// `--tool-call-parser`: `hermes`/`qwen25` or `llama3`). Default: read
     /// from the chat template.
@@ -51,6 +55,7 @@ impl Default for RouterConfig {
             max_concurrent_requests_per_key: 0,
             max_concurrent_tokenizations: std::thread::available_parallelism().map_or(2, |n| n.get()),
             body_read_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(1800),
             tool_call_parser: None,
         }
     }

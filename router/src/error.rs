@@ -91,6 +91,18 @@ impl ApiError {
         ApiError { status: StatusCode::REQUEST_TIMEOUT, message: msg, kind: "invalid_request_error", param: None, code: "request_timeout" }
     }
 
+    /// The request ran past `--request-timeout-secs`; what it was doing on
+    /// the worker is cancelled.
+    pub fn deadline(limit: std::time::Duration) -> Self {
+        ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: format!("The request did not finish within the router's request timeout ({} s).", limit.as_secs_f64()),
+            kind: "server_error",
+            param: None,
+            code: "request_timeout",
+        }
+    }
+
     pub fn unavailable(msg: &str) -> Self {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: msg.to_string(), kind: "service_unavailable", param: None, code: "no_workers" }
     }
@@ -125,6 +137,7 @@ pub fn from_status(s: &tonic::Status) -> ApiError {
     match s.code() {
         tonic::Code::InvalidArgument => ApiError::invalid(s.message(), None),
         tonic::Code::ResourceExhausted => ApiError::queue_full(s.message()),
+        tonic::Code::DeadlineExceeded => ApiError { status: StatusCode::GATEWAY_TIMEOUT, message: format!("target worker: {}", s.message()), kind: "server_error", param: None, code: "request_timeout" },
         tonic::Code::Unavailable => ApiError::unavailable(&format!("target worker unavailable: {}", s.message())),
         _ => ApiError::internal(&format!("target worker error: {}", s.message())),
     }

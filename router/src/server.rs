@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_stream::StreamExt;
 
 /// Everything the handlers share.
@@ -256,11 +256,26 @@ struct Job {
     sampling: Sampling,
     stream: tonic::Streaming<GenerateResponse>,
     started: Instant,
+    /// `started` plus the request timeout.
+    deadline: Instant,
+    timeout: Duration,
     _in_flight: InFlight,
     pairing: Option<Pairing>,
     target: String,
     /// Held until the last byte is sent (a streamed response outlives `run`).
     _key_slot: Option<KeySlot>,
+}
+
+impl Job {
+    /// The worker's next message; once the deadline has passed, the
+    /// timeout error (the caller then drops the stream, which cancels the
+    /// request on the worker).
+    async fn next(&mut self) -> Option<Result<GenerateResponse, ApiError>> {
+        match tokio::time::timeout_at(self.deadline.into(), self.stream.next()).await {
+            Ok(m) => m.map(|r| r.map_err(|st| from_status(&st))),
+            Err(_) => Some(Err(ApiError::deadline(self.timeout))),
+        }
+    }
 }
 
 impl Drop for Job {
@@ -285,6 +300,8 @@ impl Drop for Pairing {
 async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: Prepared) -> Result<Job, ApiError> {
     let Prepared { model, sampling, prompt, max_tokens } = p;
     let started = Instant::now();
+    let timeout = state.cfg.request_timeout;
+    let deadline = started + timeout;
     let mut tried: Vec<String> = Vec::new();
     let mut last: Option<ApiError> = None;
     loop {
@@ -323,7 +340,14 @@ async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: P
             constraint: sampling.constraint.clone().map(|k| aerie_proto::v1::Constraint { kind: Some(k) }),
         };
         let in_flight = target.track();
-        match target.client().generate(req).await {
+        let mut call = tonic::Request::new(req);
+        // The target sees the deadline too (grpc-timeout).
+        call.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let answer = match tokio::time::timeout_at(deadline.into(), target.client().generate(call)).await {
+            Ok(a) => a,
+            Err(_) => return Err(ApiError::deadline(timeout)),
+        };
+        match answer {
             Ok(resp) => {
                 metrics::gauge!(m::IN_FLIGHT).increment(1.0);
                 return Ok(Job {
@@ -334,6 +358,8 @@ async fn dispatch(state: &Arc<RouterState>, id: String, endpoint: Endpoint, p: P
                     sampling,
                     stream: resp.into_inner(),
                     started,
+                    deadline,
+                    timeout,
                     _in_flight: in_flight,
                     pairing: draft,
                     target: target.addr().to_string(),
@@ -578,11 +604,11 @@ fn stream_response(state: Arc<RouterState>, mut job: Job) -> Response {
             }
         }
         let mut failed: Option<ApiError> = None;
-        while let Some(msg) = job.stream.next().await {
+        while let Some(msg) = job.next().await {
             let msg = match msg {
                 Ok(m) => m,
-                Err(st) => {
-                    failed = Some(from_status(&st));
+                Err(e) => {
+                    failed = Some(e);
                     break;
                 }
             };
@@ -685,11 +711,10 @@ async fn whole_response(state: Arc<RouterState>, mut job: Job) -> Response {
     let mut choices = Choice::all(&job);
     let n = choices.len();
     let mut usage = Usage::default();
-    while let Some(msg) = job.stream.next().await {
+    while let Some(msg) = job.next().await {
         let msg = match msg {
             Ok(m) => m,
-            Err(st) => {
-                let e = from_status(&st);
+            Err(e) => {
                 record(job.endpoint, e.status.as_u16(), job.started);
                 return e.into_response();
             }
@@ -824,6 +849,26 @@ impl RouterState {
         let prompt = state.encode(&text, sampling.max_tokens)?;
         let max_tokens = budget(state, prompt.len(), sampling.max_tokens)?;
         Ok(Prepared { model, sampling, prompt, max_tokens })
+    }
+
+    /// The parser's contract, checked by the fuzzer (`router/fuzz`) and the
+    /// property test: any body either becomes a request that fits the
+    /// context or gets a 4xx with a message. Returns the status (200 when
+    /// accepted); a broken contract is an `Err` naming the body.
+    pub fn check_parse(&self, chat: bool, body: &[u8]) -> Result<u16, String> {
+        let headers = HeaderMap::new();
+        let bytes = Ok(Bytes::copy_from_slice(body));
+        let r = if chat { self.prepare_chat(&headers, bytes) } else { self.prepare_completion(&headers, bytes) };
+        let show = || String::from_utf8_lossy(&body[..body.len().min(2000)]).into_owned();
+        match r {
+            Ok(p) if p.prompt.is_empty() || p.max_tokens == 0 || p.prompt.len() + p.max_tokens > self.context_length => {
+                Err(format!("accepted a request that does not fit: {} prompt + {} new tokens (context {}): {}", p.prompt.len(), p.max_tokens, self.context_length, show()))
+            }
+            Ok(_) => Ok(200),
+            Err(e) if !(400..500).contains(&e.status.as_u16()) => Err(format!("status {} for {}", e.status, show())),
+            Err(e) if e.message.is_empty() => Err(format!("an empty error message for {}", show())),
+            Err(e) => Ok(e.status.as_u16()),
+        }
     }
 
     /// Everything `/v1/completions` does before dispatch.
