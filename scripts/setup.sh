@@ -19,6 +19,8 @@ command -v prometheus >/dev/null || missing+=(prometheus)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 # The discovery tests run a real single-node etcd on loopback.
 command -v etcd >/dev/null || missing+=(etcd-server)
+# The soak test partitions a worker with iptables.
+command -v iptables >/dev/null || missing+=(iptables)
 # The container test builds its Debian base image with debootstrap (only
 # where a Docker engine is present; it is skipped otherwise).
 if command -v docker >/dev/null && ! command -v debootstrap >/dev/null; then missing+=(debootstrap); fi

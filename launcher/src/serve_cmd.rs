@@ -20,6 +20,11 @@
 //! after a minute up). `--exit-on-worker-failure` stops the whole cluster
 //! instead, with the child's last stderr lines.
 //!
+//! Discovery. With `--etcd-endpoints` the workers register in etcd (ids
+//! `serve-target-<i>`, `serve-draft-<i>`) and the router finds them there,
+//! as it would in Kubernetes; `serve` reports ready once the router sees
+//! them all. Without it the router gets static address lists.
+//!
 //! Default: SmolLM2 with Aerie's shipped EAGLE head as a (1, 1, 2) chain with
 //! `--speculative-min-draft-score 0.3` and its 2,048-token hot vocabulary,
 //! the setting that measured fastest on CPU;
@@ -75,6 +80,15 @@ pub struct ServeArgs {
     /// Stop the whole cluster when a worker dies, instead of restarting it.
     #[arg(long)]
     pub exit_on_worker_failure: bool,
+    /// The router cancels a request not finished within this, seconds, and
+    /// answers 504.
+    #[arg(long, default_value_t = 1800)]
+    pub request_timeout_secs: u64,
+    /// With `--etcd-endpoints`, the workers register in etcd (as
+    /// `serve-<role>-<i>`) and the router finds them there, as in a
+    /// Kubernetes deployment; without, the router gets a static list.
+    #[command(flatten)]
+    pub etcd: crate::cluster_args::EtcdArgs,
 }
 
 /// A started worker.
@@ -275,6 +289,49 @@ fn draft_flags(a: &ServeArgs) -> Vec<String> {
     v
 }
 
+/// `--etcd-endpoints`/`--cluster` (and a worker's stable id) when serve
+/// runs in discovery mode; nothing otherwise.
+fn etcd_flags(a: &ServeArgs, worker_id: Option<&str>) -> Vec<String> {
+    if a.etcd.etcd_endpoints.is_empty() {
+        return Vec::new();
+    }
+    let mut v = vec!["--etcd-endpoints".to_string(), a.etcd.etcd_endpoints.join(","), "--cluster".into(), a.etcd.cluster.clone()];
+    if let Some(id) = worker_id {
+        v.extend(["--worker-id".to_string(), id.to_string()]);
+    }
+    v
+}
+
+/// In discovery mode the router learns of the workers from etcd after it
+/// starts: "ready" waits until its `/workers` shows every one healthy, so
+/// the first request never meets an empty registry.
+fn wait_until_discovered(router: &str, key: Option<&str>, targets: usize, drafts: usize, timeout: Duration) -> Result<()> {
+    use std::io::{Read, Write};
+    let t0 = Instant::now();
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let mut seen = (0, 0);
+    loop {
+        let view = std::net::TcpStream::connect(router).ok().and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "GET /workers HTTP/1.0\r\nHost: {router}\r\n{auth}\r\n").ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            serde_json::from_str::<serde_json::Value>(out.split_once("\r\n\r\n")?.1).ok()
+        });
+        let healthy = |v: &serde_json::Value, k: &str| v[k].as_array().map_or(0, |a| a.iter().filter(|w| w["healthy"] == true).count());
+        if let Some(v) = view {
+            seen = (healthy(&v, "targets"), healthy(&v, "drafts"));
+            if seen.0 >= targets && seen.1 >= drafts {
+                return Ok(());
+            }
+        }
+        if t0.elapsed() > timeout {
+            bail!("the router found {} of {targets} target and {} of {drafts} draft workers in etcd within {} s", seen.0, seen.1, timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// First and longest wait before a dead worker is started again.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -297,13 +354,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
                     a.host.clone(),
                 ];
                 args.extend(draft_flags(&a));
+                args.extend(etcd_flags(&a, Some(&format!("serve-draft-{i}"))));
                 workers.push(spawn_worker(&format!("draft-{i}"), &args, timeout)?);
             }
         }
         let drafts: Vec<String> = workers.iter().map(|w| w.grpc.clone()).collect();
         let mut targets = Vec::new();
         for i in 0..a.target_workers {
-            let args = vec![
+            let mut args = vec![
                 "target-worker".to_string(),
                 "--model-path".into(),
                 model.clone(),
@@ -312,6 +370,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 "--max-running-requests".into(),
                 a.max_running_requests.to_string(),
             ];
+            args.extend(etcd_flags(&a, Some(&format!("serve-target-{i}"))));
             let w = spawn_worker(&format!("target-{i}"), &args, timeout)?;
             targets.push(w.grpc.clone());
             workers.push(w);
@@ -329,11 +388,16 @@ pub fn run(a: ServeArgs) -> Result<()> {
             "--policy".into(),
             a.policy.clone(),
         ];
-        for t in &targets {
-            args.extend(["--target".to_string(), format!("http://{t}")]);
-        }
-        for d in &drafts {
-            args.extend(["--draft".to_string(), format!("http://{d}")]);
+        args.extend(["--request-timeout-secs".to_string(), a.request_timeout_secs.to_string()]);
+        if a.etcd.etcd_endpoints.is_empty() {
+            for t in &targets {
+                args.extend(["--target".to_string(), format!("http://{t}")]);
+            }
+            for d in &drafts {
+                args.extend(["--draft".to_string(), format!("http://{d}")]);
+            }
+        } else {
+            args.extend(etcd_flags(&a, None));
         }
         if let Some(p) = &a.tool_call_parser {
             args.extend(["--tool-call-parser".to_string(), p.clone()]);
@@ -342,7 +406,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         if let Some(k) = &a.api_key {
             std::env::set_var("AERIE_API_KEY", k);
         }
-        workers.push(spawn_worker("router", &args, timeout)?);
+        let router = spawn_worker("router", &args, timeout)?;
+        let router_addr = router.grpc.clone();
+        workers.push(router);
+        if !a.etcd.etcd_endpoints.is_empty() {
+            wait_until_discovered(&router_addr, a.api_key.as_deref(), targets.len(), drafts.len(), timeout)?;
+        }
         Ok(())
     })();
     if let Err(e) = started {

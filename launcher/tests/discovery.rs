@@ -5,6 +5,7 @@
 //! `AERIE_REQUIRE_ETCD=1` (the test command sets it).
 
 mod common;
+use common::etcd::Etcd;
 use common::{engine, ready_field, serial, start, Proc, PROMPTS};
 
 use aerie_engine::generate::{generate, GenerateRequest};
@@ -12,83 +13,9 @@ use aerie_engine::{ChatMessage, SamplingParams};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TTL: Duration = Duration::from_secs(10);
-
-/// A single-node etcd in a temporary directory, killed on drop.
-struct Etcd {
-    child: Child,
-    dir: tempfile::TempDir,
-    client: u16,
-    peer: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Etcd {
-    /// `None` (with the reason printed) when etcd is not installed.
-    fn start() -> Option<Etcd> {
-        if !std::path::Path::new("/usr/bin/etcd").exists() {
-            assert!(std::env::var("AERIE_REQUIRE_ETCD").is_err(), "AERIE_REQUIRE_ETCD is set but /usr/bin/etcd is missing (apt install etcd-server)");
-            eprintln!("SKIP: /usr/bin/etcd is missing (Debian package etcd-server)");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let child = Self::spawn(dir.path(), client, peer);
-        let e = Etcd { child, dir, client, peer };
-        e.wait_healthy();
-        Some(e)
-    }
-
-    fn spawn(dir: &std::path::Path, client: u16, peer: u16) -> Child {
-        let c = format!("http://127.0.0.1:{client}");
-        let p = format!("http://127.0.0.1:{peer}");
-        Command::new("/usr/bin/etcd")
-            .args(["--name", "t0", "--data-dir", dir.join("data").to_str().unwrap(), "--listen-client-urls", &c, "--advertise-client-urls", &c, "--listen-peer-urls", &p])
-            .args(["--initial-advertise-peer-urls", &p, "--initial-cluster", &format!("t0={p}"), "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd")
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
-    }
-
-    fn wait_healthy(&self) {
-        let t = Instant::now();
-        while http(&format!("127.0.0.1:{}", self.client), "GET", "/health", None).0 != 200 {
-            assert!(t.elapsed() < Duration::from_secs(10), "etcd did not become healthy");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// kill -9, then the same ports again after `down`; `wipe` loses the
-    /// data directory as an emptyDir-backed etcd would.
-    fn restart(&mut self, down: Duration, wipe: bool) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if wipe {
-            std::fs::remove_dir_all(self.dir.path().join("data")).unwrap();
-        }
-        std::thread::sleep(down);
-        self.child = Self::spawn(self.dir.path(), self.client, self.peer);
-        self.wait_healthy();
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One HTTP/1.0 exchange: status and body; status 0 when nothing answers.
 fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {

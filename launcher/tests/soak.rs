@@ -4,19 +4,28 @@
 //! that greedy answers equal plain greedy decoding, and that memory,
 //! `/dev/shm` and processes come back to their baseline.
 //!
+//! The cluster runs in discovery mode: `aerie serve --etcd-endpoints` over a
+//! real etcd, so workers register and the router finds them as in a
+//! Kubernetes deployment.
+//!
 //! Faults, one at random every `AERIE_SOAK_FAULT_SECS` (4): kill -9 of a
 //! target or a draft (serve restarts it), SIGSTOP of a target or a draft for
-//! 3 s then SIGCONT, and a volley of hostile requests (a body over the
-//! limit, a prompt of 650k tokens, a client that sends half its headers, a
-//! body sent too slowly, a client that leaves mid-stream). Not covered here:
-//! etcd restarts (serve runs without etcd; see the discovery tests) and
-//! network partitions (no container network on the test machine).
+//! 3 s then SIGCONT, a kill -9 of etcd restarted 2 s later on its data, a
+//! network partition of a target or a draft for 12 s (longer than the gRPC
+//! keepalive's 10 s and the 10 s lease: iptables drops every loopback packet
+//! to or from the TCP ports the worker holds, listening and connected, so
+//! nothing reaches it and nothing it sends arrives; needs root and
+//! iptables, else that kind is skipped and reported), and a volley of
+//! hostile requests (a body over the limit, a prompt of 650k tokens, a
+//! client that sends half its headers, a body sent too slowly, a client that
+//! leaves mid-stream).
 //!
 //! `AERIE_SOAK_SECS` sets the faulty phase (default 75 s, the suite's short
 //! profile); `scripts/soak.sh` runs it for an hour. The report goes to
 //! stderr and, with `AERIE_SOAK_REPORT=path`, to a JSON file.
 
 mod common;
+use common::etcd::Etcd;
 use common::{engine, serial, serve, PROMPTS};
 
 use aerie_engine::generate::{generate, GenerateRequest};
@@ -126,6 +135,64 @@ fn signal(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as i32, sig) };
 }
 
+/// The local TCP ports `pid` holds (listening and connected), from the
+/// socket inodes among its file descriptors and `/proc/net/tcp{,6}`.
+fn tcp_ports(pid: u32) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()?.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string)).collect())
+        .unwrap_or_default();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && inodes.contains(f[9]) {
+                if let Some(p) = f[1].rsplit(':').next().and_then(|h| u16::from_str_radix(h, 16).ok()) {
+                    ports.push(p);
+                }
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// A network partition of one process: iptables rules that drop every
+/// loopback packet to or from its TCP ports, removed on drop.
+struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    /// Whether this machine can partition (root and a working iptables).
+    fn available() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        root && std::process::Command::new("iptables").args(["-w", "-n", "-L", "OUTPUT"]).output().is_ok_and(|o| o.status.success())
+    }
+
+    fn of(pid: u32) -> Partition {
+        let ports: Vec<String> = tcp_ports(pid).iter().map(u16::to_string).collect();
+        let mut p = Partition { rules: Vec::new() };
+        // multiport takes at most 15 ports per rule.
+        for chunk in ports.chunks(15) {
+            let rule: Vec<String> = ["-o", "lo", "-p", "tcp", "-m", "multiport", "--ports", &chunk.join(","), "-m", "comment", "--comment", "aerie-soak", "-j", "DROP"].iter().map(|s| s.to_string()).collect();
+            let ok = std::process::Command::new("iptables").args(["-w", "-I", "OUTPUT"]).args(&rule).status().is_ok_and(|s| s.success());
+            assert!(ok, "iptables refused {rule:?}");
+            p.rules.push(rule);
+        }
+        p
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = std::process::Command::new("iptables").args(["-w", "-D", "OUTPUT"]).args(rule).status();
+        }
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     sent: u64,
@@ -189,8 +256,13 @@ fn soak_under_faults() {
             e.tokenizer.decode(&generate(&e.model, &req, &mut |_| {}).unwrap().token_ids, true).unwrap()
         })
         .collect();
-    // Short timeouts so the hostile clients are cut off within the volley.
-    let mut serve = serve(&["--target-workers", "2", "--draft-workers", "2"]);
+    let mut etcd = Etcd::start();
+    let can_partition = Partition::available();
+    let mut args = vec!["--target-workers".to_string(), "2".into(), "--draft-workers".into(), "2".into()];
+    if let Some(e) = &etcd {
+        args.extend(["--etcd-endpoints".to_string(), e.url(), "--cluster".into(), "soak".into()]);
+    }
+    let mut serve = serve(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let serve_pid = serve.child.id();
     let addr = serve.addr.clone();
     let ring_prefix = aerie_proto::transport::RING_FILE_PREFIX;
@@ -258,6 +330,8 @@ fn soak_under_faults() {
 
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64);
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    // Fault kinds this machine cannot inject (no etcd, no iptables).
+    let mut skipped: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut volleys = Vec::new();
     const HOSTILE: [&str; 5] = ["hostile_huge_body", "hostile_huge_prompt", "hostile_partial_headers", "hostile_slow_body", "hostile_disconnect"];
     let t0 = Instant::now();
@@ -275,11 +349,34 @@ fn soak_under_faults() {
             let v: Vec<u32> = kids.iter().filter(|(_, r)| r == role).map(|x| x.0).collect();
             (!v.is_empty()).then(|| v[rng.below(v.len())])
         };
-        let kind = match rng.below(5) {
+        let kind = match rng.below(8) {
             0 => pick("target-worker", &mut rng).map(|p| (p, libc::SIGKILL, "kill_target")),
             1 => pick("draft-worker", &mut rng).map(|p| (p, libc::SIGKILL, "kill_draft")),
             2 => pick("target-worker", &mut rng).map(|p| (p, libc::SIGSTOP, "stop_target")),
             3 => pick("draft-worker", &mut rng).map(|p| (p, libc::SIGSTOP, "stop_draft")),
+            4 => {
+                match etcd.as_mut() {
+                    Some(e) => {
+                        e.restart(Duration::from_secs(2), false);
+                        *faults.entry("restart_etcd").or_default() += 1;
+                    }
+                    None => *skipped.entry("restart_etcd").or_default() += 1,
+                }
+                continue;
+            }
+            5 | 6 => {
+                let (role, name) = if rng.below(2) == 0 { ("target-worker", "partition_target") } else { ("draft-worker", "partition_draft") };
+                match pick(role, &mut rng).filter(|_| can_partition) {
+                    Some(pid) => {
+                        let cut = Partition::of(pid);
+                        std::thread::sleep(Duration::from_secs(12));
+                        drop(cut);
+                        *faults.entry(name).or_default() += 1;
+                    }
+                    None => *skipped.entry(name).or_default() += 1,
+                }
+                continue;
+            }
             _ => None,
         };
         match kind {
@@ -331,7 +428,7 @@ fn soak_under_faults() {
     let report = json!({
         "soak_seconds": soak.as_secs(), "fault_every_seconds": every.as_secs(),
         "requests_sent": t.sent, "completed_correct": t.completed, "failed_clean": t.clean_errors,
-        "hung": t.hung, "wrong": t.wrong.len(), "errors": t.errors, "faults": faults,
+        "hung": t.hung, "wrong": t.wrong.len(), "errors": t.errors, "faults": faults, "faults_skipped": skipped,
         "rss_mb": {"router_baseline": router_base, "router_final": router_final, "peak_by_role": *peak.lock().unwrap(), "final": finals},
         "leftover_rings": rings, "hostile_mishandled": mishandled,
     });

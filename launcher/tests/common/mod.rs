@@ -2,6 +2,8 @@
 //! lock so two clusters never share the two cores, and fixed prompts.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use aerie_engine::{DType, Engine};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
