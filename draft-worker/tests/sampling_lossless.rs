@@ -10,12 +10,13 @@
 //! penalties with a logit bias (the drafter knows nothing of them, so only
 //! the verifier's per-node processing keeps the distribution), and
 //! temperature 1 under a regular expression (each node masked by the
-//! grammar state after its own path).
+//! grammar state after its own path). Also: tree depths capped differently
+//! at every step, as adaptive budgets (`--speculative-adaptive`) do.
 
 mod common;
 use aerie_draft_worker::ProposerFactory;
 use aerie_engine::generate::GenerateRequest;
-use aerie_engine::spec::{speculative_generate, TreeSpec};
+use aerie_engine::spec::{speculative_generate, step_batch, SpecSession, TreeSpec};
 use aerie_engine::processors::{self, History};
 use aerie_engine::{AttnMask, ForwardOptions, LogitsRows, Model, Processors, SamplingParams, SeqInput};
 use std::sync::Arc;
@@ -144,6 +145,12 @@ fn compare(counts: &[u64], exact: &[f64], n: u64) -> (f64, f64, usize) {
 }
 
 fn run(drafter: Arc<Model>, target: Arc<Model>, params: SamplingParams, label: &str) {
+    run_capped(drafter, target, params, label, false)
+}
+
+/// With `vary`, each step's tree is cut to a depth from 0 to 3 chosen by a
+/// seeded generator, as adaptive budgets cut them.
+fn run_capped(drafter: Arc<Model>, target: Arc<Model>, params: SamplingParams, label: &str, vary: bool) {
     // A tiny model gains nothing from worker threads, and the two test
     // threads already keep both cores busy.
     aerie_kernels::cpu::pool::set_threads(1);
@@ -160,8 +167,22 @@ fn run(drafter: Arc<Model>, target: Arc<Model>, params: SamplingParams, label: &
     for s in 0..SAMPLES {
         let p = SamplingParams { seed: Some(1_000_003 * s + 17), ..params.clone() };
         let req = GenerateRequest { prompt_ids: &PROMPT, max_tokens: 5, sampling: p, stop_ids: &[] };
-        let (out, st) = speculative_generate(&target, proposer.as_mut(), &req, &mut |_| {}).unwrap();
-        let t = &out.token_ids;
+        let (tokens, st) = if vary {
+            let mut sess = SpecSession::start(&target, Box::new(proposer.as_mut()), &req).unwrap();
+            let mut x = s.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            while !sess.is_finished() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                sess.depth_cap = Some((x % 4) as usize);
+                step_batch(&target, &mut [&mut sess]).unwrap();
+            }
+            (sess.tokens.clone(), sess.spec.clone())
+        } else {
+            let (out, st) = speculative_generate(&target, proposer.as_mut(), &req, &mut |_| {}).unwrap();
+            (out.token_ids, st)
+        };
+        let t = &tokens;
         counts[(t[0] as usize * VOCAB + t[1] as usize) * VOCAB + t[2] as usize] += 1;
         verifies += st.spec_verify_ct;
         accepted += st.spec_num_correct_drafts;
@@ -230,6 +251,12 @@ fn bad_drafter_keeps_target_distribution_under_penalties_and_bias() {
 #[test]
 fn bad_drafter_keeps_target_distribution_at_temperature() {
     run(tiny(99, 2.0), tiny(TARGET.0, TARGET.1), temp07(), "bad drafter, T=0.7");
+}
+
+#[test]
+fn good_drafter_keeps_target_distribution_with_depths_varying_per_step() {
+    let t = tiny(TARGET.0, TARGET.1);
+    run_capped(t.clone(), t, temp07(), "good drafter, T=0.7, depth 0-3 per step", true);
 }
 
 #[test]

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Stop the whole cluster when a worker dies, instead of restarting it.
     #[arg(long)]
     pub exit_on_worker_failure: bool,
+    /// Target workers choose each request's draft depth per step from
+    /// measured costs and acceptance (see `aerie target-worker --help`).
+    #[arg(long)]
+    pub speculative_adaptive: bool,
     /// The router cancels a request not finished within this, seconds, and
     /// answers 504.
     #[arg(long, default_value_t = 1800)]
@@ -371,6 +375,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 a.max_running_requests.to_string(),
             ];
             args.extend(etcd_flags(&a, Some(&format!("serve-target-{i}"))));
+            if a.speculative_adaptive && speculate {
+                args.push("--speculative-adaptive".into());
+            }
             let w = spawn_worker(&format!("target-{i}"), &args, timeout)?;
             targets.push(w.grpc.clone());
             workers.push(w);

@@ -67,6 +67,11 @@ pub struct TargetWorkerArgs {
     /// Longest wait to open a session to a draft worker, ms.
     #[arg(long, default_value_t = 3_000)]
     pub draft_connect_timeout_ms: u64,
+    /// Choose each request's draft depth at every step from measured costs
+    /// and acceptance (0 = a plain decode row) instead of always verifying
+    /// the drafter's whole tree (SGLang's flag name).
+    #[arg(long)]
+    pub speculative_adaptive: bool,
     /// On SIGTERM, how long in-flight requests may take to finish, seconds.
     #[arg(long, default_value_t = 30)]
     pub drain_grace_secs: u64,
@@ -179,6 +184,7 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
         shm_ring_bytes: a.shm_ring_bytes,
         propose_timeout: Duration::from_millis(a.propose_timeout_ms),
         draft_connect_timeout: Duration::from_millis(a.draft_connect_timeout_ms),
+        speculative_adaptive: a.speculative_adaptive,
         ..TargetConfig::default()
     };
     // Rings of target workers killed before their drafts mapped them.

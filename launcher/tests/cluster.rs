@@ -177,6 +177,31 @@ fn cluster_greedy_equals_in_process_plain_with_and_without_speculation() {
 }
 
 #[test]
+fn adaptive_budgets_keep_greedy_output_and_report_their_choices() {
+    let _g = serial();
+    const N: u32 = 32;
+    let want: Vec<Vec<u32>> = (0..8).map(|i| reference(i, N as usize)).collect();
+    let draft = draft_worker();
+    let target = target_worker(&["--speculative-adaptive"]);
+    rt().block_on(async {
+        let c = client(&target).await;
+        let tasks: Vec<_> = (0..8).map(|i| tokio::spawn(collect(c.clone(), greedy(i, N, Some(&draft))))).collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let (toks, fin) = t.await.unwrap().unwrap();
+            assert_eq!(toks, want[i], "prompt {i}");
+            assert!(!fin.draft_fallback, "prompt {i} fell back");
+        }
+        let m = scrape(&target).await;
+        // A budget was chosen for the steps after each request's first draft.
+        assert!(metric(&m, "aerie_target_spec_budget_depth_count") > 0.0, "{m}");
+        assert!(metric(&m, "aerie_target_predicted_accept_length_count") > 0.0, "{m}");
+        // The cost model was calibrated at start and fitted since.
+        assert!(metric(&m, "aerie_target_cost_model_seconds{term=\"per_row\"}") > 0.0, "{m}");
+        assert!(metric(&m, "aerie_target_cost_model_seconds{term=\"fixed\"}") > 0.0, "{m}");
+    });
+}
+
+#[test]
 fn inline_feature_transport_is_lossless_too() {
     let _g = serial();
     const N: u32 = 24;

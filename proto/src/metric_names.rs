@@ -51,6 +51,15 @@ pub const TARGET_DRAFT_SESSIONS: &str = "aerie_target_draft_sessions";
 pub const TARGET_DRAFT_SEQUENCES: &str = "aerie_target_draft_sequences";
 /// Gauge: bytes of shared-memory rings this target holds.
 pub const TARGET_SHM_BYTES: &str = "aerie_target_shm_bytes";
+/// Histogram: the draft depth chosen for a request's step under
+/// `--speculative-adaptive` (0: a plain decode row).
+pub const TARGET_SPEC_BUDGET: &str = "aerie_target_spec_budget_depth";
+/// Histogram: tokens a step was expected to emit at its chosen depth (the
+/// realized ones are `aerie_target_accept_length`).
+pub const TARGET_PREDICTED_ACCEPT_LENGTH: &str = "aerie_target_predicted_accept_length";
+/// Gauge, label `term` (`fixed`, `per_row`, `per_draft_level`): the adaptive
+/// budget's cost model, seconds.
+pub const TARGET_COST_MODEL: &str = "aerie_target_cost_model_seconds";
 
 // ---- draft worker
 /// Histogram: one proposal (catch-up included), seconds.

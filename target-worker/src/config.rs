@@ -49,6 +49,10 @@ pub struct TargetConfig {
     pub propose_timeout: Duration,
     /// Longest wait to connect to a draft worker. Default 3 s.
     pub draft_connect_timeout: Duration,
+    /// Choose each request's draft depth per step from the measured cost
+    /// and acceptance models (`--speculative-adaptive`). Default off: every
+    /// request verifies the drafter's whole tree.
+    pub speculative_adaptive: bool,
 }
 
 impl Default for TargetConfig {
@@ -62,6 +66,7 @@ impl Default for TargetConfig {
             shm_ring_bytes: aerie_proto::transport::DEFAULT_RING_BYTES,
             propose_timeout: Duration::from_secs(10),
             draft_connect_timeout: Duration::from_secs(3),
+            speculative_adaptive: false,
         }
     }
 }

@@ -18,6 +18,7 @@
 use crate::config::TargetConfig;
 use crate::error::TargetError;
 use aerie_engine::generate::{FinishReason, GenerateRequest};
+use aerie_engine::spec::budget::{self, Acceptance, BudgetConfig, CostModel};
 use aerie_engine::spec::{step_batch, Proposer, SpecSession};
 use aerie_engine::{Model, SamplingParams};
 use aerie_proto::metric_names as m;
@@ -65,6 +66,7 @@ pub struct Shared {
     cancels: Mutex<HashMap<String, Arc<AtomicBool>>>,
     /// Mean τ of recent speculative requests (an EWMA), as f64 bits.
     tau_bits: AtomicU64,
+    adaptive: bool,
 }
 
 impl Shared {
@@ -81,6 +83,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             cancels: Mutex::new(HashMap::new()),
             tau_bits: AtomicU64::new(0f64.to_bits()),
+            adaptive: cfg.speculative_adaptive,
         })
     }
 
@@ -212,6 +215,12 @@ struct Running {
     reserve: usize,
     /// Entries of `session.logprobs` already sent.
     logprobs_sent: usize,
+    /// This choice's acceptance by depth (adaptive budgets).
+    acceptance: Acceptance,
+    /// The deepest tree its drafter has proposed, and its trees' mean
+    /// nodes per level.
+    deepest: usize,
+    rows_per_level: f64,
 }
 
 impl Running {
@@ -279,8 +288,78 @@ fn finished_message(r: &mut Running) -> GenerateResponse {
     }
 }
 
+/// The adaptive budget's state on the scheduler thread.
+struct Adaptive {
+    cfg: BudgetConfig,
+    cost: CostModel,
+    /// Every request's acceptance together: the prior of new requests.
+    prior: Acceptance,
+}
+
+impl Adaptive {
+    fn start(model: &Model) -> Adaptive {
+        let cfg = BudgetConfig { max_depth: usize::MAX, ..Default::default() };
+        let cost = CostModel::calibrate(model, cfg.decay).unwrap_or_else(|e| {
+            tracing::warn!("cost model calibration failed ({e}); learning from the first steps");
+            CostModel::new([(1.0, 0.0), (9.0, 0.0)], cfg.decay)
+        });
+        let c = cost.costs();
+        tracing::info!(fixed_ms = c.fixed * 1e3, per_row_ms = c.per_row * 1e3, "adaptive speculation: cost model calibrated");
+        Adaptive { cfg, cost, prior: Acceptance::default() }
+    }
+
+    /// Sets each speculative choice's depth cap for the next step.
+    fn plan(&self, running: &mut [Running]) {
+        let costs = self.cost.costs();
+        let spec: Vec<usize> = (0..running.len()).filter(|&i| running[i].speculative).collect();
+        let cands: Vec<budget::Candidate> = spec
+            .iter()
+            .map(|&i| {
+                let r = &running[i];
+                // Never deeper than its drafter has gone (until it has
+                // drafted once, the cap is lifted below).
+                budget::Candidate { acceptance: &r.acceptance, rows_per_level: r.rows_per_level, max_depth: r.deepest }
+            })
+            .collect();
+        let depths = budget::choose(&self.cfg, costs, &self.prior, &cands);
+        for (&i, d) in spec.iter().zip(depths) {
+            let r = &mut running[i];
+            if r.deepest == 0 {
+                r.session.depth_cap = None;
+                continue;
+            }
+            r.session.depth_cap = Some(d);
+            metrics::histogram!(m::TARGET_SPEC_BUDGET).record(d as f64);
+            metrics::histogram!(m::TARGET_PREDICTED_ACCEPT_LENGTH).record(r.acceptance.expected_tokens(d, &self.prior, self.cfg.prior_weight));
+        }
+    }
+
+    /// Learns from one step: the rows verified, the times, and each
+    /// choice's (depth, accepted, nodes).
+    fn learn(&mut self, rows: usize, verify_secs: f64, draft_secs: f64, steps: &mut [(&mut Running, usize, usize, usize)]) {
+        let levels = steps.iter().map(|s| s.1).sum();
+        self.cost.observe(rows, verify_secs, levels, draft_secs);
+        for (r, depth, accepted, nodes) in steps.iter_mut() {
+            if !r.speculative {
+                continue;
+            }
+            r.acceptance.observe(*depth, *accepted, self.cfg.decay);
+            self.prior.observe(*depth, *accepted, self.cfg.decay);
+            if *depth > 0 {
+                r.deepest = r.deepest.max(*depth);
+                r.rows_per_level = 0.8 * r.rows_per_level + 0.2 * (*nodes as f64 / *depth as f64);
+            }
+        }
+        let c = self.cost.costs();
+        metrics::gauge!(m::TARGET_COST_MODEL, "term" => "fixed").set(c.fixed);
+        metrics::gauge!(m::TARGET_COST_MODEL, "term" => "per_row").set(c.per_row);
+        metrics::gauge!(m::TARGET_COST_MODEL, "term" => "per_draft_level").set(c.per_level);
+    }
+}
+
 fn run(model: &Model, shared: &Shared) {
     let mut running: Vec<Running> = Vec::new();
+    let mut adaptive = shared.adaptive.then(|| Adaptive::start(model));
     loop {
         // 1. Drop requests nobody waits for.
         running.retain(|r| {
@@ -340,6 +419,9 @@ fn run(model: &Model, shared: &Shared) {
                             cancel: j.cancel.clone(),
                             reserve: j.reserve / n,
                             logprobs_sent: 0,
+                            acceptance: Acceptance::default(),
+                            deepest: 0,
+                            rows_per_level: 1.0,
                         };
                         let first = r.session.tokens.clone();
                         metrics::counter!(m::TARGET_GENERATED_TOKENS).increment(first.len() as u64);
@@ -371,10 +453,14 @@ fn run(model: &Model, shared: &Shared) {
             continue;
         }
         // 3. One step for everyone.
+        if let Some(a) = &adaptive {
+            a.plan(&mut running);
+        }
         let before: Vec<(usize, usize, f64, usize)> = running
             .iter()
             .map(|r| (r.session.spec.spec_num_correct_drafts, r.session.spec.spec_num_proposed_drafts, r.session.spec.verify_ms, r.session.spec.spec_refused_drafts))
             .collect();
+        let before_cost: Vec<(f64, usize)> = running.iter().map(|r| (r.session.spec.draft_ms, r.session.spec.spec_verified_nodes)).collect();
         let batch = running.len();
         let t = Instant::now();
         let result = {
@@ -400,6 +486,20 @@ fn run(model: &Model, shared: &Shared) {
         };
         if let Some(r) = running.first() {
             metrics::histogram!(m::TARGET_VERIFY_DURATION).record((r.session.spec.verify_ms - before[0].2).max(0.0) / 1e3);
+        }
+        if let Some(a) = adaptive.as_mut() {
+            let verify_secs = running.first().map_or(0.0, |r| (r.session.spec.verify_ms - before[0].2).max(0.0) / 1e3);
+            let mut rows = 0;
+            let mut draft_secs = 0.0;
+            let mut steps = Vec::with_capacity(running.len());
+            for ((r, &(c0, p0, _, _)), &(d0, n0)) in running.iter_mut().zip(&before).zip(&before_cost) {
+                let s = &r.session.spec;
+                let (depth, accepted, nodes) = (s.spec_num_proposed_drafts - p0, s.spec_num_correct_drafts - c0, s.spec_verified_nodes - n0);
+                draft_secs += (s.draft_ms - d0).max(0.0) / 1e3;
+                rows += 1 + nodes;
+                steps.push((r, depth, accepted, nodes));
+            }
+            a.learn(rows, verify_secs, draft_secs, &mut steps);
         }
         let mut still = Vec::with_capacity(running.len());
         for ((mut r, new), (c0, p0, _, f0)) in running.drain(..).zip(news).zip(before) {

@@ -39,6 +39,9 @@ pub struct SpecStats {
     /// Most draft tokens each verification could have accepted (the
     /// proposed tree's depth), summed.
     pub spec_num_proposed_drafts: usize,
+    /// Draft nodes verified (each tree's size less its root), summed: the
+    /// rows speculation added to the verify forwards.
+    pub spec_verified_nodes: usize,
     /// Tokens emitted per verification, the bonus token included.
     pub spec_accept_length: f64,
     /// `spec_num_correct_drafts / spec_num_proposed_drafts`.
@@ -78,6 +81,10 @@ pub struct SpecSession<'p> {
     pub logprobs: Vec<TokenLogprob>,
     /// The output constraint's state at the committed output.
     grammar: Option<GrammarState>,
+    /// The deepest tree the next rounds may verify, when a scheduler chooses
+    /// budgets (`--speculative-adaptive`); `Some(0)` makes them plain decode
+    /// rows. Only ever lowers the depth, so output is unchanged.
+    pub depth_cap: Option<usize>,
 }
 
 /// What a forward must export for these feature kinds.
@@ -196,6 +203,7 @@ impl<'p> SpecSession<'p> {
                 history: history.clone(),
                 logprobs,
                 grammar,
+                depth_cap: None,
                 proposer,
             };
             if req.max_tokens == 0 {
@@ -244,7 +252,7 @@ impl<'p> SpecSession<'p> {
         let limit = model.config.max_position_embeddings;
         let by_context = limit.saturating_sub(2 + self.cache.len());
         let by_tokens = self.max_tokens.saturating_sub(self.tokens.len() + 1);
-        by_context.min(by_tokens)
+        by_context.min(by_tokens).min(self.depth_cap.unwrap_or(usize::MAX))
     }
 
     /// Final statistics.
@@ -399,6 +407,7 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
         s.spec.verify_ms += verify_ms + t.elapsed().as_secs_f64() * 1e3;
         s.spec.spec_verify_ct += 1;
         s.spec.spec_num_proposed_drafts += tree.max_depth();
+        s.spec.spec_verified_nodes += tree.len() - 1;
         s.spec.spec_num_correct_drafts += acc.num_correct_drafts();
         let hist = &mut s.spec.spec_correct_drafts_histogram;
         if hist.len() <= acc.num_correct_drafts() {

@@ -2,6 +2,7 @@
 //! trait drafters implement, greedy and sampling tree verification, and the
 //! target-side decode loop (propose → verify → commit → catch-up).
 
+pub mod budget;
 pub mod decode;
 pub mod proposer;
 pub mod tree;

@@ -1,0 +1,409 @@
+//! Speculation budgets chosen per request and per step
+//! (`--speculative-adaptive`).
+//!
+//! Strategy. Before each step the scheduler picks, for every running
+//! request j, the depth d_j of the draft tree it will verify (0: a plain
+//! decode row), to maximise the batch's expected tokens per second:
+//!
+//! ```text
+//!   maximise  Σ_j E_j(d_j) / T(d)
+//!   E_j(d) = 1 + Σ_{i=1..d} Π_{k=1..i} q_jk           (tokens the step emits)
+//!   T(d)   = fixed + per_row · Σ_j (1 + w_j · d_j) + per_level · Σ_j d_j
+//! ```
+//!
+//! q_jk is the probability that request j's draft at depth k is accepted
+//! once depth k−1 was ([`Acceptance`]); w_j the nodes its trees hold per
+//! level (1 for a chain). `fixed` (the round's own cost: the draft round
+//! trip, the lm_head walks), `per_row` (one more row in the verify forward)
+//! and `per_level` (one more draft step) come from [`CostModel`], a
+//! calibration at start-up refined by every step's measured times.
+//!
+//! The choice is greedy: every request starts at 0, and the level with the
+//! best gain per cost is added while it raises the ratio. A request's gains
+//! fall with depth (a product of probabilities), so this reaches the best
+//! ratio of the problem with fractional depths. When a level's gain is
+//! worth less than its cost at the batch's current rate the request stays
+//! shallow; when verify rows are free and acceptance is certain, every
+//! request gets the maximum.
+//!
+//! Exploration: a request held at 0 for [`BudgetConfig::probe_every`] steps
+//! is given depth 1 once, so its acceptance keeps being measured.
+//!
+//! Changing depths never changes output: a budget only shortens the tree the
+//! verifier sees, and verification is exact for any tree.
+
+use crate::{AttnMask, ForwardOptions, LogitsRows, Model, Result, SeqInput};
+use std::time::Instant;
+
+/// Settings of the budget choice.
+#[derive(Debug, Clone)]
+pub struct BudgetConfig {
+    /// The deepest budget (the drafter's own tree depth).
+    pub max_depth: usize,
+    /// How many observations the worker-wide acceptance counts as for a
+    /// request with none of its own.
+    pub prior_weight: f64,
+    /// Per-step decay of old observations (acceptance and cost).
+    pub decay: f64,
+    /// Steps a request may stay at depth 0 before it is probed at depth 1.
+    pub probe_every: u32,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig { max_depth: 1, prior_weight: 4.0, decay: 0.98, probe_every: 16 }
+    }
+}
+
+/// A line `y = a + b·x` fitted by exponentially weighted least squares, held
+/// near a prior line by two pseudo-points that never fade (so a run of
+/// equal `x` cannot leave the slope undefined).
+#[derive(Debug, Clone)]
+struct Line {
+    /// Σw, Σwx, Σwy, Σwxx, Σwxy of the observations.
+    sums: [f64; 5],
+    prior: [(f64, f64); 2],
+    prior_weight: f64,
+    decay: f64,
+}
+
+impl Line {
+    fn new(prior: [(f64, f64); 2], prior_weight: f64, decay: f64) -> Line {
+        Line { sums: [0.0; 5], prior, prior_weight, decay }
+    }
+
+    fn observe(&mut self, x: f64, y: f64) {
+        if !(x.is_finite() && y.is_finite()) {
+            return;
+        }
+        for s in &mut self.sums {
+            *s *= self.decay;
+        }
+        let [w, sx, sy, sxx, sxy] = &mut self.sums;
+        *w += 1.0;
+        *sx += x;
+        *sy += y;
+        *sxx += x * x;
+        *sxy += x * y;
+    }
+
+    /// (intercept, slope), both at least 0.
+    fn fit(&self) -> (f64, f64) {
+        let [mut w, mut sx, mut sy, mut sxx, mut sxy] = self.sums;
+        for &(x, y) in &self.prior {
+            w += self.prior_weight;
+            sx += self.prior_weight * x;
+            sy += self.prior_weight * y;
+            sxx += self.prior_weight * x * x;
+            sxy += self.prior_weight * x * y;
+        }
+        let var = w * sxx - sx * sx;
+        let b = if var > 1e-12 { ((w * sxy - sx * sy) / var).max(0.0) } else { 0.0 };
+        let a = ((sy - b * sx) / w).max(0.0);
+        (a, b)
+    }
+}
+
+/// Step time as a function of the rows verified and the draft levels grown,
+/// in seconds.
+#[derive(Debug, Clone)]
+pub struct CostModel {
+    verify: Line,
+    draft: Line,
+}
+
+/// The fitted coefficients, seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Costs {
+    /// A round's cost whatever the budgets: the verify forward's fixed part
+    /// and the draft round's.
+    pub fixed: f64,
+    /// One more row in the verify forward.
+    pub per_row: f64,
+    /// One more draft level of one request.
+    pub per_level: f64,
+}
+
+impl CostModel {
+    /// From two measured verify forwards, (rows, seconds) each; the draft
+    /// cost starts at zero and is learnt from the steps.
+    pub fn new(verify_points: [(f64, f64); 2], decay: f64) -> CostModel {
+        CostModel { verify: Line::new(verify_points, 0.5, decay), draft: Line::new([(0.0, 0.0), (1.0, 0.0)], 0.5, decay) }
+    }
+
+    /// Times two verify forwards of `model` (1 row, then 9 rows, after a
+    /// 32-token context) for the prior; about as long as a 40-token prefill.
+    pub fn calibrate(model: &Model, decay: f64) -> Result<CostModel> {
+        let ctx: Vec<u32> = (0..32u32).map(|i| 100 + i).collect();
+        let time = |rows: usize| -> Result<f64> {
+            let mut best = f64::INFINITY;
+            for _ in 0..2 {
+                let mut cache = model.new_cache();
+                model.forward(&mut [SeqInput { cache: &mut cache, tokens: &ctx, positions: None, mask: AttnMask::Causal, logits: LogitsRows::None }], &ForwardOptions::default())?;
+                let toks = &ctx[..rows];
+                let t = Instant::now();
+                let opts = ForwardOptions { want_hidden: true, ..Default::default() };
+                model.forward(&mut [SeqInput { cache: &mut cache, tokens: toks, positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }], &opts)?;
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            Ok(best)
+        };
+        let one = time(1)?;
+        let nine = time(9)?;
+        Ok(CostModel::new([(1.0, one), (9.0, nine)], decay))
+    }
+
+    /// One step: the rows its verify forward held and how long it took, the
+    /// draft levels grown in all and how long the drafting took.
+    pub fn observe(&mut self, rows: usize, verify_secs: f64, levels: usize, draft_secs: f64) {
+        self.verify.observe(rows as f64, verify_secs);
+        self.draft.observe(levels as f64, draft_secs);
+    }
+
+    pub fn costs(&self) -> Costs {
+        let (va, vb) = self.verify.fit();
+        let (da, db) = self.draft.fit();
+        Costs { fixed: va + da, per_row: vb, per_level: db }
+    }
+}
+
+/// One request's acceptance by depth: decayed counts of drafts tried and
+/// accepted at each depth, shrunk toward the worker-wide rates.
+#[derive(Debug, Clone, Default)]
+pub struct Acceptance {
+    tried: Vec<f64>,
+    accepted: Vec<f64>,
+    /// Steps since this request last verified a draft.
+    idle_steps: u32,
+}
+
+impl Acceptance {
+    /// A verified tree `depth` deep of which `accepted` levels were kept:
+    /// depth k was tried if k−1 was accepted.
+    pub fn observe(&mut self, depth: usize, accepted: usize, decay: f64) {
+        if depth == 0 {
+            self.idle_steps = self.idle_steps.saturating_add(1);
+            return;
+        }
+        self.idle_steps = 0;
+        if self.tried.len() < depth {
+            self.tried.resize(depth, 0.0);
+            self.accepted.resize(depth, 0.0);
+        }
+        for k in 0..self.tried.len() {
+            self.tried[k] *= decay;
+            self.accepted[k] *= decay;
+        }
+        for k in 0..depth.min(accepted + 1) {
+            self.tried[k] += 1.0;
+            if k < accepted {
+                self.accepted[k] += 1.0;
+            }
+        }
+    }
+
+    /// P(depth k+1 accepted | depth k was), blended with `prior`.
+    pub fn rate(&self, k: usize, prior: &Acceptance, weight: f64) -> f64 {
+        let own = |a: &Acceptance| (a.tried.get(k).copied().unwrap_or(0.0), a.accepted.get(k).copied().unwrap_or(0.0));
+        let (pt, pa) = own(prior);
+        // With no worker-wide data either, an even chance.
+        let p0 = if pt > 0.0 { pa / pt } else { 0.5 };
+        let (t, a) = own(self);
+        (a + weight * p0) / (t + weight)
+    }
+
+    /// Expected tokens one step emits at depth `d` (the bonus token included).
+    pub fn expected_tokens(&self, d: usize, prior: &Acceptance, weight: f64) -> f64 {
+        let mut reach = 1.0;
+        let mut e = 1.0;
+        for k in 0..d {
+            reach *= self.rate(k, prior, weight);
+            e += reach;
+        }
+        e
+    }
+}
+
+/// One running request as the budget choice sees it.
+pub struct Candidate<'a> {
+    pub acceptance: &'a Acceptance,
+    /// Rows its trees hold per level (1 for a chain; topk for wide trees).
+    pub rows_per_level: f64,
+    /// The deepest it may go this step (context and max_tokens left, or 0
+    /// for a request without a drafter).
+    pub max_depth: usize,
+}
+
+/// The depth of each candidate's tree this step.
+pub fn choose(cfg: &BudgetConfig, costs: Costs, prior: &Acceptance, reqs: &[Candidate]) -> Vec<usize> {
+    let mut d = vec![0usize; reqs.len()];
+    let mut gain: f64 = reqs.len() as f64;
+    let mut time = costs.fixed + costs.per_row * reqs.len() as f64;
+    // Each request's next level: (its expected extra tokens, its extra time).
+    let next = |j: usize, dj: usize| -> Option<(f64, f64)> {
+        let r = &reqs[j];
+        if dj >= r.max_depth.min(cfg.max_depth) {
+            return None;
+        }
+        let extra = r.acceptance.expected_tokens(dj + 1, prior, cfg.prior_weight) - r.acceptance.expected_tokens(dj, prior, cfg.prior_weight);
+        Some((extra, costs.per_row * r.rows_per_level + costs.per_level))
+    };
+    loop {
+        let mut best: Option<(usize, f64, f64)> = None;
+        for j in 0..reqs.len() {
+            if let Some((g, c)) = next(j, d[j]) {
+                // Ties (and free levels) go to the earlier request.
+                let better = match best {
+                    None => true,
+                    Some((_, bg, bc)) => g * bc > bg * c,
+                };
+                if better {
+                    best = Some((j, g, c));
+                }
+            }
+        }
+        let Some((j, g, c)) = best else { break };
+        // Worth it only if it raises tokens per second: g/c > gain/time.
+        if g * time <= gain * c || g <= 0.0 {
+            break;
+        }
+        d[j] += 1;
+        gain += g;
+        time += c;
+    }
+    for (j, r) in reqs.iter().enumerate() {
+        if d[j] == 0 && r.max_depth > 0 && cfg.max_depth > 0 && r.acceptance.idle_steps >= cfg.probe_every {
+            d[j] = 1;
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certain(depth: usize) -> Acceptance {
+        let mut a = Acceptance::default();
+        for _ in 0..50 {
+            a.observe(depth, depth, 1.0);
+        }
+        a
+    }
+
+    fn hopeless(depth: usize) -> Acceptance {
+        let mut a = Acceptance::default();
+        for _ in 0..50 {
+            a.observe(depth, 0, 1.0);
+        }
+        a
+    }
+
+    fn cfg(max_depth: usize) -> BudgetConfig {
+        BudgetConfig { max_depth, ..Default::default() }
+    }
+
+    #[test]
+    fn free_verify_and_certain_acceptance_take_the_maximum() {
+        let a = certain(5);
+        let costs = Costs { fixed: 0.01, per_row: 0.0, per_level: 0.0 };
+        let reqs: Vec<Candidate> = (0..4).map(|_| Candidate { acceptance: &a, rows_per_level: 1.0, max_depth: 5 }).collect();
+        assert_eq!(choose(&cfg(5), costs, &a, &reqs), vec![5; 4]);
+    }
+
+    #[test]
+    fn a_draft_that_costs_more_than_it_gains_gets_no_budget() {
+        // Acceptance 0.3 per level; one more row costs as much as the whole
+        // step without it: a level would buy 0.3 tokens for a doubled time.
+        let mut a = Acceptance::default();
+        for i in 0..100 {
+            a.observe(1, usize::from(i % 10 < 3), 1.0);
+        }
+        let costs = Costs { fixed: 0.0, per_row: 0.01, per_level: 0.0 };
+        let reqs = [Candidate { acceptance: &a, rows_per_level: 1.0, max_depth: 4 }];
+        assert_eq!(choose(&cfg(4), costs, &a, &reqs), vec![0]);
+        // The same acceptance when rows are cheap next to the fixed cost
+        // (a memory-bound GPU step): worth drafting.
+        let cheap = Costs { fixed: 0.02, per_row: 0.0005, per_level: 0.0 };
+        assert!(choose(&cfg(4), cheap, &a, &reqs)[0] >= 1);
+        // A drafter that is never right gets nothing even when rows are cheap.
+        let h = hopeless(3);
+        let reqs = [Candidate { acceptance: &h, rows_per_level: 1.0, max_depth: 4 }];
+        assert_eq!(choose(&cfg(4), cheap, &h, &reqs), vec![0]);
+    }
+
+    #[test]
+    fn the_better_drafted_request_gets_the_deeper_tree() {
+        let good = certain(3);
+        let mut fair = Acceptance::default();
+        for i in 0..60 {
+            fair.observe(3, usize::from(i % 2 == 0), 1.0);
+        }
+        let prior = Acceptance::default();
+        let costs = Costs { fixed: 0.02, per_row: 0.004, per_level: 0.0 };
+        let reqs = [Candidate { acceptance: &fair, rows_per_level: 1.0, max_depth: 3 }, Candidate { acceptance: &good, rows_per_level: 1.0, max_depth: 3 }];
+        let d = choose(&cfg(3), costs, &prior, &reqs);
+        assert!(d[1] > d[0], "{d:?}");
+        assert_eq!(d[1], 3);
+    }
+
+    #[test]
+    fn limits_and_requests_without_drafts_are_respected() {
+        let a = certain(5);
+        let costs = Costs { fixed: 0.01, per_row: 0.0, per_level: 0.0 };
+        let reqs = [Candidate { acceptance: &a, rows_per_level: 1.0, max_depth: 2 }, Candidate { acceptance: &a, rows_per_level: 1.0, max_depth: 0 }];
+        assert_eq!(choose(&cfg(5), costs, &a, &reqs), vec![2, 0]);
+    }
+
+    #[test]
+    fn an_idle_request_is_probed_now_and_then() {
+        let mut a = hopeless(1);
+        let costs = Costs { fixed: 0.0, per_row: 0.01, per_level: 0.0 };
+        let c = cfg(2);
+        let mut probes = 0;
+        for _ in 0..64 {
+            let d = choose(&c, costs, &a, &[Candidate { acceptance: &a, rows_per_level: 1.0, max_depth: 2 }])[0];
+            probes += usize::from(d > 0);
+            a.observe(d, 0, c.decay);
+        }
+        assert_eq!(probes, 64 / (c.probe_every as usize + 1));
+    }
+
+    #[test]
+    fn acceptance_counts_only_the_levels_reached_and_leans_on_the_prior_when_new() {
+        let mut a = Acceptance::default();
+        a.observe(4, 1, 1.0); // depth 1 kept, depth 2 refused, 3 and 4 never reached
+        assert_eq!(a.tried, vec![1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(a.accepted, vec![1.0, 0.0, 0.0, 0.0]);
+        let prior = certain(2);
+        let fresh = Acceptance::default();
+        assert!((fresh.rate(0, &prior, 4.0) - 1.0).abs() < 1e-9);
+        assert!((fresh.expected_tokens(2, &prior, 4.0) - 3.0).abs() < 1e-9);
+        // Its own refusal pulls depth 2 below the prior's certainty.
+        assert!(a.rate(1, &prior, 4.0) < 0.85);
+    }
+
+    #[test]
+    fn the_cost_model_recovers_a_line_and_survives_constant_rows() {
+        let mut m = CostModel::new([(1.0, 0.010), (9.0, 0.018)], 0.98);
+        let c = m.costs();
+        assert!((c.per_row - 0.001).abs() < 1e-9 && (c.fixed - 0.009).abs() < 1e-9, "{c:?}");
+        // The machine turns out slower per row: 2 ms + 3 ms per row, and
+        // drafting 1 ms per level.
+        for i in 0..400 {
+            let rows = 1 + i % 16;
+            let levels = i % 5;
+            m.observe(rows, 0.002 + 0.003 * rows as f64, levels, 0.001 * levels as f64);
+        }
+        let c = m.costs();
+        assert!((c.per_row - 0.003).abs() < 2e-4, "{c:?}");
+        assert!((c.per_level - 0.001).abs() < 1e-4, "{c:?}");
+        assert!((c.fixed - 0.002).abs() < 1e-3, "{c:?}");
+        // A long run of one batch size keeps the slope defined.
+        for _ in 0..2000 {
+            m.observe(8, 0.026, 0, 0.0);
+        }
+        let c = m.costs();
+        assert!(c.per_row > 0.0 && c.per_row.is_finite(), "{c:?}");
+    }
+}
