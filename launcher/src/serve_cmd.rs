@@ -11,7 +11,9 @@
 //! `serve` itself dies.
 //!
 //! Supervision. A child that dies once the cluster is up is started again on
-//! the same ports, so every address the others hold stays right: the
+//! the same ports, so every address the others hold stays right (workers get
+//! fixed ports just below the kernel's ephemeral range, where no outgoing
+//! connection can take them while they are down): the
 //! router's probes see a restarted target healthy again within its health
 //! interval, and targets reopen draft sessions on their next request. The
 //! requests the dead child was serving end with errors (the router retries
@@ -336,6 +338,31 @@ fn wait_until_discovered(router: &str, key: Option<&str>, targets: usize, drafts
     }
 }
 
+/// `--port P --metrics-port Q` for a worker: free ports just below the
+/// kernel's ephemeral range, so that after a crash no outgoing connection
+/// (which takes its local port from that range) can be holding the port
+/// the worker is restarted on. Empty (the worker picks any free port) where
+/// the range leaves no room below it.
+fn fixed_ports(host: &str, taken: &mut Vec<u16>) -> Vec<String> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if low < 12_000 {
+        return Vec::new();
+    }
+    let (first, span) = (low - 10_000, 10_000u32);
+    let mut pick = |start: u32| -> Option<u16> {
+        (0..span).map(|k| (first + (start + k) % span) as u16).find(|p| !taken.contains(p) && std::net::TcpListener::bind((host, *p)).is_ok()).inspect(|p| taken.push(*p))
+    };
+    // Spread serve instances on one machine apart.
+    let start = std::process::id() * 7 % span;
+    match (pick(start), pick(start)) {
+        (Some(g), Some(m)) => vec!["--port".into(), g.to_string(), "--metrics-port".into(), m.to_string()],
+        _ => Vec::new(),
+    }
+}
+
 /// First and longest wait before a dead worker is started again.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -347,6 +374,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let timeout = Duration::from_secs(a.startup_timeout_secs);
     let speculate = !a.no_speculation && a.draft_workers > 0;
     let mut workers: Vec<Worker> = Vec::new();
+    let mut taken = Vec::new();
     let started = (|| -> Result<()> {
         if speculate {
             for i in 0..a.draft_workers {
@@ -359,6 +387,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 ];
                 args.extend(draft_flags(&a));
                 args.extend(etcd_flags(&a, Some(&format!("serve-draft-{i}"))));
+                args.extend(fixed_ports(&a.host, &mut taken));
                 workers.push(spawn_worker(&format!("draft-{i}"), &args, timeout)?);
             }
         }
@@ -375,6 +404,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 a.max_running_requests.to_string(),
             ];
             args.extend(etcd_flags(&a, Some(&format!("serve-target-{i}"))));
+            args.extend(fixed_ports(&a.host, &mut taken));
             if a.speculative_adaptive && speculate {
                 args.push("--speculative-adaptive".into());
             }
@@ -548,6 +578,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("hot_vocab_2048.json"), "[1]").unwrap();
         d
+    }
+
+    #[test]
+    fn worker_ports_are_free_and_below_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        let mut taken = Vec::new();
+        let a = fixed_ports("127.0.0.1", &mut taken);
+        let b = fixed_ports("127.0.0.1", &mut taken);
+        let ports: Vec<u16> = [&a, &b].iter().flat_map(|v| [v[1].parse::<u16>().unwrap(), v[3].parse().unwrap()]).collect();
+        assert_eq!((a[0].as_str(), a[2].as_str()), ("--port", "--metrics-port"));
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "{ports:?}");
+        for p in ports {
+            assert!(p < low && p >= low - 10_000, "port {p} (ephemeral range from {low})");
+            std::net::TcpListener::bind(("127.0.0.1", p)).expect("the port is free");
+        }
     }
 
     #[test]
