@@ -335,6 +335,8 @@ fn soak_under_faults() {
     let mut volleys = Vec::new();
     const HOSTILE: [&str; 5] = ["hostile_huge_body", "hostile_huge_prompt", "hostile_partial_headers", "hostile_slow_body", "hostile_disconnect"];
     let t0 = Instant::now();
+    // When all four workers were last seen up (seconds into the soak).
+    let mut last_full = 0;
     while t0.elapsed() < soak {
         std::thread::sleep(every);
         for (pid, role) in children(serve_pid) {
@@ -345,6 +347,9 @@ fn soak_under_faults() {
             }
         }
         let kids = children(serve_pid);
+        if kids.iter().filter(|(_, r)| r != "router").count() == 4 {
+            last_full = t0.elapsed().as_secs();
+        }
         let pick = |role: &str, rng: &mut Rng| {
             let v: Vec<u32> = kids.iter().filter(|(_, r)| r == role).map(|x| x.0).collect();
             (!v.is_empty()).then(|| v[rng.below(v.len())])
@@ -403,8 +408,9 @@ fn soak_under_faults() {
         c.join().unwrap();
     }
 
-    // Quiesce: every role back, then the checks.
+    // Quiesce: every role back, then the checks (after the report).
     let t = Instant::now();
+    let mut recovered = true;
     loop {
         let kids = children(serve_pid);
         let n = |role: &str| kids.iter().filter(|(_, r)| r == role).count();
@@ -416,7 +422,10 @@ fn soak_under_faults() {
         if n("target-worker") == 2 && n("draft-worker") == 2 && healthy == 2 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "the cluster did not come back: {kids:?}");
+        if t.elapsed() > Duration::from_secs(60) {
+            recovered = false;
+            break;
+        }
         std::thread::sleep(Duration::from_millis(250));
     }
     std::thread::sleep(Duration::from_secs(3));
@@ -431,11 +440,14 @@ fn soak_under_faults() {
         "hung": t.hung, "wrong": t.wrong.len(), "errors": t.errors, "faults": faults, "faults_skipped": skipped,
         "rss_mb": {"router_baseline": router_base, "router_final": router_final, "peak_by_role": *peak.lock().unwrap(), "final": finals},
         "leftover_rings": rings, "hostile_mishandled": mishandled,
+        "recovered": recovered, "processes_at_end": kids.iter().map(|(p, r)| format!("{r}:{p}")).collect::<Vec<_>>(),
+        "last_full_cluster_at_s": last_full,
     });
     eprintln!("SOAK REPORT {report:#}");
     if let Ok(path) = std::env::var("AERIE_SOAK_REPORT") {
         std::fs::write(path, format!("{report:#}\n")).unwrap();
     }
+    assert!(recovered, "the cluster did not come back within 60 s: {kids:?}");
     assert_eq!(mishandled, 0, "hostile requests not answered as they should be (see the panics above)");
     assert_eq!(t.hung, 0, "requests hung");
     assert!(t.wrong.is_empty(), "wrong outputs: {:?}", t.wrong);
