@@ -456,11 +456,15 @@ fn run(model: &Model, shared: &Shared) {
         if let Some(a) = &adaptive {
             a.plan(&mut running);
         }
-        let before: Vec<(usize, usize, f64, usize)> = running
+        // Each session's counters before the step: correct, proposed,
+        // verify ms, refused, draft ms, verified nodes.
+        let before: Vec<(usize, usize, f64, usize, f64, usize)> = running
             .iter()
-            .map(|r| (r.session.spec.spec_num_correct_drafts, r.session.spec.spec_num_proposed_drafts, r.session.spec.verify_ms, r.session.spec.spec_refused_drafts))
+            .map(|r| {
+                let s = &r.session.spec;
+                (s.spec_num_correct_drafts, s.spec_num_proposed_drafts, s.verify_ms, s.spec_refused_drafts, s.draft_ms, s.spec_verified_nodes)
+            })
             .collect();
-        let before_cost: Vec<(f64, usize)> = running.iter().map(|r| (r.session.spec.draft_ms, r.session.spec.spec_verified_nodes)).collect();
         let batch = running.len();
         let t = Instant::now();
         let result = {
@@ -484,15 +488,15 @@ fn run(model: &Model, shared: &Shared) {
                 continue;
             }
         };
-        if let Some(r) = running.first() {
-            metrics::histogram!(m::TARGET_VERIFY_DURATION).record((r.session.spec.verify_ms - before[0].2).max(0.0) / 1e3);
+        let verify_secs = running.first().map_or(0.0, |r| (r.session.spec.verify_ms - before[0].2).max(0.0) / 1e3);
+        if !running.is_empty() {
+            metrics::histogram!(m::TARGET_VERIFY_DURATION).record(verify_secs);
         }
         if let Some(a) = adaptive.as_mut() {
-            let verify_secs = running.first().map_or(0.0, |r| (r.session.spec.verify_ms - before[0].2).max(0.0) / 1e3);
             let mut rows = 0;
             let mut draft_secs = 0.0;
             let mut steps = Vec::with_capacity(running.len());
-            for ((r, &(c0, p0, _, _)), &(d0, n0)) in running.iter_mut().zip(&before).zip(&before_cost) {
+            for (r, &(c0, p0, _, _, d0, n0)) in running.iter_mut().zip(&before) {
                 let s = &r.session.spec;
                 let (depth, accepted, nodes) = (s.spec_num_proposed_drafts - p0, s.spec_num_correct_drafts - c0, s.spec_verified_nodes - n0);
                 draft_secs += (s.draft_ms - d0).max(0.0) / 1e3;
@@ -502,7 +506,7 @@ fn run(model: &Model, shared: &Shared) {
             a.learn(rows, verify_secs, draft_secs, &mut steps);
         }
         let mut still = Vec::with_capacity(running.len());
-        for ((mut r, new), (c0, p0, _, f0)) in running.drain(..).zip(news).zip(before) {
+        for ((mut r, new), (c0, p0, _, f0, _, _)) in running.drain(..).zip(news).zip(before) {
             let accepted = r.session.spec.spec_num_correct_drafts - c0;
             let depth = r.session.spec.spec_num_proposed_drafts - p0;
             metrics::counter!(m::TARGET_VERIFY_STEPS).increment(1);
