@@ -109,10 +109,23 @@ pub struct Worker {
     started: Instant,
 }
 
+/// The binary this process runs, for starting workers. On Linux that is
+/// `/proc/<pid>/exe`, which names the running file itself: after a rebuild
+/// or an upgrade has replaced or deleted `target/release/aerie`, the path
+/// `current_exe` returns ends in " (deleted)" and a restarted worker would
+/// fail to start (the hour-long soak lost every worker that way), or start
+/// a different build beside the router. Elsewhere, `current_exe`.
+fn own_binary() -> Result<std::path::PathBuf> {
+    let proc_exe = std::path::PathBuf::from(format!("/proc/{}/exe", std::process::id()));
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe().context("locating the aerie binary")
+}
+
 /// Starts `aerie <args>` and waits for its READY line.
 pub fn spawn_worker(name: &str, args: &[String], timeout: Duration) -> Result<Worker> {
-    let exe = std::env::current_exe().context("locating the aerie binary")?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(own_binary()?);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -124,6 +137,10 @@ pub fn spawn_worker(name: &str, args: &[String], timeout: Duration) -> Result<Wo
         // Its own process group: a terminal's Ctrl-C reaches `serve` only,
         // which then stops the children in order.
         cmd.process_group(0);
+        // `ps` shows the binary's name, not `/proc/<pid>/exe`.
+        if let Ok(path) = std::env::current_exe() {
+            cmd.arg0(path.to_string_lossy().trim_end_matches(" (deleted)").to_string());
+        }
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())

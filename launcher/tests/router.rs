@@ -394,7 +394,15 @@ fn children(parent: u32, role: &str) -> Vec<u32> {
 #[test]
 fn serve_restarts_a_killed_worker_while_the_others_keep_serving() {
     let _g = serial();
-    let serve = serve(&["--target-workers", "2"]);
+    // serve runs from a copy of the binary that is deleted once it is up, as
+    // a rebuild or an upgrade replaces it: restarts must still start the
+    // binary serve runs (before, every restart failed on the missing path).
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("aerie");
+    std::fs::copy(env!("CARGO_BIN_EXE_aerie"), &exe).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let serve = common::start_exe(&exe, &["serve", "--port", &port, "--target-workers", "2"], "OpenAI endpoint:", &|l: &str| l.split_whitespace().nth(2).unwrap().trim_start_matches("http://").trim_end_matches("/v1").to_string());
+    std::fs::remove_file(&exe).unwrap();
     let targets = children(serve.child.id(), "target-worker");
     let drafts = children(serve.child.id(), "draft-worker");
     assert_eq!((targets.len(), drafts.len()), (2, 1));

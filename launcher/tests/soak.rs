@@ -362,6 +362,7 @@ fn soak_under_faults() {
             4 => {
                 match etcd.as_mut() {
                     Some(e) => {
+                        eprintln!("soak {:>5} s: restart_etcd", t0.elapsed().as_secs());
                         e.restart(Duration::from_secs(2), false);
                         *faults.entry("restart_etcd").or_default() += 1;
                     }
@@ -373,6 +374,7 @@ fn soak_under_faults() {
                 let (role, name) = if rng.below(2) == 0 { ("target-worker", "partition_target") } else { ("draft-worker", "partition_draft") };
                 match pick(role, &mut rng).filter(|_| can_partition) {
                     Some(pid) => {
+                        eprintln!("soak {:>5} s: {name} pid {pid}", t0.elapsed().as_secs());
                         let cut = Partition::of(pid);
                         std::thread::sleep(Duration::from_secs(12));
                         drop(cut);
@@ -386,6 +388,7 @@ fn soak_under_faults() {
         };
         match kind {
             Some((pid, sig, name)) => {
+                eprintln!("soak {:>5} s: {name} pid {pid}", t0.elapsed().as_secs());
                 signal(pid, sig);
                 if sig == libc::SIGSTOP {
                     std::thread::sleep(Duration::from_secs(3));

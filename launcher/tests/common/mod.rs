@@ -53,7 +53,12 @@ impl Drop for Proc {
 /// Starts `aerie ARGS` and waits for a stdout line starting with `ready`;
 /// `field` picks the address out of it.
 pub fn start(args: &[&str], ready: &str, field: &dyn Fn(&str) -> String) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aerie"))
+    start_exe(env!("CARGO_BIN_EXE_aerie").as_ref(), args, ready, field)
+}
+
+/// As [`start`], from the `aerie` binary at `exe`.
+pub fn start_exe(exe: &std::path::Path, args: &[&str], ready: &str, field: &dyn Fn(&str) -> String) -> Proc {
+    let mut child = Command::new(exe)
         .args(["--threads", "1"])
         .args(args)
         .stdin(Stdio::null())
