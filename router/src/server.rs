@@ -443,6 +443,10 @@ impl Usage {
             u["spec_num_correct_drafts"] = json!(correct);
             u["spec_accept_length"] = json!(len);
             u["spec_accept_rate"] = json!(rate);
+            if self.finished.len() == choices && ct > 0 {
+                let budget = self.finished.iter().map(|f| f.spec_mean_budget * f.spec_verify_ct as f64).sum::<f64>() / ct as f64;
+                u["spec_mean_budget"] = json!(budget);
+            }
         }
         u
     }

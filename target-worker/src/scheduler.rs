@@ -283,6 +283,7 @@ fn finished_message(r: &mut Running) -> GenerateResponse {
             spec_num_correct_drafts: s.spec.spec_num_correct_drafts as u32,
             spec_accept_length: s.spec.spec_accept_length,
             spec_accept_rate: s.spec.spec_accept_rate,
+            spec_mean_budget: s.spec.spec_mean_budget,
             draft_fallback: r.fallback.load(Ordering::Acquire),
         }),
     }

@@ -46,6 +46,12 @@ pub struct SpecStats {
     pub spec_accept_length: f64,
     /// `spec_num_correct_drafts / spec_num_proposed_drafts`.
     pub spec_accept_rate: f64,
+    /// Each verification's depth budget, summed: the depth the adaptive
+    /// budget allowed (0 for a plain row), or without one the depth of the
+    /// tree the drafter proposed.
+    pub spec_budget_sum: usize,
+    /// `spec_budget_sum / spec_verify_ct`.
+    pub spec_mean_budget: f64,
     /// `[i]` = verifications that accepted exactly `i` drafts.
     pub spec_correct_drafts_histogram: Vec<usize>,
     /// Wall time spent proposing (draft forwards), ms.
@@ -261,6 +267,7 @@ impl<'p> SpecSession<'p> {
         s.spec_accept_length = if s.spec_verify_ct > 0 { self.verify_emitted as f64 / s.spec_verify_ct as f64 } else { 0.0 };
         s.spec_accept_rate =
             if s.spec_num_proposed_drafts > 0 { s.spec_num_correct_drafts as f64 / s.spec_num_proposed_drafts as f64 } else { 0.0 };
+        s.spec_mean_budget = if s.spec_verify_ct > 0 { s.spec_budget_sum as f64 / s.spec_verify_ct as f64 } else { 0.0 };
         self.stats.completion_tokens = self.tokens.len();
     }
 }
@@ -269,10 +276,16 @@ impl<'p> SpecSession<'p> {
 /// their trees in one target forward. Returns each session's new tokens.
 pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Vec<Vec<u32>>> {
     // Ask every drafter first, so remote ones work while the rest are asked.
+    // A session whose budget is 0 (an adaptive choice, or the end of its
+    // context or tokens) verifies its root alone: its drafter is not asked,
+    // so the round trip and the draft forward are saved, and what it was
+    // sent since is caught up in one forward at its next proposal.
     for s in sessions.iter_mut() {
         if !s.is_finished() {
             let budget = s.depth_budget(model);
-            s.proposer.request_proposal(budget)?;
+            if budget > 0 {
+                s.proposer.request_proposal(budget)?;
+            }
         }
     }
     let mut trees = Vec::with_capacity(sessions.len());
@@ -283,6 +296,11 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
         }
         let t = Instant::now();
         let budget = s.depth_budget(model);
+        if budget == 0 {
+            let root = *s.tokens.last().expect("an unfinished session has emitted its first token");
+            trees.push(Some(DraftTree::chain(root, &[])));
+            continue;
+        }
         // Under a constraint the tree holds only what the grammar admits:
         // a forbidden node could never be accepted, so verifying it is waste.
         let proposed = match s.grammar.as_mut() {
@@ -406,6 +424,7 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
         }
         s.spec.verify_ms += verify_ms + t.elapsed().as_secs_f64() * 1e3;
         s.spec.spec_verify_ct += 1;
+        s.spec.spec_budget_sum += s.depth_cap.unwrap_or(tree.max_depth());
         s.spec.spec_num_proposed_drafts += tree.max_depth();
         s.spec.spec_verified_nodes += tree.len() - 1;
         s.spec.spec_num_correct_drafts += acc.num_correct_drafts();
