@@ -108,6 +108,9 @@ pub struct RequestRecord {
     pub spec_verify_ct: Option<u64>,
     pub spec_accept_length: Option<f64>,
     pub spec_accept_rate: Option<f64>,
+    /// Mean depth budget per verification (`spec_mean_budget`), when reported.
+    #[serde(default)]
+    pub spec_mean_budget: Option<f64>,
     pub text: String,
 }
 
@@ -133,6 +136,7 @@ impl RequestRecord {
             spec_verify_ct: None,
             spec_accept_length: None,
             spec_accept_rate: None,
+            spec_mean_budget: None,
             text: String::new(),
         }
     }
@@ -264,6 +268,7 @@ pub fn send(agent: &ureq::Agent, server: &Server, spec: &LoadSpec, p: &Prompt, s
         rec.spec_verify_ct = u["spec_verify_ct"].as_u64().filter(|&n| n > 0);
         rec.spec_accept_length = u["spec_accept_length"].as_f64().filter(|_| rec.spec_verify_ct.is_some());
         rec.spec_accept_rate = u["spec_accept_rate"].as_f64().filter(|_| rec.spec_verify_ct.is_some());
+        rec.spec_mean_budget = u["spec_mean_budget"].as_f64().filter(|_| rec.spec_verify_ct.is_some());
     }
     // Gaps between chunks, spread over the tokens after the first chunk.
     if chunk_times.len() > 1 {

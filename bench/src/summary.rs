@@ -120,6 +120,7 @@ mod tests {
             spec_verify_ct: spec.map(|s| s.0),
             spec_accept_length: spec.map(|s| s.1),
             spec_accept_rate: spec.map(|_| 0.5),
+            spec_mean_budget: None,
             text: String::new(),
         }
     }

@@ -23,10 +23,15 @@ pub fn install() -> Result<PrometheusHandle> {
         .context("installing the Prometheus recorder")
 }
 
+/// A JSON view a worker fills in once it runs (a target: its adaptive
+/// speculation budget), served at `GET /debug/spec_budget`.
+pub type DebugView = Arc<std::sync::OnceLock<Box<dyn Fn() -> serde_json::Value + Send + Sync>>>;
+
 /// Serves `/metrics`, `/health` (200 while `ready`, else 503: readiness for
-/// Kubernetes and load balancers) and `/live` (200: the process answers) on
-/// `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, ready: Arc<AtomicBool>) {
+/// Kubernetes and load balancers), `/live` (200: the process answers) and
+/// `/debug/spec_budget` (404 until `debug` is filled) on `listener` until the
+/// process ends.
+pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, ready: Arc<AtomicBool>, debug: DebugView) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
@@ -37,6 +42,18 @@ pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, 
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(move || std::future::ready(handle.render())))
         .route("/live", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/debug/spec_budget",
+            axum::routing::get(move || {
+                let view = debug.get().map(|f| f());
+                async move {
+                    match view {
+                        Some(v) => (axum::http::StatusCode::OK, axum::Json(v)),
+                        None => (axum::http::StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": "only target workers have a speculation budget" }))),
+                    }
+                }
+            }),
+        )
         .route(
             "/health",
             axum::routing::get(move || {

@@ -117,11 +117,11 @@ async fn bind(host: &str, port: u16) -> Result<tokio::net::TcpListener> {
 
 /// Binds the gRPC and metrics ports and starts serving `/metrics` and the
 /// health endpoints, which report `ready`.
-async fn listen(l: &ListenArgs, handle: metrics_exporter_prometheus::PrometheusHandle, ready: Arc<AtomicBool>) -> Result<(tokio::net::TcpListener, SocketAddr, SocketAddr)> {
+async fn listen(l: &ListenArgs, handle: metrics_exporter_prometheus::PrometheusHandle, ready: Arc<AtomicBool>, debug: metrics_http::DebugView) -> Result<(tokio::net::TcpListener, SocketAddr, SocketAddr)> {
     let listener = bind(&l.host, l.port).await?;
     let mlistener = bind(&l.host, l.metrics_port).await?;
     let (grpc, metrics) = (listener.local_addr()?, mlistener.local_addr()?);
-    tokio::spawn(metrics_http::serve(mlistener, handle, ready));
+    tokio::spawn(metrics_http::serve(mlistener, handle, ready, debug));
     Ok((listener, grpc, metrics))
 }
 
@@ -195,9 +195,12 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(async move {
         let ready = Arc::new(AtomicBool::new(false));
-        let (listener, grpc, maddr) = listen(&a.listen, handle, ready.clone()).await?;
+        let debug = metrics_http::DebugView::default();
+        let (listener, grpc, maddr) = listen(&a.listen, handle, ready.clone(), debug.clone()).await?;
         let server = TargetServer::start(&engine, cfg).context("starting the scheduler")?;
         let shared = server.shared();
+        let view = shared.clone();
+        let _ = debug.set(Box::new(move || view.spec_budget_view()));
         let svc = TargetServiceServer::new(server).max_decoding_message_size(MAX_MESSAGE_BYTES);
         ready.store(true, Ordering::Release);
         // Registered once it can serve: the listener is bound, so connections queue.
@@ -253,7 +256,7 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(async move {
         let ready = Arc::new(AtomicBool::new(false));
-        let (listener, grpc, maddr) = listen(&a.listen, handle, ready.clone()).await?;
+        let (listener, grpc, maddr) = listen(&a.listen, handle, ready.clone(), Default::default()).await?;
         let limits = SessionLimits {
             max_sessions: a.max_sessions,
             max_sequences_per_session: a.max_sequences_per_session,

@@ -186,11 +186,27 @@ fn adaptive_budgets_keep_greedy_output_and_report_their_choices() {
     rt().block_on(async {
         let c = client(&target).await;
         let tasks: Vec<_> = (0..8).map(|i| tokio::spawn(collect(c.clone(), greedy(i, N, Some(&draft))))).collect();
+        let mut budgets = Vec::new();
         for (i, t) in tasks.into_iter().enumerate() {
             let (toks, fin) = t.await.unwrap().unwrap();
             assert_eq!(toks, want[i], "prompt {i}");
             assert!(!fin.draft_fallback, "prompt {i} fell back");
+            budgets.push(fin.spec_mean_budget);
         }
+        // The mean budget per verification is reported with each request;
+        // the drafter's own depth (the shipped head's default tree) bounds it.
+        assert!(budgets.iter().all(|b| b.is_finite() && (0.0..=8.0).contains(b)), "{budgets:?}");
+        assert!(budgets.iter().any(|&b| b > 0.0), "{budgets:?}");
+        // The debug view: the fitted cost model, the acceptance prior and
+        // the last requests' choices.
+        let debug = http_get(&target.metrics.replace("/metrics", "/debug/spec_budget")).await.unwrap();
+        let (head, body) = debug.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{debug}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["adaptive"], true, "{v}");
+        assert!(v["steps"].as_u64().unwrap() > 0 && v["cost_model_seconds"]["per_row"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(!v["acceptance_prior_by_depth"].as_array().unwrap().is_empty(), "{v}");
+        assert!(v["running"].as_array().unwrap().iter().all(|r| r["budget"].is_null() || r["budget"].as_u64().is_some()), "{v}");
         let m = scrape(&target).await;
         // A budget was chosen for the steps after each request's first draft.
         assert!(metric(&m, "aerie_target_spec_budget_depth_count") > 0.0, "{m}");

@@ -57,8 +57,8 @@ pub const TARGET_SPEC_BUDGET: &str = "aerie_target_spec_budget_depth";
 /// Histogram: tokens a step was expected to emit at its chosen depth (the
 /// realized ones are `aerie_target_accept_length`).
 pub const TARGET_PREDICTED_ACCEPT_LENGTH: &str = "aerie_target_predicted_accept_length";
-/// Gauge, label `term` (`fixed`, `per_row`, `per_draft_level`): the adaptive
-/// budget's cost model, seconds.
+/// Gauge, label `term` (`fixed`, `per_row`, `per_draft_level`,
+/// `draft_round`): the adaptive budget's cost model, seconds.
 pub const TARGET_COST_MODEL: &str = "aerie_target_cost_model_seconds";
 
 // ---- draft worker

@@ -67,6 +67,9 @@ pub struct Shared {
     /// Mean τ of recent speculative requests (an EWMA), as f64 bits.
     tau_bits: AtomicU64,
     adaptive: bool,
+    /// The adaptive budget's state as JSON, refreshed by the scheduler
+    /// (`GET /debug/spec_budget` on the metrics port).
+    budget_view: Mutex<serde_json::Value>,
 }
 
 impl Shared {
@@ -84,7 +87,14 @@ impl Shared {
             cancels: Mutex::new(HashMap::new()),
             tau_bits: AtomicU64::new(0f64.to_bits()),
             adaptive: cfg.speculative_adaptive,
+            budget_view: Mutex::new(serde_json::json!({ "adaptive": cfg.speculative_adaptive })),
         })
+    }
+
+    /// The adaptive budget's cost model, acceptance prior and each running
+    /// request's choice, as JSON (refreshed at most every 250 ms).
+    pub fn spec_budget_view(&self) -> serde_json::Value {
+        self.budget_view.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn max_total_tokens(&self) -> usize {
@@ -295,6 +305,9 @@ struct Adaptive {
     cost: CostModel,
     /// Every request's acceptance together: the prior of new requests.
     prior: Acceptance,
+    /// When the debug view was last refreshed.
+    viewed: Option<Instant>,
+    steps: u64,
 }
 
 impl Adaptive {
@@ -306,7 +319,7 @@ impl Adaptive {
         });
         let c = cost.costs();
         tracing::info!(fixed_ms = c.fixed * 1e3, per_row_ms = c.per_row * 1e3, "adaptive speculation: cost model calibrated");
-        Adaptive { cfg, cost, prior: Acceptance::default() }
+        Adaptive { cfg, cost, prior: Acceptance::default(), viewed: None, steps: 0 }
     }
 
     /// Sets each speculative choice's depth cap for the next step.
@@ -335,6 +348,48 @@ impl Adaptive {
         }
     }
 
+    /// Publishes the state for `/debug/spec_budget`, at most every 250 ms.
+    fn publish(&mut self, shared: &Shared, running: &[Running]) {
+        self.steps += 1;
+        if self.viewed.is_some_and(|t| t.elapsed() < Duration::from_millis(250)) {
+            return;
+        }
+        self.viewed = Some(Instant::now());
+        let c = self.cost.costs();
+        let w = self.cfg.prior_weight;
+        let prior_depth = self.prior.tried().len();
+        let requests: Vec<serde_json::Value> = running
+            .iter()
+            .filter(|r| r.speculative)
+            .map(|r| {
+                let s = &r.session.spec;
+                serde_json::json!({
+                    "id": r.id,
+                    "index": r.index,
+                    "budget": r.session.depth_cap,
+                    "deepest_proposed": r.deepest,
+                    "rows_per_level": r.rows_per_level,
+                    "acceptance_by_depth": r.acceptance.rates(r.deepest, &self.prior, w),
+                    "predicted_accept_length": r.acceptance.expected_tokens(r.session.depth_cap.unwrap_or(0), &self.prior, w),
+                    "verifies": s.spec_verify_ct,
+                    "mean_budget": if s.spec_verify_ct > 0 { s.spec_budget_sum as f64 / s.spec_verify_ct as f64 } else { 0.0 },
+                    "accept_length": if s.spec_verify_ct > 0 { r.session.tokens.len().saturating_sub(1) as f64 / s.spec_verify_ct as f64 } else { 0.0 },
+                })
+            })
+            .collect();
+        let view = serde_json::json!({
+            "adaptive": true,
+            "steps": self.steps,
+            "cost_model_seconds": { "fixed": c.fixed, "per_row": c.per_row, "per_draft_level": c.per_level, "draft_round": c.draft_round },
+            "acceptance_prior_by_depth": self.prior.rates(prior_depth, &Acceptance::default(), 0.0),
+            "prior_weight": w,
+            "decay": self.cfg.decay,
+            "probe_every": self.cfg.probe_every,
+            "running": requests,
+        });
+        *shared.budget_view.lock().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
     /// Learns from one step: the rows verified, the times, and each
     /// choice's (depth, accepted, nodes).
     fn learn(&mut self, rows: usize, verify_secs: f64, draft_secs: f64, steps: &mut [(&mut Running, usize, usize, usize)]) {
@@ -355,6 +410,7 @@ impl Adaptive {
         metrics::gauge!(m::TARGET_COST_MODEL, "term" => "fixed").set(c.fixed);
         metrics::gauge!(m::TARGET_COST_MODEL, "term" => "per_row").set(c.per_row);
         metrics::gauge!(m::TARGET_COST_MODEL, "term" => "per_draft_level").set(c.per_level);
+        metrics::gauge!(m::TARGET_COST_MODEL, "term" => "draft_round").set(c.draft_round);
     }
 }
 
@@ -505,6 +561,7 @@ fn run(model: &Model, shared: &Shared) {
                 steps.push((r, depth, accepted, nodes));
             }
             a.learn(rows, verify_secs, draft_secs, &mut steps);
+            a.publish(shared, &running);
         }
         let mut still = Vec::with_capacity(running.len());
         for ((mut r, new), (c0, p0, _, f0, _, _)) in running.drain(..).zip(news).zip(before) {

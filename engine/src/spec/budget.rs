@@ -9,14 +9,17 @@
 //!   maximise  Σ_j E_j(d_j) / T(d)
 //!   E_j(d) = 1 + Σ_{i=1..d} Π_{k=1..i} q_jk           (tokens the step emits)
 //!   T(d)   = fixed + per_row · Σ_j (1 + w_j · d_j) + per_level · Σ_j d_j
+//!            + draft_round · [some d_j > 0]
 //! ```
 //!
 //! q_jk is the probability that request j's draft at depth k is accepted
 //! once depth k−1 was ([`Acceptance`]); w_j the nodes its trees hold per
-//! level (1 for a chain). `fixed` (the round's own cost: the draft round
-//! trip, the lm_head walks), `per_row` (one more row in the verify forward)
-//! and `per_level` (one more draft step) come from [`CostModel`], a
-//! calibration at start-up refined by every step's measured times.
+//! level (1 for a chain). `fixed` (the verify forward's own cost),
+//! `per_row` (one more row in it), `per_level` (one more draft step) and
+//! `draft_round` (asking the drafters at all: the round trip, the catch-up
+//! forwards; a step where every depth is 0 asks no drafter) come from
+//! [`CostModel`], a calibration at start-up refined by every step's measured
+//! times.
 //!
 //! The choice is greedy: every request starts at 0, and the level with the
 //! best gain per cost is added while it raises the ratio. A request's gains
@@ -24,7 +27,9 @@
 //! ratio of the problem with fractional depths. When a level's gain is
 //! worth less than its cost at the batch's current rate the request stays
 //! shallow; when verify rows are free and acceptance is certain, every
-//! request gets the maximum.
+//! request gets the maximum. The draft round is paid once for the batch, so
+//! the greedy plan (made as if it were paid) is kept only if it beats the
+//! plan where no request drafts and the round is saved.
 //!
 //! Exploration: a request held at 0 for [`BudgetConfig::probe_every`] steps
 //! is given depth 1 once, so its acceptance keeps being measured.
@@ -115,13 +120,14 @@ pub struct CostModel {
 /// The fitted coefficients, seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Costs {
-    /// A round's cost whatever the budgets: the verify forward's fixed part
-    /// and the draft round's.
+    /// A round's cost whatever the budgets: the verify forward's fixed part.
     pub fixed: f64,
     /// One more row in the verify forward.
     pub per_row: f64,
     /// One more draft level of one request.
     pub per_level: f64,
+    /// Asking the drafters at all (paid when some request drafts).
+    pub draft_round: f64,
 }
 
 impl CostModel {
@@ -154,16 +160,20 @@ impl CostModel {
     }
 
     /// One step: the rows its verify forward held and how long it took, the
-    /// draft levels grown in all and how long the drafting took.
+    /// draft levels grown in all and how long the drafting took. A step
+    /// where no request drafted teaches the draft line nothing (its round
+    /// was not paid).
     pub fn observe(&mut self, rows: usize, verify_secs: f64, levels: usize, draft_secs: f64) {
         self.verify.observe(rows as f64, verify_secs);
-        self.draft.observe(levels as f64, draft_secs);
+        if levels > 0 {
+            self.draft.observe(levels as f64, draft_secs);
+        }
     }
 
     pub fn costs(&self) -> Costs {
         let (va, vb) = self.verify.fit();
         let (da, db) = self.draft.fit();
-        Costs { fixed: va + da, per_row: vb, per_level: db }
+        Costs { fixed: va, per_row: vb, per_level: db, draft_round: da }
     }
 }
 
@@ -212,6 +222,16 @@ impl Acceptance {
         (a + weight * p0) / (t + weight)
     }
 
+    /// `rate(k)` for the first `depth` levels: what the budget assumes.
+    pub fn rates(&self, depth: usize, prior: &Acceptance, weight: f64) -> Vec<f64> {
+        (0..depth).map(|k| self.rate(k, prior, weight)).collect()
+    }
+
+    /// Drafts tried at each depth (decayed counts).
+    pub fn tried(&self) -> &[f64] {
+        &self.tried
+    }
+
     /// Expected tokens one step emits at depth `d` (the bonus token included).
     pub fn expected_tokens(&self, d: usize, prior: &Acceptance, weight: f64) -> f64 {
         let mut reach = 1.0;
@@ -237,8 +257,9 @@ pub struct Candidate<'a> {
 /// The depth of each candidate's tree this step.
 pub fn choose(cfg: &BudgetConfig, costs: Costs, prior: &Acceptance, reqs: &[Candidate]) -> Vec<usize> {
     let mut d = vec![0usize; reqs.len()];
+    let plain_time = costs.fixed + costs.per_row * reqs.len() as f64;
     let mut gain: f64 = reqs.len() as f64;
-    let mut time = costs.fixed + costs.per_row * reqs.len() as f64;
+    let mut time = plain_time + costs.draft_round;
     // Each request's next level: (its expected extra tokens, its extra time).
     let next = |j: usize, dj: usize| -> Option<(f64, f64)> {
         let r = &reqs[j];
@@ -270,6 +291,10 @@ pub fn choose(cfg: &BudgetConfig, costs: Costs, prior: &Acceptance, reqs: &[Cand
         d[j] += 1;
         gain += g;
         time += c;
+    }
+    // Drafting at all must beat not asking the drafters.
+    if gain * plain_time <= reqs.len() as f64 * time {
+        d.iter_mut().for_each(|x| *x = 0);
     }
     for (j, r) in reqs.iter().enumerate() {
         if d[j] == 0 && r.max_depth > 0 && cfg.max_depth > 0 && r.acceptance.idle_steps >= cfg.probe_every {
@@ -306,7 +331,7 @@ mod tests {
     #[test]
     fn free_verify_and_certain_acceptance_take_the_maximum() {
         let a = certain(5);
-        let costs = Costs { fixed: 0.01, per_row: 0.0, per_level: 0.0 };
+        let costs = Costs { fixed: 0.01, per_row: 0.0, per_level: 0.0, draft_round: 0.0 };
         let reqs: Vec<Candidate> = (0..4).map(|_| Candidate { acceptance: &a, rows_per_level: 1.0, max_depth: 5 }).collect();
         assert_eq!(choose(&cfg(5), costs, &a, &reqs), vec![5; 4]);
     }
@@ -319,12 +344,12 @@ mod tests {
         for i in 0..100 {
             a.observe(1, usize::from(i % 10 < 3), 1.0);
         }
-        let costs = Costs { fixed: 0.0, per_row: 0.01, per_level: 0.0 };
+        let costs = Costs { fixed: 0.0, per_row: 0.01, per_level: 0.0, draft_round: 0.0 };
         let reqs = [Candidate { acceptance: &a, rows_per_level: 1.0, max_depth: 4 }];
         assert_eq!(choose(&cfg(4), costs, &a, &reqs), vec![0]);
         // The same acceptance when rows are cheap next to the fixed cost
         // (a memory-bound GPU step): worth drafting.
-        let cheap = Costs { fixed: 0.02, per_row: 0.0005, per_level: 0.0 };
+        let cheap = Costs { fixed: 0.02, per_row: 0.0005, per_level: 0.0, draft_round: 0.0 };
         assert!(choose(&cfg(4), cheap, &a, &reqs)[0] >= 1);
         // A drafter that is never right gets nothing even when rows are cheap.
         let h = hopeless(3);
@@ -340,7 +365,7 @@ mod tests {
             fair.observe(3, usize::from(i % 2 == 0), 1.0);
         }
         let prior = Acceptance::default();
-        let costs = Costs { fixed: 0.02, per_row: 0.004, per_level: 0.0 };
+        let costs = Costs { fixed: 0.02, per_row: 0.004, per_level: 0.0, draft_round: 0.0 };
         let reqs = [Candidate { acceptance: &fair, rows_per_level: 1.0, max_depth: 3 }, Candidate { acceptance: &good, rows_per_level: 1.0, max_depth: 3 }];
         let d = choose(&cfg(3), costs, &prior, &reqs);
         assert!(d[1] > d[0], "{d:?}");
@@ -348,9 +373,27 @@ mod tests {
     }
 
     #[test]
+    fn a_draft_round_worth_less_than_every_gain_together_is_skipped() {
+        // Acceptance 0.5 at depth 1, rows free, per level free: drafting
+        // gains 0.5 token per request for one round trip.
+        let mut a = Acceptance::default();
+        for i in 0..100 {
+            a.observe(1, usize::from(i % 2 == 0), 1.0);
+        }
+        let reqs: Vec<Candidate> = (0..4).map(|_| Candidate { acceptance: &a, rows_per_level: 1.0, max_depth: 1 }).collect();
+        // A round trip as long as the verify forward: 4 → 6 tokens for twice
+        // the time; not worth it.
+        let dear = Costs { fixed: 0.01, per_row: 0.0, per_level: 0.0, draft_round: 0.01 };
+        assert_eq!(choose(&cfg(1), dear, &a, &reqs), vec![0; 4]);
+        // A tenth of it: 6 tokens in 1.1× the time; every request drafts.
+        let cheap = Costs { draft_round: 0.001, ..dear };
+        assert_eq!(choose(&cfg(1), cheap, &a, &reqs), vec![1; 4]);
+    }
+
+    #[test]
     fn limits_and_requests_without_drafts_are_respected() {
         let a = certain(5);
-        let costs = Costs { fixed: 0.01, per_row: 0.0, per_level: 0.0 };
+        let costs = Costs { fixed: 0.01, per_row: 0.0, per_level: 0.0, draft_round: 0.0 };
         let reqs = [Candidate { acceptance: &a, rows_per_level: 1.0, max_depth: 2 }, Candidate { acceptance: &a, rows_per_level: 1.0, max_depth: 0 }];
         assert_eq!(choose(&cfg(5), costs, &a, &reqs), vec![2, 0]);
     }
@@ -358,7 +401,7 @@ mod tests {
     #[test]
     fn an_idle_request_is_probed_now_and_then() {
         let mut a = hopeless(1);
-        let costs = Costs { fixed: 0.0, per_row: 0.01, per_level: 0.0 };
+        let costs = Costs { fixed: 0.0, per_row: 0.01, per_level: 0.0, draft_round: 0.0 };
         let c = cfg(2);
         let mut probes = 0;
         for _ in 0..64 {
@@ -399,6 +442,7 @@ mod tests {
         assert!((c.per_row - 0.003).abs() < 2e-4, "{c:?}");
         assert!((c.per_level - 0.001).abs() < 1e-4, "{c:?}");
         assert!((c.fixed - 0.002).abs() < 1e-3, "{c:?}");
+        assert!(c.draft_round.abs() < 1e-3, "{c:?}");
         // A long run of one batch size keeps the slope defined.
         for _ in 0..2000 {
             m.observe(8, 0.026, 0, 0.0);
