@@ -19,6 +19,16 @@ use aerie_engine::{AttnMask, EngineError, KvCache, Model};
 use aerie_kernels::cpu::{BlockFormat, Matrix};
 use std::path::Path;
 
+/// One sequence's rows for [`EagleHead::forward_many`].
+pub struct HeadRows<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    /// `tokens.len() × width` incoming features or states.
+    pub states: &'a [f32],
+    pub positions: &'a [u32],
+    pub mask: AttnMask,
+}
+
 struct HeadLayer {
     /// `None` for EAGLE-1's layer 0.
     input_norm: Option<Vec<f32>>,
@@ -195,17 +205,36 @@ impl EagleHead {
     /// appending them to `cache`. Returns the output states (`n × H`): each
     /// is the next step's incoming state and the input of [`Self::logits`].
     pub fn forward(&self, target: &Model, cache: &mut KvCache, tokens: &[u32], states: &[f32], positions: &[u32], mask: AttnMask) -> Result<Vec<f32>> {
+        let mut one = [HeadRows { cache, tokens, states, positions, mask }];
+        Ok(self.forward_many(target, &mut one)?.pop().unwrap_or_default())
+    }
+
+    /// [`Self::forward`] for several sequences in one pass: their rows are
+    /// stacked, so each weight matrix is read once for all of them (drafting
+    /// for a batch of requests costs little more than for one); every
+    /// sequence attends to its own cache only. Returns each one's states.
+    pub fn forward_many(&self, target: &Model, seqs: &mut [HeadRows]) -> Result<Vec<Vec<f32>>> {
         let c = &self.config.llama;
         let h = c.hidden_size;
-        let n = tokens.len();
+        let live: Vec<usize> = (0..seqs.len()).filter(|&i| !seqs[i].tokens.is_empty()).collect();
+        let n: usize = live.iter().map(|&i| seqs[i].tokens.len()).sum();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(vec![Vec::new(); seqs.len()]);
         }
-        let width = states.len() / n;
-        if states.len() != n * width || positions.len() != n {
-            return Err(EngineError::InvalidInput(format!("draft forward: {n} tokens, {} state floats, {} positions", states.len(), positions.len())).into());
+        // One width for the whole call (a catch-up's target features, or a
+        // tree step's H-wide draft states).
+        let width = seqs[live[0]].states.len() / seqs[live[0]].tokens.len();
+        for &i in &live {
+            let r = &seqs[i];
+            let k = r.tokens.len();
+            if r.states.len() != k * width || r.positions.len() != k {
+                return Err(EngineError::InvalidInput(format!("draft forward: {k} tokens, {} state floats, {} positions ({width} wide)", r.states.len(), r.positions.len())).into());
+            }
         }
-        let emb = target.embed(tokens)?;
+        let tokens: Vec<u32> = live.iter().flat_map(|&i| seqs[i].tokens.iter().copied()).collect();
+        let states: Vec<f32> = live.iter().flat_map(|&i| seqs[i].states.iter().copied()).collect();
+        let positions: Vec<u32> = live.iter().flat_map(|&i| seqs[i].positions.iter().copied()).collect();
+        let emb = target.embed(&tokens)?;
         let mut x = vec![0.0f32; n * h];
         match self.kind() {
             EagleKind::Eagle => {
@@ -221,17 +250,25 @@ impl EagleHead {
             }
             EagleKind::Eagle3 => {
                 if width == h {
-                    x.copy_from_slice(states);
+                    x.copy_from_slice(&states);
                 } else if width == self.feature_width() {
-                    self.fc.forward(states, n, &mut x);
+                    self.fc.forward(&states, n, &mut x);
                 } else {
                     return Err(EngineError::InvalidInput(format!("EAGLE-3 head takes {}-wide target features or {h}-wide states, got {width}", self.feature_width())).into());
                 }
             }
         }
-        let base = cache.len();
-        let plan = AttnPlan::new(&[(base, &mask)], &[n], positions, &self.rope);
-        cache.grow(n);
+        let spans: Vec<(usize, &AttnMask)> = live.iter().map(|&i| (seqs[i].cache.len(), &seqs[i].mask)).collect();
+        let counts: Vec<usize> = live.iter().map(|&i| seqs[i].tokens.len()).collect();
+        let plan = AttnPlan::new(&spans, &counts, &positions, &self.rope);
+        drop(spans);
+        let mut caches: Vec<&mut KvCache> = Vec::with_capacity(live.len());
+        for r in seqs.iter_mut() {
+            if !r.tokens.is_empty() {
+                r.cache.grow(r.tokens.len());
+                caches.push(&mut *r.cache);
+            }
+        }
         let shape = AttnShape { num_heads: c.num_heads, num_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
         let mut xn = vec![0.0f32; n * h];
         let mut o = vec![0.0f32; n * h];
@@ -254,14 +291,20 @@ impl EagleHead {
                 }
                 (_, None) => x.clone(),
             };
-            let mut caches = [&mut *cache];
             layers::attention(&lw.qkv, &lw.wo, shape, self.rope.style, &plan, &mut caches, li, &attn_in, &mut o);
             add_into(&mut x, &o);
             norm_rows(&x, &lw.post_norm, c.rms_norm_eps, &mut xn);
             layers::mlp(&lw.gate_up, &lw.down, &xn, n, &mut o);
             add_into(&mut x, &o);
         }
-        Ok(x)
+        let mut out = vec![Vec::new(); seqs.len()];
+        let mut at = 0;
+        for &i in &live {
+            let k = seqs[i].tokens.len();
+            out[i] = x[at * h..(at + k) * h].to_vec();
+            at += k;
+        }
+        Ok(out)
     }
 
     /// Draft logits (`rows × draft vocab`) of output states from [`Self::forward`].

@@ -10,7 +10,7 @@ pub mod config;
 pub mod head;
 
 pub use config::{default_aux_layers, EagleConfig, EagleKind};
-pub use head::EagleHead;
+pub use head::{EagleHead, HeadRows};
 
 use crate::error::Result;
 use crate::tree_search::{grow_tree, listed, top_k, Allow, DraftNet, DraftOut, StepRows};
