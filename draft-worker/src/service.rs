@@ -21,6 +21,7 @@
 //! the ring) against bounds and checksum. A bad message fails its sequence
 //! with a `SessionError`; the session and the worker stay up.
 
+use crate::eagle::{catch_up_many, EagleProposer};
 use crate::{DraftError, ProposerFactory};
 use aerie_engine::grammar::{ConstraintSpec, Grammar, GrammarCompiler, GrammarState};
 use aerie_engine::spec::{FeatureKind, Features, Proposer};
@@ -249,12 +250,14 @@ impl Session {
     fn run(mut self, inbound: std::sync::mpsc::Receiver<SessionRequest>) {
         metrics::gauge!(m::DRAFT_SESSIONS).increment(1.0);
         let mut opened = false;
+        // A message read while gathering a batch of proposals, handled next.
+        let mut carry: Option<SessionRequest> = None;
         loop {
             if self.slot.evict.load(Ordering::Acquire) {
                 self.error(0, "session_evicted", "the draft worker holds too many sessions; this least recently used one was closed".into());
                 break;
             }
-            let req = match inbound.recv_timeout(POLL) {
+            let req = match carry.take().map_or_else(|| inbound.recv_timeout(POLL), Ok) {
                 Ok(r) => r,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     let now_ms = self.started.elapsed().as_millis() as u64;
@@ -326,8 +329,27 @@ impl Session {
                     self.report(c.seq_id, r);
                 }
                 Msg::Propose(p) => {
-                    let r = self.propose(p.seq_id, p.max_depth as usize);
-                    self.report(p.seq_id, r);
+                    // A target asks for all its requests' proposals at once:
+                    // those already queued are drafted together.
+                    let mut batch = vec![p];
+                    loop {
+                        match inbound.try_recv() {
+                            Ok(SessionRequest { msg: Some(Msg::Propose(q)) }) => batch.push(q),
+                            Ok(other) => {
+                                carry = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    metrics::histogram!(m::DRAFT_PROPOSE_BATCH).record(batch.len() as f64);
+                    if batch.len() > 1 {
+                        self.catch_up_together(&batch);
+                    }
+                    for p in batch {
+                        let r = self.propose(p.seq_id, p.max_depth as usize);
+                        self.report(p.seq_id, r);
+                    }
                 }
                 Msg::Release(r) => self.forget(r.seq_id),
             }
@@ -338,6 +360,25 @@ impl Session {
         metrics::gauge!(m::DRAFT_SHM_BYTES).decrement(self.receiver.ring_bytes() as f64);
         let id = self.slot.id;
         self.registry.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| s.id != id);
+    }
+
+    /// Runs the catch-ups of a batch's EAGLE sequences in one head pass
+    /// ([`catch_up_many`]); each proposal then finds its draft caught up.
+    /// On an error nothing is lost: each proposal catches up alone and
+    /// reports its own error.
+    fn catch_up_together(&mut self, batch: &[aerie_proto::v1::ProposeRequest]) {
+        let ids: std::collections::HashSet<u64> = batch.iter().map(|p| p.seq_id).collect();
+        let mut props: Vec<&mut EagleProposer> = self
+            .seqs
+            .iter_mut()
+            .filter(|(id, _)| ids.contains(id))
+            .filter_map(|(_, s)| s.prop.as_any_mut()?.downcast_mut::<EagleProposer>())
+            .collect();
+        if props.len() > 1 {
+            if let Err(e) = catch_up_many(&mut props) {
+                tracing::warn!("batched catch-up failed ({e}); drafting one sequence at a time");
+            }
+        }
     }
 
     fn forget(&mut self, seq_id: u64) {

@@ -74,3 +74,53 @@ fn one_pass_over_many_sequences_equals_a_pass_each() {
         }
     }
 }
+
+#[test]
+fn catch_ups_run_together_leave_each_proposer_as_its_own_would() {
+    use aerie_draft_worker::eagle::{catch_up_many, EagleProposer};
+    use aerie_draft_worker::ngram::NgramConfig;
+    use aerie_draft_worker::{DraftOptions, ProposerFactory, SpecAlgorithm};
+    use aerie_engine::spec::{Features, TreeSpec};
+    let e = smollm2();
+    let h = e.model.config.hidden_size;
+    let tree = TreeSpec { num_steps: 3, topk: 2, num_draft_tokens: 6 };
+    for (alg, kind) in [(SpecAlgorithm::Eagle, EagleKind::Eagle), (SpecAlgorithm::Eagle3, EagleKind::Eagle3)] {
+        let dir = common::random_head(kind);
+        let opts = DraftOptions { algorithm: alg, draft_model_path: Some(dir), tree, token_map: None, ngram: NgramConfig::default(), min_draft_score: 0.0 };
+        let f = ProposerFactory::new(opts, e.model.clone(), &e.tokenizer).unwrap();
+        let width = match f.proposer().features() {
+            aerie_engine::spec::FeatureKind::Aux(l) => h * l.len(),
+            _ => h,
+        };
+        // Three requests: a prompt of 6, 11 and 3 tokens, then 1, 3 and 2
+        // committed tokens since the last proposal.
+        let mut rng = StdRng::seed_from_u64(9);
+        let script: Vec<(Vec<u32>, Vec<u32>)> = [(6usize, 1usize), (11, 3), (3, 2)]
+            .iter()
+            .map(|&(p, c)| ((0..p).map(|_| rng.gen_range(1..40_000u32)).collect(), (0..c).map(|_| rng.gen_range(1..40_000u32)).collect()))
+            .collect();
+        let feats: Vec<(Features, Features)> = script.iter().map(|(p, c)| (Features { width, data: states(&mut rng, p.len() - 1, width) }, Features { width, data: states(&mut rng, c.len(), width) })).collect();
+        let fresh = || {
+            let mut v: Vec<Box<dyn aerie_engine::spec::Proposer>> = Vec::new();
+            for ((p, c), (fp, fc)) in script.iter().zip(&feats) {
+                let mut prop = f.proposer();
+                prop.begin(p, fp).unwrap();
+                prop.propose(3).unwrap();
+                prop.commit(c, fc).unwrap();
+                v.push(prop);
+            }
+            v
+        };
+        let mut alone = fresh();
+        let want: Vec<_> = alone.iter_mut().map(|p| p.propose(3).unwrap()).collect();
+        let mut together = fresh();
+        {
+            let mut eagles: Vec<&mut EagleProposer> = together.iter_mut().map(|p| p.as_any_mut().unwrap().downcast_mut::<EagleProposer>().unwrap()).collect();
+            catch_up_many(&mut eagles).unwrap();
+        }
+        for (i, p) in together.iter_mut().enumerate() {
+            let got = p.propose(3).unwrap();
+            assert_eq!((&got.tokens, &got.parents), (&want[i].tokens, &want[i].parents), "{kind:?}: request {i}");
+        }
+    }
+}

@@ -64,6 +64,9 @@ pub const TARGET_COST_MODEL: &str = "aerie_target_cost_model_seconds";
 // ---- draft worker
 /// Histogram: one proposal (catch-up included), seconds.
 pub const DRAFT_PROPOSE_DURATION: &str = "aerie_draft_propose_duration_seconds";
+/// Histogram: proposals drafted together (their catch-ups in one head
+/// pass): the queued proposals of one session.
+pub const DRAFT_PROPOSE_BATCH: &str = "aerie_draft_propose_batch_size";
 /// Gauge: open sessions (one per target worker).
 pub const DRAFT_SESSIONS: &str = "aerie_draft_sessions";
 /// Gauge: sequences held across sessions.

@@ -168,6 +168,81 @@ impl Proposer for EagleProposer {
     fn propose_within(&mut self, max_depth: usize, allow: Allow) -> aerie_engine::Result<DraftTree> {
         self.grow(max_depth, Some(allow))
     }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+fn head_cache(head: &EagleHead) -> KvCache {
+    head.new_cache()
+}
+
+/// [`Proposer::catch_up`] for several proposers at once: those sharing a
+/// head run their pending rows in one [`EagleHead::forward_many`] and one
+/// lm_head call, so a session's proposals for a batch of requests read the
+/// head's weights once rather than once per request. With a one-step tree
+/// (the shipped head's default chain) that pass is all the drafting there
+/// is. Each proposer ends as its own catch-up would leave it.
+pub fn catch_up_many(props: &mut [&mut EagleProposer]) -> aerie_engine::Result<()> {
+    let mut done = vec![false; props.len()];
+    for first in 0..props.len() {
+        if done[first] {
+            continue;
+        }
+        // The proposers sharing this one's head (one per draft worker).
+        let group: Vec<usize> = (first..props.len()).filter(|&j| !done[j] && Arc::ptr_eq(&props[j].head, &props[first].head) && props[j].pending.rows() > 0).collect();
+        for &j in &group {
+            done[j] = true;
+        }
+        if group.is_empty() {
+            continue;
+        }
+        let head = props[first].head.clone();
+        let target = props[first].target.clone();
+        let inputs: Vec<(Vec<u32>, Vec<u32>)> = group
+            .iter()
+            .map(|&j| {
+                let p = &props[j];
+                let (t0, n) = (p.processed, p.pending.rows());
+                (p.tokens[t0 + 1..t0 + 1 + n].to_vec(), (t0..t0 + n).map(|t| t as u32).collect())
+            })
+            .collect();
+        let mut caches: Vec<KvCache> = group.iter().map(|&j| std::mem::replace(&mut props[j].cache, head_cache(&props[j].head))).collect();
+        let pending: Vec<Vec<f32>> = group.iter().map(|&j| std::mem::take(&mut props[j].pending.data)).collect();
+        let outs = {
+            let mut rows: Vec<HeadRows> = caches
+                .iter_mut()
+                .zip(&inputs)
+                .zip(&pending)
+                .map(|((cache, (tokens, positions)), states)| HeadRows { cache, tokens, states, positions, mask: AttnMask::Causal })
+                .collect();
+            head.forward_many(&target, &mut rows)
+        };
+        let h = head.llama().hidden_size;
+        let outs = match outs {
+            Ok(o) => o,
+            Err(e) => {
+                // Put everything back, as a failed catch-up would leave it.
+                for ((&j, cache), data) in group.iter().zip(caches).zip(pending) {
+                    props[j].cache = cache;
+                    props[j].pending.data = data;
+                }
+                return Err(e.into());
+            }
+        };
+        let lasts: Vec<f32> = outs.iter().flat_map(|x| x[x.len() - h..].iter().copied()).collect();
+        let logits = head.logits(&target, &lasts);
+        let dv = head.draft_vocab(&target);
+        let topks = rows_top_k(&logits, dv, listed(props[first].tree.topk), &|i| head.target_id(i));
+        for (k, ((&j, cache), topk)) in group.iter().zip(caches).zip(topks).enumerate() {
+            let p = &mut *props[j];
+            p.cache = cache;
+            p.root = Some((topk, lasts[k * h..(k + 1) * h].to_vec()));
+            p.processed += inputs[k].0.len();
+        }
+    }
+    Ok(())
 }
 
 impl EagleProposer {

@@ -134,6 +134,13 @@ pub trait Proposer: Send {
         self.reset();
         self.commit(tokens, feats)
     }
+
+    /// The proposer as `Any`, for a drafter whose host batches work across
+    /// sequences (the draft worker runs its EAGLE heads' catch-ups for many
+    /// sequences in one pass); `None`, the default, for the rest.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
 }
 
 /// A borrowed proposer is a proposer, so a session can use one it does not own.
@@ -164,6 +171,9 @@ impl<P: Proposer + ?Sized> Proposer for &mut P {
     }
     fn begin(&mut self, tokens: &[u32], feats: &Features) -> Result<()> {
         (**self).begin(tokens, feats)
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        (**self).as_any_mut()
     }
 }
 
