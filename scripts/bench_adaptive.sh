@@ -8,7 +8,8 @@
 #              minimum draft score 0.3; the best fixed setting of the last sweep)
 #   adaptive   the same with --speculative-adaptive (depth 0 or 1 per step)
 #   adaptive3  --speculative-adaptive over a (3, 1, 4) chain (depth 0–3)
-# Usage: bash scripts/bench_adaptive.sh [NUM_PROMPTS=16]
+# Usage: bash scripts/bench_adaptive.sh [NUM_PROMPTS=16] [PART...]
+#   PART: mt-bench, categories, mt-bench-t0.7 (default: all three)
 # Results: docs/benchmarks/adaptive-*/ (report.md, run.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,14 @@ run() { # name dataset prompts temperature
     --max-tokens 128 --temperature "$4" --concurrency 1,4,8,16 \
     --output "$out/adaptive-$1/run.jsonl" --report-dir "$out/adaptive-$1"
 }
-run mt-bench mt-bench "$n" 0
-run categories categories "$n" 0
-run mt-bench-t0.7 mt-bench "$n" 0.7
+shift || true
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(mt-bench categories mt-bench-t0.7)
+for part in "${parts[@]}"; do
+  case "$part" in
+    mt-bench) run mt-bench mt-bench "$n" 0 ;;
+    categories) run categories categories "$n" 0 ;;
+    mt-bench-t0.7) run mt-bench-t0.7 mt-bench "$n" 0.7 ;;
+    *) echo "unknown part $part" >&2; exit 2 ;;
+  esac
+done

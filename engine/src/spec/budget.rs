@@ -32,7 +32,9 @@
 //! plan where no request drafts and the round is saved.
 //!
 //! Exploration: a request held at 0 for [`BudgetConfig::probe_every`] steps
-//! is given depth 1 once, so its acceptance keeps being measured.
+//! is given depth 1 once, so its acceptance keeps being measured; every
+//! request idle for half as long is probed in the same step, so that the
+//! probes of a large batch share one draft round.
 //!
 //! Changing depths never changes output: a budget only shortens the tree the
 //! verifier sees, and verification is exact for any tree.
@@ -293,12 +295,25 @@ pub fn choose(cfg: &BudgetConfig, costs: Costs, prior: &Acceptance, reqs: &[Cand
         time += c;
     }
     // Drafting at all must beat not asking the drafters.
+    let planned = d.clone();
     if gain * plain_time <= reqs.len() as f64 * time {
         d.iter_mut().for_each(|x| *x = 0);
     }
-    for (j, r) in reqs.iter().enumerate() {
-        if d[j] == 0 && r.max_depth > 0 && cfg.max_depth > 0 && r.acceptance.idle_steps >= cfg.probe_every {
-            d[j] = 1;
+    // Probes. Requests that reach `probe_every` at different steps would
+    // make nearly every step of a large batch pay a draft round for one
+    // probe, so when one is due, every request idle for half as long is
+    // probed with it: they then stay in step, and a batch held at 0 pays
+    // one round per `probe_every / 2` steps or fewer. A round paid for
+    // probes is paid for everyone, so the plan made as if it were paid
+    // applies too.
+    let probeable = |r: &Candidate| r.max_depth > 0 && cfg.max_depth > 0;
+    let due = reqs.iter().any(|r| probeable(r) && r.acceptance.idle_steps >= cfg.probe_every);
+    if due {
+        for (j, r) in reqs.iter().enumerate() {
+            if probeable(r) && r.acceptance.idle_steps >= cfg.probe_every / 2 {
+                d[j] = d[j].max(1);
+            }
+            d[j] = d[j].max(planned[j]);
         }
     }
     d
@@ -410,6 +425,41 @@ mod tests {
             a.observe(d, 0, c.decay);
         }
         assert_eq!(probes, 64 / (c.probe_every as usize + 1));
+    }
+
+    #[test]
+    fn probes_of_a_large_batch_share_their_draft_rounds() {
+        // Sixteen requests whose drafts are never right, joined one step
+        // apart, so their idle counts are staggered; verify rows are dear.
+        let costs = Costs { fixed: 0.0, per_row: 0.01, per_level: 0.0, draft_round: 0.002 };
+        let c = cfg(2);
+        let mut accs: Vec<Acceptance> = (0..16)
+            .map(|j| {
+                let mut a = Acceptance::default();
+                a.observe(1, 0, c.decay);
+                for _ in 0..j {
+                    a.observe(0, 0, c.decay);
+                }
+                a
+            })
+            .collect();
+        let (mut rounds, mut probes) = (0, 0);
+        for _ in 0..64 {
+            let d = {
+                let reqs: Vec<Candidate> = accs.iter().map(|a| Candidate { acceptance: a, rows_per_level: 1.0, max_depth: 2 }).collect();
+                choose(&c, costs, &accs[0], &reqs)
+            };
+            rounds += usize::from(d.iter().any(|&x| x > 0));
+            probes += d.iter().filter(|&&x| x > 0).count();
+            for (a, &x) in accs.iter_mut().zip(&d) {
+                a.observe(x, 0, c.decay);
+            }
+        }
+        // Every request is still probed now and then, but the rounds are
+        // shared: at most one per probe_every / 2 steps (64 steps: 8), not
+        // one per step.
+        assert!(rounds <= 64 / (c.probe_every as usize / 2) + 1, "{rounds} rounds");
+        assert!(probes >= 16 * 2, "{probes} probes");
     }
 
     #[test]
