@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 /// `--speculative-algorithm` values, as SGLang names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpecAlgorithm {
-    /// EAGLE-1/2 head (`NEXTN` is an alias, as in SGLang).
+    /// EAGLE-1/2 head, or a target's own MTP layers (`NEXTN` is an alias,
+    /// as in SGLang).
     Eagle,
     Eagle3,
     Ngram,
@@ -66,6 +67,14 @@ pub struct DraftOptions {
     pub min_draft_score: f32,
 }
 
+/// The checkpoint directory `model_path` names, when it carries MTP layers
+/// of its own (MiMo, or NextN layers after its decoder layers): EAGLE and
+/// NEXTN without `--speculative-draft-model-path` draft with them.
+pub fn builtin_mtp(model_path: &str) -> Option<PathBuf> {
+    let dir = std::path::Path::new(model_path);
+    matches!(eagle::mtp::MtpCheckpoint::detect(dir), Ok(Some(_))).then(|| dir.to_path_buf())
+}
+
 /// The EAGLE head Aerie trained and ships for `target`, if it is SmolLM2-135M
 /// and the head is found: under `$AERIE_MODELS_DIR`, in a `models/` directory
 /// above the running binary (a source checkout's `target/release/aerie`), or
@@ -87,7 +96,8 @@ pub fn shipped_head(target: &Model) -> Option<PathBuf> {
 
 /// What a factory shares between the proposers it builds.
 enum Shared {
-    Eagle(Arc<eagle::EagleHead>),
+    /// A head, and any further MTP layers chained after it.
+    Eagle(Arc<eagle::EagleHead>, Vec<Arc<eagle::EagleHead>>),
     Standalone(Arc<Model>),
     Ngram(Arc<Mutex<NgramTrie>>),
 }
@@ -122,9 +132,23 @@ impl ProposerFactory {
                     None => need_path()?,
                 };
                 let map = opts.token_map.as_deref().map(token_map::TokenMap::load).transpose()?;
-                let head = eagle::EagleHead::load(&dir, &target, map.as_ref())?.quantized_q8();
+                // A checkpoint with MTP layers (the target's own, or a
+                // separate NextN one) drafts with its first MTP layer.
+                let mut chain = Vec::new();
+                let head = match eagle::mtp::MtpCheckpoint::detect(&dir)? {
+                    Some(ck) if opts.algorithm == SpecAlgorithm::Eagle => {
+                        // Further MTP layers draft the deeper levels, as far as the tree goes.
+                        for i in 1..ck.num_layers.min(opts.tree.num_steps) {
+                            chain.push(Arc::new(eagle::EagleHead::load_mtp(&ck, i, &target, map.as_ref())?.quantized_q8()));
+                        }
+                        eagle::EagleHead::load_mtp(&ck, 0, &target, map.as_ref())?
+                    }
+                    Some(_) => return Err(DraftError::BadSetting(format!("{} holds MTP layers; use --speculative-algorithm EAGLE or NEXTN", dir.display()))),
+                    None => eagle::EagleHead::load(&dir, &target, map.as_ref())?,
+                }
+                .quantized_q8();
                 let want = if opts.algorithm == SpecAlgorithm::Eagle3 { eagle::EagleKind::Eagle3 } else { eagle::EagleKind::Eagle };
-                if head.kind() != want {
+                if head.kind() != want && head.kind() != eagle::EagleKind::Mtp {
                     return Err(DraftError::BadSetting(format!(
                         "{} holds an {:?} head but --speculative-algorithm asks for {:?}",
                         dir.display(),
@@ -132,7 +156,7 @@ impl ProposerFactory {
                         opts.algorithm
                     )));
                 }
-                Shared::Eagle(Arc::new(head))
+                Shared::Eagle(Arc::new(head), chain)
             }
             SpecAlgorithm::Standalone => {
                 let p = need_path()?;
@@ -161,7 +185,7 @@ impl ProposerFactory {
     /// A fresh proposer for one request.
     pub fn proposer(&self) -> Box<dyn Proposer> {
         match &self.shared {
-            Shared::Eagle(h) => Box::new(eagle::EagleProposer::new(h.clone(), self.target.clone(), self.opts.tree).with_min_score(self.opts.min_draft_score)),
+            Shared::Eagle(h, chain) => Box::new(eagle::EagleProposer::new(h.clone(), self.target.clone(), self.opts.tree).with_chain(chain).with_min_score(self.opts.min_draft_score)),
             Shared::Standalone(m) => {
                 Box::new(standalone::StandaloneProposer::new(m.clone(), self.target.config.vocab_size, self.opts.tree).with_min_score(self.opts.min_draft_score))
             }

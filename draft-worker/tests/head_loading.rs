@@ -43,6 +43,7 @@ fn published_tensor_names_load_and_propose() {
                     assert!(st.contains(&n.to_string()), "{n} in {st:?}");
                 }
             }
+            EagleKind::Mtp => unreachable!("MTP layers are tested in tests/mtp.rs"),
         }
         let alg = if kind == EagleKind::Eagle { SpecAlgorithm::Eagle } else { SpecAlgorithm::Eagle3 };
         let f = ProposerFactory::new(opts(alg, Some(dir.path().into()), TreeSpec::default(), None), e.model.clone(), &e.tokenizer).unwrap();

@@ -111,7 +111,8 @@ impl ModelConfig {
         let arch = match arch_name {
             "LlamaForCausalLM" | "llama" => Arch::Llama,
             "MistralForCausalLM" | "mistral" => Arch::Mistral,
-            "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
+            // MiMo is a Qwen2 body; its MTP layers are the drafter's business.
+            "Qwen2ForCausalLM" | "qwen2" | "MiMoForCausalLM" | "mimo" => Arch::Qwen2,
             other => return Err(EngineError::UnsupportedArch { path: path.to_path_buf(), arch: other.to_string() }),
         };
         let get = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize);

@@ -47,7 +47,18 @@ impl Engine {
     }
 
     pub fn load_path(path: &Path, dtype: DType) -> Result<Engine> {
-        let ck = loader::load(path, dtype)?;
+        Self::load_path_parts(path, dtype, loader::Parts::All)
+    }
+
+    /// [`Self::load`] with only the embedding and lm_head of the model (see
+    /// [`loader::Parts::EmbeddingAndHead`]); its forward pass refuses to run.
+    pub fn load_for_drafting(spec: &str, dtype: DType) -> Result<Engine> {
+        let path = fetch::resolve_model(spec)?;
+        Self::load_path_parts(&path, dtype, loader::Parts::EmbeddingAndHead)
+    }
+
+    fn load_path_parts(path: &Path, dtype: DType, parts: loader::Parts) -> Result<Engine> {
+        let ck = loader::load_parts(path, dtype, parts)?;
         let tokenizer = match &ck.tokenizer {
             loader::TokenizerSource::Gguf(meta) => Tokenizer::from_gguf(meta)?,
             loader::TokenizerSource::HfDir(dir) => Tokenizer::from_hf_dir(dir)?,

@@ -187,6 +187,13 @@ impl Model {
     /// Runs the batch, appending every new token to its sequence's cache.
     pub fn forward(&self, batch: &mut [SeqInput], opts: &ForwardOptions) -> Result<Vec<SeqOutput>> {
         let cfg = &self.config;
+        if self.weights.layers.len() != cfg.num_layers {
+            return Err(EngineError::InvalidInput(format!(
+                "this copy of the model holds {} of its {} decoder layers (loaded for drafting) and cannot run a forward pass",
+                self.weights.layers.len(),
+                cfg.num_layers
+            )));
+        }
         for s in batch.iter() {
             self.validate(s)?;
         }

@@ -149,3 +149,24 @@ fn configs_parse_llama3_qwen2_and_refuse_sliding_window() {
     let err = ModelConfig::from_hf_json(p, &mistral).unwrap_err().to_string();
     assert!(err.contains("sliding-window"), "{err}");
 }
+
+/// A draft worker's copy of its target: embedding and lm_head only, the
+/// same fingerprint (so it still pairs with target workers), and a forward
+/// pass that refuses to run rather than skip the missing layers.
+#[test]
+fn a_drafting_load_keeps_the_fingerprint_and_refuses_to_run() {
+    let full = smollm2();
+    let lite = aerie_engine::Engine::load_for_drafting("smollm2", DType::Auto).unwrap();
+    assert_eq!(lite.model.fingerprint, full.model.fingerprint);
+    assert!(lite.model.weights.layers.is_empty());
+    assert_eq!(lite.model.embed(&[1, 500]).unwrap(), full.model.embed(&[1, 500]).unwrap());
+    let row = full.model.embed(&[7]).unwrap();
+    assert_eq!(lite.model.lm_head(&row).unwrap(), full.model.lm_head(&row).unwrap());
+    assert!(lite.model.weights.storage_bytes() * 2 < full.model.weights.storage_bytes());
+    let mut cache = lite.model.new_cache();
+    let err = lite
+        .model
+        .forward(&mut [SeqInput { cache: &mut cache, tokens: &[1, 2], positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }], &ForwardOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("loaded for drafting"), "{err}");
+}

@@ -63,6 +63,7 @@ pub fn run(a: EvalDraftArgs) -> Result<()> {
         spec.speculative_draft_model_path = Some(d.clone());
         spec.speculative_algorithm.get_or_insert(SpecAlgorithm::Eagle);
     }
+    spec.apply_mtp_defaults(&a.model);
     let Some(opts) = spec.options() else { bail!("give --draft DIR or --speculative-algorithm") };
     let tree = opts.tree;
     let engine = Engine::load(&a.model, DType::Auto).with_context(|| format!("loading {}", a.model))?;

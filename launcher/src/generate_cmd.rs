@@ -96,6 +96,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let json = a.json;
     let tok = &engine.tokenizer;
     let mut spec = a.spec.clone();
+    spec.apply_mtp_defaults(&a.model);
     spec.apply_shipped_head_defaults(|| aerie_draft_worker::shipped_head(&engine.model));
     let factory = match spec.options() {
         Some(o) => Some(ProposerFactory::new(o, engine.model.clone(), &engine.tokenizer).context("setting up speculative decoding")?),

@@ -114,6 +114,25 @@ impl SpecArgs {
         }
     }
 
+    /// When EAGLE (or NEXTN) has no draft path and the target checkpoint
+    /// `model_path` carries its own MTP layers, drafts with them: the draft
+    /// path becomes the target's directory and, with no tree flag, the tree
+    /// is the (1, 1, 2) chain SGLang recommends for MiMo's MTP. Returns
+    /// whether it did; the shipped-head defaults then no longer apply.
+    pub fn apply_mtp_defaults(&mut self, model_path: &str) -> bool {
+        if self.speculative_algorithm != Some(SpecAlgorithm::Eagle) || self.speculative_draft_model_path.is_some() {
+            return false;
+        }
+        let Some(dir) = aerie_draft_worker::builtin_mtp(model_path) else { return false };
+        self.speculative_draft_model_path = Some(dir);
+        if !self.tree_flags_given() {
+            self.speculative_num_steps = Some(1);
+            self.speculative_eagle_topk = Some(1);
+            self.speculative_num_draft_tokens = Some(2);
+        }
+        true
+    }
+
     /// Draft options, or `None` when speculation is off.
     pub fn options(&self) -> Option<DraftOptions> {
         let algorithm = self.speculative_algorithm?;
@@ -198,5 +217,31 @@ mod tests {
         let o = s.options().unwrap();
         assert_eq!((o.tree.num_steps, o.tree.topk, o.tree.num_draft_tokens), (5, 4, 8), "no shipped head: SGLang's tree");
         assert_eq!(o.token_map, None);
+    }
+
+    #[test]
+    fn a_target_with_mtp_layers_drafts_with_them_unless_told_otherwise() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = serde_json::json!({"architectures": ["MiMoForCausalLM"], "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64, "num_nextn_predict_layers": 1});
+        std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
+        let path = d.path().to_string_lossy().to_string();
+        let mut s = eagle();
+        assert!(s.apply_mtp_defaults(&path));
+        // Then the shipped head is not looked for.
+        s.apply_shipped_head_defaults(|| panic!("no shipped head for an MTP target"));
+        let o = s.options().unwrap();
+        assert_eq!(o.draft_model_path.as_deref(), Some(d.path()));
+        assert_eq!((o.tree.num_steps, o.tree.topk, o.tree.num_draft_tokens), (1, 1, 2), "SGLang's MiMo recipe");
+        let mut s = SpecArgs { speculative_num_steps: Some(3), ..eagle() };
+        assert!(s.apply_mtp_defaults(&path));
+        assert_eq!(s.tree().num_steps, 3, "tree flags are kept");
+        for mut s in [SpecArgs { speculative_draft_model_path: Some("/some/head".into()), ..eagle() }, SpecArgs { speculative_algorithm: Some(SpecAlgorithm::Ngram), ..Default::default() }] {
+            assert!(!s.apply_mtp_defaults(&path), "a given head or another drafter wins: {s:?}");
+        }
+        // Without num_nextn_predict_layers (or with a GGUF name) nothing changes.
+        std::fs::write(d.path().join("config.json"), serde_json::json!({"architectures": ["Qwen2ForCausalLM"]}).to_string()).unwrap();
+        assert!(!eagle().apply_mtp_defaults(&path));
+        assert!(!eagle().apply_mtp_defaults("smollm2"));
     }
 }

@@ -132,6 +132,7 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
     let kind = match a.kind.to_ascii_lowercase().as_str() {
         "eagle" | "eagle2" => EagleKind::Eagle,
         "eagle3" => EagleKind::Eagle3,
+        "mtp" => bail!("--kind mtp: training MTP layers is not supported yet (MTP layers a checkpoint ships are served with --speculative-algorithm EAGLE or NEXTN)"),
         other => bail!("--kind {other}: expected eagle (EAGLE-1/2) or eagle3"),
     };
     let source = match a.answers.as_str() {
@@ -147,8 +148,8 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
     let engine = Engine::load(&a.model, DType::Auto).with_context(|| format!("loading {}", a.model))?;
     let layers = engine.model.config.num_layers;
     let mut aux_layers = match (kind, &a.aux_layers) {
-        (EagleKind::Eagle, None) => Vec::new(),
-        (EagleKind::Eagle, Some(_)) => bail!("--aux-layers applies to --kind eagle3"),
+        (EagleKind::Eagle | EagleKind::Mtp, None) => Vec::new(),
+        (EagleKind::Eagle | EagleKind::Mtp, Some(_)) => bail!("--aux-layers applies to --kind eagle3"),
         (EagleKind::Eagle3, Some(ids)) => ids.clone(),
         (EagleKind::Eagle3, None) => default_aux_layers(layers).with_context(|| format!("a {layers}-layer target has no default EAGLE-3 aux layers; pass --aux-layers"))?,
     };

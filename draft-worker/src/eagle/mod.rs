@@ -5,9 +5,18 @@
 //! After a commit the draft has every pair up to the root's, so the last
 //! catch-up row predicts the root's children; a tree node at depth `d`
 //! then sits at position `root_pos - 1 + d`.
+//!
+//! A checkpoint with several MTP layers chains them ([`ChainLayer`]): MTP
+//! layer `j` (1-based, after the first) drafts depth `j + 1`. As in
+//! DeepSeek-V3's MTP, its row `t` reads layer `j−1`'s output of row `t`
+//! with token `x_{t+j+1}` and sits at position `t`, so it lags the first
+//! layer by `j` committed rows; at draft time its row for the root sits at
+//! the root row's position and sees its own committed rows and itself.
+//! Depths past the last layer reuse it.
 
 pub mod config;
 pub mod head;
+pub mod mtp;
 
 pub use config::{default_aux_layers, EagleConfig, EagleKind};
 pub use head::{EagleHead, HeadRows};
@@ -47,8 +56,20 @@ pub(crate) fn tree_rows_mask(committed: usize, kv_len: usize, ancestors: &[Vec<u
     AttnMask::Full(m)
 }
 
+/// One further MTP layer of a chain, with its own draft KV.
+pub struct ChainLayer {
+    head: Arc<EagleHead>,
+    cache: KvCache,
+    /// Committed rows this layer has run.
+    processed: usize,
+    /// The previous layer's outputs of rows `processed..` (`rows × H`).
+    carry: Vec<f32>,
+}
+
 pub struct EagleProposer {
     head: Arc<EagleHead>,
+    /// MTP layers 2, 3, … of the checkpoint (empty for EAGLE heads).
+    chain: Vec<ChainLayer>,
     target: Arc<Model>,
     tree: TreeSpec,
     /// Candidates below this path probability are not drafted further nor
@@ -68,22 +89,49 @@ struct HeadNet<'a> {
     target: &'a Model,
     cache: &'a mut KvCache,
     committed: usize,
+    chain: &'a mut [ChainLayer],
+    /// Committed length of each chain layer's cache.
+    chain_committed: Vec<usize>,
+    /// Forwards run so far in this search (the leaves' depth − 1).
+    steps: usize,
+    /// Rows run by chain layers, counted into `kv_len` (their ancestors
+    /// live in other layers and are never attended).
+    chain_rows: usize,
 }
 
 impl DraftNet for HeadNet<'_> {
     fn step(&mut self, rows: &StepRows, topk: usize) -> Result<DraftOut> {
-        let mask = tree_rows_mask(self.committed, self.cache.len(), rows.ancestors);
-        let x = self.head.forward(self.target, self.cache, rows.tokens, &rows.states.data, rows.positions, mask)?;
-        let logits = self.head.logits(self.target, &x);
-        let dv = self.head.draft_vocab(self.target);
-        let topk = rows_top_k(&logits, dv, topk, &|i| self.head.target_id(i));
-        Ok(DraftOut { topk, states: Features { width: self.head.llama().hidden_size, data: x } })
+        let step = self.steps;
+        self.steps += 1;
+        let (head, x) = if self.chain.is_empty() {
+            let mask = tree_rows_mask(self.committed, self.cache.len(), rows.ancestors);
+            (self.head, self.head.forward(self.target, self.cache, rows.tokens, &rows.states.data, rows.positions, mask)?)
+        } else {
+            // Leaves at depth `step + 1` run through MTP layer `step + 2`
+            // (the last one past the chain's end) at the root row's position.
+            let layer = &mut self.chain[step.min(self.chain.len() - 1)];
+            let n = rows.tokens.len();
+            let positions: Vec<u32> = rows.positions.iter().map(|&p| p - (step as u32 + 1)).collect();
+            let len = layer.cache.len();
+            let mask = tree_rows_mask(len, len, &vec![Vec::new(); n]);
+            let x = layer.head.forward(self.target, &mut layer.cache, rows.tokens, &rows.states.data, &positions, mask)?;
+            self.chain_rows += n;
+            (&*layer.head, x)
+        };
+        let logits = head.logits(self.target, &x);
+        let dv = head.draft_vocab(self.target);
+        let topk = rows_top_k(&logits, dv, topk, &|i| head.target_id(i));
+        Ok(DraftOut { topk, states: Features { width: head.llama().hidden_size, data: x } })
     }
     fn kv_len(&self) -> usize {
-        self.cache.len()
+        self.cache.len() + self.chain_rows
     }
     fn truncate_kv(&mut self, len: usize) {
-        self.cache.truncate(len)
+        self.cache.truncate(len.min(self.cache.len()));
+        for (l, &c) in self.chain.iter_mut().zip(&self.chain_committed) {
+            l.cache.truncate(c);
+        }
+        self.chain_rows = 0;
     }
 }
 
@@ -91,7 +139,41 @@ impl EagleProposer {
     pub fn new(head: Arc<EagleHead>, target: Arc<Model>, tree: TreeSpec) -> Self {
         let cache = head.new_cache();
         let width = head.feature_width();
-        EagleProposer { head, target, tree, min_score: 0.0, cache, tokens: Vec::new(), pending: Features { width, data: Vec::new() }, processed: 0, root: None }
+        EagleProposer { head, chain: Vec::new(), target, tree, min_score: 0.0, cache, tokens: Vec::new(), pending: Features { width, data: Vec::new() }, processed: 0, root: None }
+    }
+
+    /// Chains further MTP layers after the first (see [`ChainLayer`]).
+    pub fn with_chain(mut self, heads: &[Arc<EagleHead>]) -> Self {
+        self.chain = heads.iter().map(|h| ChainLayer { head: h.clone(), cache: h.new_cache(), processed: 0, carry: Vec::new() }).collect();
+        self
+    }
+
+    /// Runs each chain layer over the committed rows it can now see: layer
+    /// `j` runs row `t` once token `x_{t+j+1}` is committed. `fresh` holds
+    /// the first layer's outputs of the rows it just ran.
+    fn catch_up_chain(&mut self, fresh: Vec<f32>) -> aerie_engine::Result<()> {
+        let Some(first) = self.chain.first_mut() else { return Ok(()) };
+        first.carry.extend_from_slice(&fresh);
+        let n_tok = self.tokens.len();
+        for j in 0..self.chain.len() {
+            let layer = &mut self.chain[j];
+            let h = layer.head.llama().hidden_size;
+            let depth = j + 2;
+            let ready = (n_tok + 1).saturating_sub(depth + 1).saturating_sub(layer.processed).min(layer.carry.len() / h);
+            if ready == 0 {
+                continue;
+            }
+            let t0 = layer.processed;
+            let tokens = &self.tokens[t0 + depth..t0 + depth + ready];
+            let positions: Vec<u32> = (t0..t0 + ready).map(|t| t as u32).collect();
+            let states: Vec<f32> = layer.carry.drain(..ready * h).collect();
+            let x = layer.head.forward(&self.target, &mut layer.cache, tokens, &states, &positions, AttnMask::Causal)?;
+            layer.processed += ready;
+            if let Some(next) = self.chain.get_mut(j + 1) {
+                next.carry.extend_from_slice(&x);
+            }
+        }
+        Ok(())
     }
 
     /// Sets the minimum path probability of a drafted node (default 0).
@@ -106,17 +188,23 @@ impl Proposer for EagleProposer {
         match self.head.kind() {
             EagleKind::Eagle => "eagle",
             EagleKind::Eagle3 => "eagle3",
+            EagleKind::Mtp => "mtp",
         }
     }
 
     fn features(&self) -> FeatureKind {
         match self.head.kind() {
-            EagleKind::Eagle => FeatureKind::Hidden,
+            EagleKind::Eagle | EagleKind::Mtp => FeatureKind::Hidden,
             EagleKind::Eagle3 => FeatureKind::Aux(self.head.aux_layers.clone()),
         }
     }
 
     fn reset(&mut self) {
+        for l in &mut self.chain {
+            l.cache.truncate(0);
+            l.processed = 0;
+            l.carry.clear();
+        }
         self.cache.truncate(0);
         self.tokens.clear();
         self.pending.data.clear();
@@ -158,7 +246,7 @@ impl Proposer for EagleProposer {
         self.root = Some((topk, last));
         self.processed += n;
         self.pending.data.clear();
-        Ok(())
+        self.catch_up_chain(x)
     }
 
     fn propose(&mut self, max_depth: usize) -> aerie_engine::Result<DraftTree> {
@@ -186,6 +274,13 @@ fn head_cache(head: &EagleHead) -> KvCache {
 /// is. Each proposer ends as its own catch-up would leave it.
 pub fn catch_up_many(props: &mut [&mut EagleProposer]) -> aerie_engine::Result<()> {
     let mut done = vec![false; props.len()];
+    // Chained MTP layers catch up one proposer at a time.
+    for (p, d) in props.iter_mut().zip(&mut done) {
+        if !p.chain.is_empty() {
+            p.catch_up()?;
+            *d = true;
+        }
+    }
     for first in 0..props.len() {
         if done[first] {
             continue;
@@ -254,7 +349,8 @@ impl EagleProposer {
         };
         let root_pos = (self.tokens.len() - 2) as u32;
         let committed = self.cache.len();
-        let mut net = HeadNet { head: &self.head, target: &self.target, cache: &mut self.cache, committed };
+        let chain_committed = self.chain.iter().map(|l| l.cache.len()).collect();
+        let mut net = HeadNet { head: &self.head, target: &self.target, cache: &mut self.cache, committed, chain: &mut self.chain, chain_committed, steps: 0, chain_rows: 0 };
         Ok(grow_tree(&mut net, root, &topk, &state, root_pos, &self.tree, max_depth, self.min_score, allow)?)
     }
 }

@@ -176,7 +176,8 @@ impl TrainHead {
     /// lm_head (whose rows are the same hot ids).
     pub fn logits(&self, x: &Tensor, lm_hot: &Tensor) -> candle_core::Result<Tensor> {
         match self.kind {
-            EagleKind::Eagle => x.matmul(&lm_hot.t()?),
+            // (A TrainHead is never built as Mtp: `train` refuses that kind.)
+            EagleKind::Eagle | EagleKind::Mtp => x.matmul(&lm_hot.t()?),
             EagleKind::Eagle3 => rms_norm(x, self.p("norm.weight"), self.shape.rms_eps)?.matmul(&self.p("lm_head.weight").t()?),
         }
     }
@@ -348,7 +349,7 @@ impl TrainHead {
 /// Parameter prefix of the head's decoder layer in the published layouts.
 fn layer_prefix(kind: EagleKind) -> &'static str {
     match kind {
-        EagleKind::Eagle => "layers.0",
+        EagleKind::Eagle | EagleKind::Mtp => "layers.0",
         EagleKind::Eagle3 => "midlayer",
     }
 }

@@ -213,6 +213,7 @@ pub fn write_head(dir: &Path, target: &Model, head: &TrainHead) -> Result<()> {
     }
     let vocab = target.config.vocab_size;
     let config = match head.kind {
+        EagleKind::Mtp => return Err(DraftError::Train("writing trained MTP layers is not supported yet".into())),
         EagleKind::Eagle => head_config(&target.config, head.kind, head.shape.ff, vocab),
         EagleKind::Eagle3 => {
             let ids = &head.draft_ids;
@@ -287,7 +288,7 @@ pub(crate) fn pairs(target: &Model, cache: &FeatureCache, i: usize, kind: EagleK
     let hidden = cache.hidden(i);
     let emb = target.embed(&tokens[1..n]).map_err(DraftError::from)?;
     let (feat, width) = match kind {
-        EagleKind::Eagle => (hidden[..(n - 1) * h].iter().map(|&x| x + noise * (rng.gen::<f32>() - 0.5)).collect::<Vec<f32>>(), h),
+        EagleKind::Eagle | EagleKind::Mtp => (hidden[..(n - 1) * h].iter().map(|&x| x + noise * (rng.gen::<f32>() - 0.5)).collect::<Vec<f32>>(), h),
         EagleKind::Eagle3 => {
             let w = h * cache.meta.aux_layers.len();
             let mut aux = cache.aux(i).ok_or_else(|| DraftError::Train("the feature cache holds no aux-layer outputs".into()))?;
@@ -363,6 +364,7 @@ pub fn train_eagle_validated(
     }
     let lm_hot = Tensor::from_vec(rows.clone(), (hot_ids.len(), h), &Device::Cpu).map_err(cerr)?;
     let head = match cfg.kind {
+        EagleKind::Mtp => return Err(DraftError::Train("training MTP layers (--kind mtp) is not supported yet; train an EAGLE or EAGLE-3 head".into())),
         EagleKind::Eagle => TrainHead::init(shape, cfg.seed, 0.02)?,
         EagleKind::Eagle3 => TrainHead::init_eagle3(shape, cfg.seed, 0.02, cache.meta.aux_layers.clone(), hot_ids.clone(), rows)?,
     };

@@ -2,7 +2,7 @@
 //! kernels run natively (Q4_0, Q4_1, Q8_0) are kept byte for byte; every other
 //! type (F16, BF16, K-quants, …) is dequantized to f32 by candle.
 
-use super::{check_shape, LoadedCheckpoint, TokenizerSource};
+use super::{check_shape, LoadedCheckpoint, Parts, TokenizerSource};
 use crate::config::{Arch, ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};
 use crate::weights::{DType, LayerWeights, ModelWeights};
@@ -267,13 +267,18 @@ impl GgufFile {
 
 /// Loads a GGUF checkpoint.
 pub fn load_file(path: &Path, dtype: DType) -> Result<LoadedCheckpoint> {
+    load_file_parts(path, dtype, Parts::All)
+}
+
+/// [`load_file`], with only the `parts` asked for.
+pub fn load_file_parts(path: &Path, dtype: DType, parts: Parts) -> Result<LoadedCheckpoint> {
     let mut g = GgufFile::open(path)?;
     let cfg = g.config()?;
     cfg.validate(path)?;
     let (h, kvd, qd, ff) = (cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, cfg.num_heads * cfg.head_dim, cfg.intermediate_size);
     let embed = g.matrix("token_embd.weight", cfg.vocab_size, h, dtype, false)?;
     let mut layers = Vec::with_capacity(cfg.num_layers);
-    for i in 0..cfg.num_layers {
+    for i in 0..parts.layers(cfg.num_layers) {
         let n = |s: &str| format!("blk.{i}.{s}");
         let bias = |g: &mut GgufFile, s: &str, len: usize| -> Result<Option<Vec<f32>>> {
             if cfg.attention_bias {

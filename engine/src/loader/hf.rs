@@ -2,7 +2,7 @@
 //! `*.safetensors` files (F32, F16 or BF16), memory-mapped while loading.
 
 use super::gguf::fingerprint;
-use super::{check_shape, LoadedCheckpoint, TokenizerSource};
+use super::{check_shape, LoadedCheckpoint, Parts, TokenizerSource};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::weights::{DType, LayerWeights, ModelWeights};
@@ -128,13 +128,18 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig> {
 
 /// Loads a Hugging Face Llama-family directory. Weights are held as f32
 /// (`DType::Auto` and `DType::F32` agree here).
-pub fn load_dir(dir: &Path, _dtype: DType) -> Result<LoadedCheckpoint> {
+pub fn load_dir(dir: &Path, dtype: DType) -> Result<LoadedCheckpoint> {
+    load_dir_parts(dir, dtype, Parts::All)
+}
+
+/// [`load_dir`], with only the `parts` asked for.
+pub fn load_dir_parts(dir: &Path, _dtype: DType, parts: Parts) -> Result<LoadedCheckpoint> {
     let mut cfg = read_config(dir)?;
     let st = SafetensorsDir::open(dir)?;
     let (h, kvd, qd, ff) = (cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, cfg.num_heads * cfg.head_dim, cfg.intermediate_size);
     let embed = st.matrix("model.embed_tokens.weight", cfg.vocab_size, h)?;
     let mut layers = Vec::with_capacity(cfg.num_layers);
-    for i in 0..cfg.num_layers {
+    for i in 0..parts.layers(cfg.num_layers) {
         let n = |s: &str| format!("model.layers.{i}.{s}");
         let bias = |s: &str, len: usize| -> Result<Option<Vec<f32>>> {
             if cfg.attention_bias {

@@ -25,12 +25,39 @@ pub struct LoadedCheckpoint {
     pub fingerprint: String,
 }
 
+/// Which weights of a checkpoint to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Parts {
+    #[default]
+    All,
+    /// The embedding, final norm and lm_head, without the decoder layers:
+    /// what a draft worker needs of its target (EAGLE heads and MTP layers
+    /// read the target's embedding and lm_head, never its body). The
+    /// fingerprint is the same as a full load's.
+    EmbeddingAndHead,
+}
+
+impl Parts {
+    /// Decoder layers to read of `n`.
+    pub(crate) fn layers(self, n: usize) -> usize {
+        match self {
+            Parts::All => n,
+            Parts::EmbeddingAndHead => 0,
+        }
+    }
+}
+
 /// Loads a GGUF file or a Hugging Face directory.
 pub fn load(path: &Path, dtype: DType) -> Result<LoadedCheckpoint> {
+    load_parts(path, dtype, Parts::All)
+}
+
+/// [`load`], with only the `parts` asked for.
+pub fn load_parts(path: &Path, dtype: DType, parts: Parts) -> Result<LoadedCheckpoint> {
     if path.is_dir() {
-        hf::load_dir(path, dtype)
+        hf::load_dir_parts(path, dtype, parts)
     } else if path.exists() {
-        gguf::load_file(path, dtype)
+        gguf::load_file_parts(path, dtype, parts)
     } else {
         Err(EngineError::Io {
             path: path.to_path_buf(),
