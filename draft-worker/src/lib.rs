@@ -70,9 +70,13 @@ pub struct DraftOptions {
 /// The checkpoint directory `model_path` names, when it carries MTP layers
 /// of its own (MiMo, or NextN layers after its decoder layers): EAGLE and
 /// NEXTN without `--speculative-draft-model-path` draft with them.
+/// A config that announces MTP layers whose first projection is not in the
+/// files (a conversion that dropped them) does not count.
 pub fn builtin_mtp(model_path: &str) -> Option<PathBuf> {
     let dir = std::path::Path::new(model_path);
-    matches!(eagle::mtp::MtpCheckpoint::detect(dir), Ok(Some(_))).then(|| dir.to_path_buf())
+    let ck = eagle::mtp::MtpCheckpoint::detect(dir).ok()??;
+    let st = aerie_engine::loader::hf::SafetensorsDir::open(dir).ok()?;
+    st.has(&ck.names(0).input_proj()).then(|| dir.to_path_buf())
 }
 
 /// The EAGLE head Aerie trained and ships for `target`, if it is SmolLM2-135M

@@ -390,4 +390,8 @@ fn broken_mtp_checkpoints_are_refused_by_tensor_name() {
     t.retain(|n, _| !n.starts_with("model.mtp_layers"));
     save(&plain, &t, config("Qwen2ForCausalLM", BODY, 0, true));
     assert!(builtin_mtp(&plain.to_string_lossy()).is_none());
+    // Nor one whose config announces MTP layers its files do not hold.
+    save(&plain, &t, config("MiMoForCausalLM", BODY, 1, true));
+    assert!(MtpCheckpoint::detect(&plain).unwrap().is_some());
+    assert!(builtin_mtp(&plain.to_string_lossy()).is_none());
 }

@@ -225,6 +225,9 @@ mod tests {
         let cfg = serde_json::json!({"architectures": ["MiMoForCausalLM"], "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
             "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64, "num_nextn_predict_layers": 1});
         std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
+        let w = vec![0u8; 16 * 32 * 4];
+        let t = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![16, 32], &w).unwrap();
+        safetensors::serialize_to_file(vec![("model.mtp_layers.0.input_proj.weight", t)], None, &d.path().join("model.safetensors")).unwrap();
         let path = d.path().to_string_lossy().to_string();
         let mut s = eagle();
         assert!(s.apply_mtp_defaults(&path));
