@@ -151,6 +151,7 @@ fn written_random_head(target_seed: u64, head_seed: u64, kind: EagleKind) -> (Ar
             let rows: Vec<f32> = (0..ids.len() * target.config.hidden_size).map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0).collect();
             TrainHead::init_eagle3(shape(&target), head_seed, 0.3, vec![0, 1, 3], ids, rows).unwrap()
         }
+        EagleKind::Mtp => unreachable!("MTP layers are not trained yet"),
     };
     let dir = tempfile::tempdir().unwrap();
     write_head(dir.path(), &target, &head).unwrap();
@@ -184,6 +185,7 @@ fn written_checkpoint_serves_the_trained_computation() {
             EagleKind::Eagle => target.lm_head(&want_x.flatten_all().unwrap().to_vec1().unwrap()).unwrap(),
             // The head's own lm_head; `lm_hot` is not read.
             EagleKind::Eagle3 => head.logits(&want_x, &Tensor::zeros((1, h), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
+            EagleKind::Mtp => unreachable!("not in this test's kinds"),
         };
         let cols = served.draft_vocab(&target);
         assert_eq!(cols, if kind == EagleKind::Eagle3 { 24 } else { VOCAB });
