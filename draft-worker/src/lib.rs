@@ -142,10 +142,10 @@ impl ProposerFactory {
                 let head = match eagle::mtp::MtpCheckpoint::detect(&dir)? {
                     Some(ck) if opts.algorithm == SpecAlgorithm::Eagle => {
                         // Further MTP layers draft the deeper levels, as far as the tree goes.
-                        for i in 1..ck.num_layers.min(opts.tree.num_steps) {
-                            chain.push(Arc::new(eagle::EagleHead::load_mtp(&ck, i, &target, map.as_ref())?.quantized_q8()));
-                        }
-                        eagle::EagleHead::load_mtp(&ck, 0, &target, map.as_ref())?
+                        let mut layers = eagle::EagleHead::load_mtp_layers(&ck, ck.num_layers.min(opts.tree.num_steps).max(1), &target, map.as_ref())?.into_iter();
+                        let Some(first) = layers.next() else { return Err(DraftError::BadSetting(format!("{} announces no MTP layer", dir.display()))) };
+                        chain.extend(layers.map(|l| Arc::new(l.quantized_q8())));
+                        first
                     }
                     Some(_) => return Err(DraftError::BadSetting(format!("{} holds MTP layers; use --speculative-algorithm EAGLE or NEXTN", dir.display()))),
                     None => eagle::EagleHead::load(&dir, &target, map.as_ref())?,

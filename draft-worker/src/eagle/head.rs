@@ -90,6 +90,27 @@ fn tensor_name(st: &SafetensorsDir, name: &str) -> String {
     }
 }
 
+/// Reads one decoder layer of a head under `name(suffix)`: q/k/v over
+/// `attn_in` inputs (EAGLE-3's midlayer attends over `[embedding, state]`,
+/// 2H wide), with q/k/v biases when `bias` (Qwen2-style MTP layers), and no
+/// input norm when `no_input_norm` (EAGLE-1's layer 0).
+fn read_layer(st: &SafetensorsDir, c: &ModelConfig, attn_in: usize, no_input_norm: bool, bias: bool, name: impl Fn(&str) -> String) -> Result<HeadLayer> {
+    let (h, qd, kvd, ff) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size);
+    let m = |s: &str, r, k| st.matrix(&name(s), r, k);
+    let b = |s: &str, len| -> Result<Option<Vec<f32>>> { Ok(if bias { Some(st.vector(&name(s), len)?) } else { None }) };
+    Ok(HeadLayer {
+        input_norm: if no_input_norm { None } else { Some(st.vector(&name("input_layernorm.weight"), h)?) },
+        qkv: Linear::fuse(
+            vec![m("self_attn.q_proj.weight", qd, attn_in)?, m("self_attn.k_proj.weight", kvd, attn_in)?, m("self_attn.v_proj.weight", kvd, attn_in)?],
+            vec![b("self_attn.q_proj.bias", qd)?, b("self_attn.k_proj.bias", kvd)?, b("self_attn.v_proj.bias", kvd)?],
+        ),
+        wo: m("self_attn.o_proj.weight", h, qd)?,
+        post_norm: st.vector(&name("post_attention_layernorm.weight"), h)?,
+        gate_up: Linear::fuse(vec![m("mlp.gate_proj.weight", ff, h)?, m("mlp.up_proj.weight", ff, h)?], vec![None, None]),
+        down: m("mlp.down_proj.weight", h, ff)?,
+    })
+}
+
 impl EagleHead {
     /// Loads a head directory for `target`, refusing mismatches. A token
     /// map restricts the draft vocabulary (FR-Spec) of heads that use the
@@ -99,7 +120,7 @@ impl EagleHead {
         config.check_target(&target.config)?;
         let st = SafetensorsDir::open(dir)?;
         let c = &config.llama;
-        let (h, qd, kvd, ff) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size);
+        let h = c.hidden_size;
         let m = |n: &str, r, k| st.matrix(&tensor_name(&st, n), r, k);
         let vec = |n: &str, len| st.vector(&tensor_name(&st, n), len);
         let eagle3 = config.kind == EagleKind::Eagle3;
@@ -117,19 +138,9 @@ impl EagleHead {
         let mut layers_w = Vec::new();
         for i in 0..c.num_layers {
             let p = if eagle3 { "midlayer".to_string() } else { format!("layers.{i}") };
-            let n = |s: &str| format!("{p}.{s}");
-            let input_norm = if !eagle3 && i == 0 { None } else { Some(vec(&n("input_layernorm.weight"), h)?) };
-            layers_w.push(HeadLayer {
-                input_norm,
-                qkv: Linear::fuse(
-                    vec![m(&n("self_attn.q_proj.weight"), qd, attn_in)?, m(&n("self_attn.k_proj.weight"), kvd, attn_in)?, m(&n("self_attn.v_proj.weight"), kvd, attn_in)?],
-                    vec![None, None, None],
-                ),
-                wo: m(&n("self_attn.o_proj.weight"), h, qd)?,
-                post_norm: vec(&n("post_attention_layernorm.weight"), h)?,
-                gate_up: Linear::fuse(vec![m(&n("mlp.gate_proj.weight"), ff, h)?, m(&n("mlp.up_proj.weight"), ff, h)?], vec![None, None]),
-                down: m(&n("mlp.down_proj.weight"), h, ff)?,
-            });
+            let name = |s: &str| tensor_name(&st, &format!("{p}.{s}"));
+            // EAGLE-1's layer 0 has no input norm: fc's output enters it as is.
+            layers_w.push(read_layer(&st, c, attn_in, !eagle3 && i == 0, false, name)?);
         }
         let (hidden_norm, final_norm, mut lm_head, mut vocab_map) = if eagle3 {
             let dv = config.draft_vocab_size.unwrap_or(c.vocab_size);
@@ -178,30 +189,29 @@ impl EagleHead {
     /// the draft vocabulary as for EAGLE heads, when the layer uses the
     /// target's lm_head.
     pub fn load_mtp(ck: &MtpCheckpoint, layer: usize, target: &Model, token_map: Option<&TokenMap>) -> Result<EagleHead> {
+        Self::load_mtp_from(&SafetensorsDir::open(&ck.dir)?, ck, layer, target, token_map)
+    }
+
+    /// Loads MTP layers `0..count` of `ck`, opening its files once: layer
+    /// `k` drafts depth `k + 1` (see `ChainLayer`).
+    pub fn load_mtp_layers(ck: &MtpCheckpoint, count: usize, target: &Model, token_map: Option<&TokenMap>) -> Result<Vec<EagleHead>> {
+        let st = SafetensorsDir::open(&ck.dir)?;
+        (0..count).map(|i| Self::load_mtp_from(&st, ck, i, target, token_map)).collect()
+    }
+
+    fn load_mtp_from(st: &SafetensorsDir, ck: &MtpCheckpoint, layer: usize, target: &Model, token_map: Option<&TokenMap>) -> Result<EagleHead> {
         if layer >= ck.num_layers {
             return Err(DraftError::HeadMismatch { path: ck.dir.clone(), msg: format!("MTP layer {layer} of {}", ck.num_layers) });
         }
         let config = EagleConfig { path: ck.dir.clone(), kind: EagleKind::Mtp, llama: ck.config.clone(), draft_vocab_size: None, aux_layer_ids: None, target_hidden_size: None };
         config.check_target(&target.config)?;
-        let st = SafetensorsDir::open(&ck.dir)?;
-        ck.check_dense(&st, layer)?;
+        ck.check_dense(st, layer)?;
         let names = ck.names(layer);
         let c = &config.llama;
-        let (h, qd, kvd, ff) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size);
+        let h = c.hidden_size;
         let m = |n: String, r, k| st.matrix(&n, r, k);
         let vec = |n: String, len| st.vector(&n, len);
-        let bias = |s: &str, len| -> Result<Option<Vec<f32>>> { Ok(if c.attention_bias { Some(vec(names.layer(s), len)?) } else { None }) };
-        let l = HeadLayer {
-            input_norm: Some(vec(names.layer("input_layernorm.weight"), h)?),
-            qkv: Linear::fuse(
-                vec![m(names.layer("self_attn.q_proj.weight"), qd, h)?, m(names.layer("self_attn.k_proj.weight"), kvd, h)?, m(names.layer("self_attn.v_proj.weight"), kvd, h)?],
-                vec![bias("self_attn.q_proj.bias", qd)?, bias("self_attn.k_proj.bias", kvd)?, bias("self_attn.v_proj.bias", kvd)?],
-            ),
-            wo: m(names.layer("self_attn.o_proj.weight"), h, qd)?,
-            post_norm: vec(names.layer("post_attention_layernorm.weight"), h)?,
-            gate_up: Linear::fuse(vec![m(names.layer("mlp.gate_proj.weight"), ff, h)?, m(names.layer("mlp.up_proj.weight"), ff, h)?], vec![None, None]),
-            down: m(names.layer("mlp.down_proj.weight"), h, ff)?,
-        };
+        let l = read_layer(st, c, h, false, c.attention_bias, |s| names.layer(s))?;
         let fc = Linear::fuse(vec![m(names.input_proj(), h, 2 * h)?], vec![None]);
         let mimo = ck.layout == MtpLayout::MiMo;
         let out_norm = vec(names.out_norm(), h)?;

@@ -159,7 +159,8 @@ impl EagleProposer {
             let layer = &mut self.chain[j];
             let h = layer.head.llama().hidden_size;
             let depth = j + 2;
-            let ready = (n_tok + 1).saturating_sub(depth + 1).saturating_sub(layer.processed).min(layer.carry.len() / h);
+            // Rows t with x_{t+depth} committed: t < n_tok - depth.
+            let ready = n_tok.saturating_sub(depth).saturating_sub(layer.processed).min(layer.carry.len() / h);
             if ready == 0 {
                 continue;
             }
