@@ -10,6 +10,6 @@ secs="${1:-3600}"
 every="${2:-4}"
 mkdir -p target
 AERIE_SOAK_SECS="$secs" AERIE_SOAK_FAULT_SECS="$every" AERIE_SOAK_REPORT="$PWD/target/soak-report.json" \
-  cargo test --release -q -p aerie-launcher --test soak -- --nocapture 2>&1 \
+  cargo test --release -q -p aerie-launcher --test integration soak:: -- --nocapture 2>&1 \
   | grep -av '^\[\(target\|draft\|router\)' | grep -av 'WARN\|INFO'
 echo "report: target/soak-report.json"

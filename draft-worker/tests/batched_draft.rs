@@ -2,7 +2,7 @@
 //! the same states and KV rows as its own pass, bit for bit, for prompt
 //! catch-ups (causal rows) and tree steps (tree masks), EAGLE and EAGLE-3.
 
-mod common;
+use crate::common;
 use aerie_draft_worker::eagle::{EagleHead, EagleKind, HeadRows};
 use aerie_draft_worker::random_head::{write_random_head, RandomHeadSpec};
 use aerie_engine::AttnMask;

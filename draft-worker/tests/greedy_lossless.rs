@@ -2,7 +2,7 @@
 //! SmolLM2, for every drafter and across tree shapes: a chain (3 steps,
 //! topk 1), SGLang's default (5, 4, 8) and a wide tree (6, 8, 48).
 
-mod common;
+use crate::common;
 use aerie_draft_worker::eagle::EagleKind;
 use aerie_draft_worker::ngram::NgramConfig;
 use aerie_draft_worker::{DraftOptions, ProposerFactory, SpecAlgorithm};

@@ -1,7 +1,7 @@
 //! Draft-head checkpoints: the published layouts load, and heads, token
 //! maps or tree settings that cannot work are refused with a clear reason.
 
-mod common;
+use crate::common;
 use aerie_draft_worker::eagle::{EagleHead, EagleKind};
 use aerie_draft_worker::ngram::NgramConfig;
 use aerie_draft_worker::random_head::{write_random_head, RandomHeadSpec};

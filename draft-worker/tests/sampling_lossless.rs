@@ -13,7 +13,7 @@
 //! grammar state after its own path). Also: tree depths capped differently
 //! at every step, as adaptive budgets (`--speculative-adaptive`) do.
 
-mod common;
+use crate::common;
 use aerie_draft_worker::ProposerFactory;
 use aerie_engine::generate::GenerateRequest;
 use aerie_engine::spec::{speculative_generate, step_batch, SpecSession, TreeSpec};

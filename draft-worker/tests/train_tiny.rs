@@ -6,7 +6,7 @@
 //! for EAGLE-1/2 and for EAGLE-3 (aux-layer features, its own lm_head over
 //! a reduced draft vocabulary written as d2t/t2d).
 
-mod common;
+use crate::common;
 use aerie_draft_worker::eagle::{EagleHead, EagleKind, EagleProposer};
 use aerie_draft_worker::train::data::{extract_features, Pending};
 use aerie_draft_worker::train::head_model::{HeadShape, TrainHead};

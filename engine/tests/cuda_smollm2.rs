@@ -3,7 +3,7 @@
 //! continuations, and a 16-node tree scored in one forward gives each node
 //! the logits of its path decoded token by token, bit for bit.
 
-mod common;
+use crate::common;
 use aerie_engine::cuda::{CudaModel, CudaSeqInput};
 use aerie_engine::{AttnMask, ChatMessage, ForwardOptions, LogitsRows, SeqInput};
 use aerie_kernels::cpu::ops::argmax;

@@ -2,7 +2,7 @@
 //! SmolLM2 weights are written out in Hugging Face layout (q/k rows
 //! un-permuted back to half-split RoPE) and must give the same logits.
 
-mod common;
+use crate::common;
 use aerie_engine::loader::hf::SafetensorsDir;
 use aerie_engine::{loader, AttnMask, DType, ForwardOptions, LogitsRows, Model, SeqInput};
 use common::*;

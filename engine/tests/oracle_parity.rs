@@ -1,7 +1,7 @@
 //! Parity with llama.cpp (the oracle fixtures in tests/oracle/, made by
 //! tests/oracle/make_fixtures.py with llama-cpp-python 0.3.36 on the same GGUF).
 
-mod common;
+use crate::common;
 use aerie_engine::generate::{generate, GenerateRequest};
 use aerie_engine::{AttnMask, ChatMessage, ForwardOptions, LogitsRows, SamplingParams, SeqInput};
 use aerie_kernels::cpu::ops::argmax;

@@ -1,7 +1,7 @@
 //! Draft-tree selection and greedy tree verification (speculative-core
 //! groundwork): unit cases, and a losslessness check on the real model.
 
-mod common;
+use crate::common;
 use aerie_engine::generate::{generate, GenerateRequest};
 use aerie_engine::spec::{greedy_verify, Candidate, DraftTree, TreeSpec};
 use aerie_engine::{ChatMessage, ForwardOptions, LogitsRows, SamplingParams, SeqInput};

@@ -1,7 +1,7 @@
 //! One tree forward equals running each root-to-node path token by token,
 //! and keep-only-rows leaves the cache as if only the kept path was run.
 
-mod common;
+use crate::common;
 use aerie_engine::{AttnMask, ForwardOptions, KvCache, LogitsRows, SeqInput};
 use common::*;
 use rand::{Rng, SeedableRng};

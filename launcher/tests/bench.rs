@@ -2,7 +2,7 @@
 //! report, greedy equality between the speculative and the plain server,
 //! and a 2-point sweep.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use std::process::Command;

@@ -25,6 +25,7 @@ fn expect_clean_error(path: &Path, needle: &str) {
 
 #[test]
 fn generate_json_is_greedy_and_deterministic() {
+    let _g = crate::common::shared();
     let m = model_path();
     let run = || {
         let out = aerie(&["generate", "--model", m.to_str().unwrap(), "--prompt", "List three colors.", "--max-tokens", "24", "--json"]);
@@ -45,6 +46,7 @@ fn generate_json_is_greedy_and_deterministic() {
 
 #[test]
 fn raw_mode_parses_special_tokens() {
+    let _g = crate::common::shared();
     let m = model_path();
     let out = aerie(&["generate", "--model", m.to_str().unwrap(), "--raw", "--prompt", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "--max-tokens", "1", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -57,6 +59,7 @@ fn raw_mode_parses_special_tokens() {
 
 #[test]
 fn sampling_with_seed_is_reproducible() {
+    let _g = crate::common::shared();
     let m = model_path();
     let args = ["generate", "--model", m.to_str().unwrap(), "--prompt", "Tell me a story.", "--max-tokens", "16", "--temperature", "0.9", "--top-p", "0.95", "--seed", "42", "--json"];
     let a: serde_json::Value = serde_json::from_slice(&aerie(&args).stdout).unwrap();
@@ -66,6 +69,7 @@ fn sampling_with_seed_is_reproducible() {
 
 #[test]
 fn bad_model_files_fail_cleanly() {
+    let _g = crate::common::shared();
     let good = std::fs::read(model_path()).unwrap();
     let dir = tempfile::tempdir().unwrap();
 
@@ -118,6 +122,7 @@ fn generate_json(args: &[&str]) -> serde_json::Value {
 /// and reports SGLang's speculation counters.
 #[test]
 fn speculative_generate_matches_plain_and_reports_stats() {
+    let _g = crate::common::shared();
     let m = model_path();
     let m = m.to_str().unwrap();
     let prompt = "Count from 1 to 30, separated by commas.";
@@ -163,6 +168,7 @@ fn speculative_generate_matches_plain_and_reports_stats() {
 
 #[test]
 fn bad_speculative_settings_fail_cleanly() {
+    let _g = crate::common::shared();
     let m = model_path();
     let m = m.to_str().unwrap();
     let cases: [(&[&str], &str); 4] = [
@@ -183,6 +189,7 @@ fn bad_speculative_settings_fail_cleanly() {
 
 #[test]
 fn router_refuses_a_bad_worker_list_before_loading_anything() {
+    let _g = crate::common::shared();
     let dir = tempfile::tempdir().unwrap();
     let misspelt = dir.path().join("misspelt.toml");
     std::fs::write(&misspelt, "target = [\"http://127.0.0.1:1\"]\n").unwrap();
@@ -207,6 +214,7 @@ fn router_refuses_a_bad_worker_list_before_loading_anything() {
 /// worker's code path loads it and stays lossless.
 #[test]
 fn train_eagle_through_a_pipe_reports_progress_and_writes_a_usable_head() {
+    let _g = crate::common::shared();
     let m = model_path();
     let m = m.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -264,6 +272,7 @@ fn train_eagle_through_a_pipe_reports_progress_and_writes_a_usable_head() {
 /// and speculation there emits the CUDA path's plain greedy tokens.
 #[test]
 fn generate_on_the_cuda_device() {
+    let _g = crate::common::shared();
     let m = model_path();
     let has_driver = ["/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/lib64/libcuda.so.1"].iter().any(|p| Path::new(p).exists());
     if !has_driver {

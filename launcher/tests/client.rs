@@ -2,7 +2,7 @@
 //! temperature 0): both modes, both endpoints, the multi-turn example, a
 //! forced mismatch, a cut-off speculative call, streaming, typed errors.
 
-mod common;
+use crate::common;
 use common::{serial, serve};
 
 use aerie_client::{demo, gen, Api, Client, ClientConfig, ClientError, Mode, Program, PromptFormat, ProgramResult, Source};

@@ -3,7 +3,7 @@
 //! through gRPC. Each test starts its own workers; a file-wide lock keeps
 //! two clusters from sharing the two CPU cores at once.
 
-mod common;
+use crate::common;
 use common::{engine, serial, PROMPTS};
 
 use aerie_engine::generate::{generate, GenerateRequest as EngineRequest};

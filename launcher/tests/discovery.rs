@@ -4,7 +4,7 @@
 //! Skipped with a printed reason when `/usr/bin/etcd` is missing, unless
 //! `AERIE_REQUIRE_ETCD=1` (the test command sets it).
 
-mod common;
+use crate::common;
 use common::etcd::Etcd;
 use common::{engine, ready_field, serial, start, Proc, PROMPTS};
 

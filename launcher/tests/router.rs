@@ -2,7 +2,7 @@
 //! processes) checked by the official `openai` Python client, plus the
 //! routing, error and disconnect behaviour that needs worker control.
 
-mod common;
+use crate::common;
 use common::{engine, ready_field, serial, serve, start, Proc, PROMPTS};
 
 use aerie_engine::generate::{generate, GenerateRequest};

@@ -24,7 +24,7 @@
 //! profile); `scripts/soak.sh` runs it for an hour. The report goes to
 //! stderr and, with `AERIE_SOAK_REPORT=path`, to a JSON file.
 
-mod common;
+use crate::common;
 use common::etcd::Etcd;
 use common::{engine, serial, serve, PROMPTS};
 

@@ -1,4 +1,4 @@
-//! Helpers shared by the end-to-end tests: the real SmolLM2, a file-wide
+//! Helpers shared by the end-to-end tests: the real SmolLM2, a binary-wide
 //! lock so two clusters never share the two cores, and fixed prompts.
 #![allow(dead_code)]
 
@@ -7,7 +7,7 @@ pub mod etcd;
 use aerie_engine::{DType, Engine};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub const PROMPTS: [&str; 10] = [
     "Name three rivers in Europe.",
@@ -22,10 +22,18 @@ pub const PROMPTS: [&str; 10] = [
     "Write a haiku about autumn leaves.",
 ];
 
-/// Held for a whole test: one cluster at a time.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static L: Mutex<()> = Mutex::new(());
-    L.lock().unwrap_or_else(|e| e.into_inner())
+static CORES: RwLock<()> = RwLock::new(());
+
+/// Held for a whole test: one cluster at a time, and nothing else beside it.
+pub fn serial() -> RwLockWriteGuard<'static, ()> {
+    CORES.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held by a light test (one short `aerie` process): such tests may run
+/// beside each other, never beside a cluster, whose timeouts assume the two
+/// cores are its own.
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    CORES.read().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn engine() -> &'static Engine {
