@@ -18,6 +18,10 @@
 #   KIND=eagle3 trains an EAGLE-3 head instead, in one stage: EPOCHS epochs
 #   (default 4) of TTT_STEPS unrolled steps at LR (1e-3), with a draft
 #   vocabulary of HOT_VOCAB ids (2048), as in the pilot in docs/benchmarks.md.
+#   KIND=mtp trains an MTP layer (MiMo's layout) in the same two stages as
+#   EAGLE; OUT_DIR becomes a whole Hugging Face checkpoint of SmolLM2 (f16
+#   body + `model.mtp_layers.0`) that drafts for itself, evaluated with no
+#   draft path (QUESTIONS limits the MT-bench turns, default all 80).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -33,6 +37,13 @@ if [ "${KIND:-eagle}" = eagle3 ]; then
   ./target/release/aerie eval-draft --model smollm2 --speculative-algorithm EAGLE3 --draft "$out" \
     --speculative-num-steps 3 --speculative-eagle-topk 1 \
     --prompts ../shared/data/mt_bench.jsonl --plain | tee "$out/eval_mt_bench.txt"
+elif [ "${KIND:-eagle}" = mtp ]; then
+  ./target/release/aerie train-eagle --kind mtp "${common[@]}" --out "$out/stage1" --epochs "${EPOCHS:-4}" --ttt-steps 1 "$@"
+  ./target/release/aerie train-eagle --kind mtp "${common[@]}" --out "$out" --epochs "${TTT_EPOCHS:-2}" --ttt-steps "${TTT_STEPS:-3}" \
+    --lr "${TTT_LR:-5e-4}" --init "$out/stage1" "$@"
+  ./target/release/aerie eval-draft --model "$out" --speculative-algorithm EAGLE \
+    --speculative-num-steps 3 --speculative-eagle-topk 1 --speculative-token-map "$out/hot_vocab.json" \
+    --prompts ../shared/data/mt_bench.jsonl --questions "${QUESTIONS:-80}" --plain | tee "$out/eval_mt_bench.txt"
 else
   ./target/release/aerie train-eagle "${common[@]}" --out "$out/stage1" --epochs "${EPOCHS:-4}" --ttt-steps 1 "$@"
   ./target/release/aerie train-eagle "${common[@]}" --out "$out" --epochs "${TTT_EPOCHS:-2}" --ttt-steps "${TTT_STEPS:-3}" \

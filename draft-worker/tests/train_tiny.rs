@@ -4,9 +4,11 @@
 //! untrained head. Plus the checkpoint format round trip: the head Aerie
 //! serves from the written file computes what the trainer computed. Each
 //! for EAGLE-1/2 and for EAGLE-3 (aux-layer features, its own lm_head over
-//! a reduced draft vocabulary written as d2t/t2d).
+//! a reduced draft vocabulary written as d2t/t2d), and for an MTP layer
+//! (MiMo's layout, written into a whole checkpoint of the target).
 
 use crate::common;
+use aerie_draft_worker::eagle::mtp::MtpCheckpoint;
 use aerie_draft_worker::eagle::{EagleHead, EagleKind, EagleProposer};
 use aerie_draft_worker::train::data::{extract_features, Pending};
 use aerie_draft_worker::train::head_model::{HeadShape, TrainHead};
@@ -28,9 +30,18 @@ fn prompt(i: usize) -> Vec<u32> {
     (0..4).map(|j| ((i * 7 + j * 3 + i * j) % VOCAB) as u32).collect()
 }
 
+/// The head in `dir` as Aerie serves it: an EAGLE head directory, or MTP
+/// layer 0 of a checkpoint that has one.
+fn load_served(dir: &std::path::Path, target: &Model) -> EagleHead {
+    match MtpCheckpoint::detect(dir).unwrap() {
+        Some(ck) => EagleHead::load_mtp(&ck, 0, target, None).unwrap(),
+        None => EagleHead::load(dir, target, None).unwrap(),
+    }
+}
+
 /// τ of greedy speculation with the head in `dir` over a few prompts.
 fn tau(target: &Arc<Model>, dir: &std::path::Path) -> f64 {
-    let head = Arc::new(EagleHead::load(dir, target, None).unwrap());
+    let head = Arc::new(load_served(dir, target));
     let (mut emitted, mut verifies) = (0usize, 0usize);
     for i in 100..106 {
         let mut p = EagleProposer::new(head.clone(), target.clone(), TreeSpec { num_steps: 3, topk: 1, num_draft_tokens: 4 });
@@ -151,11 +162,11 @@ fn written_random_head(target_seed: u64, head_seed: u64, kind: EagleKind) -> (Ar
             let rows: Vec<f32> = (0..ids.len() * target.config.hidden_size).map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0).collect();
             TrainHead::init_eagle3(shape(&target), head_seed, 0.3, vec![0, 1, 3], ids, rows).unwrap()
         }
-        EagleKind::Mtp => unreachable!("MTP layers are not trained yet"),
+        EagleKind::Mtp => TrainHead::init_mtp(shape(&target), head_seed, 0.3).unwrap(),
     };
     let dir = tempfile::tempdir().unwrap();
     write_head(dir.path(), &target, &head).unwrap();
-    let served = EagleHead::load(dir.path(), &target, None).unwrap();
+    let served = load_served(dir.path(), &target);
     assert_eq!(served.kind(), kind);
     (target, head, served)
 }
@@ -168,7 +179,7 @@ fn features(kind: EagleKind, n: usize, h: usize, mul: usize, modulo: usize) -> V
 
 #[test]
 fn written_checkpoint_serves_the_trained_computation() {
-    for kind in [EagleKind::Eagle, EagleKind::Eagle3] {
+    for kind in [EagleKind::Eagle, EagleKind::Eagle3, EagleKind::Mtp] {
         let (target, head, served) = written_random_head(6, 11, kind);
         let h = target.config.hidden_size;
         let n = 9;
@@ -182,10 +193,10 @@ fn written_checkpoint_serves_the_trained_computation() {
         let f = Tensor::from_vec(feats.clone(), (n, feats.len() / n), &Device::Cpu).unwrap();
         let want_x = head.forward(&emb, &f).unwrap();
         let want: Vec<f32> = match kind {
-            EagleKind::Eagle => target.lm_head(&want_x.flatten_all().unwrap().to_vec1().unwrap()).unwrap(),
+            // The target's lm_head (an MTP layer's output is already normed).
+            EagleKind::Eagle | EagleKind::Mtp => target.lm_head(&want_x.flatten_all().unwrap().to_vec1().unwrap()).unwrap(),
             // The head's own lm_head; `lm_hot` is not read.
             EagleKind::Eagle3 => head.logits(&want_x, &Tensor::zeros((1, h), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
-            EagleKind::Mtp => unreachable!("not in this test's kinds"),
         };
         let cols = served.draft_vocab(&target);
         assert_eq!(cols, if kind == EagleKind::Eagle3 { 24 } else { VOCAB });
@@ -210,7 +221,7 @@ fn written_checkpoint_serves_the_trained_computation() {
 /// depth-`s + 1` draft after committing rows `0..=c`.
 #[test]
 fn unrolled_steps_equal_served_chain_drafting() {
-    for kind in [EagleKind::Eagle, EagleKind::Eagle3] {
+    for kind in [EagleKind::Eagle, EagleKind::Eagle3, EagleKind::Mtp] {
         unrolled_steps_equal_served_chain(kind);
     }
 }
@@ -315,4 +326,62 @@ fn eagle3_training_lowers_the_loss_and_the_head_reloads_and_drafts() {
     drop(w);
     let err = aerie_draft_worker::train::train_eagle(&target, &FeatureCache::open(&plain_dir).unwrap(), &dir.path().join("bad3"), &tc, &mut |_, _| {}).unwrap_err().to_string();
     assert!(err.contains("--kind eagle3"), "{err}");
+}
+
+/// An MTP layer end to end: trained on the same features as an EAGLE head,
+/// written as a whole MiMo-layout checkpoint of the target (its body plus
+/// `model.mtp_layers.0`) that loads as the target itself, and drafts better
+/// than its untrained start.
+#[test]
+fn mtp_training_writes_a_checkpoint_that_serves_and_drafts_for_itself() {
+    aerie_kernels::cpu::pool::set_threads(1);
+    let target = common::tiny_llama(VOCAB, 5, 3.0);
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let meta = CacheMeta { target: target.fingerprint.clone(), hidden_size: target.config.hidden_size, aux_layers: vec![], recipe: "tiny".into() };
+    let cfg = DataConfig { max_len: 60, max_new_tokens: 48, batch: 8, source: AnswerSource::Target { temperature: 0.0 }, ..Default::default() };
+    let seqs: Vec<Pending> = (0..48).map(|i| Pending { tokens: prompt(i), mask: vec![0; 4] }).collect();
+    let mut w = FeatureCacheWriter::open(&cache_dir, &meta).unwrap();
+    extract_features(&target, &seqs, &cfg, &|_| false, &mut w, &mut |_, _| {}).unwrap();
+    drop(w);
+    let cache = FeatureCache::open(&cache_dir).unwrap();
+    let out = dir.path().join("mtp");
+    let tc = TrainConfig { kind: EagleKind::Mtp, epochs: 12, lr: 3e-3, warmup_steps: 5, batch_seqs: 4, hot_vocab: VOCAB, checkpoint_every: 1000, ttt_steps: 2, ..Default::default() };
+    let logs = aerie_draft_worker::train::train_eagle(&target, &cache, &out, &tc, &mut |_, _| {}).unwrap();
+    let mean = |s: &[aerie_draft_worker::train::StepLog]| s.iter().map(|l| l.loss).sum::<f32>() / s.len() as f32;
+    let (first, last) = (mean(&logs[..6]), mean(&logs[logs.len() - 6..]));
+    assert!(last < 0.6 * first, "loss {first} -> {last}");
+
+    // The checkpoint is MiMo's: the target's architecture name, one MTP layer.
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "MiMoForCausalLM");
+    assert_eq!(config["num_nextn_predict_layers"], 1);
+    let ck = MtpCheckpoint::detect(&out).unwrap().expect("an MTP checkpoint");
+    assert_eq!(ck.num_layers, 1);
+    // Its body is the target: the same logits (f16 on disk) and argmaxes.
+    let loaded = aerie_engine::loader::load(&out, aerie_engine::DType::Auto).unwrap();
+    let body = Model::new(loaded.config, loaded.weights, loaded.fingerprint);
+    let ids = prompt(3);
+    let logits = |m: &Model| {
+        let mut c = m.new_cache();
+        let seq = aerie_engine::SeqInput { cache: &mut c, tokens: &ids, positions: None, mask: AttnMask::Causal, logits: aerie_engine::LogitsRows::All };
+        m.forward(&mut [seq], &aerie_engine::ForwardOptions::default()).unwrap().remove(0).logits
+    };
+    let (a, b) = (logits(&target), logits(&body));
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(worst < 0.01 * scale, "body logits differ by {worst} (scale {scale})");
+
+    let untrained = dir.path().join("untrained");
+    write_head(&untrained, &target, &TrainHead::init_mtp(shape(&target), tc.seed, 0.02).unwrap()).unwrap();
+    let (t_trained, t_untrained) = (tau(&target, &out), tau(&target, &untrained));
+    eprintln!("tiny target, MTP: loss {first:.4} -> {last:.4}; tau trained {t_trained:.2}, untrained {t_untrained:.2}");
+    assert!(t_trained > t_untrained + 0.2, "trained τ {t_trained} vs untrained {t_untrained}");
+    assert!(out.join("hot_vocab.json").exists(), "a token map for the layer, as for EAGLE heads");
+
+    // Warm start from the written checkpoint: zero steps write it back unchanged.
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let warm = TrainConfig { epochs: 0, init: Some(out.clone()), ..tc.clone() };
+    assert!(aerie_draft_worker::train::train_eagle(&target, &cache, &dir.path().join("again"), &warm, &mut |_, _| {}).unwrap().is_empty());
+    assert_eq!(before, std::fs::read(dir.path().join("again/model.safetensors")).unwrap());
 }

@@ -32,6 +32,8 @@ pub enum EngineError {
     Device(#[from] aerie_kernels::cuda::device::DeviceError),
     #[error("KV cache full: {needed} more pages needed, {free} free")]
     KvCacheFull { needed: usize, free: usize },
+    #[error("export: {0}")]
+    Export(String),
 }
 
 impl EngineError {
@@ -51,6 +53,7 @@ impl EngineError {
             EngineError::ContextLength { .. } => "context_length",
             EngineError::Device(_) => "device",
             EngineError::KvCacheFull { .. } => "kv_cache_full",
+            EngineError::Export(_) => "export",
         }
     }
 }

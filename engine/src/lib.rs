@@ -6,6 +6,7 @@ pub mod chat;
 pub mod config;
 pub mod cuda;
 pub mod error;
+pub mod export;
 pub mod fetch;
 pub mod generate;
 pub mod grammar;

@@ -164,6 +164,29 @@ impl Tokenizer {
         })
     }
 
+    /// Writes `tokenizer.json`, `tokenizer_config.json` (BOS/EOS, the chat
+    /// template, whether a BOS is added) and `generation_config.json` (the
+    /// EOS ids) to `dir`, so that [`Self::from_hf_dir`] reads back a
+    /// tokenizer that encodes as this one does. A tokenizer built from GGUF
+    /// metadata is written with its control tokens as special tokens.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        let io = |p: std::path::PathBuf| move |source| EngineError::Io { path: p, source };
+        let p = dir.join("tokenizer.json");
+        self.with_special.save(&p, false).map_err(|e| tk_err(format!("{}: {e}", p.display())))?;
+        let cfg = serde_json::json!({
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "add_bos_token": self.add_bos,
+            "chat_template": self.chat_template,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        });
+        let p = dir.join("tokenizer_config.json");
+        std::fs::write(&p, serde_json::to_string_pretty(&cfg).expect("a JSON value serializes")).map_err(io(p.clone()))?;
+        let gen = serde_json::json!({ "bos_token_id": self.bos_id, "eos_token_id": self.eos_ids });
+        let p = dir.join("generation_config.json");
+        std::fs::write(&p, serde_json::to_string_pretty(&gen).expect("a JSON value serializes")).map_err(io(p.clone()))
+    }
+
     /// Token ids of `text`. With `parse_special`, control-token text such as
     /// `<|im_start|>` becomes that one token (llama.cpp's `special=True`).
     /// A BOS is never added here; callers decide (see `add_bos`).

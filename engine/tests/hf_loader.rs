@@ -1,6 +1,7 @@
 //! Hugging Face safetensors loading, checked against the GGUF path: the real
 //! SmolLM2 weights are written out in Hugging Face layout (q/k rows
-//! un-permuted back to half-split RoPE) and must give the same logits.
+//! un-permuted back to half-split RoPE) and must give the same logits; a
+//! whole exported directory (f16, tokenizer files) reloads as the same model.
 
 use crate::common;
 use aerie_engine::loader::hf::SafetensorsDir;
@@ -14,50 +15,16 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// GGUF llama files interleave each head's rotary pairs; HF splits halves.
-fn unpermute(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
-    let half = head_dim / 2;
-    for h in 0..heads {
-        for i in 0..half {
-            for c in 0..2 {
-                let src = h * head_dim + 2 * i + c;
-                let dst = h * head_dim + c * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn hf_directory_matches_gguf() {
     let e = smollm2_f32();
     let cfg = &e.model.config;
-    let w = &e.model.weights;
-    let (h, hd, nh, nkv, ff) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size);
-    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
-    let mut put = |name: String, shape: Vec<usize>, v: &[f32]| {
-        tensors.insert(name, (shape, f32_bytes(v)));
-    };
-    put("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h], &w.embed.to_f32_vec());
-    put("model.norm.weight".into(), vec![h], &w.final_norm);
-    for (i, l) in w.layers.iter().enumerate() {
-        let p = |s: &str| format!("model.layers.{i}.{s}");
-        let qkv = l.qkv.dense_f32();
-        let (q, rest) = qkv.split_at(nh * hd * h);
-        let (k, v) = rest.split_at(nkv * hd * h);
-        put(p("self_attn.q_proj.weight"), vec![nh * hd, h], &unpermute(q, nh, hd, h));
-        put(p("self_attn.k_proj.weight"), vec![nkv * hd, h], &unpermute(k, nkv, hd, h));
-        put(p("self_attn.v_proj.weight"), vec![nkv * hd, h], v);
-        put(p("self_attn.o_proj.weight"), vec![h, nh * hd], &l.wo.to_f32_vec());
-        let gu = l.gate_up.dense_f32();
-        put(p("mlp.gate_proj.weight"), vec![ff, h], &gu[..ff * h]);
-        put(p("mlp.up_proj.weight"), vec![ff, h], &gu[ff * h..]);
-        put(p("mlp.down_proj.weight"), vec![h, ff], &l.w_down.to_f32_vec());
-        put(p("input_layernorm.weight"), vec![h], &l.attn_norm);
-        put(p("post_attention_layernorm.weight"), vec![h], &l.ffn_norm);
-    }
+    let (h, nh, nkv, ff) = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size);
+    // The library's export (q/k rows moved back to half-split pairs).
+    let tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> =
+        aerie_engine::export::hf_tensors(&e.model, false).unwrap().into_iter().map(|t| (t.name, (t.shape, f32_bytes(&t.data)))).collect();
+    assert_eq!(tensors.len(), 2 + 9 * cfg.num_layers, "embedding, final norm and 9 tensors per layer (tied lm_head)");
+    assert!(!tensors.contains_key("model.layers.0.self_attn.q_proj.bias"));
     let dir = tempfile::tempdir().unwrap();
     // Split across two files, as sharded checkpoints are.
     let names: Vec<String> = tensors.keys().cloned().collect();
@@ -169,4 +136,36 @@ fn a_drafting_load_keeps_the_fingerprint_and_refuses_to_run() {
         .forward(&mut [SeqInput { cache: &mut cache, tokens: &[1, 2], positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }], &ForwardOptions::default())
         .unwrap_err();
     assert!(err.to_string().contains("loaded for drafting"), "{err}");
+}
+
+/// `export::write_hf_dir` with the GGUF's tokenizer: the directory loads as
+/// an engine that tokenizes and templates every prompt as the GGUF does,
+/// and greedy decoding from it starts as the GGUF's does (f16 weights
+/// against Q4_1).
+#[test]
+fn an_exported_directory_reloads_with_the_same_tokenizer() {
+    let e = smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let config = aerie_engine::export::hf_config(&e.model.config, "LlamaForCausalLM", Some(&e.tokenizer)).unwrap();
+    let tensors = aerie_engine::export::hf_tensors(&e.model, false).unwrap();
+    aerie_engine::export::write_hf_dir(dir.path(), &config, &tensors, &e.tokenizer).unwrap();
+    let hf = aerie_engine::Engine::load_path(dir.path(), DType::Auto).unwrap();
+    assert_eq!((hf.tokenizer.bos_id, hf.tokenizer.eos_ids.clone(), hf.tokenizer.add_bos), (e.tokenizer.bos_id, e.tokenizer.eos_ids.clone(), e.tokenizer.add_bos));
+    let texts = ["Name three rivers in Europe.", "Write a Python function that checks whether a number is prime.\n\n  def f(x):\treturn 1234567", "Ünïcödé — 日本語のテキスト 🙂 and <|im_start|> text"];
+    for t in texts {
+        for special in [true, false] {
+            if !special && t.contains("<|") {
+                continue; // a Hugging Face tokenizer.json has one set of added tokens
+            }
+            assert_eq!(hf.tokenizer.encode(t, special).unwrap(), e.tokenizer.encode(t, special).unwrap(), "{t:?} (special {special})");
+        }
+        let msgs = [aerie_engine::ChatMessage::new("user", t)];
+        assert_eq!(hf.chat_prompt_ids(&msgs).unwrap(), e.chat_prompt_ids(&msgs).unwrap(), "chat prompt of {t:?}");
+    }
+    let ids = e.chat_prompt_ids(&[aerie_engine::ChatMessage::new("user", texts[0])]).unwrap();
+    let greedy = |m: &Model| {
+        let req = aerie_engine::generate::GenerateRequest { prompt_ids: &ids, max_tokens: 8, sampling: aerie_engine::SamplingParams::default(), stop_ids: &[] };
+        aerie_engine::generate::generate(m, &req, &mut |_| {}).unwrap().token_ids
+    };
+    assert_eq!(greedy(&hf.model)[..4], greedy(&e.model)[..4]);
 }

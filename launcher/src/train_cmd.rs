@@ -15,9 +15,12 @@ pub struct TrainEagleArgs {
     /// Target model name or path.
     #[arg(long, default_value = "smollm2")]
     pub model: String,
-    /// Head family: `eagle` (EAGLE-1/2) or `eagle3` (EAGLE-3: features are
+    /// Head family: `eagle` (EAGLE-1/2), `eagle3` (EAGLE-3: features are
     /// the outputs of three target layers, the head has its own lm_head over
-    /// a draft vocabulary of --hot-vocab ids, written as d2t/t2d).
+    /// a draft vocabulary of --hot-vocab ids, written as d2t/t2d) or `mtp`
+    /// (an MTP layer in MiMo's layout: OUT becomes a Hugging Face checkpoint
+    /// of the target, its body in f16, plus `model.mtp_layers.0`, which
+    /// `--model OUT` then serves and drafts with by itself).
     #[arg(long, default_value = "eagle")]
     pub kind: String,
     /// EAGLE-3 aux layers, comma-separated (default 1, L/2-1, L-4 for an L-layer target).
@@ -132,8 +135,8 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
     let kind = match a.kind.to_ascii_lowercase().as_str() {
         "eagle" | "eagle2" => EagleKind::Eagle,
         "eagle3" => EagleKind::Eagle3,
-        "mtp" => bail!("--kind mtp: training MTP layers is not supported yet (MTP layers a checkpoint ships are served with --speculative-algorithm EAGLE or NEXTN)"),
-        other => bail!("--kind {other}: expected eagle (EAGLE-1/2) or eagle3"),
+        "mtp" => EagleKind::Mtp,
+        other => bail!("--kind {other}: expected eagle (EAGLE-1/2), eagle3 or mtp"),
     };
     let source = match a.answers.as_str() {
         "greedy" => AnswerSource::Target { temperature: 0.0 },
@@ -179,7 +182,7 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
     // cache built for EAGLE-3 (which holds them too) and, if it extends
     // that cache, keeps writing its aux layers.
     if let Some(old) = CacheMeta::read(&cache_dir)? {
-        if kind == EagleKind::Eagle && old.target == engine.model.fingerprint && old.recipe == data_cfg.recipe() {
+        if kind != EagleKind::Eagle3 && old.target == engine.model.fingerprint && old.recipe == data_cfg.recipe() {
             data_cfg.aux_layers = old.aux_layers;
         }
     }
@@ -207,7 +210,12 @@ pub fn run(a: TrainEagleArgs) -> Result<()> {
     let trained_rows: usize = (0..cache.len()).map(|i| cache.mask(i).iter().filter(|&&m| m == 1).count()).sum();
     eprintln!("feature cache {}: {} sequences, {rows} tokens ({trained_rows} assistant)", cache_dir.display(), cache.len());
 
-    // 2. Training (resumes OUT/checkpoint).
+    // 2. Training (resumes OUT/checkpoint). An MTP checkpoint is a whole
+    // model directory: its tokenizer files go in first.
+    if kind == EagleKind::Mtp {
+        std::fs::create_dir_all(&a.out)?;
+        engine.tokenizer.save_hf(&a.out).context("writing the tokenizer files")?;
+    }
     let tc = TrainConfig {
         kind,
         epochs: a.epochs,

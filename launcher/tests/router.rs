@@ -128,6 +128,48 @@ fn openai_sampling_features_and_structured_output_are_lossless_under_speculation
     }
 }
 
+/// SmolLM2 with an MTP layer of its own, made by `aerie train-eagle --kind
+/// mtp` (a short run: the layer is barely trained, which losslessness must
+/// not care about): the written directory is a whole checkpoint that
+/// `aerie serve --model DIR` serves and drafts for with its MTP layer by
+/// default, and the ten-prompt suite through the official client equals
+/// `--no-speculation` token for token (`tests/openai/lossless.py`).
+#[test]
+fn a_trained_smollm2_mtp_checkpoint_serves_losslessly_through_the_openai_client() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sharegpt.json");
+    let record = |id: &str, q: &str, a: &str| format!(r#"{{"id":"{id}","conversations":[{{"from":"human","value":"{q}"}},{{"from":"gpt","value":"{a}"}}]}}"#);
+    std::fs::write(&data, format!("[{}]", [record("a", "Name a color.", "Blue."), record("b", "Count to three.", "1, 2, 3.")].join(",\n"))).unwrap();
+    let ck = dir.path().join("smollm2-mtp");
+    let out = Command::new(env!("CARGO_BIN_EXE_aerie"))
+        .args(["train-eagle", "--kind", "mtp", "--data", data.to_str().unwrap(), "--out", ck.to_str().unwrap()])
+        .args(["--conversations", "2", "--max-new-tokens", "8", "--epochs", "2", "--batch-seqs", "1", "--hot-vocab", "512"])
+        .env("AERIE_THREADS", "2")
+        .env("AERIE_PROGRESS_SECS", "0")
+        .output()
+        .expect("run aerie");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config: Value = serde_json::from_slice(&std::fs::read(ck.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["architectures"][0].as_str(), config["num_nextn_predict_layers"].as_u64()), (Some("MiMoForCausalLM"), Some(1)), "{config}");
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "hot_vocab.json"] {
+        assert!(ck.join(f).is_file(), "{f} missing");
+    }
+    let m = ck.to_str().unwrap();
+    let spec = serve(&["--model-path", m]);
+    let plain = serve(&["--model-path", m, "--no-speculation"]);
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/openai/lossless.py"))
+        .args(["--spec-url", &format!("http://{}/v1", spec.addr), "--plain-url", &format!("http://{}/v1", plain.addr), "--max-tokens", "32"])
+        // `aerie serve` names the model by its path, as SGLang does.
+        .args(["--model", m])
+        .output()
+        .expect("the test venv (scripts/setup.sh installs openai into .venv)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "lossless.py failures:\n{stdout}");
+}
+
 #[test]
 fn greedy_text_is_identical_with_and_without_speculation() {
     let _g = serial();

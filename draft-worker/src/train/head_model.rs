@@ -13,6 +13,14 @@
 //!   `cat(input_layernorm(embed(x_{t+1})), hidden_norm(h))` (2H wide), then
 //!   `x = h + attn` and the MLP. Logits are the head's own
 //!   `lm_head(norm(x))` over its draft vocabulary.
+//! - MTP (MiMo's layout, `model.mtp_layers.0.*`): `x =
+//!   input_proj(cat(hidden_layernorm(f_t), token_layernorm(embed(x_{t+1}))))`,
+//!   then one decoder layer with its input norm, then `final_layernorm`: the
+//!   normed output is both the predicted `f_{t+1}` and the lm_head's input.
+//!   Its q/k/v biases (a Qwen2 layer has them) stay zero and untrained;
+//!   the embedding at position 0 is zeroed, as served.
+//!   Same loss as EAGLE-1: the output lives in the space of the target's
+//!   final normed states.
 //!
 //! Loss. EAGLE-1: SmoothL1(x, f_{t+1}) averaged over the hidden size, plus
 //! `ce_weight` × cross-entropy of the logits against the target's
@@ -122,6 +130,13 @@ impl TrainHead {
         Self::build(shape, seed, std, EagleKind::Eagle3, aux_layers, draft_ids, lm_rows)
     }
 
+    /// A fresh MTP layer in MiMo's layout: like [`Self::init`], with
+    /// `input_proj` the identity on the hidden-state half (MiMo puts the
+    /// hidden state first) and unit norms.
+    pub fn init_mtp(shape: HeadShape, seed: u64, std: f32) -> Result<TrainHead> {
+        Self::build(shape, seed, std, EagleKind::Mtp, Vec::new(), Vec::new(), Vec::new())
+    }
+
     fn build(shape: HeadShape, seed: u64, std: f32, kind: EagleKind, aux_layers: Vec<usize>, draft_ids: Vec<u32>, lm_rows: Vec<f32>) -> Result<TrainHead> {
         use rand::SeedableRng;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -131,19 +146,29 @@ impl TrainHead {
         let eagle3 = kind == EagleKind::Eagle3;
         let (fc_in, attn_in) = if eagle3 { (3 * h, 2 * h) } else { (2 * h, h) };
         let mut params = Vec::new();
+        let mtp = kind == EagleKind::Mtp;
         let mut fc = normal(h, fc_in);
+        // The feature's block: last for EAGLE's cat(embedding, feature), first for MiMo's cat(hidden, token).
+        let feat_at = if mtp { 0 } else { fc_in - h };
         for i in 0..h {
-            fc[i * fc_in + fc_in - h + i] += 1.0;
+            fc[i * fc_in + feat_at + i] += 1.0;
         }
         let mut push = |name: &str, data: Vec<f32>, dims: &[usize]| -> Result<()> {
             params.push((name.to_string(), Var::from_vec(data, dims, &dev).map_err(cerr)?));
             Ok(())
         };
-        push("fc.weight", fc, &[h, fc_in])?;
-        if !eagle3 {
+        let pre = layer_prefix(kind);
+        if mtp {
+            push(&format!("{pre}.input_proj.weight"), fc, &[h, fc_in])?;
+            for n in ["token_layernorm", "hidden_layernorm", "final_layernorm", "input_layernorm"] {
+                push(&format!("{pre}.{n}.weight"), vec![1.0; h], &[h])?;
+            }
+        } else {
+            push("fc.weight", fc, &[h, fc_in])?;
+        }
+        if !eagle3 && !mtp {
             push("fc.bias", vec![0.0; h], &[h])?;
         }
-        let pre = layer_prefix(kind);
         let (qd, kvd) = (heads * head_dim, kv_heads * head_dim);
         push(&format!("{pre}.self_attn.q_proj.weight"), normal(qd, attn_in), &[qd, attn_in])?;
         push(&format!("{pre}.self_attn.k_proj.weight"), normal(kvd, attn_in), &[kvd, attn_in])?;
@@ -176,7 +201,7 @@ impl TrainHead {
     /// lm_head (whose rows are the same hot ids).
     pub fn logits(&self, x: &Tensor, lm_hot: &Tensor) -> candle_core::Result<Tensor> {
         match self.kind {
-            // (A TrainHead is never built as Mtp: `train` refuses that kind.)
+            // An MTP layer's output is already normed (`final_layernorm`).
             EagleKind::Eagle | EagleKind::Mtp => x.matmul(&lm_hot.t()?),
             EagleKind::Eagle3 => rms_norm(x, self.p("norm.weight"), self.shape.rms_eps)?.matmul(&self.p("lm_head.weight").t()?),
         }
@@ -243,14 +268,22 @@ impl TrainHead {
         let emb_normed = if eagle3 { Some(rms_norm(emb, self.p("midlayer.input_layernorm.weight"), s.rms_eps)?) } else { None };
         for step in 0..steps {
             let f = if step == 0 { feat.clone() } else { shift(&outs[step - 1], 0, 1)? };
-            let x = match (eagle3, step) {
-                (false, _) => Tensor::cat(&[emb, &f], 1)?.matmul(&self.p("fc.weight").t()?)?.broadcast_add(self.p("fc.bias"))?,
-                (true, 0) => f.matmul(&self.p("fc.weight").t()?)?,
-                (true, _) => f,
+            let x = match (self.kind, step) {
+                (EagleKind::Eagle, _) => Tensor::cat(&[emb, &f], 1)?.matmul(&self.p("fc.weight").t()?)?.broadcast_add(self.p("fc.bias"))?,
+                (EagleKind::Mtp, _) => {
+                    let hf = rms_norm(&f, self.layer("hidden_layernorm.weight"), s.rms_eps)?;
+                    // The embedding at position 0 is zeroed, as SGLang and vLLM serve MTP layers.
+                    let first_zero = Tensor::from_vec((0..n).map(|t| if t == 0 { 0f32 } else { 1.0 }).collect::<Vec<f32>>(), (n, 1), dev)?;
+                    let he = rms_norm(emb, self.layer("token_layernorm.weight"), s.rms_eps)?.broadcast_mul(&first_zero)?;
+                    Tensor::cat(&[&hf, &he], 1)?.matmul(&self.layer("input_proj.weight").t()?)?
+                }
+                (EagleKind::Eagle3, 0) => f.matmul(&self.p("fc.weight").t()?)?,
+                (EagleKind::Eagle3, _) => f,
             };
-            let attn_in = match &emb_normed {
-                Some(e) => Tensor::cat(&[e, &rms_norm(&x, self.p("midlayer.hidden_norm.weight"), s.rms_eps)?], 1)?,
-                None => x.clone(),
+            let attn_in = match (&emb_normed, self.kind) {
+                (Some(e), _) => Tensor::cat(&[e, &rms_norm(&x, self.p("midlayer.hidden_norm.weight"), s.rms_eps)?], 1)?,
+                (None, EagleKind::Mtp) => rms_norm(&x, self.layer("input_layernorm.weight"), s.rms_eps)?,
+                (None, _) => x.clone(),
             };
             let proj = |name: &str, heads: usize| -> candle_core::Result<Tensor> {
                 attn_in.matmul(&self.layer(name).t()?)?.reshape((n, heads, hd))?.transpose(0, 1)?.contiguous()
@@ -279,7 +312,8 @@ impl TrainHead {
             let xn = rms_norm(&x, self.layer("post_attention_layernorm.weight"), s.rms_eps)?;
             let gate = xn.matmul(&self.layer("mlp.gate_proj.weight").t()?)?.silu()?;
             let up = xn.matmul(&self.layer("mlp.up_proj.weight").t()?)?;
-            outs.push((x + (gate * up)?.matmul(&self.layer("mlp.down_proj.weight").t()?)?)?);
+            let out = (x + (gate * up)?.matmul(&self.layer("mlp.down_proj.weight").t()?)?)?;
+            outs.push(if self.kind == EagleKind::Mtp { rms_norm(&out, self.layer("final_layernorm.weight"), s.rms_eps)? } else { out });
         }
         Ok(outs)
     }
@@ -349,8 +383,9 @@ impl TrainHead {
 /// Parameter prefix of the head's decoder layer in the published layouts.
 fn layer_prefix(kind: EagleKind) -> &'static str {
     match kind {
-        EagleKind::Eagle | EagleKind::Mtp => "layers.0",
+        EagleKind::Eagle => "layers.0",
         EagleKind::Eagle3 => "midlayer",
+        EagleKind::Mtp => "model.mtp_layers.0",
     }
 }
 

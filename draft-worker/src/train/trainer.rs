@@ -213,7 +213,7 @@ pub fn write_head(dir: &Path, target: &Model, head: &TrainHead) -> Result<()> {
     }
     let vocab = target.config.vocab_size;
     let config = match head.kind {
-        EagleKind::Mtp => return Err(DraftError::Train("writing trained MTP layers is not supported yet".into())),
+        EagleKind::Mtp => return write_mtp_checkpoint(dir, target, head),
         EagleKind::Eagle => head_config(&target.config, head.kind, head.shape.ff, vocab),
         EagleKind::Eagle3 => {
             let ids = &head.draft_ids;
@@ -227,6 +227,33 @@ pub fn write_head(dir: &Path, target: &Model, head: &TrainHead) -> Result<()> {
         }
     };
     write_head_files(dir, &tensors, &config)
+}
+
+/// Writes an MTP layer as MiMo publishes one: the target's whole body in
+/// Hugging Face layout (f16, q/k/v biases as a Qwen2 body has, zero where
+/// the target has none) plus `model.mtp_layers.0.*`, under a
+/// `MiMoForCausalLM` config with `num_nextn_predict_layers: 1`. The
+/// tokenizer files are the caller's (`Tokenizer::save_hf`): the trainer
+/// sees only the model.
+pub fn write_mtp_checkpoint(dir: &Path, target: &Model, head: &TrainHead) -> Result<()> {
+    use aerie_engine::export::{hf_config, hf_tensors, write_safetensors_f16, HfTensor};
+    let mut tensors = hf_tensors(target, true)?;
+    for (name, v) in &head.params {
+        let t = v.as_tensor();
+        tensors.push(HfTensor::new(name.clone(), t.dims().to_vec(), t.flatten_all().and_then(|x| x.to_vec1()).map_err(cerr)?));
+    }
+    let s = head.shape;
+    let (qd, kvd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    for (n, len) in [("q", qd), ("k", kvd), ("v", kvd)] {
+        tensors.push(HfTensor::new(format!("model.mtp_layers.0.self_attn.{n}_proj.bias"), vec![len], vec![0.0; len]));
+    }
+    let mut config = hf_config(&target.config, "MiMoForCausalLM", None)?;
+    config["model_type"] = serde_json::json!("mimo");
+    config["num_nextn_predict_layers"] = serde_json::json!(1);
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    write_safetensors_f16(&dir.join("model.safetensors"), &tensors)?;
+    let p = dir.join("config.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&config).expect("json")).map_err(io(&p))
 }
 
 fn save_state(dir: &Path, head: &TrainHead, opt: &AdamW, state: &TrainState) -> Result<()> {
@@ -364,7 +391,7 @@ pub fn train_eagle_validated(
     }
     let lm_hot = Tensor::from_vec(rows.clone(), (hot_ids.len(), h), &Device::Cpu).map_err(cerr)?;
     let head = match cfg.kind {
-        EagleKind::Mtp => return Err(DraftError::Train("training MTP layers (--kind mtp) is not supported yet; train an EAGLE or EAGLE-3 head".into())),
+        EagleKind::Mtp => TrainHead::init_mtp(shape, cfg.seed, 0.02)?,
         EagleKind::Eagle => TrainHead::init(shape, cfg.seed, 0.02)?,
         EagleKind::Eagle3 => TrainHead::init_eagle3(shape, cfg.seed, 0.02, cache.meta.aux_layers.clone(), hot_ids.clone(), rows)?,
     };
@@ -449,7 +476,7 @@ pub fn train_eagle_validated(
         }
     }
     write_head(out, target, &head)?;
-    if cfg.kind == EagleKind::Eagle {
+    if cfg.kind != EagleKind::Eagle3 {
         // An FR-Spec token map for the head (EAGLE-3 carries its vocabulary in d2t).
         let hot = out.join("hot_vocab.json");
         std::fs::write(&hot, serde_json::to_string(&state.hot_ids).expect("json")).map_err(io(&hot))?;
