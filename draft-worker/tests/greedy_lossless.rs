@@ -1,6 +1,7 @@
 //! Greedy speculation emits exactly plain greedy's tokens, on the real
 //! SmolLM2, for every drafter and across tree shapes: a chain (3 steps,
-//! topk 1), SGLang's default (5, 4, 8) and a wide tree (6, 8, 48).
+//! topk 1), SGLang's default (5, 4, 8) and a wide tree (6, 8, 48) (three
+//! of the ten prompts for untrained EAGLE heads there).
 
 use crate::common;
 use aerie_draft_worker::eagle::EagleKind;
@@ -41,7 +42,12 @@ fn check(alg: SpecAlgorithm) {
         let f = factory(alg, tree);
         let t = Instant::now();
         let (mut verifies, mut emitted) = (0, 0);
-        for (i, want) in plain.iter().enumerate() {
+        // An untrained head accepts nothing, so on the wide tree each of its
+        // tokens costs a 48-row verify, for no path the narrower shapes and
+        // the accepting drafters do not also take: three prompts there keep
+        // the shape checked at a third of the cost (CI budget).
+        let prompts = if tree.num_draft_tokens > 8 && matches!(alg, SpecAlgorithm::Eagle | SpecAlgorithm::Eagle3) { 3 } else { plain.len() };
+        for (i, want) in plain.iter().enumerate().take(prompts) {
             let ids = prompt_ids(i);
             let req = GenerateRequest { prompt_ids: &ids, max_tokens: NEW_TOKENS, sampling: SamplingParams::default(), stop_ids: &[] };
             let mut p = f.proposer();

@@ -160,7 +160,7 @@ fn a_trained_smollm2_mtp_checkpoint_serves_losslessly_through_the_openai_client(
     let plain = serve(&["--model-path", m, "--no-speculation"]);
     let out = Command::new(repo().join(".venv/bin/python"))
         .arg(repo().join("tests/openai/lossless.py"))
-        .args(["--spec-url", &format!("http://{}/v1", spec.addr), "--plain-url", &format!("http://{}/v1", plain.addr), "--max-tokens", "32"])
+        .args(["--spec-url", &format!("http://{}/v1", spec.addr), "--plain-url", &format!("http://{}/v1", plain.addr), "--max-tokens", "24"])
         // `aerie serve` names the model by its path, as SGLang does.
         .args(["--model", m])
         .output()
