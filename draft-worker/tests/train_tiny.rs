@@ -53,19 +53,24 @@ fn tau(target: &Arc<Model>, dir: &std::path::Path) -> f64 {
     emitted as f64 / verifies as f64
 }
 
+/// Features of the target's own greedy answers (48 new tokens) to 48
+/// four-token prompts, in a cache at `dir`.
+fn greedy_feature_cache(target: &Model, dir: &std::path::Path) -> FeatureCache {
+    let meta = CacheMeta { target: target.fingerprint.clone(), hidden_size: target.config.hidden_size, aux_layers: vec![], recipe: "tiny".into() };
+    let cfg = DataConfig { max_len: 60, max_new_tokens: 48, batch: 8, source: AnswerSource::Target { temperature: 0.0 }, ..Default::default() };
+    let seqs: Vec<Pending> = (0..48).map(|i| Pending { tokens: prompt(i), mask: vec![0; 4] }).collect();
+    let mut w = FeatureCacheWriter::open(dir, &meta).unwrap();
+    assert_eq!(extract_features(target, &seqs, &cfg, &|_| false, &mut w, &mut |_, _| {}).unwrap(), 48);
+    drop(w);
+    FeatureCache::open(dir).unwrap()
+}
+
 #[test]
 fn training_lowers_the_loss_and_the_head_reloads_and_drafts() {
     aerie_kernels::cpu::pool::set_threads(1);
     let target = common::tiny_llama(VOCAB, 5, 3.0);
     let dir = tempfile::tempdir().unwrap();
-    let cache_dir = dir.path().join("cache");
-    let meta = CacheMeta { target: target.fingerprint.clone(), hidden_size: target.config.hidden_size, aux_layers: vec![], recipe: "tiny".into() };
-    let cfg = DataConfig { max_len: 60, max_new_tokens: 48, batch: 8, source: AnswerSource::Target { temperature: 0.0 }, ..Default::default() };
-    let seqs: Vec<Pending> = (0..48).map(|i| Pending { tokens: prompt(i), mask: vec![0; 4] }).collect();
-    let mut w = FeatureCacheWriter::open(&cache_dir, &meta).unwrap();
-    assert_eq!(extract_features(&target, &seqs, &cfg, &|_| false, &mut w, &mut |_, _| {}).unwrap(), 48);
-    drop(w);
-    let cache = FeatureCache::open(&cache_dir).unwrap();
+    let cache = greedy_feature_cache(&target, &dir.path().join("cache"));
     assert_eq!(cache.len(), 48);
     assert_eq!(cache.seq_len(0), 4 + 47, "prompt + the 48 generated tokens but the last (never fed, so no feature)");
     assert_eq!(cache.mask(0).iter().filter(|&&m| m == 1).count(), 47);
@@ -337,14 +342,7 @@ fn mtp_training_writes_a_checkpoint_that_serves_and_drafts_for_itself() {
     aerie_kernels::cpu::pool::set_threads(1);
     let target = common::tiny_llama(VOCAB, 5, 3.0);
     let dir = tempfile::tempdir().unwrap();
-    let cache_dir = dir.path().join("cache");
-    let meta = CacheMeta { target: target.fingerprint.clone(), hidden_size: target.config.hidden_size, aux_layers: vec![], recipe: "tiny".into() };
-    let cfg = DataConfig { max_len: 60, max_new_tokens: 48, batch: 8, source: AnswerSource::Target { temperature: 0.0 }, ..Default::default() };
-    let seqs: Vec<Pending> = (0..48).map(|i| Pending { tokens: prompt(i), mask: vec![0; 4] }).collect();
-    let mut w = FeatureCacheWriter::open(&cache_dir, &meta).unwrap();
-    extract_features(&target, &seqs, &cfg, &|_| false, &mut w, &mut |_, _| {}).unwrap();
-    drop(w);
-    let cache = FeatureCache::open(&cache_dir).unwrap();
+    let cache = greedy_feature_cache(&target, &dir.path().join("cache"));
     let out = dir.path().join("mtp");
     let tc = TrainConfig { kind: EagleKind::Mtp, epochs: 12, lr: 3e-3, warmup_steps: 5, batch_seqs: 4, hot_vocab: VOCAB, checkpoint_every: 1000, ttt_steps: 2, ..Default::default() };
     let logs = aerie_draft_worker::train::train_eagle(&target, &cache, &out, &tc, &mut |_, _| {}).unwrap();
