@@ -160,16 +160,22 @@ pub fn write_safetensors_f16(path: &Path, tensors: &[HfTensor]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// Writes a whole checkpoint directory: `config.json` (`config`),
-/// `model.safetensors` (`tensors`, f16) and `tokenizer`'s files.
-pub fn write_hf_dir(dir: &Path, config: &Value, tensors: &[HfTensor], tokenizer: &Tokenizer) -> Result<()> {
+/// Writes the model files of a checkpoint directory: `config.json`
+/// (`config`) and `model.safetensors` (`tensors`, f16), creating `dir`.
+pub fn write_hf_model(dir: &Path, config: &Value, tensors: &[HfTensor]) -> Result<()> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| EngineError::Io { path: p, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    tokenizer.save_hf(dir)?;
     write_safetensors_f16(&dir.join("model.safetensors"), tensors)?;
     let p = dir.join("config.json");
     std::fs::write(&p, serde_json::to_string_pretty(config).expect("a JSON value serializes")).map_err(io(&p))
+}
+
+/// Writes a whole checkpoint directory: [`write_hf_model`] plus
+/// `tokenizer`'s files.
+pub fn write_hf_dir(dir: &Path, config: &Value, tensors: &[HfTensor], tokenizer: &Tokenizer) -> Result<()> {
+    write_hf_model(dir, config, tensors)?;
+    tokenizer.save_hf(dir)
 }

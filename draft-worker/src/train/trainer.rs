@@ -236,7 +236,7 @@ pub fn write_head(dir: &Path, target: &Model, head: &TrainHead) -> Result<()> {
 /// tokenizer files are the caller's (`Tokenizer::save_hf`): the trainer
 /// sees only the model.
 pub fn write_mtp_checkpoint(dir: &Path, target: &Model, head: &TrainHead) -> Result<()> {
-    use aerie_engine::export::{hf_config, hf_tensors, write_safetensors_f16, HfTensor};
+    use aerie_engine::export::{hf_config, hf_tensors, write_hf_model, HfTensor};
     let mut tensors = hf_tensors(target, true)?;
     for (name, v) in &head.params {
         let t = v.as_tensor();
@@ -250,10 +250,7 @@ pub fn write_mtp_checkpoint(dir: &Path, target: &Model, head: &TrainHead) -> Res
     let mut config = hf_config(&target.config, "MiMoForCausalLM", None)?;
     config["model_type"] = serde_json::json!("mimo");
     config["num_nextn_predict_layers"] = serde_json::json!(1);
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    write_safetensors_f16(&dir.join("model.safetensors"), &tensors)?;
-    let p = dir.join("config.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&config).expect("json")).map_err(io(&p))
+    Ok(write_hf_model(dir, &config, &tensors)?)
 }
 
 fn save_state(dir: &Path, head: &TrainHead, opt: &AdamW, state: &TrainState) -> Result<()> {
