@@ -129,7 +129,11 @@ impl ModelConfig {
                 }
             }
         }
-        let rope_scaling = match v.get("rope_scaling") {
+        // transformers 5 writes `rope_parameters` (rope_theta and the
+        // scaling together) where 4.x wrote `rope_theta` and `rope_scaling`.
+        let rope_parameters = v.get("rope_parameters").filter(|p| p.is_object());
+        let rope_theta = v.get("rope_theta").or_else(|| rope_parameters.and_then(|p| p.get("rope_theta"))).and_then(|x| x.as_f64()).unwrap_or(10000.0);
+        let rope_scaling = match v.get("rope_scaling").filter(|r| !r.is_null()).or(rope_parameters) {
             None | Some(Value::Null) => None,
             Some(rs) => {
                 let ty = rs.get("rope_type").or_else(|| rs.get("type")).and_then(|t| t.as_str()).unwrap_or("");
@@ -156,7 +160,7 @@ impl ModelConfig {
             head_dim: get("head_dim").unwrap_or(hidden / heads.max(1)),
             vocab_size: req("vocab_size")?,
             max_position_embeddings: max_pos,
-            rope_theta: v.get("rope_theta").and_then(|x| x.as_f64()).unwrap_or(10000.0),
+            rope_theta,
             rope_scaling,
             rope_freq_factors: None,
             rope_style: RopeStyle::HalfSplit,
@@ -167,5 +171,41 @@ impl ModelConfig {
                 .and_then(|x| x.as_bool())
                 .unwrap_or(arch == Arch::Qwen2),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "max_position_embeddings": 2048})
+    }
+
+    #[test]
+    fn transformers_5_rope_parameters_read_as_4x_rope_theta_and_rope_scaling() {
+        let scaling = json!({"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let mut v4 = base();
+        v4["rope_theta"] = json!(500000.0);
+        let mut rs = scaling.clone();
+        rs["rope_type"] = json!("llama3");
+        v4["rope_scaling"] = rs.clone();
+        let mut v5 = base();
+        rs["rope_theta"] = json!(500000.0);
+        v5["rope_parameters"] = rs;
+        let p = Path::new("config.json");
+        let (a, b) = (ModelConfig::from_hf_json(p, &v4).unwrap(), ModelConfig::from_hf_json(p, &v5).unwrap());
+        assert_eq!(a.rope_theta, 500000.0);
+        assert_eq!(b.rope_theta, 500000.0);
+        assert_eq!(a.rope_scaling, b.rope_scaling);
+        assert!(b.rope_scaling.is_some());
+        // A plain v5 config: default rope type, theta from rope_parameters.
+        let mut plain = base();
+        plain["rope_parameters"] = json!({"rope_theta": 100000.0, "rope_type": "default"});
+        plain["rope_scaling"] = Value::Null;
+        let c = ModelConfig::from_hf_json(p, &plain).unwrap();
+        assert_eq!((c.rope_theta, c.rope_scaling), (100000.0, None));
     }
 }

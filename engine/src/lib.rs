@@ -15,6 +15,7 @@ pub mod layers;
 pub mod loader;
 pub mod model;
 pub mod processors;
+pub mod random;
 pub mod sampling;
 pub mod spec;
 pub mod tokenizer;

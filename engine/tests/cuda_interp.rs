@@ -9,6 +9,7 @@ use aerie_engine::weights::{LayerWeights, ModelWeights};
 use aerie_engine::{AttnMask, ForwardOptions, LogitsRows, Model, SeqInput};
 use aerie_kernels::cpu::Matrix;
 use aerie_kernels::cuda::device::InterpDevice;
+use crate::common;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::sync::Arc;
 
@@ -71,7 +72,7 @@ fn random_model(cfg: ModelConfig, seed: u64) -> Model {
 }
 
 fn device_model(model: &Model) -> CudaModel {
-    CudaModel::from_model(model, Arc::new(InterpDevice::new(64 << 20)), 1024).unwrap()
+    CudaModel::from_model(model, common::test_device(64 << 20), 1024).unwrap()
 }
 
 fn tokens(r: &mut StdRng, n: usize, vocab: usize) -> Vec<u32> {
@@ -195,7 +196,7 @@ fn keeping_an_accepted_path_continues_like_decoding_it() {
 fn the_kv_pool_is_bounded_and_pages_come_back() {
     let model = random_model(config(Arch::Llama, RopeStyle::HalfSplit, false), 17);
     // 64 tokens: four pages.
-    let dm = CudaModel::from_model(&model, Arc::new(InterpDevice::new(64 << 20)), 64).unwrap();
+    let dm = CudaModel::from_model(&model, common::test_device(64 << 20), 64).unwrap();
     let free = dm.pool.free_pages();
     assert_eq!(free, 4);
     let toks: Vec<u32> = (0..50).collect();

@@ -7,9 +7,8 @@ use crate::common;
 use aerie_engine::cuda::{CudaModel, CudaSeqInput};
 use aerie_engine::{AttnMask, ChatMessage, ForwardOptions, LogitsRows, SeqInput};
 use aerie_kernels::cpu::ops::argmax;
-use aerie_kernels::cuda::device::InterpDevice;
 use common::*;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 const PROMPTS: [&str; 5] = [
     "What is the capital of France?",
@@ -21,7 +20,7 @@ const PROMPTS: [&str; 5] = [
 
 fn device_model() -> &'static CudaModel {
     static M: OnceLock<CudaModel> = OnceLock::new();
-    M.get_or_init(|| CudaModel::from_model(&smollm2_f32().model, Arc::new(InterpDevice::new(2 << 30)), 4096).unwrap())
+    M.get_or_init(|| CudaModel::from_model(&smollm2_f32().model, test_device(2 << 30), 4096).unwrap())
 }
 
 fn prompt_ids(q: &str) -> Vec<u32> {

@@ -6,3 +6,4 @@
 
 mod cuda_interp;
 mod kernels;
+mod nvrtc_cubin;

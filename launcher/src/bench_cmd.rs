@@ -1,4 +1,6 @@
-//! `aerie bench serve | sweep | compare`: the CLI over `aerie-bench`.
+//! `aerie bench serve | sweep | compare | forward`: the CLI over
+//! `aerie-bench` (`forward`, the forward pass alone, is in
+//! `bench_forward.rs`).
 //!
 //! - `serve` measures running servers (one or more `--base-url`s,
 //!   interleaved when several);
@@ -37,6 +39,9 @@ enum BenchCmd {
     Sweep(SweepArgs),
     /// Aerie against llama.cpp's OpenAI server on the same GGUF, interleaved.
     Compare(CompareArgs),
+    /// The forward pass alone on a device: prefill, batch-1 decode and the
+    /// verify cost curve (optionally on random weights of any shape).
+    Forward(crate::bench_forward::ForwardBenchArgs),
 }
 
 /// The workload, shared by every subcommand.
@@ -261,6 +266,7 @@ pub fn run(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         BenchCmd::Serve(a) => serve(a),
         BenchCmd::Sweep(a) => run_sweep(a, threads),
         BenchCmd::Compare(a) => compare(a, threads),
+        BenchCmd::Forward(a) => crate::bench_forward::run(a),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `aerie`: the command line of the Aerie serving stack.
 
 mod bench_cmd;
+mod bench_forward;
 mod cluster_args;
 mod eval_cmd;
 mod generate_cmd;
@@ -54,6 +55,20 @@ enum Cmd {
     /// Measure a drafter's acceptance (τ, per-position acceptance, histogram)
     /// on a prompt file, optionally against plain decoding.
     EvalDraft(eval_cmd::EvalDraftArgs),
+    /// Write a model as a Hugging Face directory: config.json, f16
+    /// model.safetensors and the tokenizer files (GGUF weights are
+    /// dequantized), or only the tokenizer files.
+    ExportHf {
+        /// Model name or path (GGUF file or Hugging Face directory).
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+        /// Output directory.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Write tokenizer.json and tokenizer_config.json only.
+        #[arg(long)]
+        tokenizer_only: bool,
+    },
     /// Write a random-weight EAGLE or EAGLE-3 head for a model, in the
     /// published checkpoint layout (for tests and drafting-cost benchmarks).
     RandomHead {
@@ -116,6 +131,20 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::TrainEagle(args) => train_cmd::run(args),
         Cmd::EvalDraft(args) => eval_cmd::run(args),
         Cmd::Bench(args) => bench_cmd::run(args, cli.threads),
+        Cmd::ExportHf { model, out, tokenizer_only } => {
+            use anyhow::Context;
+            let e = aerie_engine::Engine::load(&model, aerie_engine::DType::Auto).with_context(|| format!("loading model `{model}`"))?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            if tokenizer_only {
+                e.tokenizer.save_hf(&out)?;
+            } else {
+                let config = aerie_engine::export::hf_config(&e.model.config, "LlamaForCausalLM", Some(&e.tokenizer))?;
+                let tensors = aerie_engine::export::hf_tensors(&e.model, false)?;
+                aerie_engine::export::write_hf_dir(&out, &config, &tensors, &e.tokenizer)?;
+            }
+            println!("{}", out.display());
+            Ok(())
+        }
         Cmd::RandomHead { model, kind, draft_vocab_size, seed, out } => {
             use aerie_draft_worker::eagle::EagleKind;
             use aerie_draft_worker::random_head::{write_random_head, RandomHeadSpec};

@@ -301,3 +301,59 @@ fn generate_on_the_cuda_device() {
     assert_eq!(plain["token_ids"].as_array().unwrap().len(), 10);
     assert_eq!(plain["token_ids"], spec["token_ids"]);
 }
+
+/// `aerie bench forward --random-weights` builds a model of a config.json's
+/// shape in memory and reports prefill, decode and the verify curve, on the
+/// CPU and on the (interpreted) CUDA device; a bad config is one clean error.
+#[test]
+fn bench_forward_runs_random_weights_of_a_configs_shape() {
+    let _g = crate::common::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = serde_json::json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 512,
+        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}});
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let d = dir.path().to_str().unwrap();
+    for interp in [false, true] {
+        let mut args = vec!["bench", "forward", "--model", d, "--random-weights", "--prompt-len", "20", "--decode-steps", "3", "--reps", "2", "--verify-sizes", "1,4,16", "--json", "--peak-gbs", "100"];
+        if interp {
+            args.extend(["--device", "cuda"]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_aerie")).args(&args).env("AERIE_THREADS", "2").env("AERIE_CUDA_INTERPRET", "1").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["device"].as_str().unwrap().contains("interpreted"), interp, "{v}");
+        assert!(v["decode_tok_s"].as_f64().unwrap() > 0.0, "{v}");
+        let curve = v["verify_ms"].as_array().unwrap();
+        assert_eq!(curve.iter().map(|c| c["k"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 4, 16]);
+        assert!(curve.iter().all(|c| c["ms"].as_f64().unwrap() > 0.0));
+        // Bandwidth figures exist only on a device.
+        assert_eq!(v["bandwidth_fraction"].is_number(), interp, "{v}");
+        let params = 256.0 * 64.0 * 2.0 + 2.0 * (64.0 * 16.0 * (2.0 * 4.0 + 2.0 * 2.0) + 3.0 * 64.0 * 128.0);
+        assert_eq!(v["params"].as_f64().unwrap(), params);
+    }
+    let out = aerie(&["bench", "forward", "--model", "/nonexistent/config.json", "--random-weights"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("config.json"), "{err}");
+}
+
+/// `aerie export-hf --tokenizer-only` writes the tokenizer files a Hugging
+/// Face directory needs, and they tokenize as the GGUF does.
+#[test]
+fn export_hf_tokenizer_only_writes_loadable_tokenizer_files() {
+    let _g = crate::common::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let m = model_path();
+    let out = aerie(&["export-hf", "--model", m.to_str().unwrap(), "--out", dir.path().to_str().unwrap(), "--tokenizer-only"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["generation_config.json", "tokenizer.json", "tokenizer_config.json"]);
+    let tk = aerie_engine::Tokenizer::from_hf_dir(dir.path()).unwrap();
+    let e = aerie_engine::Engine::load_path(&m, aerie_engine::DType::Auto).unwrap();
+    for text in ["Name three rivers in Europe, please.", "<|im_start|>user\nhi<|im_end|>"] {
+        assert_eq!(tk.encode(text, true).unwrap(), e.tokenizer.encode(text, true).unwrap(), "{text:?}");
+    }
+    assert_eq!((tk.bos_id, tk.eos_ids.clone()), (e.tokenizer.bos_id, e.tokenizer.eos_ids.clone()));
+}

@@ -2,12 +2,13 @@
 //!
 //! `cuda` with `AERIE_CUDA_INTERPRET=1` is the interpreted device (the CUDA
 //! path on the CPU, for tests). Without it, a machine with no NVIDIA driver
-//! gets a one-line error, never a panic (cudarc's context constructor panics
-//! when libcuda is missing, so the library is looked for first).
+//! gets a one-line error, never a panic (cudarc panics on a call into a
+//! library it cannot load, so the library is looked for first); with one, the
+//! GPU through the driver API ([`DriverDevice`]).
 
 use crate::error::{EngineError, Result};
 use aerie_kernels::cuda::device::{Device, DeviceError, InterpDevice};
-use std::path::Path;
+use aerie_kernels::cuda::driver::{driver_present, DriverDevice};
 use std::sync::Arc;
 
 /// A parsed `--device` value.
@@ -40,27 +41,17 @@ pub fn interpret_requested() -> bool {
 /// Host memory the interpreted device may hand out as "device memory".
 const INTERPRETED_BYTES: usize = 16 << 30;
 
-/// Where the NVIDIA driver library would be: the loader's path plus the
-/// usual driver directories (containers mount it into one of these).
-fn libcuda_present() -> bool {
-    let mut dirs: Vec<String> = std::env::var("LD_LIBRARY_PATH").unwrap_or_default().split(':').filter(|d| !d.is_empty()).map(String::from).collect();
-    dirs.extend(
-        ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/nvidia/lib64", "/usr/local/cuda/compat", "/run/nvidia/driver/usr/lib/x86_64-linux-gnu"]
-            .map(String::from),
-    );
-    dirs.iter().any(|d| Path::new(d).join("libcuda.so.1").exists())
-}
-
 /// The device for `spec`: `None` for the CPU path.
 pub fn open_device(spec: DeviceSpec) -> Result<Option<Arc<dyn Device>>> {
     match spec {
         DeviceSpec::Cpu => Ok(None),
         DeviceSpec::Cuda(_) if interpret_requested() => Ok(Some(Arc::new(InterpDevice::new(INTERPRETED_BYTES)))),
-        DeviceSpec::Cuda(n) if !libcuda_present() => Err(EngineError::Device(DeviceError::Unavailable(format!(
+        DeviceSpec::Cuda(n) if !driver_present() => Err(EngineError::Device(DeviceError::Unavailable(format!(
             "--device cuda:{n}: no NVIDIA driver on this machine (libcuda.so.1 not found); use --device cpu, or AERIE_CUDA_INTERPRET=1 to run the CUDA path on the CPU"
         )))),
-        DeviceSpec::Cuda(n) => Err(EngineError::Device(DeviceError::Unavailable(format!(
-            "--device cuda:{n}: this build runs the CUDA path only in the interpreter (AERIE_CUDA_INTERPRET=1); the GPU driver backend is not built yet"
-        )))),
+        DeviceSpec::Cuda(n) => match DriverDevice::open(n) {
+            Ok(dev) => Ok(Some(Arc::new(dev))),
+            Err(e) => Err(EngineError::Device(DeviceError::Unavailable(format!("--device cuda:{n}: {e}")))),
+        },
     }
 }

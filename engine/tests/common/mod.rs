@@ -24,3 +24,18 @@ pub fn oracle(name: &str) -> serde_json::Value {
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
+
+/// The device the CUDA-path tests run on: the interpreter (`interp_bytes`
+/// of budget), or GPU N when `AERIE_TEST_DEVICE=cuda[:N]`, which is how
+/// `scripts/gpu_check.sh` runs these same tests on a real GPU. One GPU device
+/// per process: opening one compiles and loads every kernel.
+pub fn test_device(interp_bytes: usize) -> std::sync::Arc<dyn aerie_kernels::cuda::device::Device> {
+    use aerie_engine::cuda::select::DeviceSpec;
+    use aerie_kernels::cuda::{device::InterpDevice, driver::DriverDevice};
+    static GPU: OnceLock<std::sync::Arc<DriverDevice>> = OnceLock::new();
+    match std::env::var("AERIE_TEST_DEVICE").ok().map(|v| v.parse::<DeviceSpec>()) {
+        Some(Ok(DeviceSpec::Cuda(n))) => GPU.get_or_init(|| std::sync::Arc::new(DriverDevice::open(n).unwrap_or_else(|e| panic!("AERIE_TEST_DEVICE: {e}")))).clone(),
+        Some(Err(e)) => panic!("AERIE_TEST_DEVICE: {e}"),
+        _ => std::sync::Arc::new(InterpDevice::new(interp_bytes)),
+    }
+}

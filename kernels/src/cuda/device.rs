@@ -67,7 +67,18 @@ impl DeviceBuffer {
         KernelArg::Ptr((self.ptr as usize + offset) as *const std::ffi::c_void)
     }
 
-    fn check(&self, offset: usize, len: usize) -> Result<()> {
+    /// A buffer at device address `ptr` of `len` bytes; `owner` frees it
+    /// when dropped.
+    pub(crate) fn from_raw(ptr: u64, len: usize, owner: Box<dyn std::any::Any + Send + Sync>) -> DeviceBuffer {
+        DeviceBuffer { ptr, len, _owner: owner }
+    }
+
+    /// The device address.
+    pub(crate) fn addr(&self) -> u64 {
+        self.ptr
+    }
+
+    pub(crate) fn check(&self, offset: usize, len: usize) -> Result<()> {
         if offset.checked_add(len).is_none_or(|end| end > self.len) {
             return Err(DeviceError::OutOfRange { offset, len, size: self.len });
         }

@@ -131,6 +131,25 @@ pub fn param_sizes(name: &str) -> Result<Vec<u8>, InterpError> {
     Ok(unsafe { std::slice::from_raw_parts(sizes, n) }.to_vec())
 }
 
+/// The arguments of a launch of kernel `name` as CUDA's kernelParams
+/// values (one little-endian 64-bit slot each), after checking their number
+/// and widths against the kernel's signature. The GPU device checks its
+/// launches through this too, so a wrong argument list fails the same way on
+/// both devices instead of corrupting a GPU launch.
+pub fn checked_words(name: &str, args: &[KernelArg]) -> Result<Vec<u64>, InterpError> {
+    let k = find(name)?;
+    let sizes = param_sizes(name)?;
+    if sizes.len() != args.len() {
+        return Err(InterpError::ArgumentCount { kernel: k.name, expected: sizes.len(), given: args.len() });
+    }
+    for (index, (a, &s)) in args.iter().zip(&sizes).enumerate() {
+        if a.size() != s {
+            return Err(InterpError::ArgumentSize { kernel: k.name, index, expected: s, given: a.size() });
+        }
+    }
+    Ok(args.iter().map(KernelArg::word).collect())
+}
+
 /// Launches kernel `name` on the interpreted device and waits for it.
 ///
 /// The number and width of the arguments are checked against the kernel's
@@ -168,16 +187,7 @@ pub fn has_twin(name: &str) -> bool {
 /// As [`launch`].
 pub unsafe fn launch_as(name: &str, cfg: LaunchConfig, args: &[KernelArg], twin: bool) -> Result<(), InterpError> {
     let k = find(name)?;
-    let sizes = param_sizes(name)?;
-    if sizes.len() != args.len() {
-        return Err(InterpError::ArgumentCount { kernel: k.name, expected: sizes.len(), given: args.len() });
-    }
-    for (index, (a, &s)) in args.iter().zip(&sizes).enumerate() {
-        if a.size() != s {
-            return Err(InterpError::ArgumentSize { kernel: k.name, index, expected: s, given: a.size() });
-        }
-    }
-    let mut words: Vec<u64> = args.iter().map(KernelArg::word).collect();
+    let mut words = checked_words(name, args)?;
     let mut params: Vec<*mut c_void> = words.iter_mut().map(|w| (w as *mut u64).cast()).collect();
     let grid = [cfg.grid.0, cfg.grid.1, cfg.grid.2];
     let block = [cfg.block.0, cfg.block.1, cfg.block.2];

@@ -11,7 +11,9 @@
 //! Rust reference of every kernel, which the tests hold both against.
 
 pub mod device;
+pub mod driver;
 pub mod interp;
+pub mod nvrtc;
 pub mod reference;
 
 /// A kernel source file: its name and text.

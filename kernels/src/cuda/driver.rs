@@ -1,0 +1,340 @@
+//! The GPU device: the CUDA driver API through cudarc, loaded dynamically.
+//!
+//! Strategy:
+//! - **Loading.** Nothing links against CUDA. `libcuda` is looked for before
+//!   the first driver call (cudarc panics on a call into a library it cannot
+//!   load), so a machine without a driver gets [`DeviceError::Unavailable`].
+//! - **Kernels.** Every source of `kernels/cuda/` is compiled once at open by
+//!   NVRTC into a cubin for this GPU's exact `sm_XY` ([`super::nvrtc`]) and
+//!   loaded as one module per file. Launches are checked against each
+//!   kernel's signature exactly as the interpreter checks them.
+//! - **One stream.** Every copy and launch goes to one non-blocking stream,
+//!   in issue order, which is the [`Device`] contract; a download waits for
+//!   the stream. (A non-default stream is what graph capture needs later.)
+//! - **Memory.** `cuMemAlloc`, not the stream-ordered pool, so buffers can
+//!   be exported through CUDA IPC later. Freed buffers go to a cache keyed by
+//!   rounded size and are reused without a synchronization, which is safe
+//!   because all work is on one stream: whatever used a buffer before is
+//!   ordered before whatever uses it next. A failed allocation empties the
+//!   cache and tries once more, then reports free and total memory.
+//! - **Threads.** The primary context is made current at the start of every
+//!   operation, so any thread may drive the device.
+
+use super::device::{Device, DeviceBuffer, DeviceError, Result};
+use super::interp::{self, KernelArg, LaunchConfig};
+use super::nvrtc;
+use cudarc::driver::{result, sys};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Launches above this much dynamic shared memory must opt in per function.
+const DEFAULT_SHARED_LIMIT: u32 = 48 << 10;
+
+fn driver_err(what: &str) -> impl Fn(result::DriverError) -> DeviceError + '_ {
+    move |e| DeviceError::Driver(format!("{what}: {e:?}"))
+}
+
+/// Whether libcuda can be loaded. Calling the driver without it panics
+/// inside cudarc, so this is asked first.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the library by its candidate names.
+    unsafe { sys::is_culib_present() }
+}
+
+/// The number of CUDA devices, or why there are none.
+pub fn device_count() -> Result<usize> {
+    if !driver_present() {
+        return Err(DeviceError::Unavailable("no NVIDIA driver on this machine (libcuda.so.1 not found)".into()));
+    }
+    result::init().map_err(driver_err("cuInit"))?;
+    Ok(result::device::get_count().map_err(driver_err("cuDeviceGetCount"))? as usize)
+}
+
+/// What every allocation and the device share: the context, the stream and
+/// the cache of freed buffers. Dropped last, when the device and every
+/// buffer are gone.
+struct Core {
+    ctx: sys::CUcontext,
+    cu_device: sys::CUdevice,
+    stream: sys::CUstream,
+    /// Freed buffers by size class.
+    cache: Mutex<HashMap<usize, Vec<sys::CUdeviceptr>>>,
+    in_use: AtomicUsize,
+    cached: AtomicUsize,
+}
+
+// SAFETY: the driver API is thread-safe; the raw handles are only used with
+// the context made current, and the cache is behind a mutex.
+unsafe impl Send for Core {}
+unsafe impl Sync for Core {}
+
+impl Core {
+    fn bind(&self) -> Result<()> {
+        // SAFETY: a context retained in `open` and released only in drop.
+        unsafe { result::ctx::set_current(self.ctx) }.map_err(driver_err("cuCtxSetCurrent"))
+    }
+
+    fn sync(&self) -> Result<()> {
+        // SAFETY: the stream lives as long as the core.
+        unsafe { result::stream::synchronize(self.stream) }.map_err(driver_err("cuStreamSynchronize"))
+    }
+
+    /// Frees every cached buffer (after the stream has finished with them).
+    fn release_cache(&self) -> Result<()> {
+        self.sync()?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        for (class, ptrs) in cache.drain() {
+            for p in ptrs {
+                // SAFETY: allocated by cuMemAlloc, not in use (it is cached),
+                // and the stream is idle.
+                unsafe { result::free_sync(p) }.map_err(driver_err("cuMemFree"))?;
+                self.cached.fetch_sub(class, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if self.bind().is_ok() {
+            let _ = self.release_cache();
+            // SAFETY: created in `open`; nothing uses it any more.
+            let _ = unsafe { result::stream::destroy(self.stream) };
+            // SAFETY: the retain of `open`.
+            let _ = unsafe { result::primary_ctx::release(self.cu_device) };
+        }
+    }
+}
+
+/// The size class of an allocation: powers of two from 512 bytes up to
+/// 1 MiB, then whole 2 MiB units, so buffers of one step's shapes are reused
+/// by the next step and a weight wastes at most 2 MiB.
+fn size_class(bytes: usize) -> usize {
+    if bytes <= 1 << 20 {
+        bytes.max(512).next_power_of_two()
+    } else {
+        bytes.div_ceil(2 << 20) * (2 << 20)
+    }
+}
+
+/// An allocation: back to the cache when its buffer is dropped.
+struct DriverAlloc {
+    ptr: sys::CUdeviceptr,
+    class: usize,
+    core: Arc<Core>,
+}
+
+impl Drop for DriverAlloc {
+    fn drop(&mut self) {
+        self.core.in_use.fetch_sub(self.class, Ordering::Relaxed);
+        self.core.cached.fetch_add(self.class, Ordering::Relaxed);
+        self.core.cache.lock().unwrap_or_else(|p| p.into_inner()).entry(self.class).or_default().push(self.ptr);
+    }
+}
+
+/// A CUDA GPU.
+pub struct DriverDevice {
+    core: Arc<Core>,
+    ordinal: usize,
+    name: String,
+    arch: u32,
+    total: usize,
+    functions: HashMap<&'static str, sys::CUfunction>,
+    modules: Vec<sys::CUmodule>,
+}
+
+// SAFETY: as for `Core`; function handles are immutable once loaded.
+unsafe impl Send for DriverDevice {}
+unsafe impl Sync for DriverDevice {}
+
+impl DriverDevice {
+    /// Opens GPU `ordinal`, compiles and loads every kernel.
+    pub fn open(ordinal: usize) -> Result<DriverDevice> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(DeviceError::Unavailable(format!("cuda:{ordinal} does not exist: this machine has {count} CUDA device(s)")));
+        }
+        let cu_device = result::device::get(ordinal as i32).map_err(driver_err("cuDeviceGet"))?;
+        // SAFETY: a device returned by cuDeviceGet.
+        let attr = |a| unsafe { result::device::get_attribute(cu_device, a) }.map_err(driver_err("cuDeviceGetAttribute"));
+        let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        let arch = (major * 10 + minor) as u32;
+        if arch < 80 {
+            return Err(DeviceError::Unavailable(format!("cuda:{ordinal} is sm_{arch}; Aerie's kernels need sm_80 or newer (bf16)")));
+        }
+        let gpu = result::device::get_name(cu_device).map_err(driver_err("cuDeviceGetName"))?;
+        // SAFETY: as above.
+        let total = unsafe { result::device::total_mem(cu_device) }.map_err(driver_err("cuDeviceTotalMem"))?;
+        // SAFETY: as above; released in Core's drop.
+        let ctx = unsafe { result::primary_ctx::retain(cu_device) }.map_err(driver_err("cuDevicePrimaryCtxRetain"))?;
+        // SAFETY: the context just retained.
+        unsafe { result::ctx::set_current(ctx) }.map_err(driver_err("cuCtxSetCurrent"))?;
+        let stream = result::stream::create(result::stream::StreamKind::NonBlocking).map_err(driver_err("cuStreamCreate"))?;
+        let core = Arc::new(Core { ctx, cu_device, stream, cache: Mutex::default(), in_use: AtomicUsize::new(0), cached: AtomicUsize::new(0) });
+
+        let mut functions = HashMap::new();
+        let mut modules = Vec::new();
+        for src in super::SOURCES {
+            let cubin = nvrtc::compile_cubin_cached(src, arch).map_err(|e| DeviceError::Unavailable(e.to_string()))?;
+            // SAFETY: a cubin NVRTC produced for this architecture.
+            let module = unsafe { result::module::load_data(cubin.as_ptr().cast()) }.map_err(driver_err(src.file))?;
+            modules.push(module);
+            for (name, file) in interp::kernels() {
+                if file == src.file {
+                    let cname = CString::new(name).unwrap_or_default();
+                    // SAFETY: a module loaded above.
+                    let f = unsafe { result::module::get_function(module, cname) }.map_err(driver_err(name))?;
+                    functions.insert(name, f);
+                }
+            }
+        }
+        let name = format!("{gpu} (cuda:{ordinal}, sm_{arch})");
+        Ok(DriverDevice { core, ordinal, name, arch, total, functions, modules })
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// The compute capability as `major * 10 + minor`.
+    pub fn arch(&self) -> u32 {
+        self.arch
+    }
+
+    /// Waits until everything issued so far has finished.
+    pub fn synchronize(&self) -> Result<()> {
+        self.core.bind()?;
+        self.core.sync()
+    }
+
+    fn raw_alloc(&self, class: usize) -> Result<sys::CUdeviceptr> {
+        if let Some(p) = self.core.cache.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&class).and_then(Vec::pop) {
+            self.core.cached.fetch_sub(class, Ordering::Relaxed);
+            return Ok(p);
+        }
+        // SAFETY: plain allocation; zeroed by the caller before use.
+        match unsafe { result::malloc_sync(class) } {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                self.core.release_cache()?;
+                // SAFETY: as above.
+                unsafe { result::malloc_sync(class) }.map_err(|_| {
+                    let (free, total) = result::mem_get_info().unwrap_or((0, self.total));
+                    DeviceError::OutOfMemory { requested: class, free, total }
+                })
+            }
+        }
+    }
+}
+
+impl Drop for DriverDevice {
+    fn drop(&mut self) {
+        if self.core.bind().is_ok() && self.core.sync().is_ok() {
+            for m in self.modules.drain(..) {
+                // SAFETY: loaded in `open`; no launch is pending (synced).
+                let _ = unsafe { result::module::unload(m) };
+            }
+        }
+    }
+}
+
+impl Device for DriverDevice {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DeviceBuffer> {
+        self.core.bind()?;
+        let class = size_class(bytes);
+        let ptr = self.raw_alloc(class)?;
+        self.core.in_use.fetch_add(class, Ordering::Relaxed);
+        let owner = DriverAlloc { ptr, class, core: self.core.clone() };
+        // SAFETY: `class >= bytes` bytes at `ptr`, ordered on the stream.
+        unsafe { result::memset_d8_async(ptr, 0, bytes, self.core.stream) }.map_err(driver_err("cuMemsetD8Async"))?;
+        Ok(DeviceBuffer::from_raw(ptr, bytes, Box::new(owner)))
+    }
+
+    fn upload(&self, dst: &DeviceBuffer, offset: usize, src: &[u8]) -> Result<()> {
+        dst.check(offset, src.len())?;
+        self.core.bind()?;
+        // SAFETY: the range lies in `dst`. From pageable memory the call
+        // returns once `src` has been staged, so `src` may go after it.
+        unsafe { result::memcpy_htod_async(dst.addr() + offset as u64, src, self.core.stream) }.map_err(driver_err("cuMemcpyHtoDAsync"))
+    }
+
+    fn download(&self, src: &DeviceBuffer, offset: usize, dst: &mut [u8]) -> Result<()> {
+        src.check(offset, dst.len())?;
+        self.core.bind()?;
+        // SAFETY: the range lies in `src`; the stream is synchronized before
+        // `dst` is used.
+        unsafe { result::memcpy_dtoh_async(dst, src.addr() + offset as u64, self.core.stream) }.map_err(driver_err("cuMemcpyDtoHAsync"))?;
+        self.core.sync()
+    }
+
+    fn copy(&self, src: &DeviceBuffer, src_offset: usize, dst: &DeviceBuffer, dst_offset: usize, len: usize) -> Result<()> {
+        src.check(src_offset, len)?;
+        dst.check(dst_offset, len)?;
+        self.core.bind()?;
+        // SAFETY: both ranges checked; stream ordered.
+        unsafe { result::memcpy_dtod_async(dst.addr() + dst_offset as u64, src.addr() + src_offset as u64, len, self.core.stream) }
+            .map_err(driver_err("cuMemcpyDtoDAsync"))
+    }
+
+    unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        let mut words = interp::checked_words(kernel, args)?;
+        let f = *self.functions.get(kernel).ok_or_else(|| interp::InterpError::UnknownKernel(kernel.to_string()))?;
+        self.core.bind()?;
+        if cfg.shared_bytes > DEFAULT_SHARED_LIMIT {
+            // SAFETY: a function of a loaded module.
+            unsafe {
+                result::function::set_function_attribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    cfg.shared_bytes as i32,
+                )
+            }
+            .map_err(driver_err(kernel))?;
+        }
+        let mut params: Vec<*mut c_void> = words.iter_mut().map(|w| (w as *mut u64).cast()).collect();
+        // SAFETY: one pointer per parameter to a value of the checked width;
+        // the caller vouches for the device pointers inside them.
+        unsafe { result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_bytes, self.core.stream, &mut params) }.map_err(driver_err(kernel))
+    }
+
+    fn memory(&self) -> (usize, usize) {
+        (self.core.in_use.load(Ordering::Relaxed), self.total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_cover_the_request_and_round_coarsely() {
+        for b in [0, 1, 511, 512, 513, 4096, 1 << 20, (1 << 20) + 1, 3 << 20, 1 << 30] {
+            let c = size_class(b);
+            assert!(c >= b && c >= 512, "{b} -> {c}");
+            if b > 1 << 20 {
+                assert_eq!(c % (2 << 20), 0);
+                assert!(c - b < 2 << 20);
+            } else {
+                assert!(c.is_power_of_two());
+            }
+        }
+    }
+
+    #[test]
+    fn no_driver_is_an_error_not_a_panic() {
+        if driver_present() {
+            return; // a GPU host: scripts/gpu_check.sh covers it
+        }
+        let err = DriverDevice::open(0).err().expect("no driver here");
+        assert_eq!(err.error_type(), "device_unavailable");
+        assert!(err.to_string().contains("libcuda"), "{err}");
+    }
+}
