@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod bench_forward;
 mod cluster_args;
+mod device_args;
 mod eval_cmd;
 mod generate_cmd;
 mod loss_plot;

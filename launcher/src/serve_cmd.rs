@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// `llama3`. Default: read from the chat template.
     #[arg(long)]
     pub tool_call_parser: Option<String>,
+    /// Where the workers' models run. With several target workers on one
+    /// device, each takes an equal share of --mem-fraction-static.
+    #[command(flatten)]
+    pub device: crate::device_args::DeviceArgs,
     /// Per target worker: most requests decoded at once.
     #[arg(long, default_value_t = 16)]
     pub max_running_requests: usize,
@@ -403,6 +407,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                     a.host.clone(),
                 ];
                 args.extend(draft_flags(&a));
+                args.extend(a.device.to_args());
                 args.extend(etcd_flags(&a, Some(&format!("serve-draft-{i}"))));
                 args.extend(fixed_ports(&a.host, &mut taken));
                 workers.push(spawn_worker(&format!("draft-{i}"), &args, timeout)?);
@@ -422,6 +427,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
             ];
             args.extend(etcd_flags(&a, Some(&format!("serve-target-{i}"))));
             args.extend(fixed_ports(&a.host, &mut taken));
+            let share = crate::device_args::DeviceArgs { mem_fraction_static: a.device.mem_fraction_static / a.target_workers.max(1) as f64, ..a.device.clone() };
+            args.extend(share.to_args());
             if a.speculative_adaptive && speculate {
                 args.push("--speculative-adaptive".into());
             }

@@ -7,6 +7,7 @@
 //! the grace period), then the process exits 0.
 
 use crate::cluster_args::{EtcdArgs, RegisterArgs, Registrant};
+use crate::device_args::DeviceArgs;
 use crate::metrics_http;
 use aerie_discovery::{Role, Status};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +76,8 @@ pub struct TargetWorkerArgs {
     /// On SIGTERM, how long in-flight requests may take to finish, seconds.
     #[arg(long, default_value_t = 30)]
     pub drain_grace_secs: u64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Tensor-parallel degree (SGLang's `--tp-size`). The CPU backend runs
     /// one rank; larger values need the CUDA backend with NCCL.
     #[arg(long, alias = "tensor-parallel-size", default_value_t = 1)]
@@ -95,6 +98,9 @@ pub struct DraftWorkerArgs {
     /// chain of `aerie serve`, over its 2,048-id hot vocabulary.
     #[command(flatten)]
     pub spec: SpecArgs,
+    /// Where the target's embedding and lm_head run (the drafter's logits).
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Sessions (one per target worker) held at once; past it the least
     /// recently used is closed.
     #[arg(long, default_value_t = 64)]
@@ -173,12 +179,27 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
     if a.tp_size != 1 {
         bail!("--tp-size {} needs the CUDA backend with NCCL, which this build does not have; the CPU backend runs --tp-size 1", a.tp_size);
     }
-    let engine = Engine::load(&a.model_path, DType::Auto)
+    let device = crate::device_args::open(&a.device)?;
+    let mut engine = Engine::load(&a.model_path, DType::Auto)
         .with_context(|| format!("loading target model `{}`", a.model_path))?;
+    let mut max_total_tokens = a.max_total_tokens;
+    if let Some(dev) = device {
+        // The pool holds the admitted budget plus every running request's
+        // verify tree and partly filled last page.
+        let slack = a.max_running_requests * (aerie_engine::cuda::MAX_TREE_NODES + aerie_engine::cuda::kv::PAGE_SIZE);
+        let model = Arc::try_unwrap(engine.model).map_err(|_| anyhow::anyhow!("the model is shared"))?;
+        let model = crate::device_args::place(model, dev, &a.device, a.max_total_tokens + slack)?;
+        let slots = model.cuda().map_or(0, |c| c.pool.slots());
+        max_total_tokens = max_total_tokens.min(slots.saturating_sub(slack));
+        if max_total_tokens == 0 {
+            bail!("the KV pool ({slots} tokens) cannot hold the trees of {} running requests: lower --max-running-requests or raise --mem-fraction-static", a.max_running_requests);
+        }
+        engine.model = Arc::new(model);
+    }
     let cfg = TargetConfig {
         model_id: a.model_path.clone(),
         max_running_requests: a.max_running_requests,
-        max_total_tokens: a.max_total_tokens,
+        max_total_tokens,
         max_queued_requests: a.max_queued_requests,
         feature_transport: a.feature_transport,
         shm_ring_bytes: a.shm_ring_bytes,
@@ -239,8 +260,13 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
 pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
     // Drafters read the target's embedding, lm_head and tokenizer, never
     // its decoder layers (MTP layers and heads are loaded on their own).
-    let engine = Engine::load_for_drafting(&a.model_path, DType::Auto)
+    let device = crate::device_args::open(&a.device)?;
+    let mut engine = Engine::load_for_drafting(&a.model_path, DType::Auto)
         .with_context(|| format!("loading target model `{}`", a.model_path))?;
+    if let Some(dev) = device {
+        let model = Arc::try_unwrap(engine.model).map_err(|_| anyhow::anyhow!("the model is shared"))?;
+        engine.model = Arc::new(crate::device_args::place(model, dev, &a.device, 0)?);
+    }
     let mut spec = a.spec.clone();
     if spec.speculative_algorithm.is_none() {
         spec.speculative_algorithm = Some(SpecAlgorithm::Eagle);

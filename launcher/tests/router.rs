@@ -203,6 +203,59 @@ fn greedy_text_is_identical_with_and_without_speculation() {
     }
 }
 
+/// `aerie serve --device cuda` (the interpreter: the host code and `.cu`
+/// kernels a GPU runs) serves the default speculative cluster with the
+/// target and the drafter's logits on the device: greedy text equals the
+/// CUDA path's plain decoding in process, and the target exports its device
+/// memory and KV pool.
+#[test]
+fn serve_on_the_cuda_device_is_lossless_and_reports_device_memory() {
+    let _g = serial();
+    let port = free_port().to_string();
+    let serve = common::start_exe_env(
+        env!("CARGO_BIN_EXE_aerie").as_ref(),
+        &["serve", "--port", &port, "--device", "cuda", "--max-running-requests", "2"],
+        &[("AERIE_CUDA_INTERPRET", "1")],
+        "OpenAI endpoint:",
+        &|l: &str| l.split_whitespace().nth(2).unwrap().trim_start_matches("http://").trim_end_matches("/v1").to_string(),
+    );
+    let target_metrics = serve
+        .preamble
+        .iter()
+        .find(|l| l.trim_start().starts_with("target-0"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("http://")))
+        .map(|m| m.trim_end_matches("/metrics").to_string())
+        .unwrap_or_else(|| panic!("no target metrics address in {:?}", serve.preamble));
+    let e = engine();
+    let dev = aerie_engine::Engine::load("smollm2", aerie_engine::DType::Auto).unwrap();
+    let model = std::sync::Arc::try_unwrap(dev.model)
+        .ok()
+        .unwrap()
+        .to_device(std::sync::Arc::new(aerie_kernels::cuda::device::InterpDevice::new(2 << 30)), 1024)
+        .unwrap();
+    for p in &PROMPTS[..2] {
+        let ids = e.chat_prompt_ids(&[ChatMessage::new("user", p)]).unwrap();
+        let req = GenerateRequest { prompt_ids: &ids, max_tokens: 16, sampling: SamplingParams::default(), stop_ids: &[] };
+        let want = e.tokenizer.decode(&generate(&model, &req, &mut |_| {}).unwrap().token_ids, true).unwrap();
+        let (status, body) = http(&serve.addr, "POST", "/v1/chat/completions", Some(&chat_body(p, 16)));
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"].as_str().unwrap(), want, "{p}");
+        assert!(v["usage"]["spec_verify_ct"].as_u64().unwrap_or(0) > 0, "speculation ran: {}", v["usage"]);
+    }
+    let used = gauge(&target_metrics, "aerie_target_device_memory_used_bytes");
+    assert!(used > 250e6, "bf16 SmolLM2 plus its KV pool: {used}");
+    assert_eq!(gauge(&target_metrics, "aerie_target_device_memory_total_bytes"), (16u64 << 30) as f64);
+    let pool = gauge(&target_metrics, "aerie_target_device_kv_pool_capacity_tokens");
+    assert!(pool >= 65_536.0, "{pool}");
+    // The scheduler refreshes its gauges each loop, at least every 200 ms.
+    let t = Instant::now();
+    while gauge(&target_metrics, "aerie_target_device_kv_pool_used_tokens") != 0.0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(gauge(&target_metrics, "aerie_target_device_kv_pool_used_tokens"), 0.0, "every sequence's pages came back");
+}
+
 #[test]
 fn no_target_is_503_and_full_queues_are_429() {
     let _g = serial();

@@ -31,6 +31,15 @@ pub const TARGET_BATCH_SIZE: &str = "aerie_target_batch_size_requests";
 pub const TARGET_KV_USED: &str = "aerie_target_kv_used_tokens";
 /// Gauge: the KV budget.
 pub const TARGET_KV_CAPACITY: &str = "aerie_target_kv_capacity_tokens";
+/// Gauge: device memory this worker holds (weights, KV pool, buffers), on
+/// a CUDA device; absent on the CPU.
+pub const TARGET_DEVICE_MEMORY_USED: &str = "aerie_target_device_memory_used_bytes";
+/// Gauge: the device's memory.
+pub const TARGET_DEVICE_MEMORY_TOTAL: &str = "aerie_target_device_memory_total_bytes";
+/// Gauge: KV pool slots held by sequences, on a CUDA device (whole pages).
+pub const TARGET_DEVICE_KV_POOL_USED: &str = "aerie_target_device_kv_pool_used_tokens";
+/// Gauge: KV pool slots in all.
+pub const TARGET_DEVICE_KV_POOL_CAPACITY: &str = "aerie_target_device_kv_pool_capacity_tokens";
 /// Gauge: requests waiting for admission.
 pub const TARGET_QUEUE_LENGTH: &str = "aerie_target_queue_length_requests";
 /// Gauge: requests being decoded.

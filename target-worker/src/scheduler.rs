@@ -506,6 +506,14 @@ fn run(model: &Model, shared: &Shared) {
         shared.running.store(running.len(), Ordering::Release);
         metrics::gauge!(m::TARGET_RUNNING).set(running.len() as f64);
         metrics::gauge!(m::TARGET_KV_USED).set(shared.kv_used() as f64);
+        if let Some(c) = model.cuda() {
+            let (used, total) = c.device().memory();
+            metrics::gauge!(m::TARGET_DEVICE_MEMORY_USED).set(used as f64);
+            metrics::gauge!(m::TARGET_DEVICE_MEMORY_TOTAL).set(total as f64);
+            let free = c.pool.free_pages() * aerie_engine::cuda::kv::PAGE_SIZE;
+            metrics::gauge!(m::TARGET_DEVICE_KV_POOL_USED).set(c.pool.slots().saturating_sub(free) as f64);
+            metrics::gauge!(m::TARGET_DEVICE_KV_POOL_CAPACITY).set(c.pool.slots() as f64);
+        }
         if running.is_empty() {
             continue;
         }

@@ -106,7 +106,8 @@ impl CudaModel {
         let lm_head = w.lm_head.as_ref().map(|m| up_bf16(&m.to_f32_vec())).transpose()?;
         let inv: Vec<f32> = cfg.inv_freqs().iter().map(|&f| f as f32).collect();
         let inv_freq = up_f32(&inv)?;
-        let pool = KvPool::new(dev.clone(), cfg.num_layers, cfg.num_kv_heads * cfg.head_dim, max_total_tokens)?;
+        // A model loaded for drafting has no layers, and needs no pool.
+        let pool = KvPool::new(dev.clone(), w.layers.len(), cfg.num_kv_heads * cfg.head_dim, max_total_tokens)?;
         Ok(CudaModel { config: cfg, dev, embed, layers, final_norm, lm_head, inv_freq, pool })
     }
 

@@ -66,7 +66,13 @@ pub fn start(args: &[&str], ready: &str, field: &dyn Fn(&str) -> String) -> Proc
 
 /// As [`start`], from the `aerie` binary at `exe`.
 pub fn start_exe(exe: &std::path::Path, args: &[&str], ready: &str, field: &dyn Fn(&str) -> String) -> Proc {
+    start_exe_env(exe, args, &[], ready, field)
+}
+
+/// As [`start_exe`], with extra environment variables.
+pub fn start_exe_env(exe: &std::path::Path, args: &[&str], env: &[(&str, &str)], ready: &str, field: &dyn Fn(&str) -> String) -> Proc {
     let mut child = Command::new(exe)
+        .envs(env.iter().copied())
         .args(["--threads", "1"])
         .args(args)
         .stdin(Stdio::null())

@@ -1,0 +1,135 @@
+//! `--device` and `--mem-fraction-static` for the workers (SGLang's names):
+//! where a worker's model runs, and how much of the device's memory the
+//! weights and the static KV pool may take.
+//!
+//! The pool is sized as SGLang sizes it: after the weights, the KV pool gets
+//! what is left of `mem-fraction-static × device memory`, capped by
+//! `--max-total-tokens` when that is given smaller. Too little memory for
+//! the weights, or for one page of KV per running request, is an error that
+//! says how much was needed and how much there is.
+
+use aerie_engine::config::ModelConfig;
+use aerie_engine::cuda::kv::PAGE_SIZE;
+use aerie_engine::cuda::select::{open_device, DeviceSpec};
+use aerie_engine::Model;
+use aerie_kernels::cuda::device::Device;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::sync::Arc;
+
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// `cpu`, or `cuda[:N]`: the forward pass on a CUDA GPU (bf16 weights,
+    /// paged bf16 KV). AERIE_CUDA_INTERPRET=1 makes `cuda` the interpreter,
+    /// which runs the CUDA kernels on the CPU (slow; for tests).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Fraction of the device's memory for the weights and the static KV
+    /// pool (SGLang's flag; the rest is for activations).
+    #[arg(long, default_value_t = 0.85, value_parser = parse_fraction)]
+    pub mem_fraction_static: f64,
+}
+
+fn parse_fraction(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f < 1.0 => Ok(f),
+        _ => Err(format!("`{s}` is not a fraction strictly between 0 and 1")),
+    }
+}
+
+impl DeviceArgs {
+    /// The same flags for a child process (`aerie serve`).
+    pub fn to_args(&self) -> Vec<String> {
+        let dev = match self.device {
+            DeviceSpec::Cpu => "cpu".to_string(),
+            DeviceSpec::Cuda(n) => format!("cuda:{n}"),
+        };
+        vec!["--device".into(), dev, "--mem-fraction-static".into(), self.mem_fraction_static.to_string()]
+    }
+}
+
+/// Bytes of bf16 weights a model takes on the device (norms and biases are
+/// f32 and small; counted as bf16 here).
+pub fn device_weight_bytes(cfg: &ModelConfig, layers: usize) -> u64 {
+    let (h, i, hd) = (cfg.hidden_size as u64, cfg.intermediate_size as u64, cfg.head_dim as u64);
+    let attn = h * hd * (2 * cfg.num_heads as u64 + 2 * cfg.num_kv_heads as u64);
+    let layer = attn + 3 * h * i + 2 * h;
+    let head = if cfg.tie_word_embeddings { 0 } else { cfg.vocab_size as u64 * h };
+    2 * (layers as u64 * layer + cfg.vocab_size as u64 * h + head + h)
+}
+
+/// Bytes of bf16 K and V per token over `layers` layers.
+pub fn kv_bytes_per_token(cfg: &ModelConfig, layers: usize) -> u64 {
+    2 * 2 * layers as u64 * (cfg.num_kv_heads * cfg.head_dim) as u64
+}
+
+/// KV tokens that fit: `fraction × total` less the weights, in whole pages,
+/// at most `cap`.
+pub fn kv_tokens_that_fit(cfg: &ModelConfig, layers: usize, total_bytes: u64, fraction: f64, cap: usize) -> Result<usize> {
+    let budget = (total_bytes as f64 * fraction) as u64;
+    let weights = device_weight_bytes(cfg, layers);
+    let per_token = kv_bytes_per_token(cfg, layers).max(1);
+    if weights + per_token * PAGE_SIZE as u64 > budget {
+        bail!(
+            "not enough device memory: the weights need {:.2} GiB plus KV pages, and --mem-fraction-static {fraction} of {:.2} GiB is {:.2} GiB",
+            weights as f64 / (1u64 << 30) as f64,
+            total_bytes as f64 / (1u64 << 30) as f64,
+            budget as f64 / (1u64 << 30) as f64
+        );
+    }
+    let fit = ((budget - weights) / per_token) as usize / PAGE_SIZE * PAGE_SIZE;
+    Ok(fit.min(cap))
+}
+
+/// The device `a` names, opened before anything is loaded so that a
+/// missing driver is an error at once; `None` for the CPU.
+pub fn open(a: &DeviceArgs) -> Result<Option<Arc<dyn Device>>> {
+    Ok(open_device(a.device)?)
+}
+
+/// `model` on `dev` with a KV pool of up to `kv_tokens` tokens (what
+/// `--mem-fraction-static` leaves after the weights). Logs where it went
+/// and what it took.
+pub fn place(model: Model, dev: Arc<dyn Device>, a: &DeviceArgs, kv_tokens: usize) -> Result<Model> {
+    let layers = model.weights.layers.len();
+    let (_, total) = dev.memory();
+    let tokens = if layers == 0 { PAGE_SIZE } else { kv_tokens_that_fit(&model.config, layers, total as u64, a.mem_fraction_static, kv_tokens)? };
+    let name = dev.name();
+    let t = std::time::Instant::now();
+    let model = model.to_device(dev, tokens)?;
+    let (used, total) = model.cuda().map(|c| c.device().memory()).unwrap_or_default();
+    tracing::info!(
+        "model on {name} in {:.1} s: {:.2} GiB of {:.2} GiB in use, KV pool {tokens} tokens",
+        t.elapsed().as_secs_f64(),
+        used as f64 / (1u64 << 30) as f64,
+        total as f64 / (1u64 << 30) as f64
+    );
+    Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm2_shape() -> ModelConfig {
+        let v = serde_json::json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+            "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": true});
+        ModelConfig::from_hf_json(std::path::Path::new("config.json"), &v).unwrap()
+    }
+
+    #[test]
+    fn the_pool_gets_what_the_fraction_leaves_after_the_weights() {
+        let c = smollm2_shape();
+        assert_eq!(kv_bytes_per_token(&c, 30), 30 * 2 * 2 * 192);
+        let w = device_weight_bytes(&c, 30);
+        assert!((260_000_000..280_000_000).contains(&w), "{w}");
+        let total = 4u64 << 30;
+        let fit = kv_tokens_that_fit(&c, 30, total, 0.5, usize::MAX).unwrap();
+        assert_eq!(fit % PAGE_SIZE, 0);
+        let expect = ((total / 2 - w) / kv_bytes_per_token(&c, 30)) as usize;
+        assert!(fit <= expect && fit + PAGE_SIZE > expect, "{fit} vs {expect}");
+        assert_eq!(kv_tokens_that_fit(&c, 30, total, 0.5, 1000).unwrap(), 1000);
+        let err = kv_tokens_that_fit(&c, 30, 300 << 20, 0.5, 1000).unwrap_err().to_string();
+        assert!(err.contains("not enough device memory") && err.contains("GiB"), "{err}");
+    }
+}
