@@ -56,6 +56,10 @@ enum Cmd {
     /// Measure a drafter's acceptance (τ, per-position acceptance, histogram)
     /// on a prompt file, optionally against plain decoding.
     EvalDraft(eval_cmd::EvalDraftArgs),
+    /// What the CUDA path finds on this machine: NVRTC (compiling every
+    /// kernel for sm_80 and sm_90, which needs no GPU), the driver and the
+    /// GPUs. Exit status 1 when the kernels do not compile.
+    CudaInfo,
     /// Write a model as a Hugging Face directory: config.json, f16
     /// model.safetensors and the tokenizer files (GGUF weights are
     /// dequantized), or only the tokenizer files.
@@ -132,6 +136,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::TrainEagle(args) => train_cmd::run(args),
         Cmd::EvalDraft(args) => eval_cmd::run(args),
         Cmd::Bench(args) => bench_cmd::run(args, cli.threads),
+        Cmd::CudaInfo => cuda_info(),
         Cmd::ExportHf { model, out, tokenizer_only } => {
             use anyhow::Context;
             let e = aerie_engine::Engine::load(&model, aerie_engine::DType::Auto).with_context(|| format!("loading model `{model}`"))?;
@@ -160,4 +165,34 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn cuda_info() -> Result<()> {
+    use aerie_kernels::cuda::{driver, nvrtc, SOURCES};
+    match nvrtc::version() {
+        Ok((major, minor)) => {
+            for arch in [80, 90] {
+                let t = std::time::Instant::now();
+                let bytes: usize = SOURCES.iter().map(|s| nvrtc::compile_cubin(s, arch).map(|c| c.len())).sum::<std::result::Result<usize, _>>()?;
+                println!("NVRTC {major}.{minor}: {} kernel files compiled for sm_{arch} ({} KiB of cubins, {:.1} s)", SOURCES.len(), bytes >> 10, t.elapsed().as_secs_f64());
+            }
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    }
+    match driver::device_count() {
+        Ok(0) => println!("NVIDIA driver present, no CUDA device visible"),
+        Ok(n) => {
+            for i in 0..n {
+                match driver::DriverDevice::open(i) {
+                    Ok(d) => {
+                        use aerie_kernels::cuda::device::Device;
+                        println!("cuda:{i}: {} with {:.1} GiB", d.name(), d.memory().1 as f64 / (1u64 << 30) as f64);
+                    }
+                    Err(e) => println!("cuda:{i}: {e}"),
+                }
+            }
+        }
+        Err(e) => println!("{e}"),
+    }
+    Ok(())
 }

@@ -607,6 +607,9 @@ def gpu_workers_get_cuda_image_gpus_and_placement():
         eq(spec.get("nodeSelector"), {"nvidia.com/gpu.present": "true"}, f"{component} nodeSelector")
         tol = spec.get("tolerations", [])
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tol, f"{component}: {tol}"
+        args = c["args"]
+        i = args.index("--device")
+        eq(args[i:i + 4], ["--device", "cuda", "--mem-fraction-static", "0.85"], f"{component} runs its model on the GPU")
     tol = deployment(docs, "target-worker")["spec"]["template"]["spec"]["tolerations"]
     assert {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"} in tol, \
         "block tolerations kept next to the GPU ones"
@@ -617,12 +620,18 @@ def gpu_workers_get_cuda_image_gpus_and_placement():
     }))
     d = container(deployment(docs, "draft-worker"))
     eq((d["image"], gpu_limit(d)), ("aerie:cpu", None), "CPU drafts next to GPU targets")
+    assert "--device" not in d["args"], "a CPU draft worker gets no --device"
     assert "tolerations" not in deployment(docs, "draft-worker")["spec"]["template"]["spec"], "CPU draft tolerations"
     t = container(deployment(docs, "target-worker"))
     eq((t["image"], gpu_limit(t)), ("aerie:cuda-12.9", 4), "target image override and explicit GPU limit")
     # Without gpu.enabled nothing asks for a GPU.
     for component in ROLES:
-        assert gpu_limit(container(deployment(render({}), component))) is None, f"{component} GPU by default"
+        c = container(deployment(render({}), component))
+        assert gpu_limit(c) is None, f"{component} GPU by default"
+        assert "--device" not in c.get("args", []), f"{component} --device by default"
+    t = container(deployment(render(merged(GPU_VALUES, {"gpu": {"memFractionStatic": 0.6}})), "target-worker"))
+    eq(t["args"][t["args"].index("--mem-fraction-static") + 1], "0.6", "gpu.memFractionStatic")
+    render_fails({"gpu": {"memFractionStatic": 1.5}}, "memFractionStatic")
 
 
 @test

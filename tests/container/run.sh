@@ -143,6 +143,15 @@ if [ "${AERIE_TEST_CUDA_IMAGE:-0}" = 1 ]; then
     else
       fail "aerie:cuda libraries: [$libs] unresolved: [$missing]"
     fi
+    # The GPU device compiles its kernels with the image's NVRTC at start;
+    # that needs no GPU, so it is checked here. Without a driver the
+    # command says so and still exits 0.
+    info=$(docker run --rm aerie:cuda cuda-info 2>&1)
+    if [[ "$info" == *"compiled for sm_80"* ]] && [[ "$info" == *"compiled for sm_90"* ]]; then
+      pass "aerie:cuda compiles every kernel with its NVRTC: $(echo "$info" | tr '\n' ' ' | head -c 300)"
+    else
+      fail "aerie cuda-info in aerie:cuda: $info"
+    fi
   else
     echo "$out" | tail -n 20 | sed 's/^/  /'
     fail "deploy/docker/build.sh cuda"
