@@ -297,3 +297,45 @@ fn context_limit_cuts_trees_like_plain_decoding() {
         assert_eq!(spec.finish_reason, plain.finish_reason);
     }
 }
+
+/// The target on the interpreted CUDA device (the host code and `.cu`
+/// kernels a GPU runs, on the CPU): its exact distribution is computed from
+/// its own bf16 probabilities, and rejection sampling against a CPU drafter
+/// must keep it. Two tokens (64 cells) and fewer samples than above, since
+/// every target forward runs the kernels in the interpreter; the total
+/// variation bound is scaled to that sample size's noise.
+#[test]
+fn bad_drafter_keeps_the_distribution_of_a_target_on_the_interpreted_device() {
+    const N: u64 = 8_000;
+    aerie_kernels::cpu::pool::set_threads(1);
+    let host = Arc::try_unwrap(tiny(TARGET.0, TARGET.1)).ok().unwrap();
+    let target = Arc::new(host.to_device(Arc::new(aerie_kernels::cuda::device::InterpDevice::new(64 << 20)), 256).unwrap());
+    for (params, label) in [(temp07(), "device target, T=0.7"), (topk_topp(), "device target, T=1, top-k 5, top-p 0.9")] {
+        let p1 = next_probs(&target, &PROMPT, &params);
+        let mut exact = vec![0.0; VOCAB * VOCAB];
+        for a in 0..VOCAB {
+            if p1[a] > 0.0 {
+                let p2 = next_probs(&target, &[&PROMPT[..], &[a as u32]].concat(), &params);
+                for b in 0..VOCAB {
+                    exact[a * VOCAB + b] = p1[a] * p2[b];
+                }
+            }
+        }
+        let noise = 0.5 * (2.0 / (std::f64::consts::PI * N as f64)).sqrt() * exact.iter().map(|p| p.sqrt()).sum::<f64>();
+        let f = ProposerFactory::standalone(tiny(99, 2.0), target.clone(), TreeSpec { num_steps: 3, topk: 2, num_draft_tokens: 5 }).unwrap();
+        let mut proposer = f.proposer();
+        let mut counts = vec![0u64; VOCAB * VOCAB];
+        let mut verifies = 0;
+        for s in 0..N {
+            let req = GenerateRequest { prompt_ids: &PROMPT, max_tokens: 2, sampling: SamplingParams { seed: Some(7_000_003 * s + 5), ..params.clone() }, stop_ids: &[] };
+            let (out, st) = speculative_generate(&target, proposer.as_mut(), &req, &mut |_| {}).unwrap();
+            counts[out.token_ids[0] as usize * VOCAB + out.token_ids[1] as usize] += 1;
+            verifies += st.spec_verify_ct;
+        }
+        assert!(verifies > 0, "{label}: nothing was verified");
+        let (p, tv, cells) = compare(&counts, &exact, N);
+        eprintln!("{label}: chi-square p = {p:.4} over {cells} cells, TV = {tv:.4} (noise ~{noise:.4})");
+        assert!(p > 0.001, "{label}: chi-square p = {p}");
+        assert!(tv < 3.0 * noise, "{label}: total variation {tv}, noise {noise}");
+    }
+}

@@ -157,6 +157,17 @@ impl Model {
         Ok(out)
     }
 
+    /// The greedy token after each normed hidden row: what greedy
+    /// verification needs of the lm_head. On a device only the ids leave
+    /// it; on the CPU it is the argmax of [`Model::lm_head`].
+    pub fn lm_head_argmax(&self, normed: &[f32]) -> Result<Vec<u32>> {
+        if let Some(d) = &self.device {
+            return d.lm_head_argmax(normed);
+        }
+        let logits = self.lm_head(normed)?;
+        Ok(logits.chunks(self.config.vocab_size.max(1)).map(|r| aerie_kernels::cpu::ops::argmax(r).0 as u32).collect())
+    }
+
     fn validate(&self, s: &SeqInput) -> Result<()> {
         let n = s.tokens.len();
         let c = s.cache.len();

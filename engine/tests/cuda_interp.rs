@@ -219,3 +219,26 @@ fn the_kv_pool_is_bounded_and_pages_come_back() {
     assert_eq!(bad.unwrap_err().error_type(), "invalid_input");
     assert_eq!(c.len(), 0);
 }
+
+/// `lm_head_argmax` (the greedy verification path: only ids leave the
+/// device) gives the argmax of the device's own logits, the first on ties,
+/// and on the CPU the argmax of the CPU's.
+#[test]
+fn the_devices_greedy_ids_are_the_argmax_of_its_logits() {
+    let mut r = StdRng::seed_from_u64(5);
+    for tie in [false, true] {
+        let model = random_model(config(Arch::Llama, RopeStyle::HalfSplit, tie), 3);
+        let dm = device_model(&model);
+        let h = model.config.hidden_size;
+        let mut rows: Vec<f32> = (0..5 * h).map(|_| r.gen_range(-2.0f32..2.0)).collect();
+        rows.extend(vec![0.0; h]); // all logits equal: the first index
+        for (name, logits, ids) in [
+            ("device", dm.lm_head(&rows).unwrap(), dm.lm_head_argmax(&rows).unwrap()),
+            ("cpu", model.lm_head(&rows).unwrap(), model.lm_head_argmax(&rows).unwrap()),
+        ] {
+            let want: Vec<u32> = logits.chunks(300).map(|l| aerie_kernels::cpu::ops::argmax(l).0 as u32).collect();
+            assert_eq!(ids, want, "{name} tied={tie}");
+            assert_eq!(ids[5], 0, "{name}: a row of equal logits picks index 0");
+        }
+    }
+}

@@ -236,6 +236,31 @@ impl CudaModel {
         Ok(self.dev.download_vec(&logits, 0, rows * vocab)?)
     }
 
+    /// The greedy token of each normed hidden row: the lm_head and the
+    /// argmax on the device, and only the ids come back (the first maximum
+    /// on ties, as [`aerie_kernels::cpu::ops::argmax`]).
+    pub fn lm_head_argmax(&self, normed: &[f32]) -> Result<Vec<u32>> {
+        let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        let rows = normed.len() / h;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let x = self.dev.upload_slice(normed)?;
+        let logits = self.dev.alloc(rows * vocab * 4)?;
+        self.linear(&x, (self.lm_head.as_ref().unwrap_or(&self.embed), 0), None, &logits, rows, vocab, h)?;
+        let (ids, values) = (self.dev.alloc(rows * 4)?, self.dev.alloc(rows * 4)?);
+        // SAFETY: `logits` holds rows × vocab f32; ids and values one per row.
+        unsafe {
+            self.dev.launch(
+                "argmax_rows",
+                LaunchConfig::linear(rows as u32, 256),
+                &[logits.arg(), ids.arg(), values.arg(), A::I32(rows as i32), A::I32(vocab as i32)],
+            )?
+        };
+        let ids: Vec<i32> = self.dev.download_vec(&ids, 0, rows)?;
+        Ok(ids.into_iter().map(|i| i as u32).collect())
+    }
+
     /// Runs the batch, appending every new token to its sequence's cache.
     /// Returns, per sequence, the logits of the requested rows and, with
     /// `want_hidden`, the final normed hidden state of every new token.

@@ -391,6 +391,7 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
         // Each node's logits, processed with the history after its own path
         // (see `processors`); raw rows are kept when logprobs are reported.
         let params = s.sampling.clone();
+        let plain_greedy = params.is_greedy() && params.processors.is_noop() && s.grammar.is_none() && params.logprobs.is_none();
         let mut raw: Vec<(usize, Vec<f32>)> = Vec::new();
         let mut row = |i: usize| -> Option<Vec<f32>> {
             let mut l = logits.row(i).ok()?;
@@ -409,7 +410,12 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
             }
             Some(l)
         };
-        let acc: Accepted = if params.is_greedy() {
+        let acc: Accepted = if plain_greedy {
+            // Nothing needs a node's logits but their argmax: on a device
+            // only the ids leave it.
+            drop(row);
+            greedy_verify_lazy(tree, &mut |i| logits.argmax(i).unwrap_or(0))
+        } else if params.is_greedy() {
             greedy_verify_lazy(tree, &mut |i| row(i).map_or(0, |l| ops::argmax(&l).0 as u32))
         } else {
             // After an error any well-formed distribution keeps verification
@@ -517,13 +523,51 @@ struct PathLogits<'a> {
     hidden: &'a [f32],
     children: Vec<Vec<usize>>,
     done: Vec<Option<Vec<f32>>>,
+    done_ids: Vec<Option<u32>>,
     /// The first lm_head error; verification's callbacks cannot return one.
     error: Option<EngineError>,
 }
 
 impl<'a> PathLogits<'a> {
     fn new(model: &'a Model, tree: &DraftTree, hidden: &'a [f32]) -> Self {
-        PathLogits { model, hidden, children: tree.children(), done: vec![None; tree.len()], error: None }
+        PathLogits { model, hidden, children: tree.children(), done: vec![None; tree.len()], done_ids: vec![None; tree.len()], error: None }
+    }
+
+    /// The nodes scored with `i`: itself, and its children when they are
+    /// few (see [`LOOKAHEAD_ROWS`]).
+    fn batch_of(&self, i: usize) -> Vec<usize> {
+        let mut rows = vec![i];
+        if 1 + self.children[i].len() <= LOOKAHEAD_ROWS {
+            rows.extend(&self.children[i]);
+        }
+        rows
+    }
+
+    /// The greedy token after node `i` (each node asked for at most once),
+    /// from [`Model::lm_head_argmax`]: the same token as the argmax of
+    /// [`Self::row`], without the logits leaving a device.
+    fn argmax(&mut self, i: usize) -> std::result::Result<u32, ()> {
+        if let Some(t) = self.done_ids[i].take() {
+            return Ok(t);
+        }
+        if self.error.is_some() {
+            return Err(());
+        }
+        let h = self.model.config.hidden_size;
+        let rows = self.batch_of(i);
+        let x: Vec<f32> = rows.iter().flat_map(|&r| self.hidden[r * h..(r + 1) * h].iter().copied()).collect();
+        match self.model.lm_head_argmax(&x) {
+            Ok(ids) => {
+                for (&r, &t) in rows.iter().zip(&ids).skip(1) {
+                    self.done_ids[r] = Some(t);
+                }
+                ids.first().copied().ok_or(())
+            }
+            Err(e) => {
+                self.error = Some(e);
+                Err(())
+            }
+        }
     }
 
     /// The logits after node `i` (each node is asked for at most once). An
@@ -536,10 +580,7 @@ impl<'a> PathLogits<'a> {
             return Err(());
         }
         let h = self.model.config.hidden_size;
-        let mut rows = vec![i];
-        if 1 + self.children[i].len() <= LOOKAHEAD_ROWS {
-            rows.extend(&self.children[i]);
-        }
+        let rows = self.batch_of(i);
         let x: Vec<f32> = rows.iter().flat_map(|&r| self.hidden[r * h..(r + 1) * h].iter().copied()).collect();
         let mut all = match self.model.lm_head(&x) {
             Ok(a) => a,

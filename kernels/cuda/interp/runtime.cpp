@@ -283,8 +283,14 @@ extern "C" int aerie_interp_launch(void (*body)(void**), void** params, const un
     l.params = params;
     l.fibers.resize(threads);
     l.warps.resize((threads + 31) / 32);
-    l.stacks.resize(threads);
-    for (auto& s : l.stacks) s = static_cast<char*>(std::malloc(kStackBytes));
+    // Fiber stacks are kept across launches (launches are serialized by
+    // launch_lock): allocating and freeing 256 KiB per thread per launch made
+    // glibc map and unmap them each time, and the page faults of fresh
+    // stacks were most of a small launch's cost.
+    // Never destroyed, so the stacks stay reachable (LeakSanitizer).
+    static std::vector<char*>* stack_pool = new std::vector<char*>();
+    while (stack_pool->size() < threads) stack_pool->push_back(static_cast<char*>(std::malloc(kStackBytes)));
+    l.stacks.assign(stack_pool->begin(), stack_pool->begin() + threads);
     // Poisoned, not zeroed: a kernel that reads dynamic shared memory before
     // writing it gets NaNs and large integers, as uninitialised memory would.
     l.dynamic_shared.assign(shared_bytes, 0xff);
@@ -298,6 +304,5 @@ extern "C" int aerie_interp_launch(void (*body)(void**), void** params, const un
                 if (!run_block(&l, uint3{x, y, z}, g, b)) rc = kDeadlock;
     launch_now = saved;
     current = nullptr;
-    for (auto s : l.stacks) std::free(s);
     return rc;
 }
