@@ -212,15 +212,12 @@ impl Model {
             return Err(EngineError::InvalidInput(format!("aux layer {l} out of {} layers", cfg.num_layers)));
         }
         if let Some(d) = &self.device {
-            if !opts.aux_layers.is_empty() {
-                return Err(EngineError::InvalidInput("EAGLE-3 aux-layer features are not yet exported by the CUDA path".into()));
-            }
             let mut inputs = Vec::with_capacity(batch.len());
             for s in batch.iter_mut() {
                 let seq = s.cache.device.as_mut().ok_or_else(|| EngineError::InvalidInput("a host KV cache passed to a model on a device".into()))?;
                 inputs.push(CudaSeqInput { seq, tokens: s.tokens, positions: s.positions, mask: s.mask.clone(), logits: s.logits.clone() });
             }
-            return d.forward(&mut inputs, opts.want_hidden);
+            return d.forward_with(&mut inputs, opts.want_hidden, &opts.aux_layers);
         }
         let h = cfg.hidden_size;
         let mut all_tokens = Vec::new();

@@ -242,3 +242,38 @@ fn the_devices_greedy_ids_are_the_argmax_of_its_logits() {
         }
     }
 }
+
+/// EAGLE-3's features on the device: the residual stream after each
+/// requested layer, in layer order, for every new token of every sequence of
+/// a batch, as the CPU f32 forward gives them.
+#[test]
+fn aux_layer_features_match_the_cpu_forward() {
+    let cfg = config(Arch::Llama, RopeStyle::HalfSplit, false);
+    let cpu = random_model(cfg.clone(), 21);
+    let dev = random_model(cfg, 21).to_device(common::test_device(64 << 20), 512).unwrap();
+    let mut r = StdRng::seed_from_u64(2);
+    let (a, b) = (tokens(&mut r, 9, 300), tokens(&mut r, 4, 300));
+    let opts = ForwardOptions { want_hidden: true, aux_layers: vec![1, 0] };
+    let run = |m: &Model| {
+        let (mut ca, mut cb) = (m.new_cache(), m.new_cache());
+        m.forward(
+            &mut [
+                SeqInput { cache: &mut ca, tokens: &a, positions: None, mask: AttnMask::Causal, logits: LogitsRows::None },
+                SeqInput { cache: &mut cb, tokens: &b, positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last },
+            ],
+            &opts,
+        )
+        .unwrap()
+    };
+    let (want, got) = (run(&cpu), run(&dev));
+    for (s, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(g.aux.len(), 2, "sequence {s}: two aux layers");
+        for (layer, (wa, ga)) in w.aux.iter().zip(&g.aux).enumerate() {
+            assert_eq!(wa.len(), ga.len(), "sequence {s} layer {layer}");
+            let scale = wa.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
+            let err = wa.iter().zip(ga).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(err < 2e-2 * scale.max(1.0), "sequence {s} layer {layer}: max difference {err} (scale {scale})");
+        }
+        assert_eq!(w.hidden.len(), g.hidden.len());
+    }
+}

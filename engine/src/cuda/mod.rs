@@ -265,6 +265,14 @@ impl CudaModel {
     /// Returns, per sequence, the logits of the requested rows and, with
     /// `want_hidden`, the final normed hidden state of every new token.
     pub fn forward(&self, batch: &mut [CudaSeqInput], want_hidden: bool) -> Result<Vec<SeqOutput>> {
+        self.forward_with(batch, want_hidden, &[])
+    }
+
+    /// [`Self::forward`], also returning the residual stream after each
+    /// layer in `aux_layers` (EAGLE-3's features), in layer order as the CPU
+    /// path does. They are copied aside on the device as the layers pass
+    /// and downloaded once at the end.
+    pub fn forward_with(&self, batch: &mut [CudaSeqInput], want_hidden: bool, aux_layers: &[usize]) -> Result<Vec<SeqOutput>> {
         let cfg = &self.config;
         let dev = &self.dev;
         let (ids, positions, slots, rows, logit_rows) = self.plan(batch)?;
@@ -294,6 +302,9 @@ impl CudaModel {
         let (x, xn, o) = (f32s(t * h)?, f32s(t * h)?, f32s(t * h)?);
         let (q, k, v, attn) = (f32s(t * qw)?, f32s(t * kvw)?, f32s(t * kvw)?, f32s(t * qw)?);
         let (gu, act) = (f32s(t * 2 * inter)?, f32s(t * inter)?);
+        let n_aux = (0..self.layers.len()).filter(|l| aux_layers.contains(l)).count();
+        let aux = f32s(n_aux * t * h)?;
+        let mut aux_at = 0;
 
         // SAFETY (every launch below): buffer sizes as allocated above; ids
         // were checked against the vocabulary and slots lie on the batch's
@@ -354,6 +365,10 @@ impl CudaModel {
             unsafe { dev.launch("silu_mul", elementwise(t * inter), &[gu.arg(), act.arg(), A::I32(t as i32), A::I32(inter as i32)])? };
             self.linear(&act, (&l.down, 0), None, &o, t, h, inter)?;
             self.add(&x, &o, t * h)?;
+            if aux_layers.contains(&li) {
+                dev.copy(&x, 0, &aux, aux_at * t * h * 4, t * h * 4)?;
+                aux_at += 1;
+            }
         }
         self.rms_norm(&x, &self.final_norm, &xn, t)?;
         for s in batch.iter_mut() {
@@ -383,6 +398,13 @@ impl CudaModel {
         if want_hidden {
             for ((out, s), &o) in outs.iter_mut().zip(batch.iter()).zip(&offsets) {
                 out.hidden = dev.download_vec(&xn, o * h * 4, s.tokens.len() * h)?;
+            }
+        }
+        if n_aux > 0 {
+            let all: Vec<f32> = dev.download_vec(&aux, 0, n_aux * t * h)?;
+            for ((out, s), &o) in outs.iter_mut().zip(batch.iter()).zip(&offsets) {
+                let n = s.tokens.len();
+                out.aux = (0..n_aux).map(|j| all[(j * t + o) * h..(j * t + o + n) * h].to_vec()).collect();
             }
         }
         Ok(outs)
