@@ -5,11 +5,17 @@ use aerie_kernels::cpu::Matrix;
 /// How weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DType {
-    /// Keep Q4_0/Q4_1/Q8_0 blocks as stored; other formats become f32.
+    /// Keep Q4_0/Q4_1/Q8_0 blocks as stored; other formats become f32. On a
+    /// CUDA device, bf16.
     #[default]
     Auto,
-    /// Dequantize everything to f32 at load (the reference path).
+    /// Dequantize everything to f32 at load (the reference path; CPU only).
     F32,
+    /// bf16 weights on a CUDA device (what `auto` gives there).
+    BFloat16,
+    /// f16 weights: SGLang's `float16`, refused for now (the device kernels
+    /// are bf16).
+    Float16,
 }
 
 impl std::str::FromStr for DType {
@@ -17,8 +23,26 @@ impl std::str::FromStr for DType {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "auto" => Ok(DType::Auto),
-            "f32" => Ok(DType::F32),
-            other => Err(format!("unknown dtype `{other}` (expected auto or f32)")),
+            "f32" | "float32" | "float" => Ok(DType::F32),
+            "bfloat16" | "bf16" => Ok(DType::BFloat16),
+            "float16" | "half" | "fp16" | "f16" => Ok(DType::Float16),
+            other => Err(format!("unknown dtype `{other}` (expected auto, bfloat16, float16 or float32)")),
+        }
+    }
+}
+
+impl DType {
+    /// The precision to load a checkpoint in for the CPU (`on_device`
+    /// false) or a CUDA device, or why this one cannot be used there.
+    pub fn for_device(self, on_device: bool) -> Result<DType, String> {
+        match (self, on_device) {
+            (DType::Auto | DType::F32, false) => Ok(self),
+            (DType::BFloat16 | DType::Float16, false) => {
+                Err("--dtype bfloat16 and float16 are for --device cuda; the CPU path runs the checkpoint's own quantization (auto) or float32".into())
+            }
+            (DType::Auto | DType::BFloat16, true) => Ok(DType::Auto),
+            (DType::F32, true) => Err("the CUDA path holds weights in bfloat16 (--dtype auto or bfloat16); float32 runs on --device cpu".into()),
+            (DType::Float16, true) => Err("--dtype float16 is not supported on the CUDA path yet (its kernels are bf16): use bfloat16 or auto".into()),
         }
     }
 }

@@ -11,7 +11,7 @@
 use aerie_engine::config::ModelConfig;
 use aerie_engine::cuda::kv::PAGE_SIZE;
 use aerie_engine::cuda::select::{open_device, DeviceSpec};
-use aerie_engine::Model;
+use aerie_engine::{DType, Model};
 use aerie_kernels::cuda::device::Device;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -28,6 +28,11 @@ pub struct DeviceArgs {
     /// pool (SGLang's flag; the rest is for activations).
     #[arg(long, default_value_t = 0.85, value_parser = parse_fraction)]
     pub mem_fraction_static: f64,
+    /// Weight precision (SGLang's names): `auto` (the checkpoint's own
+    /// quantization on the CPU, bf16 on a GPU), `bfloat16` (GPU), `float32`
+    /// (CPU); `float16` is refused until the kernels have an f16 path.
+    #[arg(long, default_value = "auto")]
+    pub dtype: DType,
 }
 
 fn parse_fraction(s: &str) -> std::result::Result<f64, String> {
@@ -44,7 +49,19 @@ impl DeviceArgs {
             DeviceSpec::Cpu => "cpu".to_string(),
             DeviceSpec::Cuda(n) => format!("cuda:{n}"),
         };
-        vec!["--device".into(), dev, "--mem-fraction-static".into(), self.mem_fraction_static.to_string()]
+        let dtype = match self.dtype {
+            DType::Auto => "auto",
+            DType::F32 => "float32",
+            DType::BFloat16 => "bfloat16",
+            DType::Float16 => "float16",
+        };
+        vec!["--device".into(), dev, "--mem-fraction-static".into(), self.mem_fraction_static.to_string(), "--dtype".into(), dtype.into()]
+    }
+
+    /// The precision to load the checkpoint in for this device, or why the
+    /// `--dtype` given cannot run there.
+    pub fn load_dtype(&self) -> Result<DType> {
+        self.dtype.for_device(self.device != DeviceSpec::Cpu).map_err(anyhow::Error::msg)
     }
 }
 

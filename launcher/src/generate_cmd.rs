@@ -40,7 +40,10 @@ pub struct GenerateArgs {
     pub min_p: f32,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Weight precision: `auto` keeps the file's quantization, `f32` dequantizes at load.
+    /// Weight precision (SGLang's names): `auto` keeps the file's
+    /// quantization on the CPU and is bf16 on a GPU; `float32` (`f32`)
+    /// dequantizes at load (CPU); `bfloat16` is the GPU's; `float16` is
+    /// refused until the kernels have an f16 path.
     #[arg(long, default_value = "auto")]
     pub dtype: DType,
     /// `cpu`, or `cuda[:N]`: the forward pass on a CUDA device (bf16 weights,
@@ -68,8 +71,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let t_load = Instant::now();
     // The device first: no driver is an error before minutes of loading.
+    let dtype = a.dtype.for_device(a.device != aerie_engine::cuda::select::DeviceSpec::Cpu).map_err(anyhow::Error::msg)?;
     let device = aerie_engine::cuda::select::open_device(a.device)?;
-    let mut engine = Engine::load(&a.model, a.dtype).with_context(|| format!("loading model `{}`", a.model))?;
+    let mut engine = Engine::load(&a.model, dtype).with_context(|| format!("loading model `{}`", a.model))?;
     if let Some(dev) = device {
         let model = std::sync::Arc::try_unwrap(engine.model).map_err(|_| anyhow::anyhow!("the model is shared"))?;
         // Room for the prompt (no more tokens than bytes, plus the chat

@@ -179,8 +179,9 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
     if a.tp_size != 1 {
         bail!("--tp-size {} needs the CUDA backend with NCCL, which this build does not have; the CPU backend runs --tp-size 1", a.tp_size);
     }
+    let dtype = a.device.load_dtype()?;
     let device = crate::device_args::open(&a.device)?;
-    let mut engine = Engine::load(&a.model_path, DType::Auto)
+    let mut engine = Engine::load(&a.model_path, dtype)
         .with_context(|| format!("loading target model `{}`", a.model_path))?;
     let mut max_total_tokens = a.max_total_tokens;
     if let Some(dev) = device {
@@ -260,8 +261,9 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
 pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
     // Drafters read the target's embedding, lm_head and tokenizer, never
     // its decoder layers (MTP layers and heads are loaded on their own).
+    let dtype = a.device.load_dtype()?;
     let device = crate::device_args::open(&a.device)?;
-    let mut engine = Engine::load_for_drafting(&a.model_path, DType::Auto)
+    let mut engine = Engine::load_for_drafting(&a.model_path, dtype)
         .with_context(|| format!("loading target model `{}`", a.model_path))?;
     if let Some(dev) = device {
         let model = Arc::try_unwrap(engine.model).map_err(|_| anyhow::anyhow!("the model is shared"))?;

@@ -357,3 +357,32 @@ fn export_hf_tokenizer_only_writes_loadable_tokenizer_files() {
     }
     assert_eq!((tk.bos_id, tk.eos_ids.clone()), (e.tokenizer.bos_id, e.tokenizer.eos_ids.clone()));
 }
+
+/// `--dtype` takes SGLang's names: bfloat16 runs on the CUDA device (what
+/// auto gives there), float16 is refused there with the reason, and the
+/// GPU precisions on the CPU path are refused before loading.
+#[test]
+fn dtype_names_follow_sglang_and_unsupported_pairs_fail_cleanly() {
+    let _g = crate::common::shared();
+    let m = model_path();
+    let gen = |dtype: &str, device: &str| {
+        Command::new(env!("CARGO_BIN_EXE_aerie"))
+            .args(["generate", "--model", m.to_str().unwrap(), "--prompt", "hi", "--max-tokens", "2", "--json", "--dtype", dtype, "--device", device])
+            .env("AERIE_THREADS", "2")
+            .env("AERIE_CUDA_INTERPRET", "1")
+            .output()
+            .unwrap()
+    };
+    let bf16 = gen("bfloat16", "cuda");
+    assert!(bf16.status.success(), "{}", String::from_utf8_lossy(&bf16.stderr));
+    let auto = gen("auto", "cuda");
+    let ids = |o: &std::process::Output| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["token_ids"].clone();
+    assert_eq!(ids(&bf16), ids(&auto), "bfloat16 is what auto runs on the device");
+    for (dtype, device, needle) in [("float16", "cuda", "use bfloat16"), ("bfloat16", "cpu", "--device cuda"), ("float32", "cuda", "bfloat16"), ("int3", "cpu", "unknown dtype")] {
+        let out = gen(dtype, device);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{dtype} on {device}");
+        assert!(err.contains(needle), "{dtype} on {device}: {err}");
+        assert!(err.trim_end().lines().count() <= 3, "{dtype} on {device}: a short error: {err}");
+    }
+}
