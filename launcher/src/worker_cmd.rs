@@ -98,7 +98,7 @@ pub struct DraftWorkerArgs {
     /// chain of `aerie serve`, over its 2,048-id hot vocabulary.
     #[command(flatten)]
     pub spec: SpecArgs,
-    /// Where the target's embedding and lm_head run (the drafter's logits).
+    /// Accepted as on the other roles; the drafters run on the CPU for now.
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Sessions (one per target worker) held at once; past it the least
@@ -261,14 +261,16 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
 pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
     // Drafters read the target's embedding, lm_head and tokenizer, never
     // its decoder layers (MTP layers and heads are loaded on their own).
-    let dtype = a.device.load_dtype()?;
-    let device = crate::device_args::open(&a.device)?;
-    let mut engine = Engine::load_for_drafting(&a.model_path, dtype)
-        .with_context(|| format!("loading target model `{}`", a.model_path))?;
-    if let Some(dev) = device {
-        let model = Arc::try_unwrap(engine.model).map_err(|_| anyhow::anyhow!("the model is shared"))?;
-        engine.model = Arc::new(crate::device_args::place(model, dev, &a.device, 0)?);
+    // The drafters compute on the host for now: their heads' layers have no
+    // device kernels yet, and they read the target's embedding and lm_head
+    // as host matrices. `--device` is accepted (and checked) so that one
+    // flag set serves every role, as in SGLang.
+    a.device.load_dtype()?;
+    if crate::device_args::open(&a.device)?.is_some() {
+        tracing::warn!("--device {:?}: the draft heads run on the CPU for now; nothing is placed on the device", a.device.device);
     }
+    let engine = Engine::load_for_drafting(&a.model_path, DType::Auto)
+        .with_context(|| format!("loading target model `{}`", a.model_path))?;
     let mut spec = a.spec.clone();
     if spec.speculative_algorithm.is_none() {
         spec.speculative_algorithm = Some(SpecAlgorithm::Eagle);
