@@ -42,6 +42,9 @@ enum BenchCmd {
     /// The forward pass alone on a device: prefill, batch-1 decode and the
     /// verify cost curve (optionally on random weights of any shape).
     Forward(crate::bench_forward::ForwardBenchArgs),
+    /// The shared-memory all-reduce of a tensor-parallel group: latency and
+    /// bandwidth by message size, ranks as processes.
+    Collective(crate::bench_collective::CollectiveBenchArgs),
 }
 
 /// The workload, shared by every subcommand.
@@ -267,6 +270,7 @@ pub fn run(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         BenchCmd::Sweep(a) => run_sweep(a, threads),
         BenchCmd::Compare(a) => compare(a, threads),
         BenchCmd::Forward(a) => crate::bench_forward::run(a),
+        BenchCmd::Collective(a) => crate::bench_collective::run(a),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `aerie`: the command line of the Aerie serving stack.
 
 mod bench_cmd;
+mod bench_collective;
 mod bench_forward;
 mod cluster_args;
 mod device_args;

@@ -7,7 +7,10 @@
 //! - [`remote_draft`]: the long-lived session to each draft worker and the
 //!   [`Proposer`](aerie_engine::spec::Proposer) that speaks over it, falling
 //!   back to plain decoding when the draft worker fails.
+//! - [`collective`]: the collectives of a tensor-parallel group (shared
+//!   memory between processes on the CPU).
 
+pub mod collective;
 pub mod config;
 pub mod error;
 pub mod remote_draft;

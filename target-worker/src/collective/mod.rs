@@ -1,0 +1,87 @@
+//! The `Collective` seam of a tensor-parallel group: all-reduce, all-gather,
+//! broadcast and barrier over contiguous buffers, among the ranks of one
+//! target worker's group. One file per implementation:
+//!
+//! - [`shm`]: processes on one host through a shared-memory segment (the
+//!   CPU backend; what CI runs);
+//! - NCCL and a CUDA-IPC all-reduce for GPUs come next (issue 35).
+//!
+//! Contract, for every implementation:
+//! - every rank calls the same collectives in the same order with the same
+//!   lengths (rank 0 broadcasts each step's plan, the others follow);
+//! - results are bit-identical on every rank: sums run in rank order, so a
+//!   tensor-parallel forward stays deterministic and every rank agrees on
+//!   the sampled token;
+//! - no rank is left waiting on a dead or stalled peer: a wait ends with
+//!   [`CollectiveError::PeerGone`] as soon as a peer's process is gone, and
+//!   with [`CollectiveError::Stalled`] after the group's stall timeout when
+//!   one is set for that call.
+
+pub mod shm;
+
+use std::time::Duration;
+
+/// Why a collective did not complete. Every variant leaves the group
+/// unusable: the worker fails its requests and exits.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectiveError {
+    #[error("tensor-parallel rank {rank} (pid {pid}) is gone")]
+    PeerGone { rank: usize, pid: u32 },
+    #[error("tensor-parallel group stalled: rank(s) {waiting_for:?} did not reach the collective within {after:?}")]
+    Stalled { waiting_for: Vec<usize>, after: Duration },
+    #[error("rank {rank} refused to join the tensor-parallel group: {reason}")]
+    Refused { rank: usize, reason: String },
+    #[error("tensor-parallel group formation timed out after {after:?}: {detail}")]
+    FormationTimeout { after: Duration, detail: String },
+    #[error("collective misuse: {0}")]
+    Misuse(String),
+    #[error("shared memory {path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+}
+
+impl CollectiveError {
+    /// A stable label for metrics and logs.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            CollectiveError::PeerGone { .. } => "peer_gone",
+            CollectiveError::Stalled { .. } => "stalled",
+            CollectiveError::Refused { .. } => "refused",
+            CollectiveError::FormationTimeout { .. } => "formation_timeout",
+            CollectiveError::Misuse(_) => "misuse",
+            CollectiveError::Io { .. } => "io",
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, CollectiveError>;
+
+/// What every rank of a group must agree on; a rank that differs is refused
+/// at formation with the difference named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupIdentity {
+    /// Ranks in the group (`--tp-size`).
+    pub world: usize,
+    /// The target model's fingerprint.
+    pub model: String,
+    /// Aerie's version.
+    pub version: String,
+}
+
+/// Collectives among the ranks of one group. Buffers are contiguous; every
+/// rank passes the same lengths.
+pub trait Collective: Send {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// Element-wise sum over the ranks, in rank order, into `buf` on every
+    /// rank.
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()>;
+    /// Every rank's `mine`, concatenated in rank order, into `out`
+    /// (`world × mine.len()`).
+    fn all_gather(&mut self, mine: &[f32], out: &mut [f32]) -> Result<()>;
+    /// Rank `root`'s `buf` into every rank's `buf`. `wait` bounds how long a
+    /// rank waits for the root (`None`: as long as the root lives, e.g. for
+    /// the next step's plan while the group is idle).
+    fn broadcast(&mut self, buf: &mut [u8], root: usize, wait: Option<Duration>) -> Result<()>;
+    /// Returns once every rank has called it.
+    fn barrier(&mut self) -> Result<()>;
+}
