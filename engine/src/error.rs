@@ -32,6 +32,8 @@ pub enum EngineError {
     Device(#[from] aerie_kernels::cuda::device::DeviceError),
     #[error("KV cache full: {needed} more pages needed, {free} free")]
     KvCacheFull { needed: usize, free: usize },
+    #[error("tensor-parallel group: {0}")]
+    TensorParallel(String),
     #[error("export: {0}")]
     Export(String),
 }
@@ -54,6 +56,7 @@ impl EngineError {
             EngineError::Device(_) => "device",
             EngineError::KvCacheFull { .. } => "kv_cache_full",
             EngineError::Export(_) => "export",
+            EngineError::TensorParallel(_) => "tensor_parallel",
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod random;
 pub mod sampling;
 pub mod spec;
 pub mod tokenizer;
+pub mod tp;
 pub mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};

@@ -98,17 +98,23 @@ pub struct Model {
     /// CUDA device (a GPU or the interpreter) and its KV pool. Callers do
     /// not ask; `forward`, `lm_head` and the caches follow it.
     device: Option<CudaModel>,
+    /// This model is one rank's shard of a tensor-parallel group: partial
+    /// attention and MLP outputs are summed across the group (see [`crate::tp`]).
+    pub(crate) tp: Option<std::sync::Arc<dyn crate::tp::TpReduce>>,
 }
 
 impl Model {
     pub fn new(config: ModelConfig, weights: ModelWeights, fingerprint: String) -> Self {
         let rope = Rope::new(&config.inv_freqs(), config.rope_theta, config.rope_style);
-        Model { config, weights, fingerprint, rope, device: None }
+        Model { config, weights, fingerprint, rope, device: None, tp: None }
     }
 
     /// The same model with its forward pass on `dev`: weights uploaded as
     /// bf16 and a KV pool of `max_total_tokens`.
     pub fn to_device(mut self, dev: std::sync::Arc<dyn aerie_kernels::cuda::device::Device>, max_total_tokens: usize) -> Result<Model> {
+        if self.tp.is_some() {
+            return Err(EngineError::TensorParallel("a tensor-parallel shard runs on the CPU only so far".into()));
+        }
         self.device = Some(CudaModel::from_model(&self, dev, max_total_tokens)?);
         Ok(self)
     }
@@ -247,9 +253,15 @@ impl Model {
         for (li, lw) in self.weights.layers.iter().enumerate() {
             norm_rows(&x, &lw.attn_norm, cfg.rms_norm_eps, &mut xn);
             layers::attention(&lw.qkv, &lw.wo, self.attn_shape(), cfg.rope_style, &plan, &mut caches, li, &xn, &mut o);
+            if let Some(tp) = &self.tp {
+                tp.all_reduce_sum(&mut o)?;
+            }
             add_into(&mut x, &o);
             norm_rows(&x, &lw.ffn_norm, cfg.rms_norm_eps, &mut xn);
             layers::mlp(&lw.gate_up, &lw.w_down, &xn, t_total, &mut o);
+            if let Some(tp) = &self.tp {
+                tp.all_reduce_sum(&mut o)?;
+            }
             add_into(&mut x, &o);
             if opts.aux_layers.contains(&li) {
                 aux.push(x.clone());

@@ -85,3 +85,39 @@ pub trait Collective: Send {
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<()>;
 }
+
+/// A group's collective as the engine's [`TpReduce`](aerie_engine::tp::TpReduce):
+/// what a model shard sums its partial outputs through.
+pub struct GroupReduce {
+    inner: std::sync::Mutex<Box<dyn Collective>>,
+    rank: usize,
+    world: usize,
+}
+
+impl GroupReduce {
+    pub fn new(c: Box<dyn Collective>) -> GroupReduce {
+        GroupReduce { rank: c.rank(), world: c.world(), inner: std::sync::Mutex::new(c) }
+    }
+
+    /// The collective, for the step plan's broadcast and barriers.
+    pub fn collective(&self) -> std::sync::MutexGuard<'_, Box<dyn Collective>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl aerie_engine::tp::TpReduce for GroupReduce {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> aerie_engine::Result<()> {
+        self.collective().all_reduce_sum(buf).map_err(|e| aerie_engine::EngineError::TensorParallel(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tp_tests;
