@@ -45,6 +45,9 @@ enum BenchCmd {
     /// The shared-memory all-reduce of a tensor-parallel group: latency and
     /// bandwidth by message size, ranks as processes.
     Collective(crate::bench_collective::CollectiveBenchArgs),
+    /// Tensor-parallel decoding (f32 path) over rank processes against the
+    /// unsharded model on the same cores.
+    Tp(crate::bench_tp::TpBenchArgs),
 }
 
 /// The workload, shared by every subcommand.
@@ -271,6 +274,7 @@ pub fn run(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         BenchCmd::Compare(a) => compare(a, threads),
         BenchCmd::Forward(a) => crate::bench_forward::run(a),
         BenchCmd::Collective(a) => crate::bench_collective::run(a),
+        BenchCmd::Tp(a) => crate::bench_tp::run(a),
     }
 }
 

@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod bench_collective;
 mod bench_forward;
+mod bench_tp;
 mod cluster_args;
 mod device_args;
 mod eval_cmd;

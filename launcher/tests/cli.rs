@@ -386,3 +386,19 @@ fn dtype_names_follow_sglang_and_unsupported_pairs_fail_cleanly() {
         assert!(err.trim_end().lines().count() <= 3, "{dtype} on {device}: a short error: {err}");
     }
 }
+
+/// `aerie bench tp`: SmolLM2 tensor-parallel over two rank processes (the
+/// shared-memory collective) decodes greedily as the unsharded model does,
+/// and the group leaves nothing in /dev/shm.
+#[test]
+fn tensor_parallel_ranks_as_processes_decode_like_the_whole_model() {
+    let _g = crate::common::shared();
+    let m = model_path();
+    let before: Vec<_> = std::fs::read_dir("/dev/shm").unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with("aerie-tp-")).collect();
+    let out = aerie(&["bench", "tp", "--model", m.to_str().unwrap(), "--prompt-len", "24", "--decode-steps", "12"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("| TP=2, 1 thread(s) per rank |") && text.contains("greedy tokens identical"), "{text}");
+    let after: Vec<_> = std::fs::read_dir("/dev/shm").unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with("aerie-tp-")).collect();
+    assert_eq!(before, after, "no group segment left behind");
+}
