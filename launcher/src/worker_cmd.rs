@@ -266,7 +266,7 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
     // as host matrices. `--device` is accepted (and checked) so that one
     // flag set serves every role, as in SGLang.
     a.device.load_dtype()?;
-    if crate::device_args::open(&a.device)?.is_some() {
+    if a.device.device != aerie_engine::cuda::select::DeviceSpec::Cpu {
         tracing::warn!("--device {:?}: the draft heads run on the CPU for now; nothing is placed on the device", a.device.device);
     }
     let engine = Engine::load_for_drafting(&a.model_path, DType::Auto)

@@ -31,8 +31,9 @@ pub const TARGET_BATCH_SIZE: &str = "aerie_target_batch_size_requests";
 pub const TARGET_KV_USED: &str = "aerie_target_kv_used_tokens";
 /// Gauge: the KV budget.
 pub const TARGET_KV_CAPACITY: &str = "aerie_target_kv_capacity_tokens";
-/// Gauge: device memory this worker holds (weights, KV pool, buffers), on
-/// a CUDA device; absent on the CPU.
+/// Gauge: device memory this worker holds from the driver (weights, KV
+/// pool, buffers in use and cached for reuse), on a CUDA device; absent on
+/// the CPU.
 pub const TARGET_DEVICE_MEMORY_USED: &str = "aerie_target_device_memory_used_bytes";
 /// Gauge: the device's memory.
 pub const TARGET_DEVICE_MEMORY_TOTAL: &str = "aerie_target_device_memory_total_bytes";

@@ -223,31 +223,32 @@ impl CudaModel {
         Ok(())
     }
 
-    /// Logits of normed hidden rows (`rows × hidden` in, `rows × vocab` out).
-    pub fn lm_head(&self, normed: &[f32]) -> Result<Vec<f32>> {
+    /// The lm_head of normed hidden rows, left on the device: the logits
+    /// buffer (`rows × vocab`) and `rows`, or `None` for no rows.
+    fn logits_on_device(&self, normed: &[f32]) -> Result<Option<(DeviceBuffer, usize)>> {
         let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
         let rows = normed.len() / h;
         if rows == 0 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let x = self.dev.upload_slice(normed)?;
         let logits = self.dev.alloc(rows * vocab * 4)?;
         self.linear(&x, (self.lm_head.as_ref().unwrap_or(&self.embed), 0), None, &logits, rows, vocab, h)?;
-        Ok(self.dev.download_vec(&logits, 0, rows * vocab)?)
+        Ok(Some((logits, rows)))
+    }
+
+    /// Logits of normed hidden rows (`rows × hidden` in, `rows × vocab` out).
+    pub fn lm_head(&self, normed: &[f32]) -> Result<Vec<f32>> {
+        let Some((logits, rows)) = self.logits_on_device(normed)? else { return Ok(Vec::new()) };
+        Ok(self.dev.download_vec(&logits, 0, rows * self.config.vocab_size)?)
     }
 
     /// The greedy token of each normed hidden row: the lm_head and the
     /// argmax on the device, and only the ids come back (the first maximum
     /// on ties, as [`aerie_kernels::cpu::ops::argmax`]).
     pub fn lm_head_argmax(&self, normed: &[f32]) -> Result<Vec<u32>> {
-        let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
-        let rows = normed.len() / h;
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        let x = self.dev.upload_slice(normed)?;
-        let logits = self.dev.alloc(rows * vocab * 4)?;
-        self.linear(&x, (self.lm_head.as_ref().unwrap_or(&self.embed), 0), None, &logits, rows, vocab, h)?;
+        let Some((logits, rows)) = self.logits_on_device(normed)? else { return Ok(Vec::new()) };
+        let vocab = self.config.vocab_size;
         let (ids, values) = (self.dev.alloc(rows * 4)?, self.dev.alloc(rows * 4)?);
         // SAFETY: `logits` holds rows × vocab f32; ids and values one per row.
         unsafe {

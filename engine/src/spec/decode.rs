@@ -543,6 +543,12 @@ impl<'a> PathLogits<'a> {
         rows
     }
 
+    /// The final hidden states of `rows`, stacked.
+    fn hidden_of(&self, rows: &[usize]) -> Vec<f32> {
+        let h = self.model.config.hidden_size;
+        rows.iter().flat_map(|&r| self.hidden[r * h..(r + 1) * h].iter().copied()).collect()
+    }
+
     /// The greedy token after node `i` (each node asked for at most once),
     /// from [`Model::lm_head_argmax`]: the same token as the argmax of
     /// [`Self::row`], without the logits leaving a device.
@@ -553,10 +559,8 @@ impl<'a> PathLogits<'a> {
         if self.error.is_some() {
             return Err(());
         }
-        let h = self.model.config.hidden_size;
         let rows = self.batch_of(i);
-        let x: Vec<f32> = rows.iter().flat_map(|&r| self.hidden[r * h..(r + 1) * h].iter().copied()).collect();
-        match self.model.lm_head_argmax(&x) {
+        match self.model.lm_head_argmax(&self.hidden_of(&rows)) {
             Ok(ids) => {
                 for (&r, &t) in rows.iter().zip(&ids).skip(1) {
                     self.done_ids[r] = Some(t);
@@ -579,10 +583,8 @@ impl<'a> PathLogits<'a> {
         if self.error.is_some() {
             return Err(());
         }
-        let h = self.model.config.hidden_size;
         let rows = self.batch_of(i);
-        let x: Vec<f32> = rows.iter().flat_map(|&r| self.hidden[r * h..(r + 1) * h].iter().copied()).collect();
-        let mut all = match self.model.lm_head(&x) {
+        let mut all = match self.model.lm_head(&self.hidden_of(&rows)) {
             Ok(a) => a,
             Err(e) => {
                 self.error = Some(e);

@@ -166,6 +166,20 @@ impl DriverDevice {
         if arch < 80 {
             return Err(DeviceError::Unavailable(format!("cuda:{ordinal} is sm_{arch}; Aerie's kernels need sm_80 or newer (bf16)")));
         }
+        // A cubin from a newer CUDA major than the driver's does not load;
+        // say so before compiling anything.
+        let (nvrtc_major, nvrtc_minor) = nvrtc::version().map_err(|e| DeviceError::Unavailable(e.to_string()))?;
+        let mut driver_version = 0;
+        // SAFETY: an out-parameter; the driver library is loaded.
+        unsafe { sys::cuDriverGetVersion(&mut driver_version) }.result().map_err(driver_err("cuDriverGetVersion"))?;
+        if nvrtc_major > driver_version / 1000 {
+            return Err(DeviceError::Unavailable(format!(
+                "NVRTC {nvrtc_major}.{nvrtc_minor} is newer than the driver's CUDA {}.{}: use an NVRTC of CUDA {} or older (AERIE_NVRTC_LIB)",
+                driver_version / 1000,
+                driver_version % 1000 / 10,
+                driver_version / 1000
+            )));
+        }
         let gpu = result::device::get_name(cu_device).map_err(driver_err("cuDeviceGetName"))?;
         // SAFETY: as above.
         let total = unsafe { result::device::total_mem(cu_device) }.map_err(driver_err("cuDeviceTotalMem"))?;
@@ -253,8 +267,10 @@ impl Device for DriverDevice {
         let ptr = self.raw_alloc(class)?;
         self.core.in_use.fetch_add(class, Ordering::Relaxed);
         let owner = DriverAlloc { ptr, class, core: self.core.clone() };
-        // SAFETY: `class >= bytes` bytes at `ptr`, ordered on the stream.
-        unsafe { result::memset_d8_async(ptr, 0, bytes, self.core.stream) }.map_err(driver_err("cuMemsetD8Async"))?;
+        if bytes > 0 {
+            // SAFETY: `class >= bytes` bytes at `ptr`, ordered on the stream.
+            unsafe { result::memset_d8_async(ptr, 0, bytes, self.core.stream) }.map_err(driver_err("cuMemsetD8Async"))?;
+        }
         Ok(DeviceBuffer::from_raw(ptr, bytes, Box::new(owner)))
     }
 
@@ -305,8 +321,9 @@ impl Device for DriverDevice {
         unsafe { result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_bytes, self.core.stream, &mut params) }.map_err(driver_err(kernel))
     }
 
+    /// Held from the driver: buffers in use and those cached for reuse.
     fn memory(&self) -> (usize, usize) {
-        (self.core.in_use.load(Ordering::Relaxed), self.total)
+        (self.core.in_use.load(Ordering::Relaxed) + self.core.cached.load(Ordering::Relaxed), self.total)
     }
 }
 

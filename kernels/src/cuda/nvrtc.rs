@@ -8,7 +8,8 @@
 //! dynamic loading, so a machine without it still builds and starts; the
 //! library is looked up by its usual names on the loader path, or taken from
 //! `AERIE_NVRTC_LIB` (an absolute path, e.g. inside a PyPI
-//! `nvidia-cuda-nvrtc` wheel). This compile runs in CI too, on no GPU, so the
+//! `nvidia-cuda-nvrtc` wheel; cudarc then finds it by its soname, so a
+//! `libnvrtc.so` elsewhere on the loader path would still come first). This compile runs in CI too, on no GPU, so the
 //! exact code path the GPU device uses to get its kernels is tested.
 
 use super::{Source, COMMON_HEADER};
@@ -150,7 +151,9 @@ pub fn compile_cubin_in(dir: Option<&std::path::Path>, src: &Source, arch: u32) 
     }
     let cubin = compile_cubin(src, arch)?;
     if std::fs::create_dir_all(dir).is_ok() {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
         if std::fs::write(&tmp, &cubin).is_ok() {
             let _ = std::fs::rename(&tmp, &path);
         }

@@ -7,7 +7,13 @@
 //!   fingerprint, Aerie version) and marks it ready; each other rank opens it,
 //!   compares identities and either joins (writing its pid) or records why it
 //!   refuses, which rank 0 reports. Once all have joined, rank 0 unlinks the
-//!   name: the mappings stay valid and a killed group leaves nothing behind.
+//!   name: the mappings stay valid and a group killed after forming leaves
+//!   nothing behind (one killed while forming leaves its segment, which the
+//!   next formation of that name replaces). A joiner takes only a ready
+//!   segment that the name still points at and whose creator lives, and
+//!   while it waits for the others it gives up at once on a refusal or on
+//!   rank 0's death. Ranks must share a pid namespace (one pod), since
+//!   liveness is read from `/proc`.
 //! - **Barriers.** Each rank publishes the number of barriers it has reached
 //!   in its own word; barrier `e` is complete when every word is at least
 //!   `e`. A waiter spins briefly, then yields, then sleeps 50 µs, and every
@@ -27,6 +33,7 @@
 use super::{Collective, CollectiveError, GroupIdentity, Result};
 use memmap2::MmapMut;
 use std::fs::OpenOptions;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -50,10 +57,12 @@ const H_JOINED: usize = 24;
 const H_REFUSED: usize = 32;
 const H_PIDS: usize = 64;
 const H_ARRIVE: usize = H_PIDS + 8 * MAX_RANKS;
-const H_MODEL: usize = H_ARRIVE + 8 * MAX_RANKS;
-const H_VERSION: usize = H_MODEL + 256;
-const H_REASON: usize = H_VERSION + 64;
+/// Text fields: a length word and up to `TEXT` bytes each.
 const TEXT: usize = 248;
+const H_MODEL: usize = H_ARRIVE + 8 * MAX_RANKS;
+const H_VERSION: usize = H_MODEL + 8 + TEXT;
+const H_REASON: usize = H_VERSION + 8 + TEXT;
+const _: () = assert!(H_REASON + 8 + TEXT <= HEADER);
 
 /// One rank's end of a shared-memory group.
 pub struct ShmCollective {
@@ -147,15 +156,22 @@ impl ShmCollective {
         }
         let path = Self::segment_path(dir, group);
         let t = Instant::now();
+        // A segment counts once it is ready, still the one the name points
+        // at (rank 0 replaces a stale one by unlinking and re-creating), and
+        // its creator lives: a dead formation's file is waited past.
         let map = loop {
             let opened = OpenOptions::new().read(true).write(true).open(&path).and_then(|f| {
                 // SAFETY: the group's segment, shared only through this module's protocol.
                 let m = unsafe { MmapMut::map_mut(&f) }?;
-                Ok(m)
+                Ok((m, f.metadata()?.ino()))
             });
-            if let Ok(m) = opened {
-                // SAFETY: an aligned word of the header, read atomically.
-                if m.len() >= HEADER && unsafe { &*(m.as_ptr().add(H_MAGIC) as *const AtomicU64) }.load(Ordering::Acquire) == MAGIC {
+            if let Ok((m, ino)) = opened {
+                let word = |off: usize| {
+                    // SAFETY: an aligned word of the header, read atomically.
+                    unsafe { &*(m.as_ptr().add(off) as *const AtomicU64) }.load(Ordering::Acquire)
+                };
+                let current = std::fs::metadata(&path).is_ok_and(|md| md.ino() == ino);
+                if m.len() >= HEADER && word(H_MAGIC) == MAGIC && current && alive(word(H_PIDS) as u32) {
                     break m;
                 }
             }
@@ -193,12 +209,25 @@ impl ShmCollective {
             c.word(H_REFUSED).store(rank as u64 + 1, Ordering::Release);
             return Err(CollectiveError::Refused { rank, reason });
         }
-        c.word(H_PIDS + 8 * rank).store(std::process::id() as u64, Ordering::Release);
+        if let Err(other) = c.word(H_PIDS + 8 * rank).compare_exchange(0, std::process::id() as u64, Ordering::AcqRel, Ordering::Acquire) {
+            let reason = format!("rank {rank} has already joined (pid {other})");
+            c.write_text(H_REASON, &reason);
+            c.word(H_REFUSED).store(rank as u64 + 1, Ordering::Release);
+            return Err(CollectiveError::Refused { rank, reason });
+        }
         c.word(H_JOINED).fetch_add(1, Ordering::AcqRel);
         // Every pid is written once all have joined; the formation barrier
         // below orders this rank after that.
         let wait_all = Instant::now();
         while (0..world).any(|r| c.word(H_PIDS + 8 * r).load(Ordering::Acquire) == 0) {
+            let refused = c.word(H_REFUSED).load(Ordering::Acquire);
+            if refused != 0 {
+                return Err(CollectiveError::Refused { rank: refused as usize - 1, reason: c.read_text(H_REASON) });
+            }
+            let leader = c.word(H_PIDS).load(Ordering::Acquire) as u32;
+            if !alive(leader) {
+                return Err(CollectiveError::PeerGone { rank: 0, pid: leader });
+            }
             if wait_all.elapsed() > timeout {
                 return Err(CollectiveError::FormationTimeout { after: timeout, detail: "the other ranks never all joined".into() });
             }
@@ -500,6 +529,42 @@ mod tests {
             assert!(msg.contains("[2]"), "{msg}");
             assert!(took < Duration::from_millis(1000), "{took:?}");
         }
+    }
+
+    #[test]
+    fn a_joiner_waits_past_a_dead_formations_segment() {
+        let dir = std::env::temp_dir();
+        let g = group_name("stale");
+        // A segment a dead rank 0 left: ready, but its creator is gone.
+        let path = ShmCollective::segment_path(&dir, &g);
+        let mut stale = vec![0u8; HEADER + 2 * 2 * 4096];
+        stale[H_MAGIC..H_MAGIC + 8].copy_from_slice(&MAGIC.to_le_bytes());
+        stale[H_WORLD..H_WORLD + 8].copy_from_slice(&2u64.to_le_bytes());
+        stale[H_SLOT..H_SLOT + 8].copy_from_slice(&4096u64.to_le_bytes());
+        stale[H_PIDS..H_PIDS + 8].copy_from_slice(&(i32::MAX as u64).to_le_bytes());
+        std::fs::write(&path, &stale).unwrap();
+        let (d, g2) = (dir.clone(), g.clone());
+        let joiner = std::thread::spawn(move || ShmCollective::join(&d, &g2, 1, &id(2), Duration::from_secs(10)).map(|mut c| c.barrier().is_ok()));
+        std::thread::sleep(Duration::from_millis(300));
+        let mut leader = ShmCollective::create(&dir, &g, &id(2), 4096, Duration::from_secs(10)).unwrap();
+        leader.barrier().unwrap();
+        assert!(joiner.join().unwrap().unwrap(), "the joiner formed the new group");
+    }
+
+    #[test]
+    fn a_rank_taken_twice_is_refused() {
+        let dir = std::env::temp_dir();
+        let g = group_name("twice");
+        let (d, g2) = (dir.clone(), g.clone());
+        let leader = std::thread::spawn(move || ShmCollective::create(&d, &g2, &id(3), 4096, Duration::from_secs(10)).err());
+        let (d, g3) = (dir.clone(), g.clone());
+        let first = std::thread::spawn(move || ShmCollective::join(&d, &g3, 1, &id(3), Duration::from_secs(10)).err());
+        std::thread::sleep(Duration::from_millis(300));
+        let second = ShmCollective::join(&dir, &g, 1, &id(3), Duration::from_secs(10)).err().expect("a second rank 1 is refused");
+        assert!(second.to_string().contains("already joined"), "{second}");
+        let lead = leader.join().unwrap().expect("formation fails");
+        assert!(lead.to_string().contains("already joined"), "{lead}");
+        assert!(first.join().unwrap().is_some_and(|e| e.error_type() == "refused"), "the first joiner learns of the refusal too");
     }
 
     /// The other rank of `a_killed_rank_ends_the_collective_at_once`, run as
