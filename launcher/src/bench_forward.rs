@@ -11,7 +11,8 @@
 //! fraction of memory bandwidth a decode step reaches.
 
 use aerie_engine::cuda::select::{open_device, DeviceSpec};
-use aerie_engine::{AttnMask, DType, Engine, ForwardOptions, LogitsRows, Model, SeqInput};
+use aerie_engine::{AttnMask, DType, Engine, ForwardOptions, KvCache, LogitsRows, Model, SeqInput};
+use aerie_kernels::cpu::ops::argmax;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::Path;
@@ -58,6 +59,41 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// A timed greedy decode from a synthetic prompt: what `bench forward` and
+/// `bench tp` both measure.
+pub struct GreedyRun {
+    pub prefill_ms: f64,
+    /// The median of the timed steps.
+    pub decode_ms: f64,
+    /// The first token and one per step.
+    pub ids: Vec<u32>,
+    pub cache: KvCache,
+}
+
+/// Prefills `prompt_len` synthetic tokens, then decodes `warmup` untimed and
+/// `steps` timed greedy steps at batch 1.
+pub fn greedy_decode(model: &Model, prompt_len: usize, steps: usize, warmup: usize) -> Result<GreedyRun> {
+    let vocab = model.config.vocab_size as u64;
+    let prompt: Vec<u32> = (0..prompt_len as u64).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
+    let opts = ForwardOptions::default();
+    let mut cache = model.new_cache();
+    let t = Instant::now();
+    let out = model.forward(&mut [SeqInput { cache: &mut cache, tokens: &prompt, positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }], &opts)?;
+    let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut ids = vec![argmax(&out[0].logits).0 as u32];
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        let next = *ids.last().unwrap_or(&0);
+        let out = model.forward(&mut [SeqInput { cache: &mut cache, tokens: &[next], positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }], &opts)?;
+        ids.push(argmax(&out[0].logits).0 as u32);
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(GreedyRun { prefill_ms, decode_ms: median(&mut times), ids, cache })
+}
+
 fn load(a: &ForwardBenchArgs) -> Result<Model> {
     if a.random_weights {
         let p = Path::new(&a.model);
@@ -87,25 +123,10 @@ pub fn run(a: ForwardBenchArgs) -> Result<()> {
     }
     let load_s = t.elapsed().as_secs_f64();
     let vocab = cfg.vocab_size as u64;
-    let prompt: Vec<u32> = (0..a.prompt_len as u64).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
+    let run = greedy_decode(&model, a.prompt_len, a.decode_steps, 2)?;
+    let (prefill_ms, decode_ms, mut cache) = (run.prefill_ms, run.decode_ms, run.cache);
+    let next = *run.ids.last().unwrap_or(&0);
     let opts = ForwardOptions::default();
-    let mut cache = model.new_cache();
-
-    let t = Instant::now();
-    let out = model.forward(&mut [SeqInput { cache: &mut cache, tokens: &prompt, positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }], &opts)?;
-    let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
-    let mut next = aerie_kernels::cpu::ops::argmax(&out[0].logits).0 as u32;
-
-    let mut steps = Vec::new();
-    for i in 0..a.decode_steps + 2 {
-        let t = Instant::now();
-        let out = model.forward(&mut [SeqInput { cache: &mut cache, tokens: &[next], positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }], &opts)?;
-        next = aerie_kernels::cpu::ops::argmax(&out[0].logits).0 as u32;
-        if i >= 2 {
-            steps.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    let decode_ms = median(&mut steps);
 
     let mut curve = Vec::new();
     for &k in &a.verify_sizes {

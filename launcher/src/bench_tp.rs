@@ -6,14 +6,13 @@
 //! logits, so each picks the same next token. The ranks are child
 //! processes of this binary (the `--rank` form); rank 0 reports.
 
-use aerie_engine::{AttnMask, DType, Engine, ForwardOptions, LogitsRows, Model, SeqInput};
-use aerie_kernels::cpu::ops::argmax;
+use aerie_engine::{DType, Engine, Model};
 use aerie_target_worker::collective::shm::{ShmCollective, DEFAULT_SLOT_BYTES};
 use aerie_target_worker::collective::{GroupIdentity, GroupReduce};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct TpBenchArgs {
@@ -36,24 +35,8 @@ pub struct TpBenchArgs {
 
 /// (prefill ms, median decode ms, the tokens).
 fn decode(model: &Model, prompt_len: usize, steps: usize) -> Result<(f64, f64, Vec<u32>)> {
-    let v = model.config.vocab_size as u64;
-    let prompt: Vec<u32> = (0..prompt_len as u64).map(|i| ((i * 7919 + 13) % v) as u32).collect();
-    let opts = ForwardOptions::default();
-    let mut cache = model.new_cache();
-    let t = Instant::now();
-    let out = model.forward(&mut [SeqInput { cache: &mut cache, tokens: &prompt, positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }], &opts)?;
-    let prefill = t.elapsed().as_secs_f64() * 1e3;
-    let mut next = argmax(&out[0].logits).0 as u32;
-    let (mut ids, mut times) = (vec![next], Vec::new());
-    for _ in 0..steps {
-        let t = Instant::now();
-        let out = model.forward(&mut [SeqInput { cache: &mut cache, tokens: &[next], positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }], &opts)?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        next = argmax(&out[0].logits).0 as u32;
-        ids.push(next);
-    }
-    times.sort_by(|a, b| a.total_cmp(b));
-    Ok((prefill, times[times.len() / 2], ids))
+    let r = crate::bench_forward::greedy_decode(model, prompt_len, steps, 0)?;
+    Ok((r.prefill_ms, r.decode_ms, r.ids))
 }
 
 pub fn run(a: TpBenchArgs) -> Result<()> {

@@ -10,7 +10,7 @@
 
 use aerie_engine::config::ModelConfig;
 use aerie_engine::cuda::kv::PAGE_SIZE;
-use aerie_engine::cuda::select::{open_device, DeviceSpec};
+use aerie_engine::cuda::select::DeviceSpec;
 use aerie_engine::{DType, Model};
 use aerie_kernels::cuda::device::Device;
 use anyhow::{bail, Result};
@@ -98,19 +98,12 @@ pub fn kv_tokens_that_fit(cfg: &ModelConfig, layers: usize, total_bytes: u64, fr
     Ok(fit.min(cap))
 }
 
-/// The device `a` names, opened before anything is loaded so that a
-/// missing driver is an error at once; `None` for the CPU.
-pub fn open(a: &DeviceArgs) -> Result<Option<Arc<dyn Device>>> {
-    Ok(open_device(a.device)?)
-}
-
 /// `model` on `dev` with a KV pool of up to `kv_tokens` tokens (what
 /// `--mem-fraction-static` leaves after the weights). Logs where it went
 /// and what it took.
 pub fn place(model: Model, dev: Arc<dyn Device>, a: &DeviceArgs, kv_tokens: usize) -> Result<Model> {
-    let layers = model.weights.layers.len();
     let (_, total) = dev.memory();
-    let tokens = if layers == 0 { PAGE_SIZE } else { kv_tokens_that_fit(&model.config, layers, total as u64, a.mem_fraction_static, kv_tokens)? };
+    let tokens = kv_tokens_that_fit(&model.config, model.weights.layers.len(), total as u64, a.mem_fraction_static, kv_tokens)?;
     let name = dev.name();
     let t = std::time::Instant::now();
     let model = model.to_device(dev, tokens)?;

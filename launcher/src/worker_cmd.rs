@@ -180,7 +180,8 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
         bail!("--tp-size {} needs the CUDA backend with NCCL, which this build does not have; the CPU backend runs --tp-size 1", a.tp_size);
     }
     let dtype = a.device.load_dtype()?;
-    let device = crate::device_args::open(&a.device)?;
+    // The device first: no driver is an error before minutes of loading.
+    let device = aerie_engine::cuda::select::open_device(a.device.device)?;
     let mut engine = Engine::load(&a.model_path, dtype)
         .with_context(|| format!("loading target model `{}`", a.model_path))?;
     let mut max_total_tokens = a.max_total_tokens;

@@ -304,7 +304,8 @@ impl CudaModel {
         let (q, k, v, attn) = (f32s(t * qw)?, f32s(t * kvw)?, f32s(t * kvw)?, f32s(t * qw)?);
         let (gu, act) = (f32s(t * 2 * inter)?, f32s(t * inter)?);
         let n_aux = (0..self.layers.len()).filter(|l| aux_layers.contains(l)).count();
-        let aux = f32s(n_aux * t * h)?;
+        // Only a forward that returns aux features sets a buffer aside.
+        let aux = if n_aux > 0 { Some(f32s(n_aux * t * h)?) } else { None };
         let mut aux_at = 0;
 
         // SAFETY (every launch below): buffer sizes as allocated above; ids
@@ -366,8 +367,8 @@ impl CudaModel {
             unsafe { dev.launch("silu_mul", elementwise(t * inter), &[gu.arg(), act.arg(), A::I32(t as i32), A::I32(inter as i32)])? };
             self.linear(&act, (&l.down, 0), None, &o, t, h, inter)?;
             self.add(&x, &o, t * h)?;
-            if aux_layers.contains(&li) {
-                dev.copy(&x, 0, &aux, aux_at * t * h * 4, t * h * 4)?;
+            if let Some(aux) = aux.as_ref().filter(|_| aux_layers.contains(&li)) {
+                dev.copy(&x, 0, aux, aux_at * t * h * 4, t * h * 4)?;
                 aux_at += 1;
             }
         }
@@ -401,8 +402,8 @@ impl CudaModel {
                 out.hidden = dev.download_vec(&xn, o * h * 4, s.tokens.len() * h)?;
             }
         }
-        if n_aux > 0 {
-            let all: Vec<f32> = dev.download_vec(&aux, 0, n_aux * t * h)?;
+        if let Some(aux) = &aux {
+            let all: Vec<f32> = dev.download_vec(aux, 0, n_aux * t * h)?;
             for ((out, s), &o) in outs.iter_mut().zip(batch.iter()).zip(&offsets) {
                 let n = s.tokens.len();
                 out.aux = (0..n_aux).map(|j| all[(j * t + o) * h..(j * t + o + n) * h].to_vec()).collect();
