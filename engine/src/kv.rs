@@ -7,6 +7,7 @@
 use crate::config::ModelConfig;
 use crate::cuda::kv::CudaSeq;
 use crate::error::{EngineError, Result};
+use crate::tp::mirror::Mirror;
 
 pub struct KvCache {
     pub(crate) k: Vec<Vec<f32>>,
@@ -16,6 +17,12 @@ pub struct KvCache {
     /// On a model that runs on a CUDA device, the sequence's pages in the
     /// device's KV pool; the host vectors then stay empty.
     pub(crate) device: Option<CudaSeq>,
+    /// Rounds keys and values to f16 as they are stored (llama.cpp's default
+    /// KV cache type, kept on the CPU path); off, the cache holds f32.
+    pub(crate) f16: bool,
+    /// On rank 0 of a tensor-parallel group, this cache's identity there:
+    /// its changes are logged for the other ranks (see [`crate::tp::mirror`]).
+    pub(crate) mirror: Option<Mirror>,
 }
 
 impl KvCache {
@@ -26,6 +33,8 @@ impl KvCache {
             row: cfg.num_kv_heads * cfg.head_dim,
             len: 0,
             device: None,
+            f16: true,
+            mirror: None,
         }
     }
 
@@ -43,6 +52,8 @@ impl KvCache {
             row: self.row,
             len: self.len,
             device: self.device.as_ref().map(CudaSeq::fork).transpose()?,
+            f16: self.f16,
+            mirror: self.mirror.as_ref().map(Mirror::fork),
         })
     }
 
@@ -80,6 +91,13 @@ impl KvCache {
 
     /// Drops every token at index `n` and beyond.
     pub fn truncate(&mut self, n: usize) {
+        if let Some(m) = &self.mirror {
+            m.truncated(n);
+        }
+        self.cut(n);
+    }
+
+    fn cut(&mut self, n: usize) {
         if let Some(d) = &mut self.device {
             d.truncate(n);
             return;
@@ -112,6 +130,9 @@ impl KvCache {
                 )));
             }
         }
+        if let Some(m) = &self.mirror {
+            m.kept(start, rows);
+        }
         let row = self.row;
         for l in 0..self.k.len() {
             for (i, &r) in rows.iter().enumerate() {
@@ -122,7 +143,7 @@ impl KvCache {
                 }
             }
         }
-        self.truncate(start + rows.len());
+        self.cut(start + rows.len());
         Ok(())
     }
 }

@@ -177,12 +177,14 @@ pub fn attention(
     }
     plan.apply_rope(&mut q, nh, hd, rope_style);
     plan.apply_rope(&mut k, nkv, hd, rope_style);
-    // The cache holds f16 values, as llama.cpp's default F16 KV cache does.
-    ggml_math::round_f16_slice(&mut k);
-    ggml_math::round_f16_slice(&mut v);
     for (cache, p) in caches.iter_mut().zip(&plan.spans) {
         let dst = p.base * kvd..(p.base + p.n) * kvd;
         let src = p.offset * kvd..(p.offset + p.n) * kvd;
+        if cache.f16 {
+            // f16 values, as llama.cpp's default F16 KV cache holds.
+            ggml_math::round_f16_slice(&mut k[src.clone()]);
+            ggml_math::round_f16_slice(&mut v[src.clone()]);
+        }
         cache.k[li][dst.clone()].copy_from_slice(&k[src.clone()]);
         cache.v[li][dst].copy_from_slice(&v[src]);
     }
@@ -207,6 +209,7 @@ pub fn attention(
                 keys: &plan.visible[t],
                 scale,
                 order: plan.orders[plan.tok_seq[t]],
+                f16: cache.f16,
             };
             SCRATCH.with(|s| attention::attend(&args, o, &mut s.borrow_mut()));
         };

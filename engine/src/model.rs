@@ -101,12 +101,17 @@ pub struct Model {
     /// This model is one rank's shard of a tensor-parallel group: partial
     /// attention and MLP outputs are summed across the group (see [`crate::tp`]).
     pub(crate) tp: Option<std::sync::Arc<dyn crate::tp::TpReduce>>,
+    /// On rank 0 of a group: the log of cache changes the other ranks
+    /// replay (see [`crate::tp::mirror`]).
+    pub(crate) tp_log: Option<std::sync::Arc<crate::tp::mirror::OpLog>>,
+    /// Host KV caches hold f32 rather than llama.cpp's f16.
+    pub(crate) kv_f32: bool,
 }
 
 impl Model {
     pub fn new(config: ModelConfig, weights: ModelWeights, fingerprint: String) -> Self {
         let rope = Rope::new(&config.inv_freqs(), config.rope_theta, config.rope_style);
-        Model { config, weights, fingerprint, rope, device: None, tp: None }
+        Model { config, weights, fingerprint, rope, device: None, tp: None, tp_log: None, kv_f32: false }
     }
 
     /// The same model with its forward pass on `dev`: weights uploaded as
@@ -130,10 +135,20 @@ impl Model {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        match &self.device {
+        let mut c = match &self.device {
             Some(d) => KvCache::on_device(&self.config, d.new_seq()),
             None => KvCache::new(&self.config),
-        }
+        };
+        c.f16 = !self.kv_f32;
+        c.mirror = self.tp_log.as_ref().map(|log| log.new_cache());
+        c
+    }
+
+    /// Host KV caches made from now on hold f32 keys and values instead of
+    /// llama.cpp's f16 (which the CPU path keeps by default, to match it bit
+    /// for bit). A device's pool is bf16 either way.
+    pub fn set_f32_kv_cache(&mut self, on: bool) {
+        self.kv_f32 = on;
     }
 
     /// Embedding rows for `tokens` (`n × hidden`).
@@ -225,6 +240,10 @@ impl Model {
             }
             return d.forward_with(&mut inputs, opts.want_hidden, &opts.aux_layers);
         }
+        if let (Some(tp), Some(log)) = (&self.tp, &self.tp_log) {
+            // The other ranks run this same call on their shards.
+            tp.lead(&crate::tp::mirror::plan_of(log, batch)?.encode())?;
+        }
         let h = cfg.hidden_size;
         let mut all_tokens = Vec::new();
         let mut positions = Vec::new();
@@ -284,7 +303,7 @@ impl Model {
             }
             rows_per_seq.push(rows);
         }
-        let logits = self.lm_head(&gathered)?;
+        let logits = if gathered.is_empty() { Vec::new() } else { self.lm_head(&gathered)? };
         let vocab = cfg.vocab_size;
         let mut outs = Vec::with_capacity(batch.len());
         let mut lo = 0;

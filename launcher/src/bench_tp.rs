@@ -2,8 +2,8 @@
 //! the f32 path, tensor-parallel over `--world` rank processes with
 //! `--threads-per-rank` threads each, against the unsharded model with
 //! `world × threads-per-rank` threads in one process: the same cores either
-//! way. Greedy decoding needs no step plan: every rank holds the whole
-//! logits, so each picks the same next token. The ranks are child
+//! way. Rank 0 decodes and the others follow its forward passes, as in a
+//! target worker's group (each step's plan included). The ranks are child
 //! processes of this binary (the `--rank` form); rank 0 reports.
 
 use aerie_engine::{DType, Engine, Model};
@@ -51,10 +51,13 @@ pub fn run(a: TpBenchArgs) -> Result<()> {
         };
         let shard = aerie_engine::tp::shard(&e.model, Arc::new(GroupReduce::new(Box::new(c))))?;
         drop(e);
-        let (prefill, step, ids) = decode(&shard, a.prompt_len, a.decode_steps)?;
-        if rank == 0 {
-            println!("{}", serde_json::json!({"prefill_ms": prefill, "decode_ms": step, "ids": ids}));
+        if rank > 0 {
+            aerie_engine::tp::mirror::follow(&shard)?;
+            return Ok(());
         }
+        let (prefill, step, ids) = decode(&shard, a.prompt_len, a.decode_steps)?;
+        aerie_engine::tp::mirror::stop(&shard)?;
+        println!("{}", serde_json::json!({"prefill_ms": prefill, "decode_ms": step, "ids": ids}));
         return Ok(());
     }
     if !(2..=8).contains(&a.world) {

@@ -14,6 +14,7 @@ mod progress;
 mod serve_cmd;
 mod spec_args;
 mod train_cmd;
+mod tp_group;
 mod worker_cmd;
 
 use anyhow::Result;
@@ -75,6 +76,11 @@ enum Cmd {
         /// Write tokenizer.json and tokenizer_config.json only.
         #[arg(long)]
         tokenizer_only: bool,
+        /// Instead of the model's weights, random ones in the shape of the
+        /// config.json in this directory (or of this file's directory), with
+        /// the model's tokenizer: a small stand-in model for tests.
+        #[arg(long, value_name = "CONFIG", conflicts_with = "tokenizer_only")]
+        random_weights: Option<std::path::PathBuf>,
     },
     /// Write a random-weight EAGLE or EAGLE-3 head for a model, in the
     /// published checkpoint layout (for tests and drafting-cost benchmarks).
@@ -109,7 +115,12 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Some(n) = cli.threads {
+    // A tensor-parallel group's rank 0 divides the cores among its ranks.
+    let threads = match &cli.cmd {
+        Cmd::TargetWorker(a) if a.tp_size > 1 && a.tp_rank.is_none() => Some(tp_group::threads_per_rank(cli.threads, a.tp_size)),
+        _ => cli.threads,
+    };
+    if let Some(n) = threads {
         rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global()?;
         aerie_kernels::cpu::pool::set_threads(n);
     }
@@ -131,7 +142,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Serve(args) => serve_cmd::run(args),
-        Cmd::TargetWorker(args) => worker_cmd::run_target(args),
+        Cmd::TargetWorker(args) => worker_cmd::run_target(args, cli.threads),
         Cmd::DraftWorker(args) => worker_cmd::run_draft(args),
         Cmd::Router(args) => worker_cmd::run_router(args),
         Cmd::Generate(args) => generate_cmd::run(args),
@@ -139,12 +150,19 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::EvalDraft(args) => eval_cmd::run(args),
         Cmd::Bench(args) => bench_cmd::run(args, cli.threads),
         Cmd::CudaInfo => cuda_info(),
-        Cmd::ExportHf { model, out, tokenizer_only } => {
+        Cmd::ExportHf { model, out, tokenizer_only, random_weights } => {
             use anyhow::Context;
             let e = aerie_engine::Engine::load(&model, aerie_engine::DType::Auto).with_context(|| format!("loading model `{model}`"))?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             if tokenizer_only {
                 e.tokenizer.save_hf(&out)?;
+            } else if let Some(path) = random_weights {
+                let dir = if path.is_dir() { path.as_path() } else { path.parent().unwrap_or(std::path::Path::new(".")) };
+                let cfg = aerie_engine::loader::hf::read_config(dir)?;
+                let m = aerie_engine::random::random_model(cfg, 1)?;
+                let config = aerie_engine::export::hf_config(&m.config, "LlamaForCausalLM", Some(&e.tokenizer))?;
+                let tensors = aerie_engine::export::hf_tensors(&m, false)?;
+                aerie_engine::export::write_hf_dir(&out, &config, &tensors, &e.tokenizer)?;
             } else {
                 let config = aerie_engine::export::hf_config(&e.model.config, "LlamaForCausalLM", Some(&e.tokenizer))?;
                 let tensors = aerie_engine::export::hf_tensors(&e.model, false)?;

@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// Per target worker: most requests decoded at once.
     #[arg(long, default_value_t = 16)]
     pub max_running_requests: usize,
+    /// Tensor-parallel degree of each target worker (SGLang's `--tp-size`):
+    /// N rank processes sharing the worker's cores.
+    #[arg(long, alias = "tensor-parallel-size", default_value_t = 1)]
+    pub tp_size: usize,
     /// Longest wait for every worker to become ready, seconds.
     #[arg(long, default_value_t = 600)]
     pub startup_timeout_secs: u64,
@@ -424,6 +428,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 a.host.clone(),
                 "--max-running-requests".into(),
                 a.max_running_requests.to_string(),
+                "--tp-size".into(),
+                a.tp_size.to_string(),
             ];
             args.extend(etcd_flags(&a, Some(&format!("serve-target-{i}"))));
             args.extend(fixed_ports(&a.host, &mut taken));

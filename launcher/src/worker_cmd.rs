@@ -78,10 +78,18 @@ pub struct TargetWorkerArgs {
     pub drain_grace_secs: u64,
     #[command(flatten)]
     pub device: DeviceArgs,
-    /// Tensor-parallel degree (SGLang's `--tp-size`). The CPU backend runs
-    /// one rank; larger values need the CUDA backend with NCCL.
+    /// Tensor-parallel degree (SGLang's `--tp-size`): this process becomes
+    /// rank 0 of a group of N rank processes on this host, over shared
+    /// memory, each with `--threads / N` kernel threads (the CPU backend).
     #[arg(long, alias = "tensor-parallel-size", default_value_t = 1)]
     pub tp_size: usize,
+    /// This process's rank in group `--tp-group`, for groups whose ranks are
+    /// started by hand (rank 0 then starts none; the others join it).
+    #[arg(long, requires = "tp_group")]
+    pub tp_rank: Option<usize>,
+    /// The name of the tensor-parallel group to create (rank 0) or join.
+    #[arg(long, requires = "tp_rank")]
+    pub tp_group: Option<String>,
     #[command(flatten)]
     pub register: RegisterArgs,
 }
@@ -175,15 +183,31 @@ fn announce(role: &str, grpc: SocketAddr, metrics: SocketAddr) {
     let _ = out.flush();
 }
 
-pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
-    if a.tp_size != 1 {
-        bail!("--tp-size {} needs the CUDA backend with NCCL, which this build does not have; the CPU backend runs --tp-size 1", a.tp_size);
+pub fn run_target(a: TargetWorkerArgs, threads: Option<usize>) -> Result<()> {
+    if a.tp_size == 0 || a.tp_size > aerie_target_worker::collective::shm::MAX_RANKS {
+        bail!("--tp-size {} must be 1 to {}", a.tp_size, aerie_target_worker::collective::shm::MAX_RANKS);
+    }
+    if let Some(r) = a.tp_rank {
+        if r >= a.tp_size {
+            bail!("--tp-rank {r} is not a rank of a group of --tp-size {}", a.tp_size);
+        }
+        if r > 0 {
+            return crate::tp_group::follow(&a, r);
+        }
+    }
+    if a.tp_size > 1 && a.device.device != aerie_engine::cuda::select::DeviceSpec::Cpu {
+        bail!("--tp-size {} runs on the CPU only so far (the NCCL and CUDA-IPC collectives are still to come); drop --device or use --tp-size 1", a.tp_size);
     }
     let dtype = a.device.load_dtype()?;
+    // The other ranks load while this one does.
+    let group = (a.tp_size > 1).then(|| crate::tp_group::Group::start(&a, crate::tp_group::threads_per_rank(threads, a.tp_size))).transpose()?;
     // The device first: no driver is an error before minutes of loading.
     let device = aerie_engine::cuda::select::open_device(a.device.device)?;
     let mut engine = Engine::load(&a.model_path, dtype)
         .with_context(|| format!("loading target model `{}`", a.model_path))?;
+    if let Some(g) = &group {
+        engine.model = Arc::new(g.form(&a, &engine.model)?);
+    }
     let mut max_total_tokens = a.max_total_tokens;
     if let Some(dev) = device {
         // The pool holds the admitted budget plus every running request's
@@ -222,6 +246,9 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
         let (listener, grpc, maddr) = listen(&a.listen, handle, ready.clone(), debug.clone()).await?;
         let server = TargetServer::start(&engine, cfg).context("starting the scheduler")?;
         let shared = server.shared();
+        if let Some(g) = &group {
+            g.watch(shared.clone());
+        }
         let view = shared.clone();
         let _ = debug.set(Box::new(move || view.spec_budget_view()));
         let svc = TargetServiceServer::new(server).max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -233,6 +260,19 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
         let grace = Duration::from_secs(a.drain_grace_secs);
         tokio::select! {
             r = serve => r.context("gRPC server failed")?,
+            why = group_failure(shared.clone()) => {
+                // Every request has been failed; let their errors leave,
+                // then go, so that Kubernetes restarts the pod.
+                ready.store(false, Ordering::Release);
+                if let Some(r) = registration {
+                    r.deregister(Duration::from_secs(2)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(g) = &group {
+                    g.kill();
+                }
+                bail!("{why}");
+            }
             _ = termination() => {
                 // Routers first, so new requests go elsewhere; then refuse the stragglers.
                 ready.store(false, Ordering::Release);
@@ -253,10 +293,23 @@ pub fn run_target(a: TargetWorkerArgs) -> Result<()> {
                 if let Some(r) = registration {
                     r.deregister(Duration::from_secs(5)).await;
                 }
+                if let Some(g) = &group {
+                    g.stop(&engine.model, shared.is_idle());
+                }
             }
         }
         Ok(())
     })
+}
+
+/// Resolves with the reason once the worker cannot serve any more.
+async fn group_failure(shared: Arc<aerie_target_worker::scheduler::Shared>) -> String {
+    loop {
+        if let Some(why) = shared.fatal() {
+            return why;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {

@@ -14,14 +14,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 
-fn prompt_ids(i: usize) -> Vec<u32> {
+pub(crate) fn prompt_ids(i: usize) -> Vec<u32> {
     engine()
         .chat_prompt_ids(&[ChatMessage::new("user", PROMPTS[i % PROMPTS.len()])])
         .unwrap()
 }
 
 /// In-process plain greedy, EOS ignored: the reference.
-fn reference(i: usize, max_tokens: usize) -> Vec<u32> {
+pub(crate) fn reference(i: usize, max_tokens: usize) -> Vec<u32> {
     let ids = prompt_ids(i);
     let req = EngineRequest {
         prompt_ids: &ids,
@@ -35,19 +35,19 @@ fn reference(i: usize, max_tokens: usize) -> Vec<u32> {
 }
 
 /// A worker process (killed when dropped) and the addresses its READY line names.
-struct Worker {
-    proc: common::Proc,
-    grpc: String,
+pub(crate) struct Worker {
+    pub(crate) proc: common::Proc,
+    pub(crate) grpc: String,
     metrics: String,
 }
 
-fn start(args: &[&str]) -> Worker {
+pub(crate) fn start(args: &[&str]) -> Worker {
     let proc = common::start(args, "READY ", &common::ready_field("grpc="));
     let metrics = format!("http://{}/metrics", common::ready_field("metrics=")(&proc.ready));
     Worker { grpc: format!("http://{}", proc.addr), metrics, proc }
 }
 
-fn draft_worker() -> Worker {
+pub(crate) fn draft_worker() -> Worker {
     // The shipped head as a (3, 1, 4) chain with its hot vocabulary.
     start(&[
         "draft-worker",
@@ -60,13 +60,13 @@ fn draft_worker() -> Worker {
     ])
 }
 
-fn target_worker(extra: &[&str]) -> Worker {
+pub(crate) fn target_worker(extra: &[&str]) -> Worker {
     let mut args = vec!["target-worker"];
     args.extend_from_slice(extra);
     start(&args)
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -74,11 +74,11 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn client(p: &Worker) -> TargetServiceClient<tonic::transport::Channel> {
+pub(crate) async fn client(p: &Worker) -> TargetServiceClient<tonic::transport::Channel> {
     TargetServiceClient::connect(p.grpc.clone()).await.unwrap()
 }
 
-fn greedy(i: usize, max_tokens: u32, draft: Option<&Worker>) -> GenerateRequest {
+pub(crate) fn greedy(i: usize, max_tokens: u32, draft: Option<&Worker>) -> GenerateRequest {
     GenerateRequest {
         request_id: String::new(),
         prompt_ids: prompt_ids(i),
@@ -92,7 +92,7 @@ fn greedy(i: usize, max_tokens: u32, draft: Option<&Worker>) -> GenerateRequest 
 }
 
 /// Runs a request to the end: its tokens and final message.
-async fn collect(
+pub(crate) async fn collect(
     mut c: TargetServiceClient<tonic::transport::Channel>,
     r: GenerateRequest,
 ) -> Result<(Vec<u32>, Finished), tonic::Status> {
@@ -695,7 +695,7 @@ fn draft_worker_rejects_malformed_session_messages_and_stays_up() {
 }
 
 /// Sends `sig` (`STOP`, `CONT`, `KILL`) to a process.
-fn signal(pid: u32, sig: &str) {
+pub(crate) fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
     assert!(ok, "kill -{sig} {pid}");
 }
@@ -756,7 +756,7 @@ fn draft_stalls_past_the_timeout_leave_no_sessions_or_sequences_behind() {
 }
 
 /// This process's ring files in `/dev/shm` (the names hold the creator's pid).
-fn rings_of(pid: u32) -> Vec<String> {
+pub(crate) fn rings_of(pid: u32) -> Vec<String> {
     let prefix = format!("{}{pid}-", aerie_proto::transport::RING_FILE_PREFIX);
     std::fs::read_dir("/dev/shm")
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&prefix)).collect())

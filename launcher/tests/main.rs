@@ -12,3 +12,4 @@ mod cluster;
 mod discovery;
 mod router;
 mod soak;
+mod tp;

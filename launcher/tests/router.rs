@@ -170,6 +170,25 @@ fn a_trained_smollm2_mtp_checkpoint_serves_losslessly_through_the_openai_client(
     assert!(out.status.success(), "lossless.py failures:\n{stdout}");
 }
 
+/// A TP=2 cluster (`aerie serve --tp-size 2`: each target worker two rank
+/// processes) under the official client, streamed and not: the ten-prompt
+/// suite with speculation equals the same cluster without it, token for
+/// token (`tests/openai/lossless.py`).
+#[test]
+fn a_tp2_cluster_serves_the_openai_client_losslessly() {
+    let _g = serial();
+    let spec = serve(&["--tp-size", "2"]);
+    let plain = serve(&["--tp-size", "2", "--no-speculation"]);
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/openai/lossless.py"))
+        .args(["--spec-url", &format!("http://{}/v1", spec.addr), "--plain-url", &format!("http://{}/v1", plain.addr), "--max-tokens", "24"])
+        .output()
+        .expect("the test venv (scripts/setup.sh installs openai into .venv)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "lossless.py failures:\n{stdout}");
+}
+
 #[test]
 fn greedy_text_is_identical_with_and_without_speculation() {
     let _g = serial();

@@ -70,6 +70,9 @@ pub struct Shared {
     /// The adaptive budget's state as JSON, refreshed by the scheduler
     /// (`GET /debug/spec_budget` on the metrics port).
     budget_view: Mutex<serde_json::Value>,
+    /// Why the worker can no longer serve (a tensor-parallel rank died or
+    /// stalled): every request has been failed, and the process should exit.
+    fatal: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -88,6 +91,7 @@ impl Shared {
             tau_bits: AtomicU64::new(0f64.to_bits()),
             adaptive: cfg.speculative_adaptive,
             budget_view: Mutex::new(serde_json::json!({ "adaptive": cfg.speculative_adaptive })),
+            fatal: Mutex::new(None),
         })
     }
 
@@ -192,6 +196,26 @@ impl Shared {
             self.forget(&j.id);
             let _ = j.out.send(Err(tonic::Status::internal(why.to_string())));
         }
+    }
+
+    /// The worker cannot serve any more (its tensor-parallel group broke):
+    /// refuses new requests, fails the queued ones now and the running ones
+    /// at the scheduler's next loop. The first reason given is kept.
+    pub fn fail_group(&self, why: &str) {
+        {
+            let mut f = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+            if f.is_none() {
+                tracing::error!("{why}");
+                *f = Some(why.to_string());
+            }
+        }
+        self.fail_everything(why);
+        self.wake.notify_all();
+    }
+
+    /// Why the worker can no longer serve, once it cannot.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn mean_tau(&self) -> f64 {
@@ -418,6 +442,10 @@ fn run(model: &Model, shared: &Shared) {
     let mut running: Vec<Running> = Vec::new();
     let mut adaptive = shared.adaptive.then(|| Adaptive::start(model));
     loop {
+        if let Some(why) = shared.fatal() {
+            fail_all(shared, &mut running, &why);
+            return;
+        }
         // 1. Drop requests nobody waits for.
         running.retain(|r| {
             if r.gone() {
@@ -499,6 +527,9 @@ fn run(model: &Model, shared: &Shared) {
                     shared.kv_used.fetch_sub(j.reserve, Ordering::AcqRel);
                     shared.forget(&j.id);
                     metrics::counter!(m::TARGET_REQUESTS, "outcome" => "failed").increment(1);
+                    if e.error_type() == "tensor_parallel" {
+                        shared.fail_group(&e.to_string());
+                    }
                     let _ = j.out.send(Err(TargetError::from(e).into()));
                 }
             }
@@ -542,14 +573,10 @@ fn run(model: &Model, shared: &Shared) {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!("verify step failed: {e}");
-                for r in running.drain(..) {
-                    shared.kv_used.fetch_sub(r.reserve, Ordering::AcqRel);
-                    if r.leave() {
-                        shared.forget(&r.id);
-                        metrics::counter!(m::TARGET_REQUESTS, "outcome" => "failed").increment(1);
-                    }
-                    let _ = r.out.send(Err(tonic::Status::internal(format!("verify step failed: {e}"))));
+                if e.error_type() == "tensor_parallel" {
+                    shared.fail_group(&e.to_string());
                 }
+                fail_all(shared, &mut running, &format!("verify step failed: {e}"));
                 continue;
             }
         };
@@ -600,6 +627,19 @@ fn run(model: &Model, shared: &Shared) {
         running = still;
         shared.running.store(running.len(), Ordering::Release);
     }
+}
+
+/// Ends every running choice with an error.
+fn fail_all(shared: &Shared, running: &mut Vec<Running>, why: &str) {
+    for r in running.drain(..) {
+        shared.kv_used.fetch_sub(r.reserve, Ordering::AcqRel);
+        if r.leave() {
+            shared.forget(&r.id);
+            metrics::counter!(m::TARGET_REQUESTS, "outcome" => "failed").increment(1);
+        }
+        let _ = r.out.send(Err(tonic::Status::internal(why.to_string())));
+    }
+    shared.running.store(0, Ordering::Release);
 }
 
 fn finish(shared: &Shared, mut r: Running) {

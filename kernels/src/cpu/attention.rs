@@ -15,6 +15,9 @@
 //! - the probabilities are rounded to f16, and `Σ p·v` keeps the same 32
 //!   partial sums per output as `ggml_vec_dot_f16` over the keys.
 //!
+//! With `f16` off (an f32 KV cache, for tensor-parallel comparisons) the
+//! query and probabilities stay f32; the summation orders are unchanged.
+//!
 //! Those are the orders of a one-token step. For a prompt batch llama.cpp's
 //! matmuls go through llamafile's tinyBLAS instead, which keeps one 8-lane
 //! accumulator per output and reduces it half, then pairs: [`SumOrder`]
@@ -42,6 +45,9 @@ pub struct AttnArgs<'a> {
     pub keys: &'a [u32],
     pub scale: f32,
     pub order: SumOrder,
+    /// Round the query and the probabilities to f16, as llama.cpp does
+    /// (with an f16 KV cache); off, the whole call stays in f32.
+    pub f16: bool,
 }
 
 /// Which of llama.cpp's two summation orders the sums follow.
@@ -88,7 +94,7 @@ fn attend_body<const AVX2: bool>(a: &AttnArgs, out: &mut [f32], scratch: &mut Ve
     let (qh, rest) = scratch.split_at_mut(group * hd);
     let (scores, slots) = rest.split_at_mut(group * nk);
     for (o, &x) in qh.iter_mut().zip(a.q) {
-        *o = round_f16(x);
+        *o = if a.f16 { round_f16(x) } else { x };
     }
     let row = |j: u32| j as usize * a.row_stride + a.offset;
     // tinyBLAS needs whole 8-lane steps; ggml falls back to its vector dot.
@@ -104,7 +110,7 @@ fn attend_body<const AVX2: bool>(a: &AttnArgs, out: &mut [f32], scratch: &mut Ve
     let nslots = if a.order == SumOrder::Prompt { LANES } else { SLOTS };
     for g in 0..group {
         let p = &mut scores[g * nk..(g + 1) * nk];
-        softmax_f16_probs(p);
+        softmax_probs(p, a.f16);
         slots.fill(0.0);
         for (ki, (&w, &j)) in p.iter().zip(a.keys).enumerate() {
             let s = &mut slots[(ki % nslots) * hd..(ki % nslots + 1) * hd];
@@ -237,7 +243,7 @@ fn reduce_slots(s: &[f32; SLOTS]) -> f32 {
 /// to its input: exp by [`expf`], 8-wide block sums (halves, then pairs)
 /// added in f64, one f32 reciprocal.
 #[inline(always)]
-fn softmax_f16_probs(x: &mut [f32]) {
+fn softmax_probs(x: &mut [f32], f16: bool) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for v in x.iter_mut() {
         *v = expf(*v - max);
@@ -250,7 +256,7 @@ fn softmax_f16_probs(x: &mut [f32]) {
     }
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
-        *v = round_f16(*v * inv);
+        *v = if f16 { round_f16(*v * inv) } else { *v * inv };
     }
 }
 
@@ -287,7 +293,7 @@ mod tests {
         let contiguous: Vec<u32> = (0..200).collect();
         for order in [SumOrder::Step, SumOrder::Prompt] {
             let run = |k: &[f32], v: &[f32], keys: &[u32]| {
-                let a = AttnArgs { q: &q, k, v, row_stride: hd, offset: 0, head_dim: hd, keys, scale: 0.125, order };
+                let a = AttnArgs { q: &q, k, v, row_stride: hd, offset: 0, head_dim: hd, keys, scale: 0.125, order, f16: true };
                 let mut out = vec![0.0f32; group * hd];
                 attend(&a, &mut out, &mut Vec::new());
                 out
@@ -313,7 +319,7 @@ mod tests {
         let v: Vec<f32> = (0..nkeys * hd).map(|_| round_f16(next())).collect();
         let keys: Vec<u32> = (0..nkeys as u32).filter(|j| j % 5 != 3).collect();
         for order in [SumOrder::Step, SumOrder::Prompt] {
-            let a = AttnArgs { q: &q, k: &k, v: &v, row_stride: hd, offset: 0, head_dim: hd, keys: &keys, scale: 0.125, order };
+            let a = AttnArgs { q: &q, k: &k, v: &v, row_stride: hd, offset: 0, head_dim: hd, keys: &keys, scale: 0.125, order, f16: true };
             let mut out = vec![0.0f32; group * hd];
             attend(&a, &mut out, &mut Vec::new());
             let mut scalar = vec![0.0f32; group * hd];

@@ -25,14 +25,16 @@ use std::time::Duration;
 /// unusable: the worker fails its requests and exits.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectiveError {
-    #[error("tensor-parallel rank {rank} (pid {pid}) is gone")]
+    #[error("rank {rank} (pid {pid}) is gone")]
     PeerGone { rank: usize, pid: u32 },
-    #[error("tensor-parallel group stalled: rank(s) {waiting_for:?} did not reach the collective within {after:?}")]
+    #[error("stalled: rank(s) {waiting_for:?} did not reach the collective within {after:?}")]
     Stalled { waiting_for: Vec<usize>, after: Duration },
     #[error("rank {rank} refused to join the tensor-parallel group: {reason}")]
     Refused { rank: usize, reason: String },
     #[error("tensor-parallel group formation timed out after {after:?}: {detail}")]
     FormationTimeout { after: Duration, detail: String },
+    #[error("tensor-parallel group formation failed: {0}")]
+    FormationFailed(String),
     #[error("collective misuse: {0}")]
     Misuse(String),
     #[error("shared memory {path}: {source}")]
@@ -47,6 +49,7 @@ impl CollectiveError {
             CollectiveError::Stalled { .. } => "stalled",
             CollectiveError::Refused { .. } => "refused",
             CollectiveError::FormationTimeout { .. } => "formation_timeout",
+            CollectiveError::FormationFailed(_) => "formation_failed",
             CollectiveError::Misuse(_) => "misuse",
             CollectiveError::Io { .. } => "io",
         }
@@ -115,8 +118,37 @@ impl aerie_engine::tp::TpReduce for GroupReduce {
     }
 
     fn all_reduce_sum(&self, buf: &mut [f32]) -> aerie_engine::Result<()> {
-        self.collective().all_reduce_sum(buf).map_err(|e| aerie_engine::EngineError::TensorParallel(e.to_string()))
+        self.collective().all_reduce_sum(buf).map_err(engine_error)
     }
+
+    fn lead(&self, plan: &[u8]) -> aerie_engine::Result<()> {
+        let mut c = self.collective();
+        let mut len = (plan.len() as u64).to_le_bytes();
+        c.broadcast(&mut len, 0, None).map_err(engine_error)?;
+        let mut body = plan.to_vec();
+        c.broadcast(&mut body, 0, None).map_err(engine_error)
+    }
+
+    fn follow(&self) -> aerie_engine::Result<Vec<u8>> {
+        let mut c = self.collective();
+        let mut len = [0u8; 8];
+        // An idle group waits here between requests, as long as rank 0 lives.
+        c.broadcast(&mut len, 0, None).map_err(engine_error)?;
+        let n = u64::from_le_bytes(len) as usize;
+        if n > MAX_PLAN_BYTES {
+            return Err(aerie_engine::EngineError::TensorParallel(format!("rank 0 announced a step plan of {n} bytes")));
+        }
+        let mut body = vec![0u8; n];
+        c.broadcast(&mut body, 0, None).map_err(engine_error)?;
+        Ok(body)
+    }
+}
+
+/// The largest step plan a rank accepts (a batch of trees is far smaller).
+const MAX_PLAN_BYTES: usize = 256 << 20;
+
+fn engine_error(e: CollectiveError) -> aerie_engine::EngineError {
+    aerie_engine::EngineError::TensorParallel(e.to_string())
 }
 
 #[cfg(test)]

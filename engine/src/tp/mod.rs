@@ -24,6 +24,8 @@
 //! can carry across a rounding boundary: SmolLM2's logits agree to about
 //! 1.5e-3 relative, and greedy tokens to the same (10 of 10 prompts).
 
+pub mod mirror;
+
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::model::Model;
@@ -39,6 +41,10 @@ pub trait TpReduce: Send + Sync {
     fn rank(&self) -> usize;
     fn world(&self) -> usize;
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()>;
+    /// Rank 0: sends a step plan to every other rank.
+    fn lead(&self, plan: &[u8]) -> Result<()>;
+    /// Any other rank: waits, as long as rank 0 lives, for its next plan.
+    fn follow(&self) -> Result<Vec<u8>>;
 }
 
 /// What rank `rank` of `world` holds.
@@ -138,6 +144,10 @@ pub fn shard(model: &Model, reduce: Arc<dyn TpReduce>) -> Result<Model> {
     };
     let config = ModelConfig { num_heads: p.q_heads.len(), num_kv_heads: p.kv_heads.len(), intermediate_size: li, ..cfg.clone() };
     let mut m = Model::new(config, weights, model.fingerprint.clone());
+    m.kv_f32 = model.kv_f32;
+    if reduce.rank() == 0 {
+        m.tp_log = Some(Arc::new(mirror::OpLog::default()));
+    }
     m.tp = Some(reduce);
     Ok(m)
 }
