@@ -111,6 +111,22 @@ impl Linear {
         self.parts.iter().map(|m| m.storage_bytes()).sum()
     }
 
+    /// Output features `rows` of the stacked weights, in their storage when
+    /// the range lies within one stored part (always, once fused), else
+    /// as f32.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Matrix {
+        let mut start = 0;
+        for p in &self.parts {
+            if rows.start >= start && rows.end <= start + p.rows {
+                return p.slice_rows(rows.start - start..rows.end - start);
+            }
+            start += p.rows;
+        }
+        let cols = self.parts.first().map_or(0, |p| p.cols);
+        let dense = self.dense_f32();
+        Matrix { rows: rows.len(), cols, data: aerie_kernels::cpu::WeightData::F32(dense[rows.start * cols..rows.end * cols].to_vec()) }
+    }
+
     /// The stacked weights as one f32 `out_features × in_features` matrix.
     pub fn dense_f32(&self) -> Vec<f32> {
         self.parts.iter().flat_map(|m| m.to_f32_vec()).collect()

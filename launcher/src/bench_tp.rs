@@ -20,6 +20,10 @@ pub struct TpBenchArgs {
     pub model: String,
     #[arg(long, default_value_t = 2)]
     pub world: usize,
+    /// Weights: `float32` (dequantized) or `auto` (the checkpoint's own
+    /// storage, e.g. SmolLM2's Q4_1 blocks, which shards keep).
+    #[arg(long, default_value = "float32", value_parser = ["float32", "auto"])]
+    pub dtype: String,
     #[arg(long, default_value_t = 1)]
     pub threads_per_rank: usize,
     #[arg(long, default_value_t = 128)]
@@ -33,6 +37,14 @@ pub struct TpBenchArgs {
     pub group: Option<String>,
 }
 
+fn dtype(a: &TpBenchArgs) -> DType {
+    if a.dtype == "auto" {
+        DType::Auto
+    } else {
+        DType::F32
+    }
+}
+
 /// (prefill ms, median decode ms, the tokens).
 fn decode(model: &Model, prompt_len: usize, steps: usize) -> Result<(f64, f64, Vec<u32>)> {
     let r = crate::bench_forward::greedy_decode(model, prompt_len, steps, 0)?;
@@ -42,7 +54,7 @@ fn decode(model: &Model, prompt_len: usize, steps: usize) -> Result<(f64, f64, V
 pub fn run(a: TpBenchArgs) -> Result<()> {
     let dir = std::path::Path::new("/dev/shm");
     if let (Some(rank), Some(group)) = (a.rank, &a.group) {
-        let e = Engine::load(&a.model, DType::F32)?;
+        let e = Engine::load(&a.model, dtype(&a))?;
         let id = GroupIdentity { world: a.world, model: e.model.fingerprint.clone(), version: env!("CARGO_PKG_VERSION").into() };
         let c = if rank == 0 {
             ShmCollective::create(dir, group, &id, DEFAULT_SLOT_BYTES, Duration::from_secs(60))?
@@ -67,7 +79,7 @@ pub fn run(a: TpBenchArgs) -> Result<()> {
     let group = format!("bench-tp-{}", std::process::id());
     let common = |r: usize| {
         let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["--threads", &a.threads_per_rank.to_string(), "bench", "tp", "--model", &a.model, "--world", &a.world.to_string()]);
+        cmd.args(["--threads", &a.threads_per_rank.to_string(), "bench", "tp", "--model", &a.model, "--world", &a.world.to_string(), "--dtype", &a.dtype]);
         cmd.args(["--prompt-len", &a.prompt_len.to_string(), "--decode-steps", &a.decode_steps.to_string(), "--rank", &r.to_string(), "--group", &group]);
         cmd
     };
@@ -84,11 +96,11 @@ pub fn run(a: TpBenchArgs) -> Result<()> {
     }
     let tp: serde_json::Value = serde_json::from_slice(&out.stdout).context("rank 0's report")?;
     // The unsharded model with all the ranks' threads, in this process.
-    let e = Engine::load(&a.model, DType::F32)?;
+    let e = Engine::load(&a.model, dtype(&a))?;
     let (prefill, step, ids) = decode(&e.model, a.prompt_len, a.decode_steps)?;
     let same = tp["ids"].as_array().map(|v| v.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect::<Vec<_>>()) == Some(ids.clone());
     let tp_step = tp["decode_ms"].as_f64().unwrap_or(f64::NAN);
-    println!("{} f32, batch-1 greedy decode, {}-token prompt, median of {} steps", a.model, a.prompt_len, a.decode_steps);
+    println!("{} {}, batch-1 greedy decode, {}-token prompt, median of {} steps", a.model, a.dtype, a.prompt_len, a.decode_steps);
     println!("| setting | prefill ms | decode ms/step | tok/s |\n|---|---|---|---|");
     println!("| TP=1, {} threads | {prefill:.1} | {step:.2} | {:.1} |", aerie_kernels::cpu::pool::threads(), 1e3 / step);
     println!("| TP={}, {} thread(s) per rank | {:.1} | {tp_step:.2} | {:.1} |", a.world, a.threads_per_rank, tp["prefill_ms"].as_f64().unwrap_or(f64::NAN), 1e3 / tp_step);

@@ -651,6 +651,13 @@ def tensor_parallel_two_mounts_shm_and_asks_two_gpus():
         assert all(m["mountPath"] != "/dev/shm" for m in mounts), f"{component} got /dev/shm"
     mounts = container(deployment(render({}), "target-worker"))["volumeMounts"]
     assert all(m["mountPath"] != "/dev/shm" for m in mounts), "/dev/shm mounted at TP 1"
+    # TP=4: four ranks in the pod, four GPUs.
+    c = container(deployment(render(merged(TP2_VALUES, {"targetWorker": {"tensorParallelSize": 4}})), "target-worker"))
+    eq((flag(c["args"], "--tp-size"), gpu_limit(c)), ("4", 4), "TP=4 flag and GPU count")
+    # On the CPU a group needs no GPU, only the shared /dev/shm.
+    c = container(deployment(render({"targetWorker": {"tensorParallelSize": 2}}), "target-worker"))
+    eq((flag(c["args"], "--tp-size"), gpu_limit(c)), ("2", None), "CPU TP=2 asks no GPU")
+    assert any(m["mountPath"] == "/dev/shm" for m in c["volumeMounts"]), "CPU TP=2 mounts /dev/shm"
 
 
 @test

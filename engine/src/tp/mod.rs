@@ -18,11 +18,20 @@
 //! ranks: 2 and 1), each with its group of query heads, so a rank's query
 //! heads always find their key/value head locally; the intermediate features
 //! are split in 32-wide blocks. A group with more ranks than key/value heads
-//! is refused for now (replicating them is still to come). Shards hold f32
-//! weights: the row-parallel sums differ from the unsharded model's in
-//! rounding only, which the f16 KV cache (llama.cpp's, kept on the CPU path)
-//! can carry across a rounding boundary: SmolLM2's logits agree to about
-//! 1.5e-3 relative, and greedy tokens to the same (10 of 10 prompts).
+//! is refused for now (replicating them is still to come).
+//!
+//! Shards keep the checkpoint's storage (ggml blocks slice along rows, and
+//! along columns on 32-value block boundaries, which head and feature splits
+//! fall on), so a rank streams `1 / world` of the weights the unsharded model
+//! does. The row-parallel sums differ from the unsharded model's in the
+//! order of their additions only. On f32 weights with an f32 KV cache
+//! ([`Model::set_f32_kv_cache`]) SmolLM2's logits agree with the whole
+//! model's to about 3e-6 relative; with llama.cpp's f16 cache and f16
+//! attention roundings a last-bit difference can cross an f16 rounding
+//! boundary, and they agree to about 1e-3.
+//!
+//! Rank 0 drives: each forward call on its shard first sends the call's plan
+//! to the other ranks, which replay it ([`mirror`]).
 
 pub mod mirror;
 
@@ -84,18 +93,12 @@ pub fn plan(cfg: &ModelConfig, rank: usize, world: usize) -> Result<ShardPlan> {
     Ok(ShardPlan { q_heads: kv.start * group..kv.end * group, kv_heads: kv, intermediate: split(cfg.intermediate_size, 32, world, rank) })
 }
 
-/// Rows `rows` of a row-major `_ × cols` matrix.
-fn take_rows(data: &[f32], cols: usize, rows: Range<usize>) -> Vec<f32> {
-    data[rows.start * cols..rows.end * cols].to_vec()
-}
-
-/// Columns `cols_kept` of a row-major `rows × cols` matrix.
-fn take_cols(data: &[f32], cols: usize, cols_kept: Range<usize>) -> Vec<f32> {
-    data.chunks(cols).flat_map(|row| row[cols_kept.clone()].iter().copied()).collect()
-}
-
-fn matrix(rows: usize, cols: usize, data: Vec<f32>) -> Result<Matrix> {
-    Matrix::f32(rows, cols, data).map_err(|e| EngineError::TensorParallel(e.to_string()))
+/// Input columns `cols` of a row-parallel matrix, in its storage when the
+/// range falls on block boundaries, else as f32.
+fn cols_of(m: &Matrix, cols: Range<usize>) -> Result<Matrix> {
+    m.slice_cols(cols.clone())
+        .or_else(|_| m.to_f32().slice_cols(cols))
+        .map_err(|e| EngineError::TensorParallel(e.to_string()))
 }
 
 /// Rank `reduce.rank()`'s shard of `model`, summing through `reduce`. Its
@@ -107,32 +110,25 @@ pub fn shard(model: &Model, reduce: Arc<dyn TpReduce>) -> Result<Model> {
         return Err(EngineError::TensorParallel("a model loaded for drafting cannot be sharded".into()));
     }
     let p = plan(cfg, reduce.rank(), reduce.world())?;
-    let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let (hd, inter) = (cfg.head_dim, cfg.intermediate_size);
     let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
     let q_rows = p.q_heads.start * hd..p.q_heads.end * hd;
     let kv_rows = p.kv_heads.start * hd..p.kv_heads.end * hd;
-    let (lq, lkv, li) = (q_rows.len(), kv_rows.len(), p.intermediate.len());
+    let li = p.intermediate.len();
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for l in &model.weights.layers {
-        let qkv = l.qkv.dense_f32();
-        let (q, rest) = qkv.split_at(qd * h);
-        let (k, v) = rest.split_at(kvd * h);
-        let bias = l.qkv.bias.as_ref().map(|b| (b[q_rows.clone()].to_vec(), b[qd + kv_rows.start..qd + kv_rows.end].to_vec(), b[qd + kvd + kv_rows.start..qd + kvd + kv_rows.end].to_vec()));
-        let gu = l.gate_up.dense_f32();
-        let (gate, up) = gu.split_at(inter * h);
-        let (bq, bk, bv) = match bias {
-            Some((a, b, c)) => (Some(a), Some(b), Some(c)),
-            None => (None, None, None),
-        };
+        // q, k and v are stacked in one Linear: this rank's rows of each.
+        let (k_rows, v_rows) = (qd + kv_rows.start..qd + kv_rows.end, qd + kvd + kv_rows.start..qd + kvd + kv_rows.end);
+        let bias = |r: &Range<usize>| l.qkv.bias.as_ref().map(|b| b[r.clone()].to_vec());
         layers.push(LayerWeights::new(
             l.attn_norm.clone(),
-            (matrix(lq, h, take_rows(q, h, q_rows.clone()))?, matrix(lkv, h, take_rows(k, h, kv_rows.clone()))?, matrix(lkv, h, take_rows(v, h, kv_rows.clone()))?),
-            (bq, bk, bv),
-            matrix(h, lq, take_cols(&l.wo.to_f32_vec(), qd, q_rows.clone()))?,
+            (l.qkv.rows(q_rows.clone()), l.qkv.rows(k_rows.clone()), l.qkv.rows(v_rows.clone())),
+            (bias(&q_rows), bias(&k_rows), bias(&v_rows)),
+            cols_of(&l.wo, q_rows.clone())?,
             l.ffn_norm.clone(),
-            matrix(li, h, take_rows(gate, h, p.intermediate.clone()))?,
-            matrix(li, h, take_rows(up, h, p.intermediate.clone()))?,
-            matrix(h, li, take_cols(&l.w_down.to_f32_vec(), inter, p.intermediate.clone()))?,
+            l.gate_up.rows(p.intermediate.clone()),
+            l.gate_up.rows(inter + p.intermediate.start..inter + p.intermediate.end),
+            cols_of(&l.w_down, p.intermediate.clone())?,
         ));
     }
     let w = &model.weights;

@@ -132,6 +132,37 @@ impl Matrix {
         Ok(Matrix { rows, cols, data })
     }
 
+    /// Output features `rows` (a tensor-parallel shard of a column-parallel
+    /// projection), in the same storage.
+    pub fn slice_rows(&self, rows: std::ops::Range<usize>) -> Matrix {
+        let data = match &self.data {
+            WeightData::Quant { fmt, bytes } => {
+                let rb = self.cols / QK * fmt.block_bytes();
+                WeightData::Quant { fmt: *fmt, bytes: bytes[rows.start * rb..rows.end * rb].to_vec() }
+            }
+            WeightData::F32(v) => WeightData::F32(v[rows.start * self.cols..rows.end * self.cols].to_vec()),
+        };
+        Matrix { rows: rows.len(), cols: self.cols, data }
+    }
+
+    /// Input features `cols` (a shard of a row-parallel projection), in the
+    /// same storage. Block-stored matrices slice whole blocks: `cols` must
+    /// start and end on a multiple of 32.
+    pub fn slice_cols(&self, cols: std::ops::Range<usize>) -> Result<Matrix, MatrixError> {
+        let data = match &self.data {
+            WeightData::Quant { fmt, bytes } => {
+                if cols.start % QK != 0 || cols.end % QK != 0 {
+                    return Err(MatrixError::Unaligned { cols: cols.start });
+                }
+                let (bb, nb) = (fmt.block_bytes(), self.cols / QK);
+                let (b0, b1) = (cols.start / QK, cols.end / QK);
+                WeightData::Quant { fmt: *fmt, bytes: bytes.chunks(nb * bb).flat_map(|row| &row[b0 * bb..b1 * bb]).copied().collect() }
+            }
+            WeightData::F32(v) => WeightData::F32(v.chunks(self.cols).flat_map(|row| &row[cols.clone()]).copied().collect()),
+        };
+        Ok(Matrix { rows: self.rows, cols: cols.len(), data })
+    }
+
     /// The same matrix stored as `fmt` blocks. Quantized matrices, and f32
     /// ones whose width is not a multiple of 32, come back unchanged.
     pub fn quantized(self, fmt: BlockFormat) -> Matrix {
@@ -354,5 +385,52 @@ fn tile_loop(m: usize, c0: usize, c1: usize, n: usize, out: &SyncPtr, mut dot: i
             }
         }
         r0 += width;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect()
+    }
+
+    /// A tensor-parallel shard's slices compute what the whole matrix does:
+    /// row slices its outputs bit for bit, column slices partial sums that
+    /// add up to it (rounding aside), in every storage.
+    #[test]
+    fn row_and_column_slices_compute_their_share_of_the_matmul() {
+        let (rows, cols, m) = (48, 128, 3);
+        let x = sample(m, cols);
+        for fmt in [None, Some(BlockFormat::Q4_1), Some(BlockFormat::Q8_0)] {
+            let f32m = Matrix::f32(rows, cols, sample(rows, cols)).unwrap();
+            let w = match fmt {
+                Some(f) => f32m.quantized(f),
+                None => f32m,
+            };
+            let mut full = vec![0.0; m * rows];
+            w.matmul(&x, m, &mut full);
+            let part = w.slice_rows(8..24);
+            let mut out = vec![0.0; m * 16];
+            part.matmul(&x, m, &mut out);
+            for r in 0..m {
+                assert_eq!(out[r * 16..(r + 1) * 16], full[r * rows + 8..r * rows + 24], "{fmt:?} rows");
+            }
+            let mut sum = vec![0.0f32; m * rows];
+            for c in [0..64, 64..96, 96..128] {
+                let s = w.slice_cols(c.clone()).unwrap();
+                let xs: Vec<f32> = x.chunks(cols).flat_map(|r| r[c.clone()].to_vec()).collect();
+                let mut o = vec![0.0; m * rows];
+                s.matmul(&xs, m, &mut o);
+                sum.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            }
+            for (a, b) in sum.iter().zip(&full) {
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{fmt:?} cols: {a} vs {b}");
+            }
+            if fmt.is_some() {
+                assert!(w.slice_cols(16..64).is_err(), "a block-stored matrix slices whole blocks only");
+            }
+        }
     }
 }
