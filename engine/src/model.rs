@@ -106,12 +106,14 @@ pub struct Model {
     pub(crate) tp_log: Option<std::sync::Arc<crate::tp::mirror::OpLog>>,
     /// Host KV caches hold f32 rather than llama.cpp's f16.
     pub(crate) kv_f32: bool,
+    /// On a tensor-parallel shard: the vocabulary ids its lm_head holds.
+    pub(crate) vocab_shard: Option<std::ops::Range<usize>>,
 }
 
 impl Model {
     pub fn new(config: ModelConfig, weights: ModelWeights, fingerprint: String) -> Self {
         let rope = Rope::new(&config.inv_freqs(), config.rope_theta, config.rope_style);
-        Model { config, weights, fingerprint, rope, device: None, tp: None, tp_log: None, kv_f32: false }
+        Model { config, weights, fingerprint, rope, device: None, tp: None, tp_log: None, kv_f32: false, vocab_shard: None }
     }
 
     /// The same model with its forward pass on `dev`: weights uploaded as
@@ -169,6 +171,10 @@ impl Model {
         if let Some(d) = &self.device {
             return d.lm_head(normed);
         }
+        if let (Some(tp), Some(range)) = (&self.tp, &self.vocab_shard) {
+            self.lead_head(normed, false)?;
+            return crate::tp::head_logits(self, tp.as_ref(), range, normed);
+        }
         let h = self.config.hidden_size;
         let rows = normed.len() / h;
         let mut out = vec![0.0f32; rows * self.config.vocab_size];
@@ -185,8 +191,21 @@ impl Model {
         if let Some(d) = &self.device {
             return d.lm_head_argmax(normed);
         }
+        if let (Some(tp), Some(range)) = (&self.tp, &self.vocab_shard) {
+            self.lead_head(normed, true)?;
+            return crate::tp::head_argmax(self, tp.as_ref(), range, normed);
+        }
         let logits = self.lm_head(normed)?;
         Ok(logits.chunks(self.config.vocab_size.max(1)).map(|r| aerie_kernels::cpu::ops::argmax(r).0 as u32).collect())
+    }
+
+    /// On rank 0 of a group: the other ranks compute their vocabulary
+    /// slices of the same rows.
+    fn lead_head(&self, normed: &[f32], argmax: bool) -> Result<()> {
+        if let (Some(tp), Some(log)) = (&self.tp, &self.tp_log) {
+            tp.lead(&crate::tp::mirror::Plan { ops: log.drain(), head: Some(crate::tp::mirror::HeadPlan { normed: normed.to_vec(), argmax }), ..Default::default() }.encode())?;
+        }
+        Ok(())
     }
 
     fn validate(&self, s: &SeqInput) -> Result<()> {

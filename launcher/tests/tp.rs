@@ -114,6 +114,7 @@ fn killing_rank_1_fails_both_streams_and_the_group_leaves_nothing_behind() {
                 other => panic!("expected an error, got {other:?}"),
             }
         }
+        eprintln!("both streams ended with the group's error {:?} after the kill", t.elapsed());
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     });
     let t = Instant::now();

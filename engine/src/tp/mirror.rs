@@ -10,12 +10,14 @@
 //! accepted path kept, a cache dropped) in an [`OpLog`], in program order,
 //! and each forward call on rank 0 first sends a [`Plan`] to the group: the
 //! operations logged since the previous call, then each sequence's cache id,
-//! tokens, absolute positions and mask. A follower ([`follow`]) replays the
+//! tokens, absolute positions and mask (an lm_head call sends its normed
+//! rows instead). A follower ([`follow`]) replays the
 //! operations on its shadow caches, which then hold the same rows as rank 0's
 //! (its own heads' share of them), and runs the same forward pass without
-//! logits. Logits, sampling and verification happen on rank 0 alone: the
-//! all-reduces leave the whole final hidden state on every rank and the
-//! lm_head is replicated, so nothing else has to travel back.
+//! logits; for an lm_head call it computes its vocabulary slice, which the
+//! group gathers. Sampling and verification happen on rank 0 alone: the
+//! all-reduces leave the whole final hidden state on every rank, so nothing
+//! else has to travel back.
 //!
 //! A plan is a few hundred bytes for a decode step (ids, positions, and a
 //! byte per tree-mask cell for verify steps), sent through the group's own
@@ -53,7 +55,7 @@ impl OpLog {
         self.ops.lock().unwrap_or_else(|e| e.into_inner()).push(op);
     }
 
-    fn drain(&self) -> Vec<CacheOp> {
+    pub(crate) fn drain(&self) -> Vec<CacheOp> {
         std::mem::take(&mut *self.ops.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -103,11 +105,21 @@ pub struct SeqPlan {
     pub mask: AttnMask,
 }
 
-/// What rank 0 sends before each forward call.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// An lm_head call: the normed hidden rows whose logits (or greedy ids)
+/// rank 0 wants; every rank computes its vocabulary slice.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HeadPlan {
+    pub normed: Vec<f32>,
+    pub argmax: bool,
+}
+
+/// What rank 0 sends before each forward or lm_head call.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
     pub ops: Vec<CacheOp>,
+    /// A forward call's sequences (empty for an lm_head call).
     pub seqs: Vec<SeqPlan>,
+    pub head: Option<HeadPlan>,
     /// The group is shutting down: followers return after the ops.
     pub stop: bool,
 }
@@ -176,7 +188,7 @@ impl Reader<'_> {
 impl Plan {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.seqs.iter().map(|s| 16 + 8 * s.tokens.len()).sum::<usize>());
-        out.push(u8::from(self.stop));
+        out.push(u8::from(self.stop) | (u8::from(self.head.is_some()) << 1));
         put_u32(&mut out, self.ops.len() as u32);
         for op in &self.ops {
             match op {
@@ -222,12 +234,20 @@ impl Plan {
                 out.extend(m.iter().map(|&b| u8::from(b)));
             }
         }
+        if let Some(h) = &self.head {
+            out.push(u8::from(h.argmax));
+            put_u32s(&mut out, h.normed.iter().map(|x| x.to_bits()));
+        }
         out
     }
 
     pub fn decode(b: &[u8]) -> Result<Plan> {
         let mut r = Reader { b };
-        let stop = r.u8()? != 0;
+        let flags = r.u8()?;
+        if flags > 3 {
+            return Err(EngineError::TensorParallel(format!("a step plan starts with unknown flags {flags:#x}")));
+        }
+        let stop = flags & 1 != 0;
         let n_ops = r.count(9)?;
         let mut ops = Vec::with_capacity(n_ops);
         for _ in 0..n_ops {
@@ -254,10 +274,16 @@ impl Plan {
             };
             seqs.push(SeqPlan { cache, tokens, positions, mask });
         }
+        let head = if flags & 2 != 0 {
+            let argmax = r.u8()? != 0;
+            Some(HeadPlan { argmax, normed: r.u32s()?.into_iter().map(f32::from_bits).collect() })
+        } else {
+            None
+        };
         if !r.b.is_empty() {
             return Err(EngineError::TensorParallel(format!("a step plan has {} bytes after its end", r.b.len())));
         }
-        Ok(Plan { ops, seqs, stop })
+        Ok(Plan { ops, seqs, head, stop })
     }
 }
 
@@ -274,7 +300,7 @@ pub(crate) fn plan_of(log: &OpLog, batch: &[SeqInput]) -> Result<Plan> {
         };
         seqs.push(SeqPlan { cache: id, tokens: s.tokens.to_vec(), positions, mask: s.mask.clone() });
     }
-    Ok(Plan { ops: log.drain(), seqs, stop: false })
+    Ok(Plan { ops: log.drain(), seqs, ..Default::default() })
 }
 
 /// Rank 0: tells the other ranks that the group is done, so their
@@ -282,7 +308,7 @@ pub(crate) fn plan_of(log: &OpLog, batch: &[SeqInput]) -> Result<Plan> {
 /// process is gone.
 pub fn stop(model: &Model) -> Result<()> {
     match (&model.tp, &model.tp_log) {
-        (Some(tp), Some(log)) => tp.lead(&Plan { ops: log.drain(), seqs: Vec::new(), stop: true }.encode()),
+        (Some(tp), Some(log)) => tp.lead(&Plan { ops: log.drain(), stop: true, ..Default::default() }.encode()),
         _ => Err(EngineError::TensorParallel("only rank 0 of a tensor-parallel group stops it".into())),
     }
 }
@@ -291,6 +317,8 @@ pub fn stop(model: &Model) -> Result<()> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FollowStats {
     pub forwards: u64,
+    /// lm_head calls (logits or greedy ids).
+    pub heads: u64,
     pub tokens: u64,
     /// Shadow caches still held when the group stopped (0 when rank 0
     /// dropped all of its caches first).
@@ -333,6 +361,16 @@ pub fn follow(model: &Model) -> Result<FollowStats> {
             stats.caches_left = caches.len();
             return Ok(stats);
         }
+        if let Some(h) = plan.head {
+            // This rank's vocabulary slice, gathered with the others'.
+            if h.argmax {
+                model.lm_head_argmax(&h.normed)?;
+            } else {
+                model.lm_head(&h.normed)?;
+            }
+            stats.heads += 1;
+            continue;
+        }
         if plan.seqs.is_empty() {
             continue;
         }
@@ -374,6 +412,7 @@ mod tests {
                 SeqPlan { cache: 4, tokens: vec![9, 8, 7], positions: vec![17, 18, 18], mask: AttnMask::from_parents(&[None, Some(0), Some(0)]).unwrap() },
                 SeqPlan { cache: 5, tokens: vec![4], positions: vec![0], mask: AttnMask::Full(vec![true]) },
             ],
+            head: None,
             stop: false,
         }
     }
@@ -384,6 +423,8 @@ mod tests {
         assert_eq!(Plan::decode(&p.encode()).unwrap(), p);
         let s = Plan { stop: true, ..Plan::default() };
         assert_eq!(Plan::decode(&s.encode()).unwrap(), s);
+        let h = Plan { ops: vec![CacheOp::Drop(7)], head: Some(HeadPlan { normed: vec![1.5, -0.0, f32::MIN_POSITIVE], argmax: true }), ..Plan::default() };
+        assert_eq!(Plan::decode(&h.encode()).unwrap(), h);
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //!   (row-parallel);
 //! - a slice of the MLP's intermediate features: those rows of gate and up,
 //!   the matching input columns of down;
-//! - the embedding, the norms and the lm_head whole (replicated; a
-//!   vocabulary-parallel head is still to come).
+//! - the embedding and the norms whole, and the lm_head rows of a slice of
+//!   the vocabulary (vocabulary-parallel): each rank computes its ids'
+//!   logits and the group gathers them, or for greedy verification only
+//!   each rank's best id and logit ([`head_logits`], [`head_argmax`]).
 //!
 //! The forward pass is the unsharded one with each rank's partial attention
 //! and MLP outputs summed across the group ([`TpReduce`]) before the
@@ -50,6 +52,9 @@ pub trait TpReduce: Send + Sync {
     fn rank(&self) -> usize;
     fn world(&self) -> usize;
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()>;
+    /// Every rank's `mine` (all the same length), concatenated in rank
+    /// order, into `out` on every rank.
+    fn all_gather(&self, mine: &[f32], out: &mut [f32]) -> Result<()>;
     /// Rank 0: sends a step plan to every other rank.
     fn lead(&self, plan: &[u8]) -> Result<()>;
     /// Any other rank: waits, as long as rank 0 lives, for its next plan.
@@ -62,6 +67,16 @@ pub struct ShardPlan {
     pub kv_heads: Range<usize>,
     pub q_heads: Range<usize>,
     pub intermediate: Range<usize>,
+    /// The lm_head rows (vocabulary ids) whose logits this rank computes:
+    /// `vocab_slice` ids from `rank × vocab_slice` (the last rank's range
+    /// may be shorter).
+    pub vocab: Range<usize>,
+}
+
+/// Ids per rank of a vocabulary-parallel lm_head: every rank gathers the
+/// same count, padded past the vocabulary's end.
+pub fn vocab_slice(vocab: usize, world: usize) -> usize {
+    vocab.div_ceil(world.max(1))
 }
 
 /// `n` items split over `world` as evenly as possible, in units of `unit`:
@@ -90,7 +105,9 @@ pub fn plan(cfg: &ModelConfig, rank: usize, world: usize) -> Result<ShardPlan> {
     }
     let group = cfg.num_heads / cfg.num_kv_heads;
     let kv = split(cfg.num_kv_heads, 1, world, rank);
-    Ok(ShardPlan { q_heads: kv.start * group..kv.end * group, kv_heads: kv, intermediate: split(cfg.intermediate_size, 32, world, rank) })
+    let vs = vocab_slice(cfg.vocab_size, world);
+    let vocab = (rank * vs).min(cfg.vocab_size)..((rank + 1) * vs).min(cfg.vocab_size);
+    Ok(ShardPlan { q_heads: kv.start * group..kv.end * group, kv_heads: kv, intermediate: split(cfg.intermediate_size, 32, world, rank), vocab })
 }
 
 /// Input columns `cols` of a row-parallel matrix, in its storage when the
@@ -136,16 +153,84 @@ pub fn shard(model: &Model, reduce: Arc<dyn TpReduce>) -> Result<Model> {
         embed: w.embed.clone(),
         layers,
         final_norm: w.final_norm.clone(),
-        lm_head: w.lm_head.clone(),
+        lm_head: Some(w.lm_head().slice_rows(p.vocab.clone())),
     };
     let config = ModelConfig { num_heads: p.q_heads.len(), num_kv_heads: p.kv_heads.len(), intermediate_size: li, ..cfg.clone() };
     let mut m = Model::new(config, weights, model.fingerprint.clone());
     m.kv_f32 = model.kv_f32;
+    m.vocab_shard = Some(p.vocab.clone());
     if reduce.rank() == 0 {
         m.tp_log = Some(Arc::new(mirror::OpLog::default()));
     }
     m.tp = Some(reduce);
     Ok(m)
+}
+
+/// This rank's logits of `normed` (`rows × hidden`) for its vocabulary
+/// range, padded to [`vocab_slice`] ids per row.
+fn local_logits(model: &Model, range: &Range<usize>, world: usize, normed: &[f32]) -> (usize, Vec<f32>) {
+    let rows = normed.len() / model.config.hidden_size.max(1);
+    let vs = vocab_slice(model.config.vocab_size, world);
+    let mut out = vec![f32::NEG_INFINITY; rows * vs];
+    if !range.is_empty() {
+        let mut mine = vec![0.0f32; rows * range.len()];
+        // 8-bit activations, as the unsharded head (llama.cpp's Q8_0 output
+        // head): each id's logit is the same dot product as there.
+        model.weights.lm_head().matmul(normed, rows, &mut mine);
+        for (o, m) in out.chunks_mut(vs).zip(mine.chunks(range.len())) {
+            o[..range.len()].copy_from_slice(m);
+        }
+    }
+    (rows, out)
+}
+
+/// Whole logits (`rows × vocab`) from a vocabulary-parallel head: every
+/// rank's slice, gathered. Bit for bit the unsharded head's.
+pub(crate) fn head_logits(model: &Model, tp: &dyn TpReduce, range: &Range<usize>, normed: &[f32]) -> Result<Vec<f32>> {
+    let (world, vocab) = (tp.world(), model.config.vocab_size);
+    let (rows, mine) = local_logits(model, range, world, normed);
+    let vs = vocab_slice(vocab, world);
+    let mut all = vec![0.0f32; world * rows * vs];
+    tp.all_gather(&mine, &mut all)?;
+    let mut out = vec![0.0f32; rows * vocab];
+    for r in 0..world {
+        let lo = r * vs;
+        let n = vs.min(vocab.saturating_sub(lo));
+        for row in 0..rows {
+            let src = &all[(r * rows + row) * vs..][..n];
+            out[row * vocab + lo..row * vocab + lo + n].copy_from_slice(src);
+        }
+    }
+    Ok(out)
+}
+
+/// The greedy id of each row from a vocabulary-parallel head: each rank's
+/// best (logit, id) is gathered, not its logits; ties go to the lower id,
+/// as the unsharded argmax does.
+pub(crate) fn head_argmax(model: &Model, tp: &dyn TpReduce, range: &Range<usize>, normed: &[f32]) -> Result<Vec<u32>> {
+    let world = tp.world();
+    let (rows, mine) = local_logits(model, range, world, normed);
+    let vs = vocab_slice(model.config.vocab_size, world);
+    let mut best = Vec::with_capacity(2 * rows);
+    for row in mine.chunks(vs.max(1)).take(rows) {
+        let (i, v) = aerie_kernels::cpu::ops::argmax(row);
+        // Ids stay exact as f32 below 2^24, far beyond any vocabulary.
+        best.extend_from_slice(&[v, (range.start + i) as f32]);
+    }
+    let mut all = vec![0.0f32; world * 2 * rows];
+    tp.all_gather(&best, &mut all)?;
+    Ok((0..rows)
+        .map(|row| {
+            let mut top = (f32::NEG_INFINITY, 0u32);
+            for r in 0..world {
+                let (v, id) = (all[(r * rows + row) * 2], all[(r * rows + row) * 2 + 1] as u32);
+                if v > top.0 {
+                    top = (v, id);
+                }
+            }
+            top.1
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -172,8 +257,10 @@ mod tests {
         let v = serde_json::json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
             "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152});
         let c = ModelConfig::from_hf_json(std::path::Path::new("config.json"), &v).unwrap();
-        assert_eq!(plan(&c, 0, 2).unwrap(), ShardPlan { kv_heads: 0..2, q_heads: 0..6, intermediate: 0..768 });
-        assert_eq!(plan(&c, 1, 2).unwrap(), ShardPlan { kv_heads: 2..3, q_heads: 6..9, intermediate: 768..1536 });
+        assert_eq!(plan(&c, 0, 2).unwrap(), ShardPlan { kv_heads: 0..2, q_heads: 0..6, intermediate: 0..768, vocab: 0..24576 });
+        assert_eq!(plan(&c, 1, 2).unwrap(), ShardPlan { kv_heads: 2..3, q_heads: 6..9, intermediate: 768..1536, vocab: 24576..49152 });
+        assert_eq!(plan(&c, 2, 3).unwrap().vocab, 32768..49152);
+        assert_eq!(vocab_slice(49153, 2), 24577);
         assert!(plan(&c, 0, 4).unwrap_err().to_string().contains("key/value heads"));
     }
 }

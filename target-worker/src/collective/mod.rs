@@ -121,6 +121,10 @@ impl aerie_engine::tp::TpReduce for GroupReduce {
         self.collective().all_reduce_sum(buf).map_err(engine_error)
     }
 
+    fn all_gather(&self, mine: &[f32], out: &mut [f32]) -> aerie_engine::Result<()> {
+        self.collective().all_gather(mine, out).map_err(engine_error)
+    }
+
     fn lead(&self, plan: &[u8]) -> aerie_engine::Result<()> {
         let mut c = self.collective();
         let mut len = (plan.len() as u64).to_le_bytes();

@@ -93,6 +93,7 @@ fn tp2_smollm2_matches_tp1_on_the_f32_path_and_both_ranks_agree() {
     assert_eq!(stats.forwards, (PROMPTS.len() * NEW_TOKENS) as u64, "rank 1 ran every forward pass");
     assert_eq!(stats.tokens, prompt_tokens + (PROMPTS.len() * (NEW_TOKENS - 1)) as u64);
     assert_eq!(stats.caches_left, 0, "rank 1 released every cache rank 0 dropped");
+    assert_eq!(stats.heads, stats.forwards, "rank 1 computed its vocabulary slice of every forward's logits");
     let ranks: Vec<Run> = vec![std::mem::take(&mut ranks[0].0)];
 
     let v = full.config.vocab_size;
