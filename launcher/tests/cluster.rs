@@ -383,6 +383,25 @@ fn draft_worker_killed_mid_stream_requests_finish_identically() {
     });
 }
 
+/// How a Generate stream ends (its first error, its final message, or
+/// `None` when it closes), skipping its token chunks; `None` outside if it
+/// has not ended within `limit`.
+pub(crate) async fn stream_end(
+    mut s: tonic::Streaming<aerie_proto::v1::GenerateResponse>,
+    limit: Duration,
+) -> Option<Option<Result<aerie_proto::v1::GenerateResponse, tonic::Status>>> {
+    tokio::time::timeout(limit, async {
+        loop {
+            match s.next().await {
+                Some(Ok(m)) if m.finished.is_none() => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
 #[test]
 fn target_worker_killed_every_stream_ends_with_an_error_quickly() {
     let _g = serial();
@@ -402,17 +421,8 @@ fn target_worker_killed_every_stream_ends_with_an_error_quickly() {
         }
         target.proc.child.kill().unwrap();
         let t = Instant::now();
-        for mut s in streams {
-            let end = tokio::time::timeout(Duration::from_secs(5), async {
-                loop {
-                    match s.next().await {
-                        Some(Ok(m)) if m.finished.is_none() => continue,
-                        other => return other,
-                    }
-                }
-            })
-            .await
-            .expect("a stream hung after the target died");
+        for s in streams {
+            let end = stream_end(s, Duration::from_secs(5)).await.expect("a stream hung after the target died");
             assert!(
                 matches!(end, Some(Err(_)) | None),
                 "expected an error, got {end:?}"

@@ -6,7 +6,7 @@
 //! formation. (`router::` runs a TP=2 `aerie serve` under the official
 //! `openai` client.)
 
-use crate::cluster::{client, collect, draft_worker, greedy, reference, rings_of, rt, start, target_worker};
+use crate::cluster::{client, collect, draft_worker, greedy, reference, rings_of, rt, start, stream_end, target_worker};
 use crate::common::serial;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,17 +98,8 @@ fn killing_rank_1_fails_both_streams_and_the_group_leaves_nothing_behind() {
         }
         crate::cluster::signal(ranks[0], "KILL");
         let t = Instant::now();
-        for mut s in streams {
-            let end = tokio::time::timeout(Duration::from_secs(5), async {
-                loop {
-                    match s.next().await {
-                        Some(Ok(m)) if m.finished.is_none() => continue,
-                        other => return other,
-                    }
-                }
-            })
-            .await
-            .expect("a stream hung after rank 1 died");
+        for s in streams {
+            let end = stream_end(s, Duration::from_secs(5)).await.expect("a stream hung after rank 1 died");
             match end {
                 Some(Err(status)) => assert!(status.message().contains("tensor-parallel"), "the error names the group: {status:?}"),
                 other => panic!("expected an error, got {other:?}"),
