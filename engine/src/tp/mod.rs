@@ -20,7 +20,10 @@
 //! ranks: 2 and 1), each with its group of query heads, so a rank's query
 //! heads always find their key/value head locally; the intermediate features
 //! are split in 32-wide blocks. A group with more ranks than key/value heads
-//! is refused for now (replicating them is still to come).
+//! replicates them: each head goes to as even a share of the ranks as the
+//! count allows, each of those holding the head (its k and v rows, computed
+//! on each) and some of the query heads that read it (SmolLM2 at TP=4: ranks
+//! 0 and 1 share key/value head 0 with two and one of its query heads).
 //!
 //! Shards keep the checkpoint's storage (ggml blocks slice along rows, and
 //! along columns on 32-value block boundaries, which head and feature splits
@@ -94,20 +97,32 @@ pub fn plan(cfg: &ModelConfig, rank: usize, world: usize) -> Result<ShardPlan> {
     if world == 0 || rank >= world {
         return Err(EngineError::TensorParallel(format!("rank {rank} of a group of {world}")));
     }
-    if cfg.num_kv_heads < world {
-        return Err(EngineError::TensorParallel(format!(
-            "--tp-size {world} is more than the model's {} key/value heads (replicating them is not supported yet)",
-            cfg.num_kv_heads
-        )));
-    }
-    if cfg.num_heads % cfg.num_kv_heads != 0 {
+    if cfg.num_kv_heads == 0 || cfg.num_heads % cfg.num_kv_heads != 0 {
         return Err(EngineError::TensorParallel(format!("{} query heads do not group over {} key/value heads", cfg.num_heads, cfg.num_kv_heads)));
     }
     let group = cfg.num_heads / cfg.num_kv_heads;
-    let kv = split(cfg.num_kv_heads, 1, world, rank);
+    let (kv, q_heads) = if world <= cfg.num_kv_heads {
+        let kv = split(cfg.num_kv_heads, 1, world, rank);
+        (kv.clone(), kv.start * group..kv.end * group)
+    } else {
+        // More ranks than key/value heads: the ranks are spread over the
+        // key/value heads as evenly as they go, each holding (a replica of)
+        // its head and a share of the query heads that read it.
+        let h = (0..cfg.num_kv_heads).find(|&h| split(world, 1, cfg.num_kv_heads, h).contains(&rank)).ok_or_else(|| EngineError::TensorParallel(format!("rank {rank} of {world} holds no key/value head")))?;
+        let sharers = split(world, 1, cfg.num_kv_heads, h);
+        if sharers.len() > group {
+            return Err(EngineError::TensorParallel(format!(
+                "--tp-size {world} puts {} ranks on a key/value head that only {group} query heads read; use at most {} ranks",
+                sharers.len(),
+                cfg.num_heads
+            )));
+        }
+        let q = split(group, 1, sharers.len(), rank - sharers.start);
+        (h..h + 1, h * group + q.start..h * group + q.end)
+    };
     let vs = vocab_slice(cfg.vocab_size, world);
     let vocab = (rank * vs).min(cfg.vocab_size)..((rank + 1) * vs).min(cfg.vocab_size);
-    Ok(ShardPlan { q_heads: kv.start * group..kv.end * group, kv_heads: kv, intermediate: split(cfg.intermediate_size, 32, world, rank), vocab })
+    Ok(ShardPlan { q_heads, kv_heads: kv, intermediate: split(cfg.intermediate_size, 32, world, rank), vocab })
 }
 
 /// Input columns `cols` of a row-parallel matrix, in its storage when the
@@ -261,6 +276,11 @@ mod tests {
         assert_eq!(plan(&c, 1, 2).unwrap(), ShardPlan { kv_heads: 2..3, q_heads: 6..9, intermediate: 768..1536, vocab: 24576..49152 });
         assert_eq!(plan(&c, 2, 3).unwrap().vocab, 32768..49152);
         assert_eq!(vocab_slice(49153, 2), 24577);
-        assert!(plan(&c, 0, 4).unwrap_err().to_string().contains("key/value heads"));
+        // Four ranks over three key/value heads: the first head is held by
+        // two ranks, each with some of its query heads.
+        let four: Vec<ShardPlan> = (0..4).map(|r| plan(&c, r, 4).unwrap()).collect();
+        assert_eq!(four.iter().map(|p| (p.kv_heads.clone(), p.q_heads.clone())).collect::<Vec<_>>(), vec![(0..1, 0..2), (0..1, 2..3), (1..2, 3..6), (2..3, 6..9)]);
+        assert_eq!(plan(&c, 8, 9).unwrap().q_heads, 8..9);
+        assert!(plan(&c, 0, 10).unwrap_err().to_string().contains("at most 9 ranks"));
     }
 }

@@ -1,8 +1,10 @@
-//! A tensor-parallel SmolLM2 (f32 weights and an f32 KV cache), its two
-//! ranks as threads over the shared-memory collective, rank 1 following
-//! rank 0's forward passes as in a target worker's group: logits against
-//! the unsharded model, greedy decoding against it up to the first near-tie,
-//! and rank 1 having run every forward pass and released every cache.
+//! A tensor-parallel SmolLM2 (f32 weights and an f32 KV cache), its ranks
+//! as threads over the shared-memory collective, the others following rank
+//! 0's forward passes as in a target worker's group: logits against the
+//! unsharded model, greedy decoding against it up to the first near-tie,
+//! and every rank having run every forward pass and released every cache;
+//! at TP=2 (key/value heads split 2 and 1) and at TP=4 (one of three
+//! key/value heads replicated on two ranks).
 
 use super::shm::{ShmCollective, DEFAULT_SLOT_BYTES};
 use super::{GroupIdentity, GroupReduce};
@@ -29,7 +31,7 @@ const NEW_TOKENS: usize = 16;
 /// step's logits.
 type Run = Vec<(Vec<f32>, Vec<u32>, Vec<Vec<f32>>)>;
 
-fn run(model: &Model, prompts: &[Vec<u32>]) -> Run {
+fn run(model: &Model, prompts: &[Vec<u32>], new_tokens: usize) -> Run {
     let opts = ForwardOptions::default();
     prompts
         .iter()
@@ -40,7 +42,7 @@ fn run(model: &Model, prompts: &[Vec<u32>]) -> Run {
             let v = model.config.vocab_size;
             let mut next = argmax(&prefill[prefill.len() - v..]).0 as u32;
             let (mut ids, mut steps) = (vec![next], Vec::new());
-            for _ in 1..NEW_TOKENS {
+            for _ in 1..new_tokens {
                 let out = model.forward(&mut [SeqInput { cache: &mut cache, tokens: &[next], positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }], &opts).unwrap();
                 next = argmax(&out[0].logits).0 as u32;
                 ids.push(next);
@@ -56,18 +58,14 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / scale
 }
 
-#[test]
-fn tp2_smollm2_matches_tp1_on_the_f32_path_and_both_ranks_agree() {
-    let mut e = Engine::load("smollm2", DType::F32).expect("the SmolLM2 model (scripts/setup.sh fetches it)");
-    std::sync::Arc::get_mut(&mut e.model).expect("one owner").set_f32_kv_cache(true);
-    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|q| e.chat_prompt_ids(&[ChatMessage::new("user", q)]).unwrap()).collect();
-    let reference = run(&e.model, &prompts);
-    let full = e.model.clone();
-    let group = format!("tp2-{}", std::process::id());
-    let id = GroupIdentity { world: 2, model: full.fingerprint.clone(), version: env!("CARGO_PKG_VERSION").into() };
-    let ranks: Vec<_> = (0..2)
+/// `prompts` decoded by a group of `world` ranks (threads) over `full`'s
+/// shards: rank 0's run, and what each other rank did.
+fn group_run(full: &Arc<Model>, world: usize, prompts: &[Vec<u32>], new_tokens: usize) -> (Run, Vec<aerie_engine::tp::mirror::FollowStats>) {
+    let group = format!("tp{world}-{}", std::process::id());
+    let id = GroupIdentity { world, model: full.fingerprint.clone(), version: env!("CARGO_PKG_VERSION").into() };
+    let ranks: Vec<_> = (0..world)
         .map(|r| {
-            let (full, group, id, prompts) = (full.clone(), group.clone(), id.clone(), prompts.clone());
+            let (full, group, id, prompts) = (full.clone(), group.clone(), id.clone(), prompts.to_vec());
             std::thread::spawn(move || {
                 let dir = std::env::temp_dir();
                 let c = if r == 0 {
@@ -76,25 +74,64 @@ fn tp2_smollm2_matches_tp1_on_the_f32_path_and_both_ranks_agree() {
                     ShmCollective::join(&dir, &group, r, &id, Duration::from_secs(30)).unwrap()
                 };
                 let shard = aerie_engine::tp::shard(&full, Arc::new(GroupReduce::new(Box::new(c)))).unwrap();
-                assert_eq!(shard.config.num_kv_heads, [2, 1][r], "rank {r}'s key/value heads");
                 if r == 0 {
-                    let out = run(&shard, &prompts);
+                    let out = run(&shard, &prompts, new_tokens);
                     aerie_engine::tp::mirror::stop(&shard).unwrap();
-                    (out, Default::default())
+                    (out, shard.config.num_kv_heads, Default::default())
                 } else {
-                    (Vec::new(), aerie_engine::tp::mirror::follow(&shard).unwrap())
+                    (Vec::new(), shard.config.num_kv_heads, aerie_engine::tp::mirror::follow(&shard).unwrap())
                 }
             })
         })
         .collect();
-    let mut ranks: Vec<(Run, aerie_engine::tp::mirror::FollowStats)> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
-    let stats = ranks[1].1;
+    let mut out: Vec<_> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+    let kv: Vec<usize> = out.iter().map(|o| o.1).collect();
+    assert_eq!(kv, if world == 2 { vec![2, 1] } else { vec![1; world] }, "key/value heads per rank");
+    let stats = out.iter().skip(1).map(|o| o.2).collect();
+    (std::mem::take(&mut out[0].0), stats)
+}
+
+fn f32_smollm2() -> (Engine, Vec<Vec<u32>>) {
+    let mut e = Engine::load("smollm2", DType::F32).expect("the SmolLM2 model (scripts/setup.sh fetches it)");
+    std::sync::Arc::get_mut(&mut e.model).expect("one owner").set_f32_kv_cache(true);
+    let prompts = PROMPTS.iter().map(|q| e.chat_prompt_ids(&[ChatMessage::new("user", q)]).unwrap()).collect();
+    (e, prompts)
+}
+
+/// Four ranks over SmolLM2's three key/value heads: ranks 0 and 1 share
+/// head 0, each with part of its query heads.
+#[test]
+fn tp4_replicates_a_key_value_head_and_matches_tp1() {
+    let (e, prompts) = f32_smollm2();
+    let prompts = &prompts[..3];
+    let reference = run(&e.model, prompts, 4);
+    let (tp, stats) = group_run(&e.model, 4, prompts, 4);
+    assert!(stats.iter().all(|s| s.forwards == 12 && s.caches_left == 0), "{stats:?}");
+    let v = e.model.config.vocab_size;
+    let mut worst = 0.0f32;
+    for ((rp, rids, rsteps), (tp, tids, tsteps)) in reference.iter().zip(&tp) {
+        for (a, b) in tp.chunks(v).zip(rp.chunks(v)).chain(tsteps.iter().zip(rsteps).map(|(a, b)| (&a[..], &b[..]))) {
+            worst = worst.max(rel_err(a, b));
+        }
+        assert_eq!(tids, rids);
+    }
+    eprintln!("TP=4 vs TP=1: worst relative logit difference {worst:.2e}");
+    assert!(worst < 1e-4, "worst relative logit difference {worst}");
+}
+
+#[test]
+fn tp2_smollm2_matches_tp1_on_the_f32_path() {
+    let (e, prompts) = f32_smollm2();
+    let reference = run(&e.model, &prompts, NEW_TOKENS);
+    let full = e.model.clone();
+    let (rank0, stats) = group_run(&full, 2, &prompts, NEW_TOKENS);
+    let stats = stats[0];
     let prompt_tokens: u64 = prompts.iter().map(|p| p.len() as u64).sum();
     assert_eq!(stats.forwards, (PROMPTS.len() * NEW_TOKENS) as u64, "rank 1 ran every forward pass");
     assert_eq!(stats.tokens, prompt_tokens + (PROMPTS.len() * (NEW_TOKENS - 1)) as u64);
     assert_eq!(stats.caches_left, 0, "rank 1 released every cache rank 0 dropped");
     assert_eq!(stats.heads, stats.forwards, "rank 1 computed its vocabulary slice of every forward's logits");
-    let ranks: Vec<Run> = vec![std::mem::take(&mut ranks[0].0)];
+    let ranks: Vec<Run> = vec![rank0];
 
     let v = full.config.vocab_size;
     let (mut worst, mut agree) = (0.0f32, 0);
