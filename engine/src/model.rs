@@ -211,6 +211,11 @@ impl Model {
     fn validate(&self, s: &SeqInput) -> Result<()> {
         let n = s.tokens.len();
         let c = s.cache.len();
+        // Checked before a tensor-parallel rank 0 sends the call to its
+        // group, so that a bad id fails the request, not the group.
+        if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(EngineError::InvalidInput(format!("token id {t} outside vocabulary of {}", self.config.vocab_size)));
+        }
         if let Some(p) = s.positions {
             if p.len() != n {
                 return Err(EngineError::InvalidInput(format!("{} positions for {n} tokens", p.len())));
