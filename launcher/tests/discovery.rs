@@ -292,15 +292,17 @@ fn drafts_scale_out_and_in_under_load_and_greedy_output_stays_plain() {
     let (r, _t1, d1) = basic_cluster(&etcd, &[]);
     let wants: Vec<String> = (0..4).map(|i| reference(PROMPTS[i], 32)).collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Two clients in a closed loop until told to stop.
     let clients: Vec<_> = (0..2)
         .map(|c| {
-            let (addr, stop) = (r.addr.clone(), stop.clone());
+            let (addr, stop, done) = (r.addr.clone(), stop.clone(), done.clone());
             std::thread::spawn(move || {
-                        let mut got = Vec::new();
+                let mut got = Vec::new();
                 let mut i = c;
                 while !stop.load(std::sync::atomic::Ordering::Acquire) {
                     got.push((i % 4, chat(&addr, PROMPTS[i % 4], 32)));
+                    done.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     i += 1;
                 }
                 got
@@ -314,7 +316,13 @@ fn drafts_scale_out_and_in_under_load_and_greedy_output_stays_plain() {
     std::thread::sleep(Duration::from_secs(2));
     sigterm(&d1);
     wait_view(&r, Duration::from_secs(3), "d1 left", |v| !present(v, "drafts", "d1"));
-    std::thread::sleep(Duration::from_secs(3));
+    // The load goes on until four more requests have finished after the
+    // change (at least eight in all), however fast the machine decodes.
+    let after = done.load(std::sync::atomic::Ordering::Acquire) + 4;
+    let t = std::time::Instant::now();
+    while done.load(std::sync::atomic::Ordering::Acquire) < after.max(8) && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stop.store(true, std::sync::atomic::Ordering::Release);
     let mut n = 0;
     let mut speculative_after = 0;
