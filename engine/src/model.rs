@@ -108,12 +108,15 @@ pub struct Model {
     pub(crate) kv_f32: bool,
     /// On a tensor-parallel shard: the vocabulary ids its lm_head holds.
     pub(crate) vocab_shard: Option<std::ops::Range<usize>>,
+    /// Rank 0 of a group: held through each call the group runs together
+    /// (a forward, an lm_head, the stop), so that no two interleave.
+    tp_turn: std::sync::Mutex<()>,
 }
 
 impl Model {
     pub fn new(config: ModelConfig, weights: ModelWeights, fingerprint: String) -> Self {
         let rope = Rope::new(&config.inv_freqs(), config.rope_theta, config.rope_style);
-        Model { config, weights, fingerprint, rope, device: None, tp: None, tp_log: None, kv_f32: false, vocab_shard: None }
+        Model { config, weights, fingerprint, rope, device: None, tp: None, tp_log: None, kv_f32: false, vocab_shard: None, tp_turn: std::sync::Mutex::new(()) }
     }
 
     /// The same model with its forward pass on `dev`: weights uploaded as
@@ -166,8 +169,19 @@ impl Model {
         Ok(x)
     }
 
+    /// On rank 0 of a tensor-parallel group, its turn to run a call with
+    /// the group; `None` elsewhere.
+    pub(crate) fn group_turn(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.tp_log.as_ref().map(|_| self.tp_turn.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Logits of already-normed hidden rows (`rows × hidden` in, `rows × vocab` out).
     pub fn lm_head(&self, normed: &[f32]) -> Result<Vec<f32>> {
+        let _turn = self.group_turn();
+        self.lm_head_in_turn(normed)
+    }
+
+    fn lm_head_in_turn(&self, normed: &[f32]) -> Result<Vec<f32>> {
         if let Some(d) = &self.device {
             return d.lm_head(normed);
         }
@@ -191,11 +205,12 @@ impl Model {
         if let Some(d) = &self.device {
             return d.lm_head_argmax(normed);
         }
+        let _turn = self.group_turn();
         if let (Some(tp), Some(range)) = (&self.tp, &self.vocab_shard) {
             self.lead_head(normed, true)?;
             return crate::tp::head_argmax(self, tp.as_ref(), range, normed);
         }
-        let logits = self.lm_head(normed)?;
+        let logits = self.lm_head_in_turn(normed)?;
         Ok(logits.chunks(self.config.vocab_size.max(1)).map(|r| aerie_kernels::cpu::ops::argmax(r).0 as u32).collect())
     }
 
@@ -264,6 +279,7 @@ impl Model {
             }
             return d.forward_with(&mut inputs, opts.want_hidden, &opts.aux_layers);
         }
+        let _turn = self.group_turn();
         if let (Some(tp), Some(log)) = (&self.tp, &self.tp_log) {
             // The other ranks run this same call on their shards.
             tp.lead(&crate::tp::mirror::plan_of(log, batch)?.encode())?;
@@ -327,7 +343,7 @@ impl Model {
             }
             rows_per_seq.push(rows);
         }
-        let logits = if gathered.is_empty() { Vec::new() } else { self.lm_head(&gathered)? };
+        let logits = if gathered.is_empty() { Vec::new() } else { self.lm_head_in_turn(&gathered)? };
         let vocab = cfg.vocab_size;
         let mut outs = Vec::with_capacity(batch.len());
         let mut lo = 0;

@@ -17,7 +17,9 @@
 //! gone. Rank 0 watches its children: one that exits, for any reason,
 //! fails the group (every request ends with the reason, the worker
 //! deregisters and exits non-zero, so Kubernetes restarts the pod); a rank
-//! that stalls does the same through the collective's 5 s stall timeout.
+//! that stalls does the same through the collective's stall bounds (a
+//! stopped rank within 200 ms, rank 0's step plan waits 5 s at most, a
+//! collective inside a forward 30 s).
 //!
 //! With `--tp-rank 0 --tp-group G`, rank 0 starts no children: the other
 //! ranks are started by hand with `--tp-rank r --tp-group G` on the same
@@ -131,15 +133,13 @@ impl Group {
         });
     }
 
-    /// A deliberate end: tells the other ranks to stop when the scheduler is
-    /// idle (a forward pass may not be interleaved with the stop), then
-    /// reaps the children, killing any that do not end within 2 s.
-    pub fn stop(&self, model: &Model, idle: bool) {
+    /// A deliberate end: tells the other ranks to stop (between two of the
+    /// scheduler's calls, never within one), then reaps the children,
+    /// killing any that do not end within 2 s.
+    pub fn stop(&self, model: &Model) {
         self.stopping.store(true, Ordering::Release);
-        if idle {
-            if let Err(e) = aerie_engine::tp::mirror::stop(model) {
-                tracing::warn!("stopping the tensor-parallel group: {e}");
-            }
+        if let Err(e) = aerie_engine::tp::mirror::stop(model) {
+            tracing::warn!("stopping the tensor-parallel group: {e}");
         }
         self.reap(Duration::from_secs(2));
     }

@@ -294,7 +294,7 @@ pub fn run_target(a: TargetWorkerArgs, threads: Option<usize>) -> Result<()> {
                     r.deregister(Duration::from_secs(5)).await;
                 }
                 if let Some(g) = &group {
-                    g.stop(&engine.model, shared.is_idle());
+                    g.stop(&engine.model);
                 }
             }
         }

@@ -122,6 +122,40 @@ fn killing_rank_1_fails_both_streams_and_the_group_leaves_nothing_behind() {
     assert!(!group_segments().iter().any(|n| n.contains(&format!("tw-{pid}"))), "{:?}", group_segments());
 }
 
+/// A rank that stops (SIGSTOP: a frozen process) is a stall: the stream
+/// fails within 5 s and rank 0 exits non-zero.
+#[test]
+fn a_stopped_rank_fails_the_group_within_five_seconds() {
+    let _g = serial();
+    let mut target = target_worker(&["--tp-size", "2"]);
+    let ranks = children_of(target.proc.child.id());
+    rt().block_on(async {
+        let c = client(&target).await;
+        let mut s = c.clone().generate(greedy(0, 2000, None)).await.unwrap().into_inner();
+        s.next().await.unwrap().unwrap();
+        crate::cluster::signal(ranks[0], "STOP");
+        let t = Instant::now();
+        match stream_end(s, Duration::from_secs(5)).await.expect("the stream hung on a stopped rank") {
+            Some(Err(status)) => assert!(status.message().contains("stalled"), "{status:?}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        eprintln!("the stream ended {:?} after rank 1 stopped", t.elapsed());
+    });
+    let t = Instant::now();
+    while target.proc.child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(10), "rank 0 did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!target.proc.child.wait().unwrap().success());
+    // The stopped rank got SIGKILL when rank 0 exited (it cannot act on it
+    // until continued, but it is gone rather than left stopped).
+    let t = Instant::now();
+    while std::path::Path::new(&format!("/proc/{}", ranks[0])).exists() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!std::path::Path::new(&format!("/proc/{}", ranks[0])).exists(), "rank 1 was left behind");
+}
+
 #[test]
 fn group_formation_refuses_a_rank_with_a_different_model() {
     let _g = serial();

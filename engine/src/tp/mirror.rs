@@ -307,6 +307,8 @@ pub(crate) fn plan_of(log: &OpLog, batch: &[SeqInput]) -> Result<Plan> {
 /// [`follow`] returns. Without it they return an error once rank 0's
 /// process is gone.
 pub fn stop(model: &Model) -> Result<()> {
+    // After any call in flight on another thread, never within one.
+    let _turn = model.group_turn();
     match (&model.tp, &model.tp_log) {
         (Some(tp), Some(log)) => tp.lead(&Plan { ops: log.drain(), stop: true, ..Default::default() }.encode()),
         _ => Err(EngineError::TensorParallel("only rank 0 of a tensor-parallel group stops it".into())),

@@ -120,9 +120,16 @@ pub fn plan(cfg: &ModelConfig, rank: usize, world: usize) -> Result<ShardPlan> {
         let q = split(group, 1, sharers.len(), rank - sharers.start);
         (h..h + 1, h * group + q.start..h * group + q.end)
     };
+    let intermediate = split(cfg.intermediate_size, 32, world, rank);
+    if intermediate.is_empty() {
+        return Err(EngineError::TensorParallel(format!(
+            "--tp-size {world} leaves rank {rank} none of the {} MLP features (they split in blocks of 32)",
+            cfg.intermediate_size
+        )));
+    }
     let vs = vocab_slice(cfg.vocab_size, world);
     let vocab = (rank * vs).min(cfg.vocab_size)..((rank + 1) * vs).min(cfg.vocab_size);
-    Ok(ShardPlan { q_heads, kv_heads: kv, intermediate: split(cfg.intermediate_size, 32, world, rank), vocab })
+    Ok(ShardPlan { q_heads, kv_heads: kv, intermediate, vocab })
 }
 
 /// Input columns `cols` of a row-parallel matrix, in its storage when the

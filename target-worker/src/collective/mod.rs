@@ -91,20 +91,39 @@ pub trait Collective: Send {
 
 /// A group's collective as the engine's [`TpReduce`](aerie_engine::tp::TpReduce):
 /// what a model shard sums its partial outputs through.
+///
+/// The first failed call poisons it: every later call fails at once. After
+/// a stall the ranks are no longer at the same collective, so nothing that
+/// follows may pair one rank's call with another's.
 pub struct GroupReduce {
     inner: std::sync::Mutex<Box<dyn Collective>>,
     rank: usize,
     world: usize,
+    broken: std::sync::Mutex<Option<String>>,
 }
 
 impl GroupReduce {
     pub fn new(c: Box<dyn Collective>) -> GroupReduce {
-        GroupReduce { rank: c.rank(), world: c.world(), inner: std::sync::Mutex::new(c) }
+        GroupReduce { rank: c.rank(), world: c.world(), inner: std::sync::Mutex::new(c), broken: std::sync::Mutex::new(None) }
     }
 
     /// The collective, for the step plan's broadcast and barriers.
     pub fn collective(&self) -> std::sync::MutexGuard<'_, Box<dyn Collective>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the collective unless the group is already broken, and
+    /// breaks it if `f` fails.
+    fn call<T>(&self, f: impl FnOnce(&mut dyn Collective) -> Result<T>) -> aerie_engine::Result<T> {
+        let mut c = self.collective();
+        let mut broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = &*broken {
+            return Err(aerie_engine::EngineError::TensorParallel(format!("the group broke earlier: {why}")));
+        }
+        f(c.as_mut()).map_err(|e| {
+            *broken = Some(e.to_string());
+            engine_error(e)
+        })
     }
 }
 
@@ -118,38 +137,43 @@ impl aerie_engine::tp::TpReduce for GroupReduce {
     }
 
     fn all_reduce_sum(&self, buf: &mut [f32]) -> aerie_engine::Result<()> {
-        self.collective().all_reduce_sum(buf).map_err(engine_error)
+        self.call(|c| c.all_reduce_sum(buf))
     }
 
     fn all_gather(&self, mine: &[f32], out: &mut [f32]) -> aerie_engine::Result<()> {
-        self.collective().all_gather(mine, out).map_err(engine_error)
+        self.call(|c| c.all_gather(mine, out))
     }
 
     fn lead(&self, plan: &[u8]) -> aerie_engine::Result<()> {
-        let mut c = self.collective();
-        let mut len = (plan.len() as u64).to_le_bytes();
-        c.broadcast(&mut len, 0, None).map_err(engine_error)?;
-        let mut body = plan.to_vec();
-        c.broadcast(&mut body, 0, None).map_err(engine_error)
+        self.call(|c| {
+            if plan.len() > MAX_PLAN_BYTES {
+                return Err(CollectiveError::Misuse(format!("a step plan of {} bytes (at most {MAX_PLAN_BYTES})", plan.len())));
+            }
+            let mut len = (plan.len() as u64).to_le_bytes();
+            c.broadcast(&mut len, 0, None)?;
+            let mut body = plan.to_vec();
+            c.broadcast(&mut body, 0, None)
+        })
     }
 
     fn follow(&self) -> aerie_engine::Result<Vec<u8>> {
-        let mut c = self.collective();
-        let mut len = [0u8; 8];
-        // An idle group waits here between requests, as long as rank 0 lives.
-        c.broadcast(&mut len, 0, None).map_err(engine_error)?;
-        let n = u64::from_le_bytes(len) as usize;
-        if n > MAX_PLAN_BYTES {
-            return Err(aerie_engine::EngineError::TensorParallel(format!("rank 0 announced a step plan of {n} bytes")));
-        }
-        let mut body = vec![0u8; n];
-        c.broadcast(&mut body, 0, None).map_err(engine_error)?;
-        Ok(body)
+        self.call(|c| {
+            let mut len = [0u8; 8];
+            // An idle group waits here between requests, as long as rank 0 lives.
+            c.broadcast(&mut len, 0, None)?;
+            let n = u64::from_le_bytes(len) as usize;
+            if n > MAX_PLAN_BYTES {
+                return Err(CollectiveError::Misuse(format!("rank 0 announced a step plan of {n} bytes")));
+            }
+            let mut body = vec![0u8; n];
+            c.broadcast(&mut body, 0, None)?;
+            Ok(body)
+        })
     }
 }
 
 /// The largest step plan a rank accepts (a batch of trees is far smaller).
-const MAX_PLAN_BYTES: usize = 256 << 20;
+const MAX_PLAN_BYTES: usize = 1 << 30;
 
 fn engine_error(e: CollectiveError) -> aerie_engine::EngineError {
     aerie_engine::EngineError::TensorParallel(e.to_string())

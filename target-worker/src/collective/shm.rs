@@ -28,8 +28,10 @@
 //!   run in rank order on every rank, so results are bit-identical.
 //!
 //! Parameters: `slot_bytes` (default 4 MiB per rank and set), the stall
-//! timeout (default 5 s; `broadcast` takes its own, so followers can wait
-//! for the next step as long as rank 0 lives).
+//! timeout (default 30 s, 5 s at most for a broadcast's root; a peer found
+//! stopped in a bounded wait is a stall after 200 ms; the other ranks of a
+//! `broadcast` take their own bound, so followers can wait for the next
+//! step as long as rank 0 lives).
 
 use super::{Collective, CollectiveError, GroupIdentity, Result};
 use memmap2::MmapMut;
@@ -47,8 +49,17 @@ pub const MAX_RANKS: usize = 64;
 pub const DEFAULT_SLOT_BYTES: usize = 4 << 20;
 /// How long a wait naps 50 µs at a time before it naps 1 ms at a time.
 const IDLE_AFTER: Duration = Duration::from_millis(100);
-/// Default stall timeout of a collective.
-pub const DEFAULT_STALL: Duration = Duration::from_secs(5);
+/// Default stall timeout of a collective: long enough for ranks whose
+/// shares of a long prefill differ (uneven key/value head splits), since a
+/// stopped peer is caught at once (`STOPPED_AFTER`) and a dead one at the
+/// next liveness check.
+pub const DEFAULT_STALL: Duration = Duration::from_secs(30);
+/// How long a broadcast's root waits for the other ranks: they wait for it
+/// between steps, so they are there unless something is wrong.
+pub const ROOT_STALL: Duration = Duration::from_secs(5);
+/// A peer stopped (SIGSTOP, a debugger) this long in a bounded wait is a
+/// stall.
+const STOPPED_AFTER: Duration = Duration::from_millis(200);
 
 const MAGIC: u64 = 0x3150_5445_4952_4541; // "AERIETP1"
 const HEADER: usize = 8192;
@@ -86,12 +97,15 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CollectiveError + '_ {
 }
 
 /// Whether process `pid` runs (not gone, not a zombie).
+/// A process's state letter (`R`, `S`, `T`, `Z`, …), `None` when it is gone.
+fn state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the parenthesized command name.
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string))
+}
+
 fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesized command name.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X"),
-        Err(_) => false,
-    }
+    state(pid).is_some_and(|s| s != "Z" && s != "X")
 }
 
 impl ShmCollective {
@@ -318,8 +332,12 @@ impl ShmCollective {
             if waited >= next_check {
                 next_check = waited + Duration::from_millis(10);
                 for r in (0..self.world).filter(|&r| !arrived(r)) {
-                    if !alive(self.pids[r]) {
-                        return Err(CollectiveError::PeerGone { rank: r, pid: self.pids[r] });
+                    match state(self.pids[r]).as_deref() {
+                        None | Some("Z") | Some("X") => return Err(CollectiveError::PeerGone { rank: r, pid: self.pids[r] }),
+                        Some("T") | Some("t") if timeout.is_some() && waited > STOPPED_AFTER => {
+                            return Err(CollectiveError::Stalled { waiting_for: vec![r], after: waited });
+                        }
+                        _ => {}
                     }
                 }
                 if let Some(limit) = timeout {
@@ -420,7 +438,7 @@ impl Collective for ShmCollective {
         if root >= self.world {
             return Err(CollectiveError::Misuse(format!("broadcast from rank {root} of {}", self.world)));
         }
-        let timeout = if self.rank == root { self.stall } else { wait };
+        let timeout = if self.rank == root { self.stall.map(|s| s.min(ROOT_STALL)) } else { wait };
         for chunk in buf.chunks_mut(self.slot_bytes) {
             let set = self.set();
             if self.rank == root {
