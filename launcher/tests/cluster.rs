@@ -211,6 +211,11 @@ fn adaptive_budgets_keep_greedy_output_and_report_their_choices() {
         // A budget was chosen for the steps after each request's first draft.
         assert!(metric(&m, "aerie_target_spec_budget_depth_count") > 0.0, "{m}");
         assert!(metric(&m, "aerie_target_predicted_accept_length_count") > 0.0, "{m}");
+        // Commits wait for the next proposal: a step at depth 0 sends the
+        // draft worker nothing, so there are no more commit messages than
+        // proposals (one per request for each 64 tokens held at most).
+        let (commits, proposes) = (metric(&m, "aerie_target_draft_messages_total{kind=\"commit\"}"), metric(&m, "aerie_target_draft_messages_total{kind=\"propose\"}"));
+        assert!(proposes > 0.0 && commits <= proposes, "{commits} commits, {proposes} proposals\n{m}");
         // The cost model was calibrated at start and fitted since.
         assert!(metric(&m, "aerie_target_cost_model_seconds{term=\"per_row\"}") > 0.0, "{m}");
         // The intercept is fitted too, and may fairly be 0 when the rows

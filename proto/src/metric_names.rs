@@ -55,6 +55,10 @@ pub const TARGET_PREFILL_TOKENS: &str = "aerie_target_prefill_tokens_total";
 pub const TARGET_GENERATED_TOKENS: &str = "aerie_target_generated_tokens_total";
 /// Counter, label `transport`: feature bytes sent to draft workers.
 pub const TARGET_FEATURE_BYTES: &str = "aerie_target_feature_bytes_total";
+/// Counter, label `kind` (`begin`, `commit`, `propose`, `release`): session
+/// messages sent to draft workers. Commits are deferred to the next
+/// proposal, so a request drafting nothing sends none.
+pub const TARGET_DRAFT_MESSAGES: &str = "aerie_target_draft_messages_total";
 /// Gauge: open sessions to draft workers.
 pub const TARGET_DRAFT_SESSIONS: &str = "aerie_target_draft_sessions";
 /// Gauge: requests speculating through a draft session.

@@ -10,6 +10,14 @@
 //! Commits are fire-and-forget; only `propose` waits. The scheduler asks all
 //! of a step's proposers first (`request_proposal`), then collects.
 //!
+//! Deferred commits. A request the adaptive budget holds at depth 0 drafts
+//! nothing for many steps, and the draft worker only buffers what it is
+//! sent until the next proposal anyway. So a proposer keeps its commits
+//! (tokens and feature rows) and sends them as one message just before its
+//! next `Propose`, or when [`MAX_DEFERRED_TOKENS`] have gathered: a request
+//! at depth 0 costs no message, no ring write and no wake-up of the draft
+//! worker per step.
+//!
 //! Failure. Any trouble — the stream ends (the draft worker died), an error
 //! for the sequence, a malformed tree, no answer within `propose_timeout` —
 //! switches that request to root-only trees for the rest of its life. A
@@ -42,6 +50,12 @@ use tokio_stream::StreamExt;
 
 /// Most tree nodes a proposal may hold: the KV slack each request reserves.
 pub const MAX_TREE_NODES: usize = crate::scheduler::TREE_SLACK;
+
+/// Most committed tokens a proposer holds back before it sends them without
+/// waiting for a proposal: bounds the memory a long stretch at depth 0 holds
+/// (64 rows of EAGLE-3's three aux layers at a hidden size of 4,096 is 3 MiB)
+/// and the size of the message that catches the draft up.
+pub const MAX_DEFERRED_TOKENS: usize = 64;
 
 /// What a proposer receives from the reader task.
 enum Answer {
@@ -166,6 +180,14 @@ impl DraftLink {
 
     /// Queues a message; false when the link is closed.
     fn send(&self, msg: Msg) -> bool {
+        let kind = match &msg {
+            Msg::Open(_) => "open",
+            Msg::Begin(_) => "begin",
+            Msg::Commit(_) => "commit",
+            Msg::Propose(_) => "propose",
+            Msg::Release(_) => "release",
+        };
+        metrics::counter!(m::TARGET_DRAFT_MESSAGES, "kind" => kind).increment(1);
         match self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             Some(tx) => tx.send(SessionRequest { msg: Some(msg) }).is_ok(),
             None => false,
@@ -186,7 +208,18 @@ impl DraftLink {
         let (tx, rx) = std_mpsc::channel();
         self.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(seq_id, tx);
         metrics::gauge!(m::TARGET_DRAFT_SEQUENCES).increment(1.0);
-        let mut p = RemoteProposer { link: self.clone(), seq_id, answers: rx, root: None, pending: false, fallback, failed: false, constraint };
+        let mut p = RemoteProposer {
+            link: self.clone(),
+            seq_id,
+            answers: rx,
+            root: None,
+            pending: false,
+            fallback,
+            failed: false,
+            constraint,
+            deferred: Vec::new(),
+            deferred_feats: Features::empty(),
+        };
         if !self.is_alive() {
             p.fail("draft_down");
         }
@@ -246,6 +279,10 @@ pub struct RemoteProposer {
     failed: bool,
     /// The request's output constraint, sent with the sequence's begin.
     constraint: Option<aerie_proto::v1::Constraint>,
+    /// Committed tokens not yet sent, and their feature rows (see
+    /// "Deferred commits" above).
+    deferred: Vec<u32>,
+    deferred_feats: Features,
 }
 
 impl RemoteProposer {
@@ -288,6 +325,20 @@ impl RemoteProposer {
         }
         metrics::counter!(m::TARGET_FEATURE_BYTES, "transport" => via).increment((feats.data.len() * 4) as u64);
         Some(p)
+    }
+
+    /// Sends the deferred commits as one message.
+    fn flush(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let tokens = std::mem::take(&mut self.deferred);
+        let feats = std::mem::take(&mut self.deferred_feats);
+        if !self.failed {
+            if let Some(p) = self.payload(&feats) {
+                self.send(Msg::Commit(SequenceCommit { seq_id: self.seq_id, tokens, features: Some(p) }));
+            }
+        }
     }
 
     fn to_tree(&self, p: Proposal, root: u32) -> std::result::Result<DraftTree, String> {
@@ -333,9 +384,12 @@ impl Proposer for RemoteProposer {
 
     fn reset(&mut self) {
         self.root = None;
+        self.deferred.clear();
+        self.deferred_feats = Features::empty();
     }
 
     fn begin(&mut self, tokens: &[u32], feats: &Features) -> Result<()> {
+        self.reset();
         self.root = tokens.last().copied();
         if !self.failed {
             if let Some(p) = self.payload(feats) {
@@ -350,15 +404,27 @@ impl Proposer for RemoteProposer {
         if let Some(&t) = tokens.last() {
             self.root = Some(t);
         }
-        if !self.failed {
-            if let Some(p) = self.payload(feats) {
-                self.send(Msg::Commit(SequenceCommit { seq_id: self.seq_id, tokens: tokens.to_vec(), features: Some(p) }));
-            }
+        if self.failed || tokens.is_empty() {
+            return Ok(());
+        }
+        if self.deferred_feats.data.is_empty() {
+            self.deferred_feats.width = feats.width;
+        } else if feats.width != self.deferred_feats.width && !feats.data.is_empty() {
+            // Not expected (one feature kind per session); send what was
+            // held so each message stays of one width.
+            self.flush();
+            self.deferred_feats.width = feats.width;
+        }
+        self.deferred.extend_from_slice(tokens);
+        self.deferred_feats.data.extend_from_slice(&feats.data);
+        if self.deferred.len() >= MAX_DEFERRED_TOKENS {
+            self.flush();
         }
         Ok(())
     }
 
     fn request_proposal(&mut self, max_depth: usize) -> Result<()> {
+        self.flush();
         if !self.failed && !self.pending {
             self.send(Msg::Propose(ProposeRequest { seq_id: self.seq_id, max_depth: max_depth.min(u32::MAX as usize) as u32 }));
             self.pending = !self.failed;

@@ -348,7 +348,8 @@ impl Adaptive {
 
     /// Sets each speculative choice's depth cap for the next step.
     fn plan(&self, running: &mut [Running]) {
-        let costs = self.cost.costs();
+        // The verify cost near this batch's plain rows (one per request).
+        let costs = self.cost.costs_at(running.len());
         let spec: Vec<usize> = (0..running.len()).filter(|&i| running[i].speculative).collect();
         let cands: Vec<budget::Candidate> = spec
             .iter()
@@ -409,6 +410,7 @@ impl Adaptive {
             "prior_weight": w,
             "decay": self.cfg.decay,
             "probe_every": self.cfg.probe_every,
+            "probe_every_hopeless": self.cfg.probe_every_hopeless,
             "running": requests,
         });
         *shared.budget_view.lock().unwrap_or_else(|e| e.into_inner()) = view;
