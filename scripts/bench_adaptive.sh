@@ -8,19 +8,22 @@
 #              minimum draft score 0.3; the best fixed setting of the last sweep)
 #   adaptive   the same with --speculative-adaptive (depth 0 or 1 per step)
 #   adaptive3  --speculative-adaptive over a (3, 1, 4) chain (depth 0–3)
-# Usage: bash scripts/bench_adaptive.sh [NUM_PROMPTS=16] [PART...]
+# Usage: [SERVERS="plain adaptive3"] [OUT=DIR] bash scripts/bench_adaptive.sh [NUM_PROMPTS=16] [PART...]
 #   PART: mt-bench, categories, mt-bench-t0.7 (default: all three)
-# Results: docs/benchmarks/adaptive-*/ (report.md, run.jsonl).
+#   SERVERS: a subset of the four (plain always runs: it is the baseline)
+# Results: docs/benchmarks/adaptive-*/ (report.md, run.jsonl), or OUT/adaptive-*/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 aerie=./target/release/aerie
 [ -x "$aerie" ] || cargo build --release -q -p aerie-launcher
 n="${1:-16}"
-out=docs/benchmarks
+out="${OUT:-docs/benchmarks}"
+servers=" plain ${SERVERS:-fixed adaptive adaptive3} "
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 start() { # label port flags...
   local label=$1 port=$2; shift 2
+  [[ "$servers" == *" $label "* ]] || return 0
   $aerie --threads 2 serve --port "$port" "$@" > "/tmp/aerie-$label.log" 2>&1 &
   pids+=($!)
 }
@@ -30,13 +33,18 @@ start adaptive 30123 --speculative-adaptive
 start adaptive3 30124 --speculative-adaptive --speculative-num-steps 3 --speculative-eagle-topk 1 \
   --speculative-num-draft-tokens 4 --speculative-min-draft-score 0.3
 for l in plain fixed adaptive adaptive3; do
+  [[ "$servers" == *" $l "* ]] || continue
   until grep -q "OpenAI endpoint" "/tmp/aerie-$l.log"; do
     kill -0 "${pids[0]}" 2>/dev/null || { cat "/tmp/aerie-$l.log"; exit 1; }
     sleep 1
   done
 done
-urls=(--base-url plain=http://127.0.0.1:30121/v1 --base-url fixed=http://127.0.0.1:30122/v1
-      --base-url adaptive=http://127.0.0.1:30123/v1 --base-url adaptive3=http://127.0.0.1:30124/v1)
+urls=()
+port=30121
+for l in plain fixed adaptive adaptive3; do
+  [[ "$servers" == *" $l "* ]] && urls+=(--base-url "$l=http://127.0.0.1:$port/v1")
+  port=$((port + 1))
+done
 run() { # name dataset prompts temperature
   mkdir -p "$out/adaptive-$1"
   $aerie --threads 2 bench serve "${urls[@]}" --baseline plain --dataset "$2" --num-prompts "$3" \
