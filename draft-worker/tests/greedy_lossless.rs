@@ -53,13 +53,12 @@ fn check(alg: SpecAlgorithm) {
         // prompts on SGLang's default tree and one on the wide tree check
         // the shapes (CI budget).
         let untrained = matches!(alg, SpecAlgorithm::Eagle | SpecAlgorithm::Eagle3);
-        let prompts = match (tree.num_draft_tokens, untrained) {
-            (0..=4, _) => plain.len(),
-            (5..=8, true) => 3,
-            (5..=8, false) if alg == SpecAlgorithm::Standalone => 3,
-            (5..=8, false) => plain.len(),
-            (_, true) => 1,
-            (_, false) => 3,
+        let prompts = match tree.num_draft_tokens {
+            0..=4 => plain.len(),
+            5..=8 if untrained || alg == SpecAlgorithm::Standalone => 3,
+            5..=8 => plain.len(),
+            _ if untrained => 1,
+            _ => 3,
         };
         for (i, want) in plain.iter().enumerate().take(prompts) {
             let ids = prompt_ids(i);

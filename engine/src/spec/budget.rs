@@ -183,8 +183,6 @@ impl Line {
 pub struct CostModel {
     verify: Line,
     draft: Line,
-    /// The rows of the last step: where [`costs`](Self::costs) looks.
-    last_rows: usize,
 }
 
 /// The fitted coefficients, seconds.
@@ -204,7 +202,7 @@ impl CostModel {
     /// From two measured verify forwards, (rows, seconds) each; the draft
     /// cost starts at zero and is learnt from the steps.
     pub fn new(verify_points: [(f64, f64); 2], decay: f64) -> CostModel {
-        CostModel { verify: Line::new(verify_points, decay), draft: Line::new([(0.0, 0.0), (1.0, 0.0)], decay), last_rows: 1 }
+        CostModel { verify: Line::new(verify_points, decay), draft: Line::new([(0.0, 0.0), (1.0, 0.0)], decay) }
     }
 
     /// Times verify forwards of `model` (1 row and 9 rows, after a 32-token
@@ -238,7 +236,6 @@ impl CostModel {
     /// was not paid).
     pub fn observe(&mut self, rows: usize, verify_secs: f64, levels: usize, draft_secs: f64) {
         self.verify.observe(rows as f64, verify_secs);
-        self.last_rows = rows.max(1);
         if levels > 0 {
             self.draft.observe(levels as f64, draft_secs);
         }
@@ -246,7 +243,7 @@ impl CostModel {
 
     /// The costs near the last step's rows.
     pub fn costs(&self) -> Costs {
-        self.costs_at(self.last_rows)
+        self.costs_at(self.verify.points.back().map_or(1, |&(rows, _)| rows as usize))
     }
 
     /// The costs for a step whose plain part has `rows` rows: the verify
