@@ -156,7 +156,7 @@ def main():
         same = sum(o["token_ids"] == p["token_ids"] for o, p in zip(outs[m], outs["plain"]))
         verifies = sum(o["stats"].get("spec_verify_ct", 0) for o in outs[m])
         accept = [o["stats"].get("spec_accept_length", 0.0) for o in outs[m]]
-        lines.append(f"- {m} speculation on the GPU: {same}/{len(PROMPTS)} prompts equal plain decoding token for token "
+        lines.append(f"- {m} speculation on the GPU{' (the head drafting on the GPU too)' if m == 'EAGLE' else ''}: {same}/{len(PROMPTS)} prompts equal plain decoding token for token "
                      f"({verifies} verifies, mean accept length {sum(accept) / len(accept):.2f})")
         if same != len(PROMPTS):
             failures.append(f"{m} output differs from plain decoding")

@@ -23,7 +23,9 @@
 #      equal to plain decoding; decode tok/s;
 #   5. `aerie bench forward` on the Llama-3.1-8B shape with random bf16
 #      weights: decode tok/s at batch 1, the fraction of HBM bandwidth, the
-#      verify cost curve time(k)/time(1) for k = 1..64.
+#      verify cost curve time(k)/time(1) for k = 1..64; and again through
+#      cuBLAS (`--gemm-mode library`), for what batch invariance costs
+#      (SKIP_LIBRARY=1 leaves that out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PACK=${PACK:-gpu-pack}
@@ -113,6 +115,15 @@ JSON
     { echo; echo "Llama-3.1-8B shape (random bf16 weights), \`aerie bench forward\` (peak bandwidth taken as $peak GB/s):"; echo; echo '```'; cat "$OUT/llama8b/bench.txt"; echo '```'; } >> "$R"
   else
     fail "aerie bench forward on the Llama-3.1-8B shape (see gpu_check.log)"
+  fi
+  # What batch invariance costs: the same bench through cuBLAS (shorter).
+  if [ "${SKIP_LIBRARY:-0}" != 1 ]; then
+    stage "Llama-3.1-8B shape through cuBLAS (--gemm-mode library)"
+    if timeout 300 "$PACK/aerie" bench forward --model "$OUT/llama8b" --random-weights --device cuda --gemm-mode library --prompt-len 128 --decode-steps 16 --reps 3 --verify-sizes 1,8,64 --peak-gbs "$peak" > "$OUT/llama8b/bench_library.txt" 2>> "$LOG"; then
+      { echo; echo "The same through cuBLAS (\`--gemm-mode library\`), for the cost of the batch-invariant kernels above:"; echo; echo '```'; cat "$OUT/llama8b/bench_library.txt"; echo '```'; } >> "$R"
+    else
+      fail "aerie bench forward --gemm-mode library (see gpu_check.log)"
+    fi
   fi
 fi
 

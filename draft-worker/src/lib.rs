@@ -22,6 +22,7 @@ pub use error::{DraftError, Result};
 
 use aerie_engine::spec::{Proposer, TreeSpec};
 use aerie_engine::{DType, Engine, Model, Tokenizer};
+use aerie_kernels::cuda::device::Device;
 use ngram::{NgramConfig, NgramProposer, NgramTrie};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -116,6 +117,22 @@ pub struct ProposerFactory {
 impl ProposerFactory {
     /// Loads and checks the drafter for `target`.
     pub fn new(opts: DraftOptions, target: Arc<Model>, target_tokenizer: &Tokenizer) -> Result<Self> {
+        Self::new_on(opts, target, target_tokenizer, None)
+    }
+
+    /// [`Self::new`], with the drafter's forward passes on a CUDA device
+    /// (a GPU or the interpreter) when `device` gives one and a KV pool size
+    /// in tokens: an EAGLE/EAGLE-3/MTP head's layers and lm_head, or a
+    /// STANDALONE draft model. N-gram drafting has nothing to place.
+    pub fn new_on(opts: DraftOptions, target: Arc<Model>, target_tokenizer: &Tokenizer, device: Option<(Arc<dyn Device>, usize)>) -> Result<Self> {
+        // On a device a head keeps the checkpoint's values (bf16 there);
+        // on the CPU its matrices become Q8_0 (see `quantized_q8`).
+        let place = |h: eagle::EagleHead| -> Result<eagle::EagleHead> {
+            match &device {
+                Some((dev, tokens)) => h.to_device(&target, dev.clone(), *tokens),
+                None => Ok(h.quantized_q8()),
+            }
+        };
         let need_path = || {
             opts.draft_model_path.clone().ok_or_else(|| {
                 let shipped = if opts.algorithm == SpecAlgorithm::Eagle { " (Aerie ships one only for SmolLM2-135M, in models/smollm2-135m-eagle)" } else { "" };
@@ -144,13 +161,15 @@ impl ProposerFactory {
                         // Further MTP layers draft the deeper levels, as far as the tree goes.
                         let mut layers = eagle::EagleHead::load_mtp_layers(&ck, ck.num_layers.min(opts.tree.num_steps).max(1), &target, map.as_ref())?.into_iter();
                         let Some(first) = layers.next() else { return Err(DraftError::BadSetting(format!("{} announces no MTP layer", dir.display()))) };
-                        chain.extend(layers.map(|l| Arc::new(l.quantized_q8())));
+                        for l in layers {
+                            chain.push(Arc::new(place(l)?));
+                        }
                         first
                     }
                     Some(_) => return Err(DraftError::BadSetting(format!("{} holds MTP layers; use --speculative-algorithm EAGLE or NEXTN", dir.display()))),
                     None => eagle::EagleHead::load(&dir, &target, map.as_ref())?,
-                }
-                .quantized_q8();
+                };
+                let head = place(head)?;
                 let want = if opts.algorithm == SpecAlgorithm::Eagle3 { eagle::EagleKind::Eagle3 } else { eagle::EagleKind::Eagle };
                 if head.kind() != want && head.kind() != eagle::EagleKind::Mtp {
                     return Err(DraftError::BadSetting(format!(
@@ -168,7 +187,13 @@ impl ProposerFactory {
                 if e.tokenizer.hash() != target_tokenizer.hash() {
                     return Err(DraftError::BadSetting(format!("STANDALONE draft model {} has a different tokenizer from the target", p.display())));
                 }
-                Shared::Standalone(e.model)
+                match &device {
+                    Some((dev, tokens)) => {
+                        let m = Arc::try_unwrap(e.model).map_err(|_| DraftError::BadSetting("the STANDALONE draft model is shared; it cannot move to the device".into()))?;
+                        Shared::Standalone(Arc::new(m.to_device(dev.clone(), *tokens)?))
+                    }
+                    None => Shared::Standalone(e.model),
+                }
             }
             SpecAlgorithm::Ngram => {
                 opts.ngram.validate().map_err(DraftError::BadSetting)?;

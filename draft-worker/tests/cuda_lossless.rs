@@ -1,7 +1,8 @@
 //! Greedy speculation on the CUDA path (interpreter mode: the host code and
 //! `.cu` kernels a GPU runs, executed on the CPU) emits exactly the CUDA
 //! path's plain greedy tokens, on the real SmolLM2: EAGLE with the shipped
-//! head at SGLang's (5, 4, 8) tree, and NGRAM; 4 prompts × 24 tokens (cut
+//! head at SGLang's (5, 4, 8) tree, the head itself on the device too, and
+//! NGRAM; 4 prompts × 24 tokens (cut
 //! from 5 × 32 to keep the suite within its time: the interpreter runs a
 //! SmolLM2 step in about a second).
 
@@ -57,7 +58,9 @@ fn check(alg: SpecAlgorithm) {
     let draft_model_path = (alg == SpecAlgorithm::Eagle).then(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/smollm2-135m-eagle"));
     let ngram = NgramConfig { num_draft_tokens: tree.num_draft_tokens, ..Default::default() };
     let opts = DraftOptions { algorithm: alg, draft_model_path, tree, token_map: None, ngram, min_draft_score: 0.0 };
-    let f = ProposerFactory::new(opts, model.clone(), &host.tokenizer).unwrap();
+    // The head drafts on a device of its own, as a draft worker's would.
+    let device = (alg == SpecAlgorithm::Eagle).then(|| (Arc::new(InterpDevice::new(1 << 30)) as Arc<dyn aerie_kernels::cuda::device::Device>, 8192));
+    let f = ProposerFactory::new_on(opts, model.clone(), &host.tokenizer, device).unwrap();
     let (mut verifies, mut emitted) = (0, 0);
     for (i, want) in plain_on_device().iter().enumerate() {
         let ids = prompt_ids(i);

@@ -6,6 +6,7 @@
 
 mod common;
 mod batched_draft;
+mod cuda_heads;
 mod cuda_lossless;
 mod greedy_lossless;
 mod head_loading;

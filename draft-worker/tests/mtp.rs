@@ -88,7 +88,7 @@ fn body(rng: &mut StdRng, bias: bool) -> Tensors {
 }
 
 /// A MiMo checkpoint: a Qwen2 body plus one MTP layer.
-fn write_mimo(dir: &Path, seed: u64) -> Tensors {
+pub(crate) fn write_mimo(dir: &Path, seed: u64) -> Tensors {
     write_mimo_layers(dir, seed, 1)
 }
 
@@ -129,7 +129,7 @@ fn write_nextn(dir: &Path, seed: u64, own_head: bool) -> Tensors {
     t
 }
 
-fn load_target(dir: &Path) -> Arc<Model> {
+pub(crate) fn load_target(dir: &Path) -> Arc<Model> {
     let ck = aerie_engine::loader::load(dir, DType::F32).unwrap();
     Arc::new(Model::new(ck.config, ck.weights, ck.fingerprint))
 }
@@ -215,7 +215,7 @@ fn mtp_layers_compute_the_published_forward() {
             let feature: Vec<f32> = (0..H).map(|_| rng.gen::<f32>() * 2.0 - 1.0).collect();
             let mut cache = head.new_cache();
             let x = head.forward(&target, &mut cache, &[token], &feature, &[pos], AttnMask::Causal).unwrap();
-            let got = head.logits(&target, &x);
+            let got = head.logits(&target, &x).unwrap();
             let want = reference_logits(&t, layout, &prefix, token, pos, &feature);
             assert_close(&got, &want, &format!("{name} token {token} at {pos}"));
         }
@@ -350,7 +350,7 @@ fn a_separate_nextn_checkpoint_drafts_like_the_layer_inside_the_target() {
     let run = |h: &EagleHead| {
         let mut c = h.new_cache();
         let x = h.forward(&target, &mut c, &[3, 9], &feature, &[4, 5], AttnMask::Causal).unwrap();
-        h.logits(&target, &x)
+        h.logits(&target, &x).unwrap()
     };
     assert_eq!(run(&inside), run(&alone));
     // Given as --speculative-draft-model-path, it serves the target.

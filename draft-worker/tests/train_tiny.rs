@@ -193,7 +193,7 @@ fn written_checkpoint_serves_the_trained_computation() {
         let positions: Vec<u32> = (0..n as u32).collect();
         let mut cache = served.new_cache();
         let x = served.forward(&target, &mut cache, &tokens, &feats, &positions, AttnMask::Causal).unwrap();
-        let got = served.logits(&target, &x);
+        let got = served.logits(&target, &x).unwrap();
         let emb = Tensor::from_vec(target.embed(&tokens).unwrap(), (n, h), &Device::Cpu).unwrap();
         let f = Tensor::from_vec(feats.clone(), (n, feats.len() / n), &Device::Cpu).unwrap();
         let want_x = head.forward(&emb, &f).unwrap();

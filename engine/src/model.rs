@@ -134,6 +134,20 @@ impl Model {
         self.device.as_ref().map_or_else(|| "cpu".to_string(), |d| d.device().name())
     }
 
+    /// On a device: batch-invariant projections (the default; speculation
+    /// needs them) or the device's library GEMM (cuBLAS), for plain
+    /// decoding. The CPU path is batch invariant either way.
+    pub fn set_batch_invariant(&self, on: bool) {
+        if let Some(d) = &self.device {
+            d.set_batch_invariant(on);
+        }
+    }
+
+    /// Whether a row's logits are independent of the rest of its batch.
+    pub fn batch_invariant(&self) -> bool {
+        self.device.as_ref().is_none_or(CudaModel::batch_invariant)
+    }
+
     /// The model on its device, if it runs on one.
     pub fn cuda(&self) -> Option<&CudaModel> {
         self.device.as_ref()

@@ -108,6 +108,39 @@ fn device_logits_match_the_cpu_f32_forward() {
     }
 }
 
+/// The library-GEMM mode (cuBLAS on a GPU, the reference GEMM in the
+/// interpreter; bf16 activations) computes the same model as the
+/// batch-invariant kernels, to bf16 rounding; switching back gives the
+/// invariant logits bit for bit again.
+#[test]
+fn the_library_gemm_mode_computes_the_same_model() {
+    let mut r = StdRng::seed_from_u64(14);
+    for (arch, tie) in [(Arch::Llama, false), (Arch::Qwen2, true)] {
+        let model = random_model(config(arch, RopeStyle::HalfSplit, tie), 15);
+        let dm = device_model(&model);
+        let prompt = tokens(&mut r, 13, 300);
+        let run = |dm: &CudaModel| {
+            let mut seq = dm.new_seq();
+            dm.forward(&mut [CudaSeqInput { seq: &mut seq, tokens: &prompt, positions: None, mask: AttnMask::Causal, logits: LogitsRows::All }], false).unwrap().remove(0).logits
+        };
+        assert!(dm.batch_invariant(), "batch invariance is the default");
+        let invariant = run(&dm);
+        dm.set_batch_invariant(false);
+        let library = run(&dm);
+        dm.set_batch_invariant(true);
+        assert_eq!(run(&dm), invariant, "{arch:?}: back to the invariant kernels");
+        let (mut worst, mut same_top) = (0.0f32, 0);
+        for (a, b) in invariant.chunks(300).zip(library.chunks(300)) {
+            worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
+            same_top += (aerie_kernels::cpu::ops::argmax(a).0 == aerie_kernels::cpu::ops::argmax(b).0) as usize;
+        }
+        eprintln!("{arch:?}: library GEMM against the invariant kernels: worst |logit difference| {worst:.2e}, top-1 equal on {same_top}/13 rows");
+        assert!(worst > 0.0, "{arch:?}: the library path did not run (identical bits)");
+        assert!(worst < 0.1, "{arch:?}: max |logit difference| {worst}");
+        assert!(same_top >= 12, "{arch:?}: top-1 equal on only {same_top} of 13 rows");
+    }
+}
+
 /// A random tree of `n` nodes, parents before children.
 fn random_parents(r: &mut StdRng, n: usize) -> Vec<Option<usize>> {
     (0..n).map(|i| if i == 0 { None } else if r.gen_bool(0.15) { None } else { Some(r.gen_range(0..i)) }).collect()

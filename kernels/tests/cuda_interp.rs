@@ -159,6 +159,79 @@ fn silu_mul_and_add_match_reference() {
 }
 
 #[test]
+fn copy_rows_sets_matrices_side_by_side_and_gathers_rows() {
+    let mut r = StdRng::seed_from_u64(12);
+    for &(rows, width) in &[(1, 576), (5, 577), (9, 33)] {
+        let (a, b) = (randv(&mut r, rows * width, 1.0), randv(&mut r, rows * width, 1.0));
+        let mut cat = vec![f32::NAN; rows * 2 * width];
+        let mut want = cat.clone();
+        for (src, off) in [(&a, 0), (&b, width)] {
+            reference::copy_rows(src, width, None, rows, &mut want[off..], 2 * width, rows, width);
+            unsafe {
+                interp::launch(
+                    "copy_rows",
+                    LaunchConfig::linear(3, 128),
+                    &[A::ptr(src.as_ptr()), A::I32(width as i32), A::ptr(std::ptr::null::<i32>()), A::I32(rows as i32), A::ptr(cat[off..].as_mut_ptr()), A::I32(2 * width as i32), A::I32(rows as i32), A::I32(width as i32)],
+                )
+                .unwrap();
+            }
+        }
+        assert_eq!(cat, want, "{rows} x {width} side by side");
+        assert_eq!(&cat[2 * width * (rows - 1) + width..], &b[width * (rows - 1)..], "the last row's right half");
+        // A gather, with an index outside the source that must be skipped.
+        let sel = [rows as i32 - 1, rows as i32, 0, -1];
+        let mut got = vec![7.0f32; sel.len() * width];
+        let mut want = got.clone();
+        reference::copy_rows(&a, width, Some(&sel), rows, &mut want, width, sel.len(), width);
+        unsafe {
+            interp::launch(
+                "copy_rows",
+                LaunchConfig::linear(2, 64),
+                &[A::ptr(a.as_ptr()), A::I32(width as i32), A::ptr(sel.as_ptr()), A::I32(rows as i32), A::ptr(got.as_mut_ptr()), A::I32(width as i32), A::I32(sel.len() as i32), A::I32(width as i32)],
+            )
+            .unwrap();
+        }
+        assert_eq!(got, want, "{rows} x {width} gathered");
+        assert_eq!(&got[..width], &a[(rows - 1) * width..], "the gathered first row");
+        assert!(got[width..2 * width].iter().all(|&v| v == 7.0), "an index past the source was read");
+    }
+}
+
+#[test]
+fn to_bf16_rounds_like_the_reference_and_the_library_gemm_is_the_reference() {
+    use aerie_kernels::cuda::device::{Device, DeviceExt, InterpDevice};
+    let mut r = StdRng::seed_from_u64(13);
+    let mut x = randv(&mut r, 999, 3.0);
+    x[0] = f32::NAN;
+    x[1] = f32::INFINITY;
+    x[2] = 1.0 + 1.0 / 256.0; // a tie: to even (1.0)
+    let mut y = vec![0u16; x.len()];
+    unsafe { interp::launch("to_bf16", LaunchConfig::linear(2, 128), &[A::ptr(x.as_ptr()), A::ptr(y.as_mut_ptr()), A::I64(x.len() as i64)]).unwrap() };
+    let want = reference::f32_to_bf16(&x);
+    assert!(bf16::from_bits(y[0]).is_nan());
+    assert_eq!(&y[1..], &want[1..]);
+    assert_eq!(bf16::from_bits(y[2]).to_f32(), 1.0);
+
+    // The interpreted device's library GEMM against an f64 sum of the same
+    // bf16 inputs, with a weight offset, and its bounds checked.
+    let dev = InterpDevice::new(1 << 24);
+    let (rows, n, k) = (3, 37, 130);
+    let xb: Vec<u16> = reference::f32_to_bf16(&randv(&mut r, rows * k, 1.0));
+    let wb: Vec<u16> = reference::f32_to_bf16(&randv(&mut r, (n + 2) * k, 1.0));
+    let (dx, dw, dy) = (dev.upload_slice(&xb).unwrap(), dev.upload_slice(&wb).unwrap(), dev.alloc(rows * n * 4).unwrap());
+    dev.gemm_bf16(&dx, &dw, 2 * k * 2, &dy, rows, n, k).unwrap();
+    let got: Vec<f32> = dev.download_vec(&dy, 0, rows * n).unwrap();
+    let f = |b: u16| bf16::from_bits(b).to_f64();
+    for i in 0..rows {
+        for j in 0..n {
+            let want: f64 = (0..k).map(|t| f(xb[i * k + t]) * f(wb[(j + 2) * k + t])).sum();
+            assert!((got[i * n + j] as f64 - want).abs() < 1e-4 * want.abs().max(1.0), "y[{i},{j}] = {}, want {want}", got[i * n + j]);
+        }
+    }
+    assert!(dev.gemm_bf16(&dx, &dw, 3 * k * 2, &dy, rows, n, k).is_err(), "a weight range past the buffer");
+}
+
+#[test]
 fn argmax_is_exact_with_ties_nans_and_any_block_size() {
     let mut r = StdRng::seed_from_u64(5);
     let vocab = 3001;

@@ -48,6 +48,10 @@ pub struct ForwardBenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// `auto` measures the batch-invariant kernels (what serving with
+    /// speculation runs); `library` measures cuBLAS, for their cost.
+    #[command(flatten)]
+    pub gemm: crate::device_args::GemmArgs,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -121,6 +125,7 @@ pub fn run(a: ForwardBenchArgs) -> Result<()> {
     if let Some(dev) = device {
         model = model.to_device(dev, tokens_needed)?;
     }
+    model.set_batch_invariant(a.gemm.batch_invariant(true));
     let load_s = t.elapsed().as_secs_f64();
     let vocab = cfg.vocab_size as u64;
     let run = greedy_decode(&model, a.prompt_len, a.decode_steps, 2)?;
@@ -160,6 +165,7 @@ pub fn run(a: ForwardBenchArgs) -> Result<()> {
     let gbs = step_bytes / (decode_ms / 1e3) / 1e9;
     let report = serde_json::json!({
         "device": model.device_name(),
+        "batch_invariant": model.batch_invariant(),
         "model": a.model,
         "random_weights": a.random_weights,
         "params": params,
@@ -177,7 +183,8 @@ pub fn run(a: ForwardBenchArgs) -> Result<()> {
         println!("{report}");
         return Ok(());
     }
-    println!("{} on {} ({:.2} B parameters, loaded in {:.1} s)", a.model, model.device_name(), params / 1e9, load_s);
+    let gemm = if model.batch_invariant() { "batch-invariant projections" } else { "library GEMM (cuBLAS)" };
+    println!("{} on {} ({:.2} B parameters, loaded in {:.1} s), {gemm}", a.model, model.device_name(), params / 1e9, load_s);
     println!("prefill {} tokens: {prefill_ms:.1} ms ({:.0} tok/s)", a.prompt_len, a.prompt_len as f64 / (prefill_ms / 1e3));
     print!("decode (batch 1): {decode_ms:.2} ms/step, {:.1} tok/s", 1e3 / decode_ms);
     if on_device {

@@ -14,8 +14,71 @@ use aerie_engine::cuda::select::DeviceSpec;
 use aerie_engine::{DType, Model};
 use aerie_kernels::cuda::device::Device;
 use anyhow::{bail, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use std::sync::Arc;
+
+/// How a device runs its projections.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmMode {
+    /// Batch-invariant where speculation can run (target workers; `generate`
+    /// and `serve` with a drafter), the library GEMM for plain decoding.
+    Auto,
+    /// Aerie's kernels: each row reduced in a fixed order, whatever else is
+    /// in the batch, so greedy speculation equals plain decoding.
+    BatchInvariant,
+    /// cuBLAS: faster on large batches, but a row's logits may depend on
+    /// the batch (speculation is then no longer lossless).
+    Library,
+}
+
+/// `--gemm-mode`, and SGLang's `--enable-deterministic-inference`.
+#[derive(Args, Debug, Clone)]
+pub struct GemmArgs {
+    /// Projections on a CUDA device: `auto`, `batch-invariant` or `library`
+    /// (cuBLAS). No effect on the CPU, which is batch invariant.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub gemm_mode: GemmMode,
+    /// Batch-invariant kernels everywhere (SGLang's flag; the same as
+    /// `--gemm-mode batch-invariant`).
+    #[arg(long)]
+    pub enable_deterministic_inference: bool,
+}
+
+impl GemmArgs {
+    /// Whether projections run batch invariant, for a process that
+    /// `speculates` (or may).
+    pub fn batch_invariant(&self, speculates: bool) -> bool {
+        match (self.enable_deterministic_inference, self.gemm_mode) {
+            (true, _) | (_, GemmMode::BatchInvariant) => true,
+            (_, GemmMode::Library) => false,
+            (_, GemmMode::Auto) => speculates,
+        }
+    }
+
+    /// The flags for a child process.
+    pub fn to_args(&self) -> Vec<String> {
+        let mode = self.gemm_mode.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_else(|| "auto".into());
+        let mut v = vec!["--gemm-mode".to_string(), mode];
+        if self.enable_deterministic_inference {
+            v.push("--enable-deterministic-inference".into());
+        }
+        v
+    }
+
+    /// Sets `model`'s projections for a process that `speculates`, and
+    /// says in the log which it chose when the model is on a device.
+    pub fn apply(&self, model: &Model, speculates: bool) -> Result<()> {
+        let on = self.batch_invariant(speculates);
+        if speculates && !on {
+            bail!("--gemm-mode library makes a row's logits depend on its batch, so speculation would not be lossless: use batch-invariant (or auto)");
+        }
+        model.set_batch_invariant(on);
+        if model.cuda().is_some() {
+            tracing::info!("device projections: {}", if on { "batch-invariant kernels" } else { "library GEMM (cuBLAS)" });
+        }
+        Ok(())
+    }
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {
@@ -33,6 +96,8 @@ pub struct DeviceArgs {
     /// (CPU); `float16` is refused until the kernels have an f16 path.
     #[arg(long, default_value = "auto")]
     pub dtype: DType,
+    #[command(flatten)]
+    pub gemm: GemmArgs,
 }
 
 fn parse_fraction(s: &str) -> std::result::Result<f64, String> {
@@ -55,7 +120,9 @@ impl DeviceArgs {
             DType::BFloat16 => "bfloat16",
             DType::Float16 => "float16",
         };
-        vec!["--device".into(), dev, "--mem-fraction-static".into(), self.mem_fraction_static.to_string(), "--dtype".into(), dtype.into()]
+        let mut v = vec!["--device".into(), dev, "--mem-fraction-static".into(), self.mem_fraction_static.to_string(), "--dtype".into(), dtype.into()];
+        v.extend(self.gemm.to_args());
+        v
     }
 
     /// The precision to load the checkpoint in for this device, or why the

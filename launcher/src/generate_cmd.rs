@@ -51,6 +51,8 @@ pub struct GenerateArgs {
     /// interpreter, which runs the CUDA kernels on the CPU (slow; for tests).
     #[arg(long, default_value = "cpu")]
     pub device: aerie_engine::cuda::select::DeviceSpec,
+    #[command(flatten)]
+    pub gemm: crate::device_args::GemmArgs,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -74,12 +76,15 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let dtype = a.dtype.for_device(a.device != aerie_engine::cuda::select::DeviceSpec::Cpu).map_err(anyhow::Error::msg)?;
     let device = aerie_engine::cuda::select::open_device(a.device)?;
     let mut engine = Engine::load(&a.model, dtype).with_context(|| format!("loading model `{}`", a.model))?;
+    // The drafter's head (or STANDALONE model) drafts on the same device.
+    let mut draft_device = None;
     if let Some(dev) = device {
         let model = std::sync::Arc::try_unwrap(engine.model).map_err(|_| anyhow::anyhow!("the model is shared"))?;
         // Room for the prompt (no more tokens than bytes, plus the chat
         // template's), the answer, and a verified tree past its end.
         let prompt_bound = prompt.len() + a.system.as_ref().map_or(0, String::len) + 256;
         let tokens = model.config.max_position_embeddings.min(prompt_bound + a.max_tokens + 256);
+        draft_device = Some((dev.clone(), tokens));
         engine.model = std::sync::Arc::new(model.to_device(dev, tokens)?);
     }
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
@@ -103,9 +108,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     spec.apply_mtp_defaults(&a.model);
     spec.apply_shipped_head_defaults(|| aerie_draft_worker::shipped_head(&engine.model));
     let factory = match spec.options() {
-        Some(o) => Some(ProposerFactory::new(o, engine.model.clone(), &engine.tokenizer).context("setting up speculative decoding")?),
+        Some(o) => Some(ProposerFactory::new_on(o, engine.model.clone(), &engine.tokenizer, draft_device).context("setting up speculative decoding")?),
         None => None,
     };
+    a.gemm.apply(&engine.model, factory.is_some())?;
     let mut on_token = |id| {
         if !json {
             if let Ok(Some(text)) = dec.push(tok, id) {
@@ -139,6 +145,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 "prefill_tok_s": out.stats.prefill_tok_s,
                 "decode_tok_s": out.stats.decode_tok_s,
                 "threads": aerie_kernels::cpu::pool::threads(),
+                "batch_invariant": engine.model.batch_invariant(),
                 "peak_rss_mb": peak_rss_mb(),
             }
         });

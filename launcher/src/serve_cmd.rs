@@ -433,7 +433,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
             ];
             args.extend(etcd_flags(&a, Some(&format!("serve-target-{i}"))));
             args.extend(fixed_ports(&a.host, &mut taken));
-            let share = crate::device_args::DeviceArgs { mem_fraction_static: a.device.mem_fraction_static / a.target_workers.max(1) as f64, ..a.device.clone() };
+            let mut share = crate::device_args::DeviceArgs { mem_fraction_static: a.device.mem_fraction_static / a.target_workers.max(1) as f64, ..a.device.clone() };
+            // Plain decoding has no use for batch invariance: `auto` is the library GEMM then.
+            if !speculate && share.gemm.gemm_mode == crate::device_args::GemmMode::Auto {
+                share.gemm.gemm_mode = crate::device_args::GemmMode::Library;
+            }
             args.extend(share.to_args());
             if a.speculative_adaptive && speculate {
                 args.push("--speculative-adaptive".into());

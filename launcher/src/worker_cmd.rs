@@ -222,6 +222,18 @@ pub fn run_target(a: TargetWorkerArgs, threads: Option<usize>) -> Result<()> {
         }
         engine.model = Arc::new(model);
     }
+    // A target worker verifies drafts whenever a draft worker pairs with it:
+    // batch-invariant projections unless told otherwise (`aerie serve
+    // --no-speculation` passes library).
+    let invariant = a.device.gemm.batch_invariant(true);
+    engine.model.set_batch_invariant(invariant);
+    if engine.model.cuda().is_some() {
+        if invariant {
+            tracing::info!("device projections: batch-invariant kernels");
+        } else {
+            tracing::warn!("device projections: library GEMM (cuBLAS); drafts verified here may not give plain decoding's tokens");
+        }
+    }
     let cfg = TargetConfig {
         model_id: a.model_path.clone(),
         max_running_requests: a.max_running_requests,
@@ -312,19 +324,32 @@ async fn group_failure(shared: Arc<aerie_target_worker::scheduler::Shared>) -> S
     }
 }
 
+/// Most KV tokens a draft worker's device pool holds per head layer.
+const DRAFT_KV_TOKENS: usize = 1 << 16;
+
 pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
     // Drafters read the target's embedding, lm_head and tokenizer, never
     // its decoder layers (MTP layers and heads are loaded on their own).
-    // The drafters compute on the host for now: their heads' layers have no
-    // device kernels yet, and they read the target's embedding and lm_head
-    // as host matrices. `--device` is accepted (and checked) so that one
-    // flag set serves every role, as in SGLang.
+    // With `--device cuda[:N]` a head's layers and lm_head (or a STANDALONE
+    // draft model) run there; the target's embedding stays on the host,
+    // where the drafter builds each row's input.
     a.device.load_dtype()?;
-    if a.device.device != aerie_engine::cuda::select::DeviceSpec::Cpu {
-        tracing::warn!("--device {:?}: the draft heads run on the CPU for now; nothing is placed on the device", a.device.device);
-    }
+    // The device first: no driver is an error before any loading.
+    let device = aerie_engine::cuda::select::open_device(a.device.device)?;
     let engine = Engine::load_for_drafting(&a.model_path, DType::Auto)
         .with_context(|| format!("loading target model `{}`", a.model_path))?;
+    let device = match device {
+        Some(dev) => {
+            let (_, total) = dev.memory();
+            // Counted as the target's shape with one layer (a head: the
+            // embedding-sized lm_head and a decoder layer), at most
+            // DRAFT_KV_TOKENS: a colocated target needs the rest.
+            let tokens = crate::device_args::kv_tokens_that_fit(&engine.model.config, 1, total as u64, a.device.mem_fraction_static, DRAFT_KV_TOKENS)?;
+            tracing::info!("drafting on {}: KV pool of {tokens} tokens per head layer", dev.name());
+            Some((dev, tokens))
+        }
+        None => None,
+    };
     let mut spec = a.spec.clone();
     if spec.speculative_algorithm.is_none() {
         spec.speculative_algorithm = Some(SpecAlgorithm::Eagle);
@@ -337,7 +362,7 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| format!("{:?} default", opts.algorithm));
-    let factory = ProposerFactory::new(opts, engine.model.clone(), &engine.tokenizer)
+    let factory = ProposerFactory::new_on(opts, engine.model.clone(), &engine.tokenizer, device)
         .context("loading the drafter")?;
     let handle = metrics_http::install()?;
     let rt = runtime()?;

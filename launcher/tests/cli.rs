@@ -269,7 +269,8 @@ fn train_eagle_through_a_pipe_reports_progress_and_writes_a_usable_head() {
 /// `--device cuda` on a machine without an NVIDIA driver is one line on
 /// stderr and a non-zero exit, before any loading; with
 /// AERIE_CUDA_INTERPRET=1 the same command runs the CUDA path on the CPU,
-/// and speculation there emits the CUDA path's plain greedy tokens.
+/// and speculation there emits the CUDA path's plain greedy tokens; plain
+/// decoding runs the library GEMM unless batch invariance is asked for.
 #[test]
 fn generate_on_the_cuda_device() {
     let _g = crate::common::shared();
@@ -296,10 +297,24 @@ fn generate_on_the_cuda_device() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    let plain = run(&[]);
+    // Plain decoding takes the library GEMM by default; with a drafter, or
+    // asked for, the batch-invariant kernels; and speculation refuses the
+    // library GEMM, which would not be lossless.
+    let library = run(&[]);
+    assert_eq!(library["stats"]["batch_invariant"], false, "{}", library["stats"]);
+    assert_eq!(library["token_ids"].as_array().unwrap().len(), 10);
+    let plain = run(&["--enable-deterministic-inference"]);
     let spec = run(&["--speculative-algorithm", "NGRAM"]);
+    assert_eq!((plain["stats"]["batch_invariant"].as_bool(), spec["stats"]["batch_invariant"].as_bool()), (Some(true), Some(true)));
     assert_eq!(plain["token_ids"].as_array().unwrap().len(), 10);
     assert_eq!(plain["token_ids"], spec["token_ids"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_aerie"))
+        .args(["generate", "--model", m.to_str().unwrap(), "--prompt", "hi", "--max-tokens", "2", "--device", "cuda", "--gemm-mode", "library", "--speculative-algorithm", "NGRAM"])
+        .env("AERIE_CUDA_INTERPRET", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--gemm-mode library") && err.contains("lossless"), "{err}");
 }
 
 /// `aerie bench forward --random-weights` builds a model of a config.json's

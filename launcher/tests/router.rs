@@ -224,7 +224,7 @@ fn greedy_text_is_identical_with_and_without_speculation() {
 
 /// `aerie serve --device cuda` (the interpreter: the host code and `.cu`
 /// kernels a GPU runs) serves the default speculative cluster with the
-/// target and the drafter's logits on the device: greedy text equals the
+/// target, and the draft worker's EAGLE head, on the device: greedy text equals the
 /// CUDA path's plain decoding in process, and the target exports its device
 /// memory and KV pool.
 #[test]

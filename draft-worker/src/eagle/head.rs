@@ -17,12 +17,16 @@ use super::mtp::{MtpCheckpoint, MtpLayout};
 use crate::error::{DraftError, Result};
 use crate::token_map::TokenMap;
 use aerie_engine::config::ModelConfig;
+use aerie_engine::cuda::head::{DeviceHead, HeadInput, HeadSeq, HeadWeights};
+use aerie_engine::cuda::layer::LayerWeights;
 use aerie_engine::layers::{self, add_into, norm_rows, AttnPlan, AttnShape, Rope};
 use aerie_engine::loader::hf::SafetensorsDir;
 use aerie_engine::weights::Linear;
 use aerie_engine::{AttnMask, EngineError, KvCache, Model};
 use aerie_kernels::cpu::{BlockFormat, Matrix};
+use aerie_kernels::cuda::device::Device;
 use std::path::Path;
+use std::sync::Arc;
 
 /// One sequence's rows for [`EagleHead::forward_many`].
 pub struct HeadRows<'a> {
@@ -74,6 +78,10 @@ pub struct EagleHead {
     /// Target layers feeding EAGLE-3's fc (empty for EAGLE-1/2).
     pub aux_layers: Vec<usize>,
     mtp: Option<MtpParts>,
+    /// The layers and lm_head on a CUDA device (a GPU or the interpreter),
+    /// where [`EagleHead::to_device`] put them: `forward`, `logits` and the
+    /// caches follow it, as a [`Model`]'s do.
+    device: Option<DeviceHead>,
 }
 
 /// Finds `name` with or without a `model.` prefix.
@@ -180,7 +188,7 @@ impl EagleHead {
         // interleaved pairs, but heads are published, trained and loaded by
         // SGLang with the half-split pairing.
         let rope = Rope::new(&c.inv_freqs(), c.rope_theta, c.rope_style);
-        Ok(EagleHead { config, fc, layers: layers_w, hidden_norm, final_norm, lm_head, vocab_map, rope, aux_layers, mtp: None })
+        Ok(EagleHead { config, fc, layers: layers_w, hidden_norm, final_norm, lm_head, vocab_map, rope, aux_layers, mtp: None, device: None })
     }
 
     /// Loads MTP layer `layer` of `ck` (a target's own checkpoint, or a
@@ -229,7 +237,7 @@ impl EagleHead {
             (None, head) => (head, None),
         };
         let rope = Rope::new(&c.inv_freqs(), c.rope_theta, c.rope_style);
-        Ok(EagleHead { config, fc, layers: vec![l], hidden_norm: None, final_norm, lm_head, vocab_map, rope, aux_layers: Vec::new(), mtp: Some(mtp) })
+        Ok(EagleHead { config, fc, layers: vec![l], hidden_norm: None, final_norm, lm_head, vocab_map, rope, aux_layers: Vec::new(), mtp: Some(mtp), device: None })
     }
 
     /// Stores the head's weight matrices, and the hot lm_head rows, as Q8_0.
@@ -252,6 +260,59 @@ impl EagleHead {
         }
     }
 
+    /// The same head with its layers, norms and lm_head on `dev` (bf16
+    /// matrices, as the target's on a device), and a KV pool of
+    /// `max_total_tokens` for its caches. A head without its own lm_head
+    /// takes a copy of the target's rows (all of them, or its token map's).
+    /// Call it before [`Self::quantized_q8`]: the device gets the
+    /// checkpoint's own values, not 8-bit ones.
+    pub fn to_device(mut self, target: &Model, dev: Arc<dyn Device>, max_total_tokens: usize) -> Result<EagleHead> {
+        let c = &self.config.llama;
+        let h = c.hidden_size;
+        let dense: Vec<[Vec<f32>; 4]> = self.layers.iter().map(|l| [l.qkv.dense_f32(), l.wo.to_f32_vec(), l.gate_up.dense_f32(), l.down.to_f32_vec()]).collect();
+        let eagle3 = self.kind() == EagleKind::Eagle3;
+        let attn_in = if eagle3 { 2 * h } else { h };
+        let layers = self
+            .layers
+            .iter()
+            .zip(&dense)
+            .map(|(l, [qkv, wo, gate_up, down])| LayerWeights {
+                // EAGLE-3's input norm applies to the embedding half, which
+                // the host computes (`side` in `forward_many`).
+                input_norm: if eagle3 { None } else { l.input_norm.as_deref() },
+                qkv,
+                qkv_bias: l.qkv.bias.as_deref(),
+                wo,
+                post_norm: &l.post_norm,
+                gate_up,
+                down,
+                attn_in,
+            })
+            .collect();
+        let fc = self.fc.dense_f32();
+        let fc_width = fc.len() / h;
+        let lm_head = match &self.lm_head {
+            Some(m) => m.to_f32_vec(),
+            None => target.weights.lm_head().to_f32_vec(),
+        };
+        let w = HeadWeights {
+            // An EAGLE-3 head projects target features; its draft states go in as they are.
+            fc: Some((&fc, self.fc.bias.as_deref(), fc_width)),
+            layers,
+            hidden_norm: self.hidden_norm.as_deref(),
+            out_norm: self.mtp.as_ref().and_then(|p| p.out_norm.as_deref()),
+            final_norm: self.final_norm.as_deref(),
+            lm_head: &lm_head,
+        };
+        self.device = Some(DeviceHead::new(dev, c, w, max_total_tokens)?);
+        Ok(self)
+    }
+
+    /// Where the head runs, for logs: "cpu" or the device's name.
+    pub fn device_name(&self) -> String {
+        self.device.as_ref().map_or_else(|| "cpu".to_string(), |d| d.device().name())
+    }
+
     pub fn kind(&self) -> EagleKind {
         self.config.kind
     }
@@ -264,9 +325,12 @@ impl EagleHead {
         }
     }
 
-    /// A KV cache for this head.
+    /// A KV cache for this head (on its device's pool when it has one).
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(&self.config.llama)
+        match &self.device {
+            Some(d) => d.new_cache(),
+            None => KvCache::new(&self.config.llama),
+        }
     }
 
     pub fn llama(&self) -> &ModelConfig {
@@ -308,51 +372,32 @@ impl EagleHead {
         let states: Vec<f32> = live.iter().flat_map(|&i| seqs[i].states.iter().copied()).collect();
         let positions: Vec<u32> = live.iter().flat_map(|&i| seqs[i].positions.iter().copied()).collect();
         let emb = target.embed(&tokens)?;
+        let proj_in = self.projection_input(&emb, &states, &positions, width)?;
+        if let Some(d) = &self.device {
+            // EAGLE-3's midlayer sees the normed embedding beside the normed state.
+            let side = match (self.kind(), self.layers.first().and_then(|l| l.input_norm.as_ref())) {
+                (EagleKind::Eagle3, Some(w)) => {
+                    let mut e = vec![0.0f32; n * h];
+                    norm_rows(&emb, w, c.rms_norm_eps, &mut e);
+                    Some(e)
+                }
+                _ => None,
+            };
+            let mut rows: Vec<HeadSeq> = Vec::with_capacity(live.len());
+            for r in seqs.iter_mut().filter(|r| !r.tokens.is_empty()) {
+                rows.push(HeadSeq { cache: &mut *r.cache, tokens: r.tokens, positions: r.positions, mask: r.mask.clone() });
+            }
+            let input = match &proj_in {
+                Some(p) => HeadInput::Project(p),
+                None => HeadInput::States(&states),
+            };
+            let x = d.forward(&mut rows, input, side.as_deref())?;
+            return Ok(split_rows(&x, seqs, &live, h));
+        }
         let mut x = vec![0.0f32; n * h];
-        match self.kind() {
-            EagleKind::Eagle => {
-                if width != h {
-                    return Err(EngineError::InvalidInput(format!("EAGLE head takes {h}-wide features, got {width}")).into());
-                }
-                let mut cat = Vec::with_capacity(n * 2 * h);
-                for i in 0..n {
-                    cat.extend_from_slice(&emb[i * h..(i + 1) * h]);
-                    cat.extend_from_slice(&states[i * h..(i + 1) * h]);
-                }
-                self.fc.forward(&cat, n, &mut x);
-            }
-            EagleKind::Mtp => {
-                let p = self.mtp.as_ref().expect("an MTP head has its parts");
-                if width != h {
-                    return Err(EngineError::InvalidInput(format!("MTP layer takes {h}-wide features, got {width}")).into());
-                }
-                // The row at position 0 has no previous token to stand for.
-                let mut e = emb.clone();
-                for (i, &pos) in positions.iter().enumerate() {
-                    if pos == 0 {
-                        e[i * h..(i + 1) * h].iter_mut().for_each(|v| *v = 0.0);
-                    }
-                }
-                let (mut en, mut hn) = (vec![0.0f32; n * h], vec![0.0f32; n * h]);
-                norm_rows(&e, &p.token_norm, c.rms_norm_eps, &mut en);
-                norm_rows(&states, &p.hidden_norm, c.rms_norm_eps, &mut hn);
-                let (a, b) = if p.hidden_first { (&hn, &en) } else { (&en, &hn) };
-                let mut cat = Vec::with_capacity(n * 2 * h);
-                for i in 0..n {
-                    cat.extend_from_slice(&a[i * h..(i + 1) * h]);
-                    cat.extend_from_slice(&b[i * h..(i + 1) * h]);
-                }
-                self.fc.forward(&cat, n, &mut x);
-            }
-            EagleKind::Eagle3 => {
-                if width == h {
-                    x.copy_from_slice(&states);
-                } else if width == self.feature_width() {
-                    self.fc.forward(&states, n, &mut x);
-                } else {
-                    return Err(EngineError::InvalidInput(format!("EAGLE-3 head takes {}-wide target features or {h}-wide states, got {width}", self.feature_width())).into());
-                }
-            }
+        match proj_in {
+            Some(p) => self.fc.forward(&p, n, &mut x),
+            None => x.copy_from_slice(&states),
         }
         let spans: Vec<(usize, &AttnMask)> = live.iter().map(|&i| (seqs[i].cache.len(), &seqs[i].mask)).collect();
         let counts: Vec<usize> = live.iter().map(|&i| seqs[i].tokens.len()).collect();
@@ -396,18 +441,67 @@ impl EagleHead {
         if let Some(w) = self.mtp.as_ref().and_then(|p| p.out_norm.as_ref()) {
             norm_rows(&x.clone(), w, c.rms_norm_eps, &mut x);
         }
-        let mut out = vec![Vec::new(); seqs.len()];
-        let mut at = 0;
-        for &i in &live {
-            let k = seqs[i].tokens.len();
-            out[i] = x[at * h..(at + k) * h].to_vec();
-            at += k;
+        Ok(split_rows(&x, seqs, &live, h))
+    }
+
+    /// What the input projection takes for these rows (`None`: EAGLE-3
+    /// draft states, which enter the layers as they are): EAGLE-1/2 the
+    /// embedding beside the feature, MTP the two normed, EAGLE-3 its three
+    /// aux layers as they came.
+    fn projection_input(&self, emb: &[f32], states: &[f32], positions: &[u32], width: usize) -> Result<Option<Vec<f32>>> {
+        let c = &self.config.llama;
+        let h = c.hidden_size;
+        let n = positions.len();
+        let side_by_side = |a: &[f32], b: &[f32]| {
+            let mut cat = Vec::with_capacity(n * 2 * h);
+            for i in 0..n {
+                cat.extend_from_slice(&a[i * h..(i + 1) * h]);
+                cat.extend_from_slice(&b[i * h..(i + 1) * h]);
+            }
+            cat
+        };
+        match self.kind() {
+            EagleKind::Eagle => {
+                if width != h {
+                    return Err(EngineError::InvalidInput(format!("EAGLE head takes {h}-wide features, got {width}")).into());
+                }
+                Ok(Some(side_by_side(emb, states)))
+            }
+            EagleKind::Mtp => {
+                let p = self.mtp.as_ref().expect("an MTP head has its parts");
+                if width != h {
+                    return Err(EngineError::InvalidInput(format!("MTP layer takes {h}-wide features, got {width}")).into());
+                }
+                // The row at position 0 has no previous token to stand for.
+                let mut e = emb.to_vec();
+                for (i, &pos) in positions.iter().enumerate() {
+                    if pos == 0 {
+                        e[i * h..(i + 1) * h].iter_mut().for_each(|v| *v = 0.0);
+                    }
+                }
+                let (mut en, mut hn) = (vec![0.0f32; n * h], vec![0.0f32; n * h]);
+                norm_rows(&e, &p.token_norm, c.rms_norm_eps, &mut en);
+                norm_rows(states, &p.hidden_norm, c.rms_norm_eps, &mut hn);
+                let (a, b) = if p.hidden_first { (&hn, &en) } else { (&en, &hn) };
+                Ok(Some(side_by_side(a, b)))
+            }
+            EagleKind::Eagle3 => {
+                if width == h {
+                    Ok(None)
+                } else if width == self.feature_width() {
+                    Ok(Some(states.to_vec()))
+                } else {
+                    Err(EngineError::InvalidInput(format!("EAGLE-3 head takes {}-wide target features or {h}-wide states, got {width}", self.feature_width())).into())
+                }
+            }
         }
-        Ok(out)
     }
 
     /// Draft logits (`rows × draft vocab`) of output states from [`Self::forward`].
-    pub fn logits(&self, target: &Model, states: &[f32]) -> Vec<f32> {
+    pub fn logits(&self, target: &Model, states: &[f32]) -> Result<Vec<f32>> {
+        if let Some(d) = &self.device {
+            return Ok(d.logits(states)?);
+        }
         let c = &self.config.llama;
         let h = c.hidden_size;
         let n = states.len() / h;
@@ -425,7 +519,7 @@ impl EagleHead {
             Some(m) => {
                 let mut out = vec![0.0f32; n * m.rows];
                 m.matmul_f32_act(input, n, &mut out);
-                out
+                Ok(out)
             }
             None => {
                 // Drafts only need a good guess, not the target's exact
@@ -434,7 +528,7 @@ impl EagleHead {
                 let m = target.weights.lm_head();
                 let mut out = vec![0.0f32; n * m.rows];
                 m.matmul(input, n, &mut out);
-                out
+                Ok(out)
             }
         }
     }
@@ -448,6 +542,18 @@ impl EagleHead {
     pub fn target_id(&self, i: u32) -> u32 {
         self.vocab_map.as_ref().map_or(i, |m| m[i as usize])
     }
+}
+
+/// Each live sequence's rows of stacked output states.
+fn split_rows(x: &[f32], seqs: &[HeadRows], live: &[usize], h: usize) -> Vec<Vec<f32>> {
+    let mut out = vec![Vec::new(); seqs.len()];
+    let mut at = 0;
+    for &i in live {
+        let k = seqs[i].tokens.len();
+        out[i] = x[at * h..(at + k) * h].to_vec();
+        at += k;
+    }
+    out
 }
 
 /// The target's lm_head rows of a token map's ids, and the ids.

@@ -118,7 +118,7 @@ impl DraftNet for HeadNet<'_> {
             self.chain_rows += n;
             (&*layer.head, x)
         };
-        let logits = head.logits(self.target, &x);
+        let logits = head.logits(self.target, &x)?;
         let dv = head.draft_vocab(self.target);
         let topk = rows_top_k(&logits, dv, topk, &|i| head.target_id(i));
         Ok(DraftOut { topk, states: Features { width: head.llama().hidden_size, data: x } })
@@ -240,7 +240,7 @@ impl Proposer for EagleProposer {
         let x = self.head.forward(&self.target, &mut self.cache, tokens, &self.pending.data, &positions, AttnMask::Causal)?;
         let h = self.head.llama().hidden_size;
         let last = x[(n - 1) * h..].to_vec();
-        let logits = self.head.logits(&self.target, &last);
+        let logits = self.head.logits(&self.target, &last)?;
         let dv = self.head.draft_vocab(&self.target);
         // More than topk, so a constrained request finds admissible ones.
         let topk = rows_top_k(&logits, dv, listed(self.tree.topk), &|i| self.head.target_id(i)).remove(0);
@@ -304,6 +304,7 @@ pub fn catch_up_many(props: &mut [&mut EagleProposer]) -> aerie_engine::Result<(
                 (p.tokens[t0 + 1..t0 + 1 + n].to_vec(), (t0..t0 + n).map(|t| t as u32).collect())
             })
             .collect();
+        let lens: Vec<usize> = group.iter().map(|&j| props[j].cache.len()).collect();
         let mut caches: Vec<KvCache> = group.iter().map(|&j| std::mem::replace(&mut props[j].cache, head_cache(&props[j].head))).collect();
         let pending: Vec<Vec<f32>> = group.iter().map(|&j| std::mem::take(&mut props[j].pending.data)).collect();
         let outs = {
@@ -328,7 +329,18 @@ pub fn catch_up_many(props: &mut [&mut EagleProposer]) -> aerie_engine::Result<(
             }
         };
         let lasts: Vec<f32> = outs.iter().flat_map(|x| x[x.len() - h..].iter().copied()).collect();
-        let logits = head.logits(&target, &lasts);
+        let logits = match head.logits(&target, &lasts) {
+            Ok(l) => l,
+            Err(e) => {
+                // The rows just cached are dropped again: nothing advanced.
+                for (((&j, mut cache), data), len) in group.iter().zip(caches).zip(pending).zip(lens) {
+                    cache.truncate(len);
+                    props[j].cache = cache;
+                    props[j].pending.data = data;
+                }
+                return Err(e.into());
+            }
+        };
         let dv = head.draft_vocab(&target);
         let topks = rows_top_k(&logits, dv, listed(props[first].tree.topk), &|i| head.target_id(i));
         for (k, ((&j, cache), topk)) in group.iter().zip(caches).zip(topks).enumerate() {

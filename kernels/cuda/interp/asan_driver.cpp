@@ -8,6 +8,7 @@
 #include "../add.cu"
 #include "../argmax.cu"
 #include "../attention.cu"
+#include "../copy_rows.cu"
 #include "../embedding.cu"
 #include "../kv_append.cu"
 #include "../kv_move.cu"
@@ -16,6 +17,7 @@
 #include "../rms_norm.cu"
 #include "../rope.cu"
 #include "../silu_mul.cu"
+#include "../to_bf16.cu"
 #include "selftest.cu"
 
 #include <cstdio>
@@ -84,6 +86,23 @@ int main(int argc, char** argv) {
     float* best_v = buffer<float>(rows, 9);
     run("argmax_rows", +[](void** p) { aerie_interp::call_with_params(argmax_rows, p); },
         {&logits, &best, &best_v, &rows, &vocab}, rows, 1, 256);
+
+    // Two row sets side by side, then a gather with an index past the end
+    // (skipped, never read).
+    int width = hidden, wide = 2 * hidden, src_count = rows, nsel = 3;
+    float* cat = buffer<float>((size_t)rows * wide, 22);
+    float* right = cat + hidden;
+    const int* no_rows = nullptr;
+    run("copy_rows", +[](void** p) { aerie_interp::call_with_params(copy_rows, p); },
+        {&x, &width, &no_rows, &src_count, &right, &wide, &rows, &width}, 3, 1, 128);
+    int* sel = static_cast<int*>(std::malloc(nsel * sizeof(int)));
+    sel[0] = rows - 1; sel[1] = rows; sel[2] = 0;
+    float* gathered = buffer<float>((size_t)nsel * hidden, 23);
+    run("copy_rows gather", +[](void** p) { aerie_interp::call_with_params(copy_rows, p); },
+        {&x, &width, &sel, &src_count, &gathered, &width, &nsel, &width}, 2, 1, 64);
+
+    unsigned short* xb = buffer<unsigned short>((size_t)rows * hidden, 24);
+    run("to_bf16", +[](void** p) { aerie_interp::call_with_params(to_bf16, p); }, {&x, &xb, &n}, 3, 1, 96);
 
     float* gate_up = buffer<float>((size_t)rows * 2 * inter, 10);
     float* act = buffer<float>((size_t)rows * inter, 11);
@@ -158,7 +177,7 @@ int main(int argc, char** argv) {
 
     for (void* p : std::vector<void*>{x, y, w, out, table, ids, emb, logits, best, best_v, gate_up, act, q, k, pos,
                                       inv, qw, mx, my, shuf, sh_in, sh_out, kc, vc, table_p, rseq, rdense, rbase, rmask,
-                                      aq, aout, nk, nv, aslots, msrc, mdst, lx, lw, lb, ly})
+                                      aq, aout, nk, nv, aslots, msrc, mdst, lx, lw, lb, ly, cat, sel, gathered, xb})
         std::free(p);
     std::printf("%d passed, %d failed\n", passes, failures);
     return failures ? 1 : 0;

@@ -105,6 +105,19 @@ pub trait Device: Send + Sync {
     unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()>;
     /// (bytes in use, bytes in all).
     fn memory(&self) -> (usize, usize);
+    /// The vendor library's GEMM (cuBLAS on a GPU): `y = x · wᵀ` with `x`
+    /// `rows × k` bf16, `w` `n × k` bf16 from byte `w_offset` on, `y`
+    /// `rows × n` f32, products summed in f32 in an order the library picks
+    /// for the shape (so a row's bits may depend on `rows`: this is not the
+    /// batch-invariant path). Bounds are checked.
+    fn gemm_bf16(&self, x: &DeviceBuffer, w: &DeviceBuffer, w_offset: usize, y: &DeviceBuffer, rows: usize, n: usize, k: usize) -> Result<()>;
+}
+
+/// Checks the buffers of a [`Device::gemm_bf16`] call.
+pub(crate) fn check_gemm(x: &DeviceBuffer, w: &DeviceBuffer, w_offset: usize, y: &DeviceBuffer, rows: usize, n: usize, k: usize) -> Result<()> {
+    x.check(0, rows * k * 2)?;
+    w.check(w_offset, n * k * 2)?;
+    y.check(0, rows * n * 4)
 }
 
 /// Typed helpers over the byte-level trait.
@@ -224,5 +237,21 @@ impl Device for InterpDevice {
 
     fn memory(&self) -> (usize, usize) {
         (self.used.load(Ordering::Relaxed), self.capacity)
+    }
+
+    /// The interpreter's stand-in for cuBLAS: the reference GEMM
+    /// ([`crate::cuda::reference::gemm_bf16`]), same inputs, same outputs.
+    fn gemm_bf16(&self, x: &DeviceBuffer, w: &DeviceBuffer, w_offset: usize, y: &DeviceBuffer, rows: usize, n: usize, k: usize) -> Result<()> {
+        check_gemm(x, w, w_offset, y, rows, n, k)?;
+        // SAFETY: the three ranges were checked against their allocations,
+        // which the buffers keep alive; y does not overlap x or w (separate
+        // allocations, or the caller's contract).
+        unsafe {
+            let xs = std::slice::from_raw_parts(x.ptr as usize as *const u16, rows * k);
+            let ws = std::slice::from_raw_parts((w.ptr as usize + w_offset) as *const u16, n * k);
+            let ys = std::slice::from_raw_parts_mut(y.ptr as usize as *mut f32, rows * n);
+            crate::cuda::reference::gemm_bf16(xs, ws, ys, rows, n, k);
+        }
+        Ok(())
     }
 }

@@ -19,6 +19,9 @@
 //!   cache and tries once more, then reports free and total memory.
 //! - **Threads.** The primary context is made current at the start of every
 //!   operation, so any thread may drive the device.
+//! - **cuBLAS** (`gemm_bf16`, the non-batch-invariant projections) is loaded
+//!   on first use, after checking that `libcublas` can be opened (cudarc
+//!   panics otherwise), with one handle bound to the device's stream.
 
 use super::device::{Device, DeviceBuffer, DeviceError, Result};
 use super::interp::{self, KernelArg, LaunchConfig};
@@ -144,7 +147,20 @@ pub struct DriverDevice {
     total: usize,
     functions: HashMap<&'static str, sys::CUfunction>,
     modules: Vec<sys::CUmodule>,
+    /// The cuBLAS handle, made on the first `gemm_bf16` (or why it cannot be).
+    blas: std::sync::OnceLock<std::result::Result<Blas, String>>,
 }
+
+/// A cuBLAS handle on the device's stream.
+struct Blas(cudarc::cublas::sys::cublasHandle_t);
+
+// SAFETY: the handle is used under the device's operations, which bind the
+// context first; cuBLAS handles may be used from any thread one at a time,
+// and `gemm_bf16` serializes on the mutex below.
+unsafe impl Send for Blas {}
+unsafe impl Sync for Blas {}
+
+static BLAS_CALL: Mutex<()> = Mutex::new(());
 
 // SAFETY: as for `Core`; function handles are immutable once loaded.
 unsafe impl Send for DriverDevice {}
@@ -207,7 +223,7 @@ impl DriverDevice {
             }
         }
         let name = format!("{gpu} (cuda:{ordinal}, sm_{arch})");
-        Ok(DriverDevice { core, ordinal, name, arch, total, functions, modules })
+        Ok(DriverDevice { core, ordinal, name, arch, total, functions, modules, blas: std::sync::OnceLock::new() })
     }
 
     pub fn ordinal(&self) -> usize {
@@ -245,8 +261,32 @@ impl DriverDevice {
     }
 }
 
+impl DriverDevice {
+    fn blas(&self) -> Result<&Blas> {
+        let b = self.blas.get_or_init(|| {
+            use cudarc::cublas::{result as blas, sys as bsys};
+            // SAFETY: only tries to open the library by its candidate names.
+            if !unsafe { bsys::is_culib_present() } {
+                return Err("libcublas not found (install the CUDA runtime's cuBLAS, or run batch-invariant: --enable-deterministic-inference)".to_string());
+            }
+            self.core.bind().map_err(|e| e.to_string())?;
+            let h = blas::create_handle().map_err(|e| format!("cublasCreate: {e:?}"))?;
+            // SAFETY: a live handle and the device's own stream.
+            unsafe { blas::set_stream(h, self.core.stream as bsys::cudaStream_t) }.map_err(|e| format!("cublasSetStream: {e:?}"))?;
+            Ok(Blas(h))
+        });
+        b.as_ref().map_err(|e| DeviceError::Unavailable(e.clone()))
+    }
+}
+
 impl Drop for DriverDevice {
     fn drop(&mut self) {
+        if let Some(Ok(b)) = self.blas.take() {
+            if self.core.bind().is_ok() {
+                // SAFETY: made in `blas`; no call is in flight (we own self).
+                let _ = unsafe { cudarc::cublas::result::destroy_handle(b.0) };
+            }
+        }
         if self.core.bind().is_ok() && self.core.sync().is_ok() {
             for m in self.modules.drain(..) {
                 // SAFETY: loaded in `open`; no launch is pending (synced).
@@ -324,6 +364,43 @@ impl Device for DriverDevice {
     /// Held from the driver: buffers in use and those cached for reuse.
     fn memory(&self) -> (usize, usize) {
         (self.core.in_use.load(Ordering::Relaxed) + self.core.cached.load(Ordering::Relaxed), self.total)
+    }
+
+    fn gemm_bf16(&self, x: &DeviceBuffer, w: &DeviceBuffer, w_offset: usize, y: &DeviceBuffer, rows: usize, n: usize, k: usize) -> Result<()> {
+        use cudarc::cublas::{result as blas, sys as bsys};
+        super::device::check_gemm(x, w, w_offset, y, rows, n, k)?;
+        let h = self.blas()?.0;
+        self.core.bind()?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let _one = BLAS_CALL.lock().unwrap_or_else(|p| p.into_inner());
+        // Row-major y (rows × n) is column-major yᵀ (n × rows) = w (row-major
+        // n × k, i.e. column-major k × n, transposed) times xᵀ (column-major
+        // k × rows).
+        // SAFETY: the three ranges were checked; the handle is on our stream.
+        unsafe {
+            blas::gemm_ex(
+                h,
+                bsys::cublasOperation_t::CUBLAS_OP_T,
+                bsys::cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                rows as i32,
+                k as i32,
+                (&alpha as *const f32).cast(),
+                (w.addr() + w_offset as u64) as *const c_void,
+                bsys::cudaDataType::CUDA_R_16BF,
+                k as i32,
+                x.addr() as *const c_void,
+                bsys::cudaDataType::CUDA_R_16BF,
+                k as i32,
+                (&beta as *const f32).cast(),
+                y.addr() as *mut c_void,
+                bsys::cudaDataType::CUDA_R_32F,
+                n as i32,
+                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| DeviceError::Driver(format!("cublasGemmEx: {e:?}")))
     }
 }
 

@@ -31,6 +31,7 @@ pub const SOURCES: &[Source] = &[
     Source { file: "add.cu", text: include_str!("../../cuda/add.cu") },
     Source { file: "argmax.cu", text: include_str!("../../cuda/argmax.cu") },
     Source { file: "attention.cu", text: include_str!("../../cuda/attention.cu") },
+    Source { file: "copy_rows.cu", text: include_str!("../../cuda/copy_rows.cu") },
     Source { file: "embedding.cu", text: include_str!("../../cuda/embedding.cu") },
     Source { file: "kv_append.cu", text: include_str!("../../cuda/kv_append.cu") },
     Source { file: "kv_move.cu", text: include_str!("../../cuda/kv_move.cu") },
@@ -39,4 +40,5 @@ pub const SOURCES: &[Source] = &[
     Source { file: "rms_norm.cu", text: include_str!("../../cuda/rms_norm.cu") },
     Source { file: "rope.cu", text: include_str!("../../cuda/rope.cu") },
     Source { file: "silu_mul.cu", text: include_str!("../../cuda/silu_mul.cu") },
+    Source { file: "to_bf16.cu", text: include_str!("../../cuda/to_bf16.cu") },
 ];

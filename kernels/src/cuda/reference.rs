@@ -77,6 +77,43 @@ pub fn add_inplace(x: &mut [f32], y: &[f32]) {
     }
 }
 
+/// `copy_rows`: row `r` of `dst` (stride `dst_stride`) gets the first
+/// `width` values of source row `src_rows[r]` (or `r`); indices outside the
+/// source's `src_count` rows are skipped.
+pub fn copy_rows(src: &[f32], src_stride: usize, src_rows: Option<&[i32]>, src_count: usize, dst: &mut [f32], dst_stride: usize, rows: usize, width: usize) {
+    for r in 0..rows {
+        let s = src_rows.map_or(r as i64, |x| x[r] as i64);
+        if s < 0 || s as usize >= src_count {
+            continue;
+        }
+        let s = s as usize;
+        dst[r * dst_stride..r * dst_stride + width].copy_from_slice(&src[s * src_stride..s * src_stride + width]);
+    }
+}
+
+/// `f32_to_bf16`: each value rounded to bf16 (nearest even), as raw bits.
+pub fn f32_to_bf16(x: &[f32]) -> Vec<u16> {
+    x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()
+}
+
+/// A library GEMM's semantics: `y[r, j] = Σ_i x[r, i] · w[j, i]` over bf16
+/// inputs (raw bits), products summed in f32. The order here is `i`
+/// ascending; cuBLAS picks its own, so results agree to f32 rounding, not
+/// bit for bit.
+pub fn gemm_bf16(x: &[u16], w: &[u16], y: &mut [f32], rows: usize, n: usize, k: usize) {
+    let f = |b: u16| f32::from_bits((b as u32) << 16);
+    let xf: Vec<f32> = x[..rows * k].iter().map(|&b| f(b)).collect();
+    let mut wrow = vec![0.0f32; k];
+    for j in 0..n {
+        for (d, &b) in wrow.iter_mut().zip(&w[j * k..(j + 1) * k]) {
+            *d = f(b);
+        }
+        for r in 0..rows {
+            y[r * n + j] = xf[r * k..(r + 1) * k].iter().zip(&wrow).map(|(a, b)| a * b).sum();
+        }
+    }
+}
+
 /// `argmax_rows`: each row's first largest value and its index; a row with
 /// no such value (all NaN or -inf) gives index 0 and -inf.
 pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<(i32, f32)> {

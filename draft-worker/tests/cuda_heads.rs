@@ -1,0 +1,153 @@
+//! Draft heads on the CUDA path (interpreter mode: the host code and `.cu`
+//! kernels a GPU runs, executed on the CPU): each kind computes what it
+//! computes on the host, up to bf16 rounding, through a catch-up over
+//! target features and two tree steps whose rows see a committed prefix plus
+//! their own uncommitted ancestors; and a sequence's draft states do not
+//! depend on what else shares the call.
+
+use crate::common;
+use aerie_draft_worker::eagle::{EagleHead, EagleKind};
+use aerie_engine::{AttnMask, ForwardOptions, LogitsRows, Model, SeqInput};
+use aerie_kernels::cuda::device::InterpDevice;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn interp() -> Arc<InterpDevice> {
+    Arc::new(InterpDevice::new(1 << 30))
+}
+
+/// The mask of draft rows that see the committed prefix, the uncommitted
+/// cache rows `ancestors[i]` and themselves (as the EAGLE proposer builds it).
+fn tree_rows(committed: usize, kv_len: usize, ancestors: &[Vec<usize>]) -> AttnMask {
+    let (n, w) = (ancestors.len(), kv_len + ancestors.len());
+    let mut m = vec![false; n * w];
+    for (i, anc) in ancestors.iter().enumerate() {
+        m[i * w..i * w + committed].iter_mut().for_each(|v| *v = true);
+        for &a in anc {
+            m[i * w + a] = true;
+        }
+        m[i * w + kv_len + i] = true;
+    }
+    AttnMask::Full(m)
+}
+
+/// Target features of the first `n` tokens of `ids`: the final hidden state,
+/// or EAGLE-3's three aux layers side by side.
+fn features(target: &Model, ids: &[u32], aux: &[usize]) -> Vec<f32> {
+    let mut c = target.new_cache();
+    let opts = ForwardOptions { want_hidden: aux.is_empty(), aux_layers: aux.to_vec() };
+    let out = target.forward(&mut [SeqInput { cache: &mut c, tokens: ids, positions: None, mask: AttnMask::Causal, logits: LogitsRows::None }], &opts).unwrap().remove(0);
+    if aux.is_empty() {
+        return out.hidden;
+    }
+    let h = target.config.hidden_size;
+    (0..ids.len()).flat_map(|t| out.aux.iter().flat_map(move |a| a[t * h..(t + 1) * h].to_vec())).collect()
+}
+
+/// The output states and draft logits of a catch-up over six tokens and
+/// two tree steps (three siblings, then a child of the first and one of
+/// the third).
+fn run(head: &EagleHead, target: &Model, ids: &[u32], feats: &[f32]) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let h = head.llama().hidden_size;
+    let mut cache = head.new_cache();
+    let pos: Vec<u32> = (0..6).collect();
+    let x0 = head.forward(target, &mut cache, &ids[1..7], feats, &pos, AttnMask::Causal).unwrap();
+    let last = x0[5 * h..].to_vec();
+    let s1: Vec<f32> = last.repeat(3);
+    let x1 = head.forward(target, &mut cache, &ids[7..10], &s1, &[6, 6, 6], tree_rows(6, 6, &[vec![], vec![], vec![]])).unwrap();
+    let s2: Vec<f32> = [&x1[..h], &x1[2 * h..]].concat();
+    let x2 = head.forward(target, &mut cache, &ids[10..12], &s2, &[7, 7], tree_rows(6, 9, &[vec![6], vec![8]])).unwrap();
+    assert_eq!(cache.len(), 11);
+    [x0, x1, x2].into_iter().map(|x| (head.logits(target, &x).unwrap(), x)).map(|(l, x)| (x, l)).collect()
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let d: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let n: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    (d / n.max(1e-30)).sqrt()
+}
+
+/// Loads a head twice, on the host (f32) and on the interpreted device, and
+/// compares every output of [`run`].
+fn compare(label: &str, load: &dyn Fn() -> EagleHead, target: &Model, ids: &[u32]) {
+    let host = load();
+    let dev = load().to_device(target, interp(), 4096).unwrap();
+    assert!(dev.device_name().contains("interpreted"), "{label}: {}", dev.device_name());
+    let aux = host.aux_layers.clone();
+    let feats = features(target, &ids[..6], &aux);
+    let (want, got) = (run(&host, target, ids, &feats), run(&dev, target, ids, &feats));
+    let vocab = host.draft_vocab(target);
+    let (mut rows, mut same) = (0, 0);
+    for (step, ((xw, lw), (xg, lg))) in want.iter().zip(&got).enumerate() {
+        let (ex, el) = (rel_err(xg, xw), rel_err(lg, lw));
+        eprintln!("{label} step {step}: states rel. error {ex:.2e}, logits {el:.2e}");
+        // bf16 weights and KV against f32: about 2^-8 per value.
+        assert!(ex < 0.01 && el < 0.03, "{label} step {step}: states {ex}, logits {el}");
+        for (a, b) in lw.chunks(vocab).zip(lg.chunks(vocab)) {
+            rows += 1;
+            same += (aerie_kernels::cpu::ops::argmax(a).0 == aerie_kernels::cpu::ops::argmax(b).0) as usize;
+        }
+    }
+    assert!(same * 10 >= rows * 8, "{label}: the top draft token agrees on only {same} of {rows} rows");
+}
+
+fn shipped_head_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/smollm2-135m-eagle")
+}
+
+fn smollm2_ids() -> Vec<u32> {
+    let mut ids = common::prompt_ids(0);
+    ids.truncate(12);
+    ids
+}
+
+#[test]
+fn the_shipped_eagle_head_computes_the_same_on_the_device() {
+    let target = &common::smollm2().model;
+    compare("EAGLE (shipped)", &|| EagleHead::load(&shipped_head_dir(), target, None).unwrap(), target, &smollm2_ids());
+}
+
+#[test]
+fn an_eagle3_head_computes_the_same_on_the_device() {
+    let target = &common::smollm2().model;
+    let dir = common::random_head(EagleKind::Eagle3);
+    compare("EAGLE-3 (random, 16k draft vocabulary)", &|| EagleHead::load(&dir, target, None).unwrap(), target, &smollm2_ids());
+}
+
+#[test]
+fn an_mtp_layer_computes_the_same_on_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::mtp::write_mimo(dir.path(), 3);
+    let target = crate::mtp::load_target(dir.path());
+    let ck = aerie_draft_worker::eagle::mtp::MtpCheckpoint::detect(dir.path()).unwrap().unwrap();
+    let ids: Vec<u32> = (0..12).map(|i| (i * 7 + 3) % target.config.vocab_size as u32).collect();
+    compare("MTP (MiMo layout, random)", &|| EagleHead::load_mtp(&ck, 0, &target, None).unwrap(), &target, &ids);
+}
+
+/// Two sequences in one call get, bit for bit, the states each gets alone.
+#[test]
+fn a_sequence_drafts_the_same_whatever_shares_the_call_on_the_device() {
+    use aerie_draft_worker::eagle::HeadRows;
+    let target = &common::smollm2().model;
+    let head = EagleHead::load(&shipped_head_dir(), target, None).unwrap().to_device(target, interp(), 4096).unwrap();
+    let ids = smollm2_ids();
+    let feats = features(target, &ids, &[]);
+    let h = head.llama().hidden_size;
+    let alone = |n: usize| {
+        let mut c = head.new_cache();
+        let pos: Vec<u32> = (0..n as u32).collect();
+        head.forward(target, &mut c, &ids[..n], &feats[..n * h], &pos, AttnMask::Causal).unwrap()
+    };
+    let (a, b) = (alone(5), alone(11));
+    let (mut ca, mut cb) = (head.new_cache(), head.new_cache());
+    let (pa, pb): (Vec<u32>, Vec<u32>) = ((0..5).collect(), (0..11).collect());
+    let mut rows = [
+        HeadRows { cache: &mut ca, tokens: &ids[..5], states: &feats[..5 * h], positions: &pa, mask: AttnMask::Causal },
+        HeadRows { cache: &mut cb, tokens: &ids[..11], states: &feats[..11 * h], positions: &pb, mask: AttnMask::Causal },
+    ];
+    let both = head.forward_many(target, &mut rows).unwrap();
+    assert_eq!(both[0], a, "the 5-token sequence changed beside another");
+    assert_eq!(both[1], b, "the 11-token sequence changed beside another");
+    assert_eq!((ca.len(), cb.len()), (5, 11));
+}
