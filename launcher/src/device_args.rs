@@ -4,7 +4,9 @@
 //!
 //! The pool is sized as SGLang sizes it: after the weights, the KV pool gets
 //! what is left of `mem-fraction-static × device memory`, capped by
-//! `--max-total-tokens` when that is given smaller. Too little memory for
+//! `--max-total-tokens` when that is given smaller, and by the memory free
+//! on the device when the worker starts (another process on the same GPU,
+//! such as a colocated draft worker, may hold some). Too little memory for
 //! the weights, or for one page of KV per running request, is an error that
 //! says how much was needed and how much there is.
 
@@ -147,18 +149,23 @@ pub fn kv_bytes_per_token(cfg: &ModelConfig, layers: usize) -> u64 {
     2 * 2 * layers as u64 * (cfg.num_kv_heads * cfg.head_dim) as u64
 }
 
-/// KV tokens that fit: `fraction × total` less the weights, in whole pages,
-/// at most `cap`.
-pub fn kv_tokens_that_fit(cfg: &ModelConfig, layers: usize, total_bytes: u64, fraction: f64, cap: usize) -> Result<usize> {
-    let budget = (total_bytes as f64 * fraction) as u64;
+/// KV tokens that fit: `fraction × total` (this process's share of the
+/// device), but never more than is `free` now, less the weights, in whole
+/// pages, at most `cap`. Memory other processes hold (a colocated draft
+/// worker) is thereby counted once it leaves less free than the share.
+pub fn kv_tokens_that_fit(cfg: &ModelConfig, layers: usize, free_bytes: u64, total_bytes: u64, fraction: f64, cap: usize) -> Result<usize> {
+    let share = (total_bytes as f64 * fraction) as u64;
+    let budget = share.min(free_bytes);
     let weights = device_weight_bytes(cfg, layers);
     let per_token = kv_bytes_per_token(cfg, layers).max(1);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     if weights + per_token * PAGE_SIZE as u64 > budget {
         bail!(
-            "not enough device memory: the weights need {:.2} GiB plus KV pages, and --mem-fraction-static {fraction} of {:.2} GiB is {:.2} GiB",
-            weights as f64 / (1u64 << 30) as f64,
-            total_bytes as f64 / (1u64 << 30) as f64,
-            budget as f64 / (1u64 << 30) as f64
+            "not enough device memory: the weights need {:.2} GiB plus KV pages; --mem-fraction-static {fraction} of {:.2} GiB is {:.2} GiB and {:.2} GiB are free",
+            gib(weights),
+            gib(total_bytes),
+            gib(share),
+            gib(free_bytes)
         );
     }
     let fit = ((budget - weights) / per_token) as usize / PAGE_SIZE * PAGE_SIZE;
@@ -170,7 +177,7 @@ pub fn kv_tokens_that_fit(cfg: &ModelConfig, layers: usize, total_bytes: u64, fr
 /// and what it took.
 pub fn place(model: Model, dev: Arc<dyn Device>, a: &DeviceArgs, kv_tokens: usize) -> Result<Model> {
     let (_, total) = dev.memory();
-    let tokens = kv_tokens_that_fit(&model.config, model.weights.layers.len(), total as u64, a.mem_fraction_static, kv_tokens)?;
+    let tokens = kv_tokens_that_fit(&model.config, model.weights.layers.len(), dev.free_memory() as u64, total as u64, a.mem_fraction_static, kv_tokens)?;
     let name = dev.name();
     let t = std::time::Instant::now();
     let model = model.to_device(dev, tokens)?;
@@ -201,12 +208,30 @@ mod tests {
         let w = device_weight_bytes(&c, 30);
         assert!((260_000_000..280_000_000).contains(&w), "{w}");
         let total = 4u64 << 30;
-        let fit = kv_tokens_that_fit(&c, 30, total, 0.5, usize::MAX).unwrap();
+        let fit = kv_tokens_that_fit(&c, 30, total, total, 0.5, usize::MAX).unwrap();
         assert_eq!(fit % PAGE_SIZE, 0);
         let expect = ((total / 2 - w) / kv_bytes_per_token(&c, 30)) as usize;
         assert!(fit <= expect && fit + PAGE_SIZE > expect, "{fit} vs {expect}");
-        assert_eq!(kv_tokens_that_fit(&c, 30, total, 0.5, 1000).unwrap(), 1000);
-        let err = kv_tokens_that_fit(&c, 30, 300 << 20, 0.5, 1000).unwrap_err().to_string();
+        assert_eq!(kv_tokens_that_fit(&c, 30, total, total, 0.5, 1000).unwrap(), 1000);
+        let err = kv_tokens_that_fit(&c, 30, 300 << 20, 300 << 20, 0.5, 1000).unwrap_err().to_string();
         assert!(err.contains("not enough device memory") && err.contains("GiB"), "{err}");
+    }
+
+    /// Memory another process holds (a draft worker on the same GPU) is
+    /// counted once it leaves less free than this process's share.
+    #[test]
+    fn memory_held_by_another_process_is_counted() {
+        let c = smollm2_shape();
+        let total = 4u64 << 30;
+        let alone = kv_tokens_that_fit(&c, 30, total, total, 0.5, usize::MAX).unwrap();
+        // 1 GiB held elsewhere still leaves the 2 GiB share free.
+        assert_eq!(kv_tokens_that_fit(&c, 30, total - (1 << 30), total, 0.5, usize::MAX).unwrap(), alone);
+        // 2.5 GiB held elsewhere leaves 1.5 GiB: the pool shrinks by the 0.5 GiB missing.
+        let shared = kv_tokens_that_fit(&c, 30, (3u64 << 29), total, 0.5, usize::MAX).unwrap();
+        let per_token = kv_bytes_per_token(&c, 30) as usize;
+        let missing = (512usize << 20) / per_token;
+        assert!(alone - shared + PAGE_SIZE >= missing && alone - shared <= missing + PAGE_SIZE, "{alone} vs {shared}");
+        let err = kv_tokens_that_fit(&c, 30, 200 << 20, total, 0.5, usize::MAX).unwrap_err().to_string();
+        assert!(err.contains("is 2.00 GiB and 0.20 GiB are free"), "{err}");
     }
 }

@@ -344,12 +344,13 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
             // Counted as the target's shape with one layer (a head: the
             // embedding-sized lm_head and a decoder layer), at most
             // DRAFT_KV_TOKENS: a colocated target needs the rest.
-            let tokens = crate::device_args::kv_tokens_that_fit(&engine.model.config, 1, total as u64, a.device.mem_fraction_static, DRAFT_KV_TOKENS)?;
+            let tokens = crate::device_args::kv_tokens_that_fit(&engine.model.config, 1, dev.free_memory() as u64, total as u64, a.device.mem_fraction_static, DRAFT_KV_TOKENS)?;
             tracing::info!("drafting on {}: KV pool of {tokens} tokens per head layer", dev.name());
             Some((dev, tokens))
         }
         None => None,
     };
+    let metrics_device = device.as_ref().map(|(d, _)| d.clone());
     let mut spec = a.spec.clone();
     if spec.speculative_algorithm.is_none() {
         spec.speculative_algorithm = Some(SpecAlgorithm::Eagle);
@@ -369,6 +370,17 @@ pub fn run_draft(a: DraftWorkerArgs) -> Result<()> {
     rt.block_on(async move {
         let ready = Arc::new(AtomicBool::new(false));
         let (listener, grpc, maddr) = listen(&a.listen, handle, ready.clone(), Default::default()).await?;
+        if let Some(dev) = metrics_device {
+            // Refreshed every second: the heads' KV pages come and go with requests.
+            tokio::spawn(async move {
+                loop {
+                    let (used, total) = dev.memory();
+                    metrics::gauge!(aerie_proto::metric_names::DRAFT_DEVICE_MEMORY_USED).set(used as f64);
+                    metrics::gauge!(aerie_proto::metric_names::DRAFT_DEVICE_MEMORY_TOTAL).set(total as f64);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
         let limits = SessionLimits {
             max_sessions: a.max_sessions,
             max_sequences_per_session: a.max_sequences_per_session,

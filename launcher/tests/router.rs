@@ -262,6 +262,16 @@ fn serve_on_the_cuda_device_is_lossless_and_reports_device_memory() {
         assert_eq!(v["choices"][0]["message"]["content"].as_str().unwrap(), want, "{p}");
         assert!(v["usage"]["spec_verify_ct"].as_u64().unwrap_or(0) > 0, "speculation ran: {}", v["usage"]);
     }
+    // The draft worker's head is on the device too.
+    let draft_metrics = serve
+        .preamble
+        .iter()
+        .find(|l| l.trim_start().starts_with("draft-0"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("http://")))
+        .map(|m| m.trim_end_matches("/metrics").to_string())
+        .unwrap_or_else(|| panic!("no draft metrics address in {:?}", serve.preamble));
+    let draft_used = gauge(&draft_metrics, "aerie_draft_device_memory_used_bytes");
+    assert!(draft_used > 50e6, "the shipped head's bf16 weights, the target's lm_head rows and a KV pool: {draft_used}");
     let used = gauge(&target_metrics, "aerie_target_device_memory_used_bytes");
     assert!(used > 250e6, "bf16 SmolLM2 plus its KV pool: {used}");
     assert_eq!(gauge(&target_metrics, "aerie_target_device_memory_total_bytes"), (16u64 << 30) as f64);

@@ -83,6 +83,11 @@ pub const DRAFT_PROPOSE_DURATION: &str = "aerie_draft_propose_duration_seconds";
 pub const DRAFT_PROPOSE_BATCH: &str = "aerie_draft_propose_batch_size";
 /// Gauge: open sessions (one per target worker).
 pub const DRAFT_SESSIONS: &str = "aerie_draft_sessions";
+/// Gauge: device memory this draft worker holds from the driver (head
+/// weights, its KV pool, buffers), on a CUDA device; absent on the CPU.
+pub const DRAFT_DEVICE_MEMORY_USED: &str = "aerie_draft_device_memory_used_bytes";
+/// Gauge: the device's memory.
+pub const DRAFT_DEVICE_MEMORY_TOTAL: &str = "aerie_draft_device_memory_total_bytes";
 /// Gauge: sequences held across sessions.
 pub const DRAFT_SEQUENCES: &str = "aerie_draft_sequences";
 /// Gauge: bytes of shared-memory rings mapped.

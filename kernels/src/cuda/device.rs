@@ -105,6 +105,12 @@ pub trait Device: Send + Sync {
     unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()>;
     /// (bytes in use, bytes in all).
     fn memory(&self) -> (usize, usize);
+    /// Bytes free on the whole device now, whoever holds the rest (other
+    /// processes on the same GPU included).
+    fn free_memory(&self) -> usize {
+        let (used, total) = self.memory();
+        total.saturating_sub(used)
+    }
     /// The vendor library's GEMM (cuBLAS on a GPU): `y = x · wᵀ` with `x`
     /// `rows × k` bf16, `w` `n × k` bf16 from byte `w_offset` on, `y`
     /// `rows × n` f32, products summed in f32 in an order the library picks

@@ -366,6 +366,15 @@ impl Device for DriverDevice {
         (self.core.in_use.load(Ordering::Relaxed) + self.core.cached.load(Ordering::Relaxed), self.total)
     }
 
+    fn free_memory(&self) -> usize {
+        // The device-wide figure (cuMemGetInfo), so that a process sharing
+        // the GPU (a colocated draft worker) is counted.
+        if self.core.bind().is_err() {
+            return 0;
+        }
+        result::mem_get_info().map_or(0, |(free, _)| free)
+    }
+
     fn gemm_bf16(&self, x: &DeviceBuffer, w: &DeviceBuffer, w_offset: usize, y: &DeviceBuffer, rows: usize, n: usize, k: usize) -> Result<()> {
         use cudarc::cublas::{result as blas, sys as bsys};
         super::device::check_gemm(x, w, w_offset, y, rows, n, k)?;
