@@ -125,6 +125,19 @@ impl ProposerFactory {
     /// in tokens: an EAGLE/EAGLE-3/MTP head's layers and lm_head, or a
     /// STANDALONE draft model. N-gram drafting has nothing to place.
     pub fn new_on(opts: DraftOptions, target: Arc<Model>, target_tokenizer: &Tokenizer, device: Option<(Arc<dyn Device>, usize)>) -> Result<Self> {
+        // A draft tree step on a device attends to the committed prefix plus
+        // at most 64 uncommitted rows (the attention kernel's mask bits).
+        if device.is_some() && matches!(opts.algorithm, SpecAlgorithm::Eagle | SpecAlgorithm::Eagle3) {
+            let rows = opts.tree.num_steps.saturating_sub(1) * opts.tree.topk;
+            if rows > aerie_engine::cuda::MAX_TREE_NODES {
+                return Err(DraftError::BadSetting(format!(
+                    "on a CUDA device a draft tree holds at most {} uncommitted rows; (--speculative-num-steps {} - 1) x --speculative-eagle-topk {} = {rows}",
+                    aerie_engine::cuda::MAX_TREE_NODES,
+                    opts.tree.num_steps,
+                    opts.tree.topk
+                )));
+            }
+        }
         // On a device a head keeps the checkpoint's values (bf16 there);
         // on the CPU its matrices become Q8_0 (see `quantized_q8`).
         let place = |h: eagle::EagleHead| -> Result<eagle::EagleHead> {
@@ -169,7 +182,6 @@ impl ProposerFactory {
                     Some(_) => return Err(DraftError::BadSetting(format!("{} holds MTP layers; use --speculative-algorithm EAGLE or NEXTN", dir.display()))),
                     None => eagle::EagleHead::load(&dir, &target, map.as_ref())?,
                 };
-                let head = place(head)?;
                 let want = if opts.algorithm == SpecAlgorithm::Eagle3 { eagle::EagleKind::Eagle3 } else { eagle::EagleKind::Eagle };
                 if head.kind() != want && head.kind() != eagle::EagleKind::Mtp {
                     return Err(DraftError::BadSetting(format!(
@@ -179,7 +191,7 @@ impl ProposerFactory {
                         opts.algorithm
                     )));
                 }
-                Shared::Eagle(Arc::new(head), chain)
+                Shared::Eagle(Arc::new(place(head)?), chain)
             }
             SpecAlgorithm::Standalone => {
                 let p = need_path()?;

@@ -90,6 +90,24 @@ fn compare(label: &str, load: &dyn Fn() -> EagleHead, target: &Model, ids: &[u32
         }
     }
     assert!(same * 10 >= rows * 8, "{label}: the top draft token agrees on only {same} of {rows} rows");
+    // The device's own top-k (only the pairs leave it) is the top-k of its
+    // logits, as the host picks it (target ids, probabilities to f32).
+    for (x, l) in &got {
+        let on_device = dev.top_k(target, x, 8).unwrap();
+        for (row, (picked, logits)) in on_device.iter().zip(l.chunks(vocab)).enumerate() {
+            let mut p = logits.to_vec();
+            aerie_kernels::cpu::ops::softmax(&mut p);
+            let mut order: Vec<usize> = (0..vocab).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            let want: Vec<u32> = order[..8].iter().map(|&i| dev.target_id(i as u32)).collect();
+            let ids: Vec<u32> = picked.iter().map(|t| t.0).collect();
+            assert_eq!(ids, want, "{label} row {row}: device top-8");
+            for (&(_, q), &i) in picked.iter().zip(&order[..8]) {
+                // The host softmax uses a fast exp: about 1e-4 apart.
+                assert!((q - p[i]).abs() <= 1e-5 + 1e-3 * p[i], "{label} row {row}: probability {q}, want {}", p[i]);
+            }
+        }
+    }
 }
 
 fn shipped_head_dir() -> PathBuf {
@@ -150,4 +168,33 @@ fn a_sequence_drafts_the_same_whatever_shares_the_call_on_the_device() {
     assert_eq!(both[0], a, "the 5-token sequence changed beside another");
     assert_eq!(both[1], b, "the 11-token sequence changed beside another");
     assert_eq!((ca.len(), cb.len()), (5, 11));
+}
+
+/// The widest tree a head on the device takes, (5, 16, 64) with 64
+/// uncommitted rows at its last step, drafts (greedy output stays plain
+/// decoding's); one step more is refused when the drafter is built, not at
+/// the first request.
+#[test]
+fn the_widest_draft_tree_runs_on_the_device_and_a_wider_one_is_refused() {
+    use aerie_draft_worker::{DraftOptions, ProposerFactory, SpecAlgorithm};
+    use aerie_engine::generate::GenerateRequest;
+    use aerie_engine::spec::{speculative_generate, TreeSpec};
+    let e = common::smollm2();
+    let options = |num_steps| DraftOptions {
+        algorithm: SpecAlgorithm::Eagle,
+        draft_model_path: Some(shipped_head_dir()),
+        tree: TreeSpec { num_steps, topk: 16, num_draft_tokens: 64 },
+        token_map: None,
+        ngram: Default::default(),
+        min_draft_score: 0.0,
+    };
+    let dev = || Some((interp() as Arc<dyn aerie_kernels::cuda::device::Device>, 4096));
+    let f = ProposerFactory::new_on(options(5), e.model.clone(), &e.tokenizer, dev()).unwrap();
+    let ids = common::prompt_ids(0);
+    let req = GenerateRequest { prompt_ids: &ids, max_tokens: 12, sampling: Default::default(), stop_ids: &[] };
+    let (out, stats) = speculative_generate(&e.model, f.proposer().as_mut(), &req, &mut |_| {}).unwrap();
+    assert_eq!(out.token_ids[..], common::plain_greedy()[0][..12]);
+    assert!(stats.spec_verify_ct < 11, "the wide tree accepted nothing: {} verifies", stats.spec_verify_ct);
+    let err = ProposerFactory::new_on(options(6), e.model.clone(), &e.tokenizer, dev()).err().expect("a 6-step tree of 16 is refused").to_string();
+    assert!(err.contains("at most 64 uncommitted rows") && err.contains("= 80"), "{err}");
 }

@@ -229,6 +229,53 @@ fn to_bf16_rounds_like_the_reference_and_the_library_gemm_is_the_reference() {
         }
     }
     assert!(dev.gemm_bf16(&dx, &dw, 3 * k * 2, &dy, rows, n, k).is_err(), "a weight range past the buffer");
+    let err = |r: Result<(), aerie_kernels::cuda::device::DeviceError>| r.unwrap_err().error_type();
+    assert_eq!(err(dev.gemm_bf16(&dx, &dw, 1, &dy, rows, n, k)), "bad_operands", "odd weight offset");
+    assert_eq!(err(dev.gemm_bf16(&dx, &dw, 0, &dx, rows, n, k)), "bad_operands", "output over an input");
+    assert_eq!(err(dev.gemm_bf16(&dx, &dw, 0, &dy, usize::MAX, n, k)), "bad_operands", "an overflowing size");
+}
+
+#[test]
+fn topk_rows_picks_like_the_reference_with_ties_nans_and_short_rows() {
+    let mut r = StdRng::seed_from_u64(16);
+    let vocab = 2003;
+    let rows = 5;
+    let mut logits = randv(&mut r, rows * vocab, 8.0);
+    logits[5] = 30.0; // a tie in row 0: index 5 before index 900
+    logits[900] = 30.0;
+    logits[vocab + 7] = f32::NAN;
+    logits[vocab + 8] = 40.0;
+    // Row 2: only 3 finite logits, the rest -inf.
+    logits[2 * vocab..3 * vocab].fill(f32::NEG_INFINITY);
+    logits[2 * vocab + 10] = 1.0;
+    logits[2 * vocab + 20] = 2.0;
+    logits[2 * vocab + 30] = 2.0;
+    let k = 9;
+    let want = reference::topk_rows(&logits, vocab, k);
+    for threads in [32, 256] {
+        let mut ids = vec![-7i32; rows * k];
+        let mut probs = vec![-1.0f32; rows * k];
+        unsafe {
+            interp::launch(
+                "topk_rows",
+                LaunchConfig::linear(rows as u32, threads),
+                &[A::ptr(logits.as_ptr()), A::ptr(ids.as_mut_ptr()), A::ptr(probs.as_mut_ptr()), A::I32(rows as i32), A::I32(vocab as i32), A::I32(k as i32)],
+            )
+            .unwrap();
+        }
+        for (row, w) in want.iter().enumerate() {
+            let got_ids: Vec<i32> = ids[row * k..(row + 1) * k].to_vec();
+            let want_ids: Vec<i32> = w.iter().map(|p| p.0).collect();
+            // Past the finite entries both list -inf ones (probability 0) by index.
+            assert_eq!(got_ids, want_ids, "row {row}, block of {threads}");
+            for (g, (_, p)) in probs[row * k..(row + 1) * k].iter().zip(w) {
+                assert!((g - p).abs() <= 1e-5 * p.max(1e-3), "row {row}: probability {g}, want {p}");
+            }
+        }
+    }
+    assert_eq!((want[0][0].0, want[0][1].0), (5, 900));
+    assert_eq!(want[1][0].0, 8);
+    assert_eq!(&want[2].iter().map(|p| p.0).collect::<Vec<_>>()[..4], &[20, 30, 10, 0]);
 }
 
 #[test]

@@ -37,7 +37,8 @@ pub enum GemmMode {
 #[derive(Args, Debug, Clone)]
 pub struct GemmArgs {
     /// Projections on a CUDA device: `auto`, `batch-invariant` or `library`
-    /// (cuBLAS). No effect on the CPU, which is batch invariant.
+    /// (cuBLAS). No effect on the CPU, which is batch invariant, nor on draft
+    /// heads, which always run the batch-invariant kernels.
     #[arg(long, value_enum, default_value = "auto")]
     pub gemm_mode: GemmMode,
     /// Batch-invariant kernels everywhere (SGLang's flag; the same as
@@ -67,18 +68,41 @@ impl GemmArgs {
         v
     }
 
-    /// Sets `model`'s projections for a process that `speculates`, and
-    /// says in the log which it chose when the model is on a device.
-    pub fn apply(&self, model: &Model, speculates: bool) -> Result<()> {
-        let on = self.batch_invariant(speculates);
-        if speculates && !on {
+    /// Sets `model`'s projections for a process that `speculates` and says
+    /// which in the log; returns whether they are batch invariant. Library
+    /// GEMMs with speculation are refused (not lossless); under `auto`, a
+    /// device whose cuBLAS cannot load keeps the invariant kernels, while
+    /// `library` asked for is then an error at start, not at the first
+    /// request. The CPU is batch invariant whatever is asked.
+    pub fn apply(&self, model: &Model, speculates: bool) -> Result<bool> {
+        self.set(model, speculates, speculates)
+    }
+
+    /// For a target worker: `auto` is batch invariant (drafts may come at
+    /// any time), and `library` is allowed (the worker then verifies no
+    /// drafts).
+    pub fn apply_target(&self, model: &Model) -> Result<bool> {
+        self.set(model, true, false)
+    }
+
+    fn set(&self, model: &Model, auto_invariant: bool, refuse_library: bool) -> Result<bool> {
+        let Some(dev) = model.cuda().map(|c| c.device().clone()) else { return Ok(true) };
+        let mut on = self.batch_invariant(auto_invariant);
+        if refuse_library && !on {
             bail!("--gemm-mode library makes a row's logits depend on its batch, so speculation would not be lossless: use batch-invariant (or auto)");
         }
-        model.set_batch_invariant(on);
-        if model.cuda().is_some() {
-            tracing::info!("device projections: {}", if on { "batch-invariant kernels" } else { "library GEMM (cuBLAS)" });
+        if !on {
+            if let Err(e) = dev.library_gemm_ready() {
+                if self.gemm_mode == GemmMode::Library {
+                    bail!("--gemm-mode library: {e}");
+                }
+                tracing::warn!("cuBLAS unavailable ({e}); plain decoding keeps the batch-invariant kernels");
+                on = true;
+            }
         }
-        Ok(())
+        model.set_batch_invariant(on);
+        tracing::info!("device projections: {}", if on { "batch-invariant kernels" } else { "library GEMM (cuBLAS)" });
+        Ok(on)
     }
 }
 
@@ -150,12 +174,13 @@ pub fn kv_bytes_per_token(cfg: &ModelConfig, layers: usize) -> u64 {
 }
 
 /// KV tokens that fit: `fraction × total` (this process's share of the
-/// device), but never more than is `free` now, less the weights, in whole
-/// pages, at most `cap`. Memory other processes hold (a colocated draft
-/// worker) is thereby counted once it leaves less free than the share.
+/// device), but never more than `fraction` of what is `free` now (so that
+/// activations keep their part when another process, such as a colocated
+/// draft worker, holds memory), less the weights, in whole pages, at most
+/// `cap`.
 pub fn kv_tokens_that_fit(cfg: &ModelConfig, layers: usize, free_bytes: u64, total_bytes: u64, fraction: f64, cap: usize) -> Result<usize> {
     let share = (total_bytes as f64 * fraction) as u64;
-    let budget = share.min(free_bytes);
+    let budget = share.min((free_bytes as f64 * fraction) as u64);
     let weights = device_weight_bytes(cfg, layers);
     let per_token = kv_bytes_per_token(cfg, layers).max(1);
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
@@ -217,21 +242,19 @@ mod tests {
         assert!(err.contains("not enough device memory") && err.contains("GiB"), "{err}");
     }
 
-    /// Memory another process holds (a draft worker on the same GPU) is
-    /// counted once it leaves less free than this process's share.
+    /// Memory another process holds (a draft worker on the same GPU) comes
+    /// out of the pool in proportion, leaving activations their part.
     #[test]
     fn memory_held_by_another_process_is_counted() {
         let c = smollm2_shape();
         let total = 4u64 << 30;
         let alone = kv_tokens_that_fit(&c, 30, total, total, 0.5, usize::MAX).unwrap();
-        // 1 GiB held elsewhere still leaves the 2 GiB share free.
-        assert_eq!(kv_tokens_that_fit(&c, 30, total - (1 << 30), total, 0.5, usize::MAX).unwrap(), alone);
-        // 2.5 GiB held elsewhere leaves 1.5 GiB: the pool shrinks by the 0.5 GiB missing.
-        let shared = kv_tokens_that_fit(&c, 30, (3u64 << 29), total, 0.5, usize::MAX).unwrap();
+        // 1 GiB held elsewhere: the budget is half of the 3 GiB free.
+        let shared = kv_tokens_that_fit(&c, 30, 3u64 << 30, total, 0.5, usize::MAX).unwrap();
         let per_token = kv_bytes_per_token(&c, 30) as usize;
         let missing = (512usize << 20) / per_token;
         assert!(alone - shared + PAGE_SIZE >= missing && alone - shared <= missing + PAGE_SIZE, "{alone} vs {shared}");
-        let err = kv_tokens_that_fit(&c, 30, 200 << 20, total, 0.5, usize::MAX).unwrap_err().to_string();
-        assert!(err.contains("is 2.00 GiB and 0.20 GiB are free"), "{err}");
+        let err = kv_tokens_that_fit(&c, 30, 400 << 20, total, 0.5, usize::MAX).unwrap_err().to_string();
+        assert!(err.contains("is 2.00 GiB and 0.39 GiB are free"), "{err}");
     }
 }

@@ -224,15 +224,10 @@ pub fn run_target(a: TargetWorkerArgs, threads: Option<usize>) -> Result<()> {
     }
     // A target worker verifies drafts whenever a draft worker pairs with it:
     // batch-invariant projections unless told otherwise (`aerie serve
-    // --no-speculation` passes library).
-    let invariant = a.device.gemm.batch_invariant(true);
-    engine.model.set_batch_invariant(invariant);
-    if engine.model.cuda().is_some() {
-        if invariant {
-            tracing::info!("device projections: batch-invariant kernels");
-        } else {
-            tracing::warn!("device projections: library GEMM (cuBLAS); drafts verified here may not give plain decoding's tokens");
-        }
+    // --no-speculation` passes library); a library-GEMM target decodes
+    // requests that name a draft worker without speculation.
+    if !a.device.gemm.apply_target(&engine.model)? {
+        tracing::info!("requests that name a draft worker are decoded without speculation here (library GEMMs)");
     }
     let cfg = TargetConfig {
         model_id: a.model_path.clone(),

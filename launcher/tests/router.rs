@@ -285,6 +285,40 @@ fn serve_on_the_cuda_device_is_lossless_and_reports_device_memory() {
     assert_eq!(gauge(&target_metrics, "aerie_target_device_kv_pool_used_tokens"), 0.0, "every sequence's pages came back");
 }
 
+/// A target on library GEMMs (`--gemm-mode library`: cuBLAS on a GPU, the
+/// reference GEMM in the interpreter) is not batch invariant, so it decodes
+/// requests that name a draft worker without speculation and counts them.
+#[test]
+fn a_target_on_library_gemms_does_not_speculate() {
+    let _g = serial();
+    let port = free_port().to_string();
+    let serve = common::start_exe_env(
+        env!("CARGO_BIN_EXE_aerie").as_ref(),
+        &["serve", "--port", &port, "--device", "cuda", "--gemm-mode", "library", "--max-running-requests", "1"],
+        &[("AERIE_CUDA_INTERPRET", "1")],
+        "OpenAI endpoint:",
+        &|l: &str| l.split_whitespace().nth(2).unwrap().trim_start_matches("http://").trim_end_matches("/v1").to_string(),
+    );
+    let target_metrics = serve
+        .preamble
+        .iter()
+        .find(|l| l.trim_start().starts_with("target-0"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("http://")))
+        .map(|m| m.trim_end_matches("/metrics").to_string())
+        .unwrap_or_else(|| panic!("no target metrics address in {:?}", serve.preamble));
+    let (status, body) = http(&serve.addr, "POST", "/v1/chat/completions", Some(&chat_body(PROMPTS[0], 6)));
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 6, "{}", v["usage"]);
+    // Plain steps still count as verifies of an empty tree; no draft token was.
+    assert_eq!(v["usage"]["spec_num_correct_drafts"].as_u64(), Some(0), "{}", v["usage"]);
+    let (_, page) = http(&target_metrics, "GET", "/metrics", None);
+    assert!(
+        page.lines().any(|l| l.starts_with("aerie_target_draft_fallbacks_total{") && l.contains("not_batch_invariant") && !l.ends_with(" 0")),
+        "no not_batch_invariant fallback counted"
+    );
+}
+
 #[test]
 fn no_target_is_503_and_full_queues_are_429() {
     let _g = serial();

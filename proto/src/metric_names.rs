@@ -45,7 +45,7 @@ pub const TARGET_DEVICE_KV_POOL_CAPACITY: &str = "aerie_target_device_kv_pool_ca
 pub const TARGET_QUEUE_LENGTH: &str = "aerie_target_queue_length_requests";
 /// Gauge: requests being decoded.
 pub const TARGET_RUNNING: &str = "aerie_target_running_requests";
-/// Counter, label `reason`: requests that lost their draft worker and went on without speculation.
+/// Counter, label `reason`: requests that went on without speculation (the draft worker was lost, or this target runs non-batch-invariant library GEMMs).
 pub const TARGET_DRAFT_FALLBACKS: &str = "aerie_target_draft_fallbacks_total";
 /// Counter, label `outcome` (`finished`, `aborted`, `rejected`, `failed`): requests.
 pub const TARGET_REQUESTS: &str = "aerie_target_requests_total";

@@ -202,7 +202,14 @@ impl TargetService for TargetServer {
         let fallback = Arc::new(AtomicBool::new(false));
         let speculative = !r.draft_worker.is_empty();
         // One proposer per choice: each is its own sequence on the draft worker.
-        let proposers: Vec<Box<dyn Proposer>> = if speculative {
+        let proposers: Vec<Box<dyn Proposer>> = if speculative && !self.model.batch_invariant() {
+            // Library GEMMs (`--gemm-mode library`): a row's logits depend on
+            // its batch, so verified drafts would not give plain decoding's
+            // tokens. This worker decodes plainly instead.
+            metrics::counter!(m::TARGET_DRAFT_FALLBACKS, "reason" => "not_batch_invariant").increment(1);
+            fallback.store(true, Ordering::Release);
+            (0..n).map(|_| Box::new(NoProposer::default()) as Box<dyn Proposer>).collect()
+        } else if speculative {
             match self.draft_link(&r.draft_worker).await {
                 Ok(link) => (0..n).map(|_| Box::new(link.proposer(fallback.clone(), r.constraint.clone())) as Box<dyn Proposer>).collect(),
                 Err(e) => {

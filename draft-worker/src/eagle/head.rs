@@ -533,6 +533,18 @@ impl EagleHead {
         }
     }
 
+    /// Each row's `k` most likely next tokens (target ids) with their draft
+    /// probabilities: on a device picked there (only the pairs come back),
+    /// on the host from the softmax of [`Self::logits`].
+    pub fn top_k(&self, target: &Model, states: &[f32], k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
+        if let Some(d) = &self.device {
+            let rows = d.top_k(states, k)?;
+            return Ok(rows.into_iter().map(|r| r.into_iter().map(|(i, p)| (self.target_id(i), p)).collect()).collect());
+        }
+        let logits = self.logits(target, states)?;
+        Ok(super::rows_top_k(&logits, self.draft_vocab(target), k, &|i| self.target_id(i)))
+    }
+
     /// Rows of the draft logits.
     pub fn draft_vocab(&self, target: &Model) -> usize {
         self.lm_head.as_ref().map_or(target.config.vocab_size, |m| m.rows)

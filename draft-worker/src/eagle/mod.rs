@@ -118,9 +118,7 @@ impl DraftNet for HeadNet<'_> {
             self.chain_rows += n;
             (&*layer.head, x)
         };
-        let logits = head.logits(self.target, &x)?;
-        let dv = head.draft_vocab(self.target);
-        let topk = rows_top_k(&logits, dv, topk, &|i| head.target_id(i));
+        let topk = head.top_k(self.target, &x, topk)?;
         Ok(DraftOut { topk, states: Features { width: head.llama().hidden_size, data: x } })
     }
     fn kv_len(&self) -> usize {
@@ -237,13 +235,19 @@ impl Proposer for EagleProposer {
         let t0 = self.processed;
         let tokens = &self.tokens[t0 + 1..t0 + 1 + n];
         let positions: Vec<u32> = (t0..t0 + n).map(|t| t as u32).collect();
+        let len = self.cache.len();
         let x = self.head.forward(&self.target, &mut self.cache, tokens, &self.pending.data, &positions, AttnMask::Causal)?;
         let h = self.head.llama().hidden_size;
         let last = x[(n - 1) * h..].to_vec();
-        let logits = self.head.logits(&self.target, &last)?;
-        let dv = self.head.draft_vocab(&self.target);
         // More than topk, so a constrained request finds admissible ones.
-        let topk = rows_top_k(&logits, dv, listed(self.tree.topk), &|i| self.head.target_id(i)).remove(0);
+        let topk = match self.head.top_k(&self.target, &last, listed(self.tree.topk)) {
+            Ok(mut t) => t.remove(0),
+            Err(e) => {
+                // The rows just cached go again: a retry starts from the same place.
+                self.cache.truncate(len);
+                return Err(e.into());
+            }
+        };
         self.root = Some((topk, last));
         self.processed += n;
         self.pending.data.clear();
@@ -329,8 +333,8 @@ pub fn catch_up_many(props: &mut [&mut EagleProposer]) -> aerie_engine::Result<(
             }
         };
         let lasts: Vec<f32> = outs.iter().flat_map(|x| x[x.len() - h..].iter().copied()).collect();
-        let logits = match head.logits(&target, &lasts) {
-            Ok(l) => l,
+        let topks = match head.top_k(&target, &lasts, listed(props[first].tree.topk)) {
+            Ok(t) => t,
             Err(e) => {
                 // The rows just cached are dropped again: nothing advanced.
                 for (((&j, mut cache), data), len) in group.iter().zip(caches).zip(pending).zip(lens) {
@@ -341,8 +345,6 @@ pub fn catch_up_many(props: &mut [&mut EagleProposer]) -> aerie_engine::Result<(
                 return Err(e.into());
             }
         };
-        let dv = head.draft_vocab(&target);
-        let topks = rows_top_k(&logits, dv, listed(props[first].tree.topk), &|i| head.target_id(i));
         for (k, ((&j, cache), topk)) in group.iter().zip(caches).zip(topks).enumerate() {
             let p = &mut *props[j];
             p.cache = cache;

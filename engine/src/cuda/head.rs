@@ -23,6 +23,7 @@ use crate::error::{EngineError, Result};
 use crate::kv::KvCache;
 use crate::model::{AttnMask, LogitsRows};
 use aerie_kernels::cuda::device::{Device, DeviceBuffer, DeviceExt};
+use aerie_kernels::cuda::interp::KernelArg as A;
 use std::sync::Arc;
 
 /// A head's weights on the host (dense f32), for [`DeviceHead::new`].
@@ -136,7 +137,10 @@ impl DeviceHead {
             let seq = s.cache.device.as_mut().ok_or_else(|| EngineError::InvalidInput("a host KV cache given to a head on a device".into()))?;
             batch.push(CudaSeqInput { seq, tokens: s.tokens, positions: Some(s.positions), mask: s.mask.clone(), logits: LogitsRows::None });
         }
-        let b = DeviceBatch::new(&self.dev, cfg.vocab_size, cfg.max_position_embeddings, &mut batch)?;
+        // No position limit of the head's own: published heads' configs say
+        // 2048 while drafting for far longer contexts (the target's limit
+        // applies), and the host path has none either.
+        let b = DeviceBatch::new(&self.dev, cfg.vocab_size, usize::MAX, &mut batch)?;
         let t = b.rows;
         if t == 0 {
             return Ok(Vec::new());
@@ -196,10 +200,42 @@ impl DeviceHead {
     /// Draft logits (`rows × draft vocab`) of output states: the head's
     /// final norm, if it has one, then its lm_head.
     pub fn logits(&self, states: &[f32]) -> Result<Vec<f32>> {
+        let rows = states.len() / self.config.hidden_size;
+        match self.logits_on_device(states)? {
+            Some(l) => Ok(self.dev.download_vec(&l, 0, rows * self.lm_rows)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Each row's `k` most likely draft tokens (draft-vocabulary ids) with
+    /// their probabilities, picked on the device (`topk_rows`): only these
+    /// pairs leave it, not the logits. Fewer than `k` where a row has fewer
+    /// candidates.
+    pub fn top_k(&self, states: &[f32], k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
+        let rows = states.len() / self.config.hidden_size;
+        let Some(logits) = self.logits_on_device(states)? else { return Ok(Vec::new()) };
+        let k = k.min(self.lm_rows).max(1);
+        let (ids, probs) = (self.dev.alloc(rows * k * 4)?, self.dev.alloc(rows * k * 4)?);
+        // SAFETY: logits holds rows × lm_rows f32; ids and probs rows × k.
+        unsafe {
+            self.dev.launch(
+                "topk_rows",
+                aerie_kernels::cuda::interp::LaunchConfig::linear(rows as u32, 256),
+                &[logits.arg(), ids.arg(), probs.arg(), A::I32(rows as i32), A::I32(self.lm_rows as i32), A::I32(k as i32)],
+            )?;
+        }
+        let ids: Vec<i32> = self.dev.download_vec(&ids, 0, rows * k)?;
+        let probs: Vec<f32> = self.dev.download_vec(&probs, 0, rows * k)?;
+        Ok(ids.chunks(k).zip(probs.chunks(k)).map(|(i, p)| i.iter().zip(p).filter(|(&i, _)| i >= 0).map(|(&i, &p)| (i as u32, p)).collect()).collect())
+    }
+
+    /// The lm_head of output states (after the final norm), left on the
+    /// device; `None` for no rows.
+    fn logits_on_device(&self, states: &[f32]) -> Result<Option<DeviceBuffer>> {
         let h = self.config.hidden_size;
         let rows = states.len() / h;
         if rows == 0 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let ops = self.ops();
         let x = self.dev.upload_slice(states)?;
@@ -213,6 +249,6 @@ impl DeviceHead {
         };
         let logits = self.dev.alloc(rows * self.lm_rows * 4)?;
         ops.linear(&input, (&self.lm_head, 0), None, &logits, rows, self.lm_rows, h)?;
-        Ok(self.dev.download_vec(&logits, 0, rows * self.lm_rows)?)
+        Ok(Some(logits))
     }
 }

@@ -28,7 +28,7 @@ fn elementwise(n: usize) -> LaunchConfig {
 }
 
 /// Launch wrappers over one device.
-pub struct Ops<'a> {
+pub(crate) struct Ops<'a> {
     pub dev: &'a Arc<dyn Device>,
     pub eps: f32,
     /// Projections through `linear_bf16` (each row reduced in a fixed order,
@@ -93,7 +93,7 @@ impl Ops<'_> {
 }
 
 /// One decoder layer's weights on a device.
-pub struct DeviceLayer {
+pub(crate) struct DeviceLayer {
     /// `None`: the layer takes its input unnormed (EAGLE-1's layer 0), or is
     /// always given its attention input (EAGLE-3's midlayer).
     pub(crate) input_norm: Option<DeviceBuffer>,
@@ -213,7 +213,7 @@ impl DeviceLayer {
 }
 
 /// Working buffers of a layer run over `rows` rows.
-pub struct Scratch {
+pub(crate) struct Scratch {
     pub xn: DeviceBuffer,
     o: DeviceBuffer,
     q: DeviceBuffer,
@@ -257,7 +257,7 @@ pub struct CudaSeqInput<'a> {
 /// A batch's rows on the device: token ids, positions, KV slots, what each
 /// row attends to (see `attention.cu`) and the page table; the host keeps
 /// which rows want logits.
-pub struct DeviceBatch {
+pub(crate) struct DeviceBatch {
     pub rows: usize,
     pub ids: DeviceBuffer,
     pos: DeviceBuffer,

@@ -18,6 +18,7 @@
 #include "../rope.cu"
 #include "../silu_mul.cu"
 #include "../to_bf16.cu"
+#include "../topk_rows.cu"
 #include "selftest.cu"
 
 #include <cstdio>
@@ -104,6 +105,12 @@ int main(int argc, char** argv) {
     unsigned short* xb = buffer<unsigned short>((size_t)rows * hidden, 24);
     run("to_bf16", +[](void** p) { aerie_interp::call_with_params(to_bf16, p); }, {&x, &xb, &n}, 3, 1, 96);
 
+    int topk = 7;
+    int* tk_ids = static_cast<int*>(std::malloc((size_t)rows * topk * sizeof(int)));
+    float* tk_p = buffer<float>((size_t)rows * topk, 25);
+    run("topk_rows", +[](void** p) { aerie_interp::call_with_params(topk_rows, p); },
+        {&logits, &tk_ids, &tk_p, &rows, &vocab, &topk}, rows, 1, 128);
+
     float* gate_up = buffer<float>((size_t)rows * 2 * inter, 10);
     float* act = buffer<float>((size_t)rows * inter, 11);
     run("silu_mul", +[](void** p) { aerie_interp::call_with_params(silu_mul, p); },
@@ -177,7 +184,7 @@ int main(int argc, char** argv) {
 
     for (void* p : std::vector<void*>{x, y, w, out, table, ids, emb, logits, best, best_v, gate_up, act, q, k, pos,
                                       inv, qw, mx, my, shuf, sh_in, sh_out, kc, vc, table_p, rseq, rdense, rbase, rmask,
-                                      aq, aout, nk, nv, aslots, msrc, mdst, lx, lw, lb, ly, cat, sel, gathered, xb})
+                                      aq, aout, nk, nv, aslots, msrc, mdst, lx, lw, lb, ly, cat, sel, gathered, xb, tk_ids, tk_p})
         std::free(p);
     std::printf("%d passed, %d failed\n", passes, failures);
     return failures ? 1 : 0;

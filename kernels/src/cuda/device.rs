@@ -23,6 +23,8 @@ pub enum DeviceError {
     Driver(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("bad operands: {0}")]
+    BadOperands(String),
 }
 
 impl DeviceError {
@@ -33,6 +35,7 @@ impl DeviceError {
             DeviceError::Launch(e) => e.error_type(),
             DeviceError::Driver(_) => "driver",
             DeviceError::Unavailable(_) => "device_unavailable",
+            DeviceError::BadOperands(_) => "bad_operands",
         }
     }
 }
@@ -117,13 +120,30 @@ pub trait Device: Send + Sync {
     /// for the shape (so a row's bits may depend on `rows`: this is not the
     /// batch-invariant path). Bounds are checked.
     fn gemm_bf16(&self, x: &DeviceBuffer, w: &DeviceBuffer, w_offset: usize, y: &DeviceBuffer, rows: usize, n: usize, k: usize) -> Result<()>;
+    /// Whether [`Self::gemm_bf16`] can run here (on a GPU: libcublas found
+    /// and a handle made), asked at start rather than at the first request.
+    fn library_gemm_ready(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// Checks the buffers of a [`Device::gemm_bf16`] call.
+/// Checks the buffers of a [`Device::gemm_bf16`] call: sizes without
+/// overflow, each range inside its buffer, the weights 2-byte aligned, and
+/// the output apart from both inputs.
 pub(crate) fn check_gemm(x: &DeviceBuffer, w: &DeviceBuffer, w_offset: usize, y: &DeviceBuffer, rows: usize, n: usize, k: usize) -> Result<()> {
-    x.check(0, rows * k * 2)?;
-    w.check(w_offset, n * k * 2)?;
-    y.check(0, rows * n * 4)
+    let bytes = |a: usize, b: usize, e: usize| a.checked_mul(b).and_then(|v| v.checked_mul(e)).ok_or_else(|| DeviceError::BadOperands(format!("a {a} x {b} GEMM operand overflows")));
+    let (xb, wb, yb) = (bytes(rows, k, 2)?, bytes(n, k, 2)?, bytes(rows, n, 4)?);
+    x.check(0, xb)?;
+    w.check(w_offset, wb)?;
+    y.check(0, yb)?;
+    if w_offset % 2 != 0 {
+        return Err(DeviceError::BadOperands(format!("GEMM weights at odd byte offset {w_offset}")));
+    }
+    let apart = |a: u64, al: usize, b: u64, bl: usize| a + al as u64 <= b || b + bl as u64 <= a;
+    if !apart(y.ptr, yb, x.ptr, xb) || !apart(y.ptr, yb, w.ptr + w_offset as u64, wb) {
+        return Err(DeviceError::BadOperands("GEMM output overlaps an input".into()));
+    }
+    Ok(())
 }
 
 /// Typed helpers over the byte-level trait.

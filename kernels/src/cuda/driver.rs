@@ -375,6 +375,10 @@ impl Device for DriverDevice {
         result::mem_get_info().map_or(0, |(free, _)| free)
     }
 
+    fn library_gemm_ready(&self) -> Result<()> {
+        self.blas().map(|_| ())
+    }
+
     fn gemm_bf16(&self, x: &DeviceBuffer, w: &DeviceBuffer, w_offset: usize, y: &DeviceBuffer, rows: usize, n: usize, k: usize) -> Result<()> {
         use cudarc::cublas::{result as blas, sys as bsys};
         super::device::check_gemm(x, w, w_offset, y, rows, n, k)?;

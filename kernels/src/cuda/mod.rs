@@ -41,4 +41,5 @@ pub const SOURCES: &[Source] = &[
     Source { file: "rope.cu", text: include_str!("../../cuda/rope.cu") },
     Source { file: "silu_mul.cu", text: include_str!("../../cuda/silu_mul.cu") },
     Source { file: "to_bf16.cu", text: include_str!("../../cuda/to_bf16.cu") },
+    Source { file: "topk_rows.cu", text: include_str!("../../cuda/topk_rows.cu") },
 ];

@@ -114,6 +114,24 @@ pub fn gemm_bf16(x: &[u16], w: &[u16], y: &mut [f32], rows: usize, n: usize, k: 
     }
 }
 
+/// `topk_rows`: each row's `k` largest logits (value descending, index
+/// ascending on ties; NaNs never) with their softmax probabilities; `-1`
+/// and 0 where a row has fewer than `k` candidates.
+pub fn topk_rows(logits: &[f32], vocab: usize, k: usize) -> Vec<Vec<(i32, f32)>> {
+    logits
+        .chunks(vocab)
+        .map(|r| {
+            let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let s: f64 = r.iter().map(|&x| ((x - m) as f64).exp()).filter(|v| !v.is_nan()).sum();
+            let mut idx: Vec<usize> = (0..r.len()).filter(|&i| !r[i].is_nan()).collect();
+            idx.sort_by(|&a, &b| r[b].total_cmp(&r[a]).then(a.cmp(&b)));
+            let mut out: Vec<(i32, f32)> = idx.iter().take(k).map(|&i| (i as i32, (((r[i] - m) as f64).exp() / s) as f32)).collect();
+            out.resize(k, (-1, 0.0));
+            out
+        })
+        .collect()
+}
+
 /// `argmax_rows`: each row's first largest value and its index; a row with
 /// no such value (all NaN or -inf) gives index 0 and -inf.
 pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<(i32, f32)> {
