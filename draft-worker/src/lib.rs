@@ -99,6 +99,9 @@ pub fn shipped_head(target: &Model) -> Option<PathBuf> {
     roots.into_iter().map(|r| r.join(name)).find(|d| d.join("config.json").is_file() && d.join("model.safetensors").is_file())
 }
 
+/// Fewest KV tokens a STANDALONE draft model on a device gets.
+const STANDALONE_MIN_KV_TOKENS: usize = 8192;
+
 /// What a factory shares between the proposers it builds.
 enum Shared {
     /// A head, and any further MTP layers chained after it.
@@ -140,9 +143,9 @@ impl ProposerFactory {
         }
         // On a device a head keeps the checkpoint's values (bf16 there);
         // on the CPU its matrices become Q8_0 (see `quantized_q8`).
-        let place = |h: eagle::EagleHead| -> Result<eagle::EagleHead> {
+        let place = |h: eagle::EagleHead, first: Option<&eagle::EagleHead>| -> Result<eagle::EagleHead> {
             match &device {
-                Some((dev, tokens)) => h.to_device(&target, dev.clone(), *tokens),
+                Some((dev, tokens)) => h.to_device_sharing(&target, dev.clone(), *tokens, first),
                 None => Ok(h.quantized_q8()),
             }
         };
@@ -174,9 +177,7 @@ impl ProposerFactory {
                         // Further MTP layers draft the deeper levels, as far as the tree goes.
                         let mut layers = eagle::EagleHead::load_mtp_layers(&ck, ck.num_layers.min(opts.tree.num_steps).max(1), &target, map.as_ref())?.into_iter();
                         let Some(first) = layers.next() else { return Err(DraftError::BadSetting(format!("{} announces no MTP layer", dir.display()))) };
-                        for l in layers {
-                            chain.push(Arc::new(place(l)?));
-                        }
+                        chain.extend(layers);
                         first
                     }
                     Some(_) => return Err(DraftError::BadSetting(format!("{} holds MTP layers; use --speculative-algorithm EAGLE or NEXTN", dir.display()))),
@@ -191,7 +192,10 @@ impl ProposerFactory {
                         opts.algorithm
                     )));
                 }
-                Shared::Eagle(Arc::new(place(head)?), chain)
+                // The chain's layers share the first's lm_head rows on a device.
+                let head = place(head, None)?;
+                let chain = chain.into_iter().map(|l| place(l, Some(&head)).map(Arc::new)).collect::<Result<Vec<_>>>()?;
+                Shared::Eagle(Arc::new(head), chain)
             }
             SpecAlgorithm::Standalone => {
                 let p = need_path()?;
@@ -202,7 +206,11 @@ impl ProposerFactory {
                 match &device {
                     Some((dev, tokens)) => {
                         let m = Arc::try_unwrap(e.model).map_err(|_| DraftError::BadSetting("the STANDALONE draft model is shared; it cannot move to the device".into()))?;
-                        Shared::Standalone(Arc::new(m.to_device(dev.clone(), *tokens)?))
+                        // `tokens` is sized for one head layer: a model of
+                        // L layers gets the same memory (tokens / L), but
+                        // room for a few long sequences at least.
+                        let pool = (*tokens / m.config.num_layers.max(1)).max(STANDALONE_MIN_KV_TOKENS);
+                        Shared::Standalone(Arc::new(m.to_device(dev.clone(), pool)?))
                     }
                     None => Shared::Standalone(e.model),
                 }

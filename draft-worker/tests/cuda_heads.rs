@@ -6,7 +6,7 @@
 //! depend on what else shares the call.
 
 use crate::common;
-use aerie_draft_worker::eagle::{EagleHead, EagleKind};
+use aerie_draft_worker::eagle::{tree_rows_mask as tree_rows, EagleHead, EagleKind};
 use aerie_engine::{AttnMask, ForwardOptions, LogitsRows, Model, SeqInput};
 use aerie_kernels::cuda::device::InterpDevice;
 use std::path::PathBuf;
@@ -14,21 +14,6 @@ use std::sync::Arc;
 
 fn interp() -> Arc<InterpDevice> {
     Arc::new(InterpDevice::new(1 << 30))
-}
-
-/// The mask of draft rows that see the committed prefix, the uncommitted
-/// cache rows `ancestors[i]` and themselves (as the EAGLE proposer builds it).
-fn tree_rows(committed: usize, kv_len: usize, ancestors: &[Vec<usize>]) -> AttnMask {
-    let (n, w) = (ancestors.len(), kv_len + ancestors.len());
-    let mut m = vec![false; n * w];
-    for (i, anc) in ancestors.iter().enumerate() {
-        m[i * w..i * w + committed].iter_mut().for_each(|v| *v = true);
-        for &a in anc {
-            m[i * w + a] = true;
-        }
-        m[i * w + kv_len + i] = true;
-    }
-    AttnMask::Full(m)
 }
 
 /// Target features of the first `n` tokens of `ids`: the final hidden state,
@@ -197,4 +182,53 @@ fn the_widest_draft_tree_runs_on_the_device_and_a_wider_one_is_refused() {
     assert!(stats.spec_verify_ct < 11, "the wide tree accepted nothing: {} verifies", stats.spec_verify_ct);
     let err = ProposerFactory::new_on(options(6), e.model.clone(), &e.tokenizer, dev()).err().expect("a 6-step tree of 16 is refused").to_string();
     assert!(err.contains("at most 64 uncommitted rows") && err.contains("= 80"), "{err}");
+}
+
+/// MTP layers of one chain share the target's lm_head rows on the device:
+/// the second layer costs its own weights and pool, not another lm_head,
+/// and drafts the same as with a copy of its own.
+#[test]
+fn mtp_layers_of_a_chain_share_one_lm_head_on_the_device() {
+    use aerie_kernels::cuda::device::Device;
+    let dir = tempfile::tempdir().unwrap();
+    crate::mtp::write_mimo_layers(dir.path(), 4, 2);
+    let target = crate::mtp::load_target(dir.path());
+    let ck = aerie_draft_worker::eagle::mtp::MtpCheckpoint::detect(dir.path()).unwrap().unwrap();
+    let layers = || EagleHead::load_mtp_layers(&ck, 2, &target, None).unwrap();
+    let dev = interp();
+    let place = |h: EagleHead, first: Option<&EagleHead>| {
+        let before = dev.memory().0;
+        let h = h.to_device_sharing(&target, dev.clone(), 256, first).unwrap();
+        (h, dev.memory().0 - before)
+    };
+    let mut a = layers().into_iter();
+    let (first, _) = place(a.next().unwrap(), None);
+    let (shared, shared_bytes) = place(a.next().unwrap(), Some(&first));
+    let (own, own_bytes) = place(layers().pop().unwrap(), None);
+    let c = &target.config;
+    assert_eq!(own_bytes - shared_bytes, c.vocab_size * c.hidden_size * 2, "one bf16 lm_head saved");
+    let h = c.hidden_size;
+    let states: Vec<f32> = (0..2 * h).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+    assert_eq!(shared.top_k(&target, &states, 4).unwrap(), own.top_k(&target, &states, 4).unwrap());
+}
+
+/// A chain of two MTP layers on the device (the target on the host):
+/// greedy speculation equals plain greedy decoding on every prompt.
+#[test]
+fn an_mtp_chain_on_the_device_is_lossless() {
+    use aerie_draft_worker::ProposerFactory;
+    use aerie_engine::generate::{generate, GenerateRequest};
+    use aerie_engine::spec::{speculative_generate, TreeSpec};
+    let dir = tempfile::tempdir().unwrap();
+    crate::mtp::write_mimo_layers(dir.path(), 5, 2);
+    let target = crate::mtp::load_target(dir.path());
+    let tree = TreeSpec { num_steps: 3, topk: 2, num_draft_tokens: 6 };
+    let dev = Some((interp() as Arc<dyn aerie_kernels::cuda::device::Device>, 1024));
+    let f = ProposerFactory::new_on(crate::mtp::options(Some(dir.path()), tree), target.clone(), crate::mtp::no_tokenizer(), dev).unwrap();
+    for ids in crate::mtp::prompts() {
+        let req = GenerateRequest { prompt_ids: &ids, max_tokens: 48, sampling: Default::default(), stop_ids: &[] };
+        let plain = generate(&target, &req, &mut |_| {}).unwrap().token_ids;
+        let (out, _) = speculative_generate(&target, f.proposer().as_mut(), &req, &mut |_| {}).unwrap();
+        assert_eq!(out.token_ids, plain, "prompt {ids:?}");
+    }
 }

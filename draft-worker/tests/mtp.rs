@@ -93,7 +93,7 @@ pub(crate) fn write_mimo(dir: &Path, seed: u64) -> Tensors {
 }
 
 /// A MiMo checkpoint with `n` MTP layers.
-fn write_mimo_layers(dir: &Path, seed: u64, n: usize) -> Tensors {
+pub(crate) fn write_mimo_layers(dir: &Path, seed: u64, n: usize) -> Tensors {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut t = body(&mut rng, true);
     for i in 0..n {
@@ -222,7 +222,7 @@ fn mtp_layers_compute_the_published_forward() {
     }
 }
 
-fn options(path: Option<&Path>, tree: TreeSpec) -> DraftOptions {
+pub(crate) fn options(path: Option<&Path>, tree: TreeSpec) -> DraftOptions {
     DraftOptions {
         algorithm: SpecAlgorithm::Eagle,
         draft_model_path: path.map(Path::to_path_buf),
@@ -235,12 +235,12 @@ fn options(path: Option<&Path>, tree: TreeSpec) -> DraftOptions {
 
 /// The factory compares tokenizers only for STANDALONE drafters; these
 /// tiny targets have none, so any real one stands in.
-fn no_tokenizer() -> &'static Tokenizer {
+pub(crate) fn no_tokenizer() -> &'static Tokenizer {
     static T: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
     T.get_or_init(|| aerie_engine::Engine::load("smollm2", DType::Auto).expect("smollm2").tokenizer)
 }
 
-fn prompts() -> Vec<Vec<u32>> {
+pub(crate) fn prompts() -> Vec<Vec<u32>> {
     let mut rng = StdRng::seed_from_u64(11);
     (0..5).map(|i| (0..6 + 3 * i).map(|_| rng.gen_range(0..VOCAB as u32)).collect()).collect()
 }

@@ -222,6 +222,31 @@ fn greedy_text_is_identical_with_and_without_speculation() {
     }
 }
 
+/// `aerie serve --device cuda` with `extra` flags, on the interpreted device.
+fn serve_interpreted(extra: &[&str]) -> Proc {
+    let port = free_port().to_string();
+    let mut args = vec!["serve", "--port", &port, "--device", "cuda"];
+    args.extend_from_slice(extra);
+    common::start_exe_env(
+        env!("CARGO_BIN_EXE_aerie").as_ref(),
+        &args,
+        &[("AERIE_CUDA_INTERPRET", "1")],
+        "OpenAI endpoint:",
+        &|l: &str| l.split_whitespace().nth(2).unwrap().trim_start_matches("http://").trim_end_matches("/v1").to_string(),
+    )
+}
+
+/// The metrics address (`host:port`) `aerie serve` printed for worker `name`.
+fn worker_metrics(serve: &Proc, name: &str) -> String {
+    serve
+        .preamble
+        .iter()
+        .find(|l| l.trim_start().starts_with(name))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("http://")))
+        .map(|m| m.trim_end_matches("/metrics").to_string())
+        .unwrap_or_else(|| panic!("no metrics address for {name} in {:?}", serve.preamble))
+}
+
 /// `aerie serve --device cuda` (the interpreter: the host code and `.cu`
 /// kernels a GPU runs) serves the default speculative cluster with the
 /// target, and the draft worker's EAGLE head, on the device: greedy text equals the
@@ -230,21 +255,8 @@ fn greedy_text_is_identical_with_and_without_speculation() {
 #[test]
 fn serve_on_the_cuda_device_is_lossless_and_reports_device_memory() {
     let _g = serial();
-    let port = free_port().to_string();
-    let serve = common::start_exe_env(
-        env!("CARGO_BIN_EXE_aerie").as_ref(),
-        &["serve", "--port", &port, "--device", "cuda", "--max-running-requests", "2"],
-        &[("AERIE_CUDA_INTERPRET", "1")],
-        "OpenAI endpoint:",
-        &|l: &str| l.split_whitespace().nth(2).unwrap().trim_start_matches("http://").trim_end_matches("/v1").to_string(),
-    );
-    let target_metrics = serve
-        .preamble
-        .iter()
-        .find(|l| l.trim_start().starts_with("target-0"))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("http://")))
-        .map(|m| m.trim_end_matches("/metrics").to_string())
-        .unwrap_or_else(|| panic!("no target metrics address in {:?}", serve.preamble));
+    let serve = serve_interpreted(&["--max-running-requests", "2"]);
+    let target_metrics = worker_metrics(&serve, "target-0");
     let e = engine();
     let dev = aerie_engine::Engine::load("smollm2", aerie_engine::DType::Auto).unwrap();
     let model = std::sync::Arc::try_unwrap(dev.model)
@@ -263,13 +275,7 @@ fn serve_on_the_cuda_device_is_lossless_and_reports_device_memory() {
         assert!(v["usage"]["spec_verify_ct"].as_u64().unwrap_or(0) > 0, "speculation ran: {}", v["usage"]);
     }
     // The draft worker's head is on the device too.
-    let draft_metrics = serve
-        .preamble
-        .iter()
-        .find(|l| l.trim_start().starts_with("draft-0"))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("http://")))
-        .map(|m| m.trim_end_matches("/metrics").to_string())
-        .unwrap_or_else(|| panic!("no draft metrics address in {:?}", serve.preamble));
+    let draft_metrics = worker_metrics(&serve, "draft-0");
     let draft_used = gauge(&draft_metrics, "aerie_draft_device_memory_used_bytes");
     assert!(draft_used > 50e6, "the shipped head's bf16 weights, the target's lm_head rows and a KV pool: {draft_used}");
     let used = gauge(&target_metrics, "aerie_target_device_memory_used_bytes");
@@ -291,21 +297,8 @@ fn serve_on_the_cuda_device_is_lossless_and_reports_device_memory() {
 #[test]
 fn a_target_on_library_gemms_does_not_speculate() {
     let _g = serial();
-    let port = free_port().to_string();
-    let serve = common::start_exe_env(
-        env!("CARGO_BIN_EXE_aerie").as_ref(),
-        &["serve", "--port", &port, "--device", "cuda", "--gemm-mode", "library", "--max-running-requests", "1"],
-        &[("AERIE_CUDA_INTERPRET", "1")],
-        "OpenAI endpoint:",
-        &|l: &str| l.split_whitespace().nth(2).unwrap().trim_start_matches("http://").trim_end_matches("/v1").to_string(),
-    );
-    let target_metrics = serve
-        .preamble
-        .iter()
-        .find(|l| l.trim_start().starts_with("target-0"))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("http://")))
-        .map(|m| m.trim_end_matches("/metrics").to_string())
-        .unwrap_or_else(|| panic!("no target metrics address in {:?}", serve.preamble));
+    let serve = serve_interpreted(&["--gemm-mode", "library", "--max-running-requests", "1"]);
+    let target_metrics = worker_metrics(&serve, "target-0");
     let (status, body) = http(&serve.addr, "POST", "/v1/chat/completions", Some(&chat_body(PROMPTS[0], 6)));
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();

@@ -17,7 +17,7 @@ use super::mtp::{MtpCheckpoint, MtpLayout};
 use crate::error::{DraftError, Result};
 use crate::token_map::TokenMap;
 use aerie_engine::config::ModelConfig;
-use aerie_engine::cuda::head::{DeviceHead, HeadInput, HeadSeq, HeadWeights};
+use aerie_engine::cuda::head::{DeviceHead, HeadInput, HeadSeq, HeadWeights, LmHead};
 use aerie_engine::cuda::layer::LayerWeights;
 use aerie_engine::layers::{self, add_into, norm_rows, AttnPlan, AttnShape, Rope};
 use aerie_engine::loader::hf::SafetensorsDir;
@@ -74,6 +74,9 @@ pub struct EagleHead {
     lm_head: Option<Matrix>,
     /// Target id of each lm_head row when the head has a reduced vocabulary.
     vocab_map: Option<Vec<u32>>,
+    /// The lm_head rows are the target's (all, or a token map's), not the
+    /// head's own: heads of one chain may then share them on a device.
+    lm_from_target: bool,
     rope: Rope,
     /// Target layers feeding EAGLE-3's fc (empty for EAGLE-1/2).
     pub aux_layers: Vec<usize>,
@@ -188,7 +191,7 @@ impl EagleHead {
         // interleaved pairs, but heads are published, trained and loaded by
         // SGLang with the half-split pairing.
         let rope = Rope::new(&c.inv_freqs(), c.rope_theta, c.rope_style);
-        Ok(EagleHead { config, fc, layers: layers_w, hidden_norm, final_norm, lm_head, vocab_map, rope, aux_layers, mtp: None, device: None })
+        Ok(EagleHead { config, fc, layers: layers_w, hidden_norm, final_norm, lm_from_target: !eagle3, lm_head, vocab_map, rope, aux_layers, mtp: None, device: None })
     }
 
     /// Loads MTP layer `layer` of `ck` (a target's own checkpoint, or a
@@ -226,6 +229,7 @@ impl EagleHead {
         let mtp = MtpParts { token_norm: vec(names.token_norm(), h)?, hidden_norm: vec(names.hidden_norm(), h)?, hidden_first: mimo, out_norm: mimo.then(|| out_norm.clone()) };
         let final_norm = (!mimo).then_some(out_norm);
         let own_head = if !mimo && st.has(&names.own_head()) { Some(m(names.own_head(), c.vocab_size, h)?) } else { None };
+        let lm_from_target = own_head.is_none();
         let (lm_head, vocab_map) = match (token_map, own_head) {
             (Some(_), Some(_)) => {
                 return Err(DraftError::BadSetting("--speculative-token-map applies to MTP layers that use the target's lm_head; this one has its own (`shared_head.head`)".into()))
@@ -237,7 +241,7 @@ impl EagleHead {
             (None, head) => (head, None),
         };
         let rope = Rope::new(&c.inv_freqs(), c.rope_theta, c.rope_style);
-        Ok(EagleHead { config, fc, layers: vec![l], hidden_norm: None, final_norm, lm_head, vocab_map, rope, aux_layers: Vec::new(), mtp: Some(mtp), device: None })
+        Ok(EagleHead { config, fc, layers: vec![l], hidden_norm: None, final_norm, lm_from_target, lm_head, vocab_map, rope, aux_layers: Vec::new(), mtp: Some(mtp), device: None })
     }
 
     /// Stores the head's weight matrices, and the hot lm_head rows, as Q8_0.
@@ -266,7 +270,14 @@ impl EagleHead {
     /// takes a copy of the target's rows (all of them, or its token map's).
     /// Call it before [`Self::quantized_q8`]: the device gets the
     /// checkpoint's own values, not 8-bit ones.
-    pub fn to_device(mut self, target: &Model, dev: Arc<dyn Device>, max_total_tokens: usize) -> Result<EagleHead> {
+    pub fn to_device(self, target: &Model, dev: Arc<dyn Device>, max_total_tokens: usize) -> Result<EagleHead> {
+        self.to_device_sharing(target, dev, max_total_tokens, None)
+    }
+
+    /// [`Self::to_device`], reusing `first`'s lm_head rows on the device when
+    /// both heads draw from the same rows (MTP layers of one chain over the
+    /// target's lm_head or one token map), instead of a copy per layer.
+    pub fn to_device_sharing(mut self, target: &Model, dev: Arc<dyn Device>, max_total_tokens: usize, first: Option<&EagleHead>) -> Result<EagleHead> {
         let c = &self.config.llama;
         let h = c.hidden_size;
         let dense: Vec<[Vec<f32>; 4]> = self.layers.iter().map(|l| [l.qkv.dense_f32(), l.wo.to_f32_vec(), l.gate_up.dense_f32(), l.down.to_f32_vec()]).collect();
@@ -291,9 +302,11 @@ impl EagleHead {
             .collect();
         let fc = self.fc.dense_f32();
         let fc_width = fc.len() / h;
-        let lm_head = match &self.lm_head {
-            Some(m) => m.to_f32_vec(),
-            None => target.weights.lm_head().to_f32_vec(),
+        let shared = first.filter(|f| f.lm_from_target && self.lm_from_target).and_then(|f| f.device.as_ref()).map(DeviceHead::lm_head);
+        let rows = match (&shared, &self.lm_head) {
+            (Some(_), _) => Vec::new(),
+            (None, Some(m)) => m.to_f32_vec(),
+            (None, None) => target.weights.lm_head().to_f32_vec(),
         };
         let w = HeadWeights {
             // An EAGLE-3 head projects target features; its draft states go in as they are.
@@ -302,7 +315,7 @@ impl EagleHead {
             hidden_norm: self.hidden_norm.as_deref(),
             out_norm: self.mtp.as_ref().and_then(|p| p.out_norm.as_deref()),
             final_norm: self.final_norm.as_deref(),
-            lm_head: &lm_head,
+            lm_head: shared.unwrap_or(LmHead::Upload(&rows)),
         };
         self.device = Some(DeviceHead::new(dev, c, w, max_total_tokens)?);
         Ok(self)

@@ -42,7 +42,7 @@ pub(crate) fn rows_top_k(logits: &[f32], vocab: usize, k: usize, map: &dyn Fn(u3
 
 /// The visibility of tree rows appended at `kv_len`: the committed prefix,
 /// listed ancestors, and the row itself.
-pub(crate) fn tree_rows_mask(committed: usize, kv_len: usize, ancestors: &[Vec<usize>]) -> AttnMask {
+pub fn tree_rows_mask(committed: usize, kv_len: usize, ancestors: &[Vec<usize>]) -> AttnMask {
     let n = ancestors.len();
     let w = kv_len + n;
     let mut m = vec![false; n * w];

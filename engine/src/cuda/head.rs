@@ -38,9 +38,18 @@ pub struct HeadWeights<'a> {
     pub out_norm: Option<&'a [f32]>,
     /// EAGLE-3, NextN: the norm before the lm_head.
     pub final_norm: Option<&'a [f32]>,
-    /// The draft logits' rows `[rows, hidden]`: the head's own, or the
-    /// target's (all of them, or a token map's).
-    pub lm_head: &'a [f32],
+    /// The draft logits' rows: their values `[rows, hidden]` (the head's
+    /// own, or the target's, all of them or a token map's), or rows another
+    /// head already holds on the same device (MTP layers of one chain share
+    /// the target's).
+    pub lm_head: LmHead<'a>,
+}
+
+/// Where a head's lm_head rows come from.
+pub enum LmHead<'a> {
+    Upload(&'a [f32]),
+    /// Rows already on the device, and how many.
+    Shared(Arc<DeviceBuffer>, usize),
 }
 
 /// What enters a head's layers for each new row.
@@ -68,7 +77,7 @@ pub struct DeviceHead {
     hidden_norm: Option<DeviceBuffer>,
     out_norm: Option<DeviceBuffer>,
     final_norm: Option<DeviceBuffer>,
-    lm_head: DeviceBuffer,
+    lm_head: Arc<DeviceBuffer>,
     lm_rows: usize,
     inv_freq: DeviceBuffer,
     pool: Arc<KvPool>,
@@ -79,9 +88,16 @@ impl DeviceHead {
     /// of `max_total_tokens` over its layers.
     pub fn new(dev: Arc<dyn Device>, config: &ModelConfig, w: HeadWeights, max_total_tokens: usize) -> Result<DeviceHead> {
         let h = config.hidden_size;
-        if w.lm_head.is_empty() || w.lm_head.len() % h != 0 {
-            return Err(EngineError::InvalidInput(format!("a draft lm_head of {} values for hidden size {h}", w.lm_head.len())));
-        }
+        let (lm_head, lm_rows) = match w.lm_head {
+            LmHead::Upload(v) if v.is_empty() || v.len() % h != 0 => {
+                return Err(EngineError::InvalidInput(format!("a draft lm_head of {} values for hidden size {h}", v.len())))
+            }
+            LmHead::Upload(v) => (Arc::new(dev.upload_slice(&bf16_of(v))?), v.len() / h),
+            LmHead::Shared(b, rows) if b.len() != rows * h * 2 => {
+                return Err(EngineError::InvalidInput(format!("a shared draft lm_head of {} bytes for {rows} rows of {h}", b.len())))
+            }
+            LmHead::Shared(b, rows) => (b, rows),
+        };
         let f32s = |v: &[f32]| dev.upload_slice(v);
         let fc = match w.fc {
             Some((m, b, width)) => Some((dev.upload_slice(&bf16_of(m))?, b.map(f32s).transpose()?, width)),
@@ -97,8 +113,8 @@ impl DeviceHead {
             hidden_norm: w.hidden_norm.map(f32s).transpose()?,
             out_norm: w.out_norm.map(f32s).transpose()?,
             final_norm: w.final_norm.map(f32s).transpose()?,
-            lm_head: dev.upload_slice(&bf16_of(w.lm_head))?,
-            lm_rows: w.lm_head.len() / h,
+            lm_head,
+            lm_rows,
             inv_freq: f32s(&inv)?,
             pool,
             dev,
@@ -117,6 +133,11 @@ impl DeviceHead {
     /// Rows of the draft logits.
     pub fn draft_vocab(&self) -> usize {
         self.lm_rows
+    }
+
+    /// The lm_head rows on the device, for another head to share.
+    pub fn lm_head(&self) -> LmHead<'static> {
+        LmHead::Shared(self.lm_head.clone(), self.lm_rows)
     }
 
     fn ops(&self) -> Ops<'_> {
