@@ -285,9 +285,12 @@ fn full_mask_rows(m: &[bool], cached: usize, n: usize) -> Result<Vec<(i32, i32, 
     rows.iter()
         .enumerate()
         .map(|(i, r)| {
+            if let Some(p) = r.iter().skip(cached + i + 1).position(|&v| v) {
+                return Err(EngineError::InvalidInput(format!("attention mask row {i} sees the later position {}", cached + i + 1 + p)));
+            }
             let mut bits = 0u64;
             for (p, _) in r.iter().enumerate().skip(dense).filter(|(_, &v)| v) {
-                if p - dense >= MAX_TREE_NODES || p > cached + i {
+                if p - dense >= MAX_TREE_NODES {
                     return Err(EngineError::InvalidInput(format!(
                         "attention mask row {i} sees position {p}: the CUDA path takes a dense prefix ({dense}) plus {MAX_TREE_NODES} positions up to the row itself"
                     )));
@@ -444,8 +447,10 @@ mod tests {
 
     #[test]
     fn masks_the_kernel_cannot_express_are_refused() {
-        // A row that sees a later row.
+        // A row that sees a later row, past the common prefix or inside it.
         assert!(full_mask_rows(&mask(1, &[vec![0, 1, 2], vec![0, 2]]), 1, 2).is_err());
+        let err = full_mask_rows(&mask(1, &[vec![0, 1, 2], vec![0, 1, 2]]), 1, 2).unwrap_err();
+        assert!(err.to_string().contains("row 0 sees the later position 2"), "{err}");
         // Positions more than 64 past the common prefix.
         let far: Vec<usize> = vec![0, 70];
         let near: Vec<usize> = vec![1, 71];
