@@ -242,6 +242,18 @@ mod tests {
         assert!(err.contains("not enough device memory") && err.contains("GiB"), "{err}");
     }
 
+    #[test]
+    fn gemm_modes_choose_invariance_by_whether_speculation_runs() {
+        let g = |gemm_mode, det| GemmArgs { gemm_mode, enable_deterministic_inference: det };
+        assert!(g(GemmMode::Auto, false).batch_invariant(true));
+        assert!(!g(GemmMode::Auto, false).batch_invariant(false));
+        assert!(!g(GemmMode::Library, false).batch_invariant(true));
+        assert!(g(GemmMode::BatchInvariant, false).batch_invariant(false));
+        assert!(g(GemmMode::Library, true).batch_invariant(false), "SGLang's flag wins");
+        assert_eq!(g(GemmMode::BatchInvariant, true).to_args(), ["--gemm-mode", "batch-invariant", "--enable-deterministic-inference"]);
+        assert_eq!(g(GemmMode::Auto, false).to_args(), ["--gemm-mode", "auto"]);
+    }
+
     /// Memory another process holds (a draft worker on the same GPU) comes
     /// out of the pool in proportion, leaving activations their part.
     #[test]
