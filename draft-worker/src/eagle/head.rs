@@ -25,6 +25,7 @@ use aerie_engine::weights::Linear;
 use aerie_engine::{AttnMask, EngineError, KvCache, Model};
 use aerie_kernels::cpu::{BlockFormat, Matrix};
 use aerie_kernels::cuda::device::Device;
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -386,16 +387,17 @@ impl EagleHead {
         let positions: Vec<u32> = live.iter().flat_map(|&i| seqs[i].positions.iter().copied()).collect();
         let emb = target.embed(&tokens)?;
         let proj_in = self.projection_input(&emb, &states, &positions, width)?;
+        // EAGLE-3's midlayer (its one layer) sees the embedding, normed by
+        // the layer's input norm, beside the normed state.
+        let side = match (self.kind(), self.layers.first().and_then(|l| l.input_norm.as_ref())) {
+            (EagleKind::Eagle3, Some(w)) => {
+                let mut e = vec![0.0f32; n * h];
+                norm_rows(&emb, w, c.rms_norm_eps, &mut e);
+                Some(e)
+            }
+            _ => None,
+        };
         if let Some(d) = &self.device {
-            // EAGLE-3's midlayer sees the normed embedding beside the normed state.
-            let side = match (self.kind(), self.layers.first().and_then(|l| l.input_norm.as_ref())) {
-                (EagleKind::Eagle3, Some(w)) => {
-                    let mut e = vec![0.0f32; n * h];
-                    norm_rows(&emb, w, c.rms_norm_eps, &mut e);
-                    Some(e)
-                }
-                _ => None,
-            };
             let mut rows: Vec<HeadSeq> = Vec::with_capacity(live.len());
             for r in seqs.iter_mut().filter(|r| !r.tokens.is_empty()) {
                 rows.push(HeadSeq { cache: &mut *r.cache, tokens: r.tokens, positions: r.positions, mask: r.mask.clone() });
@@ -408,8 +410,8 @@ impl EagleHead {
             return Ok(split_rows(&x, seqs, &live, h));
         }
         let mut x = vec![0.0f32; n * h];
-        match proj_in {
-            Some(p) => self.fc.forward(&p, n, &mut x),
+        match &proj_in {
+            Some(p) => self.fc.forward(p, n, &mut x),
             None => x.copy_from_slice(&states),
         }
         let spans: Vec<(usize, &AttnMask)> = live.iter().map(|&i| (seqs[i].cache.len(), &seqs[i].mask)).collect();
@@ -427,23 +429,16 @@ impl EagleHead {
         let mut xn = vec![0.0f32; n * h];
         let mut o = vec![0.0f32; n * h];
         for (li, lw) in self.layers.iter().enumerate() {
-            let attn_in: Vec<f32> = match (self.kind(), &lw.input_norm) {
-                (EagleKind::Eagle3, Some(w)) => {
-                    let mut e = vec![0.0f32; n * h];
-                    norm_rows(&emb, w, c.rms_norm_eps, &mut e);
+            let attn_in: Vec<f32> = match (&side, &lw.input_norm) {
+                (Some(e), _) => {
                     norm_rows(&x, self.hidden_norm.as_ref().expect("EAGLE-3 has hidden_norm"), c.rms_norm_eps, &mut xn);
-                    let mut cat = Vec::with_capacity(n * 2 * h);
-                    for i in 0..n {
-                        cat.extend_from_slice(&e[i * h..(i + 1) * h]);
-                        cat.extend_from_slice(&xn[i * h..(i + 1) * h]);
-                    }
-                    cat
+                    side_by_side(e, &xn, h)
                 }
-                (_, Some(w)) => {
+                (None, Some(w)) => {
                     norm_rows(&x, w, c.rms_norm_eps, &mut xn);
                     xn.clone()
                 }
-                (_, None) => x.clone(),
+                (None, None) => x.clone(),
             };
             layers::attention(&lw.qkv, &lw.wo, shape, self.rope.style, &plan, &mut caches, li, &attn_in, &mut o);
             add_into(&mut x, &o);
@@ -461,24 +456,16 @@ impl EagleHead {
     /// draft states, which enter the layers as they are): EAGLE-1/2 the
     /// embedding beside the feature, MTP the two normed, EAGLE-3 its three
     /// aux layers as they came.
-    fn projection_input(&self, emb: &[f32], states: &[f32], positions: &[u32], width: usize) -> Result<Option<Vec<f32>>> {
+    fn projection_input<'s>(&self, emb: &[f32], states: &'s [f32], positions: &[u32], width: usize) -> Result<Option<Cow<'s, [f32]>>> {
         let c = &self.config.llama;
         let h = c.hidden_size;
         let n = positions.len();
-        let side_by_side = |a: &[f32], b: &[f32]| {
-            let mut cat = Vec::with_capacity(n * 2 * h);
-            for i in 0..n {
-                cat.extend_from_slice(&a[i * h..(i + 1) * h]);
-                cat.extend_from_slice(&b[i * h..(i + 1) * h]);
-            }
-            cat
-        };
         match self.kind() {
             EagleKind::Eagle => {
                 if width != h {
                     return Err(EngineError::InvalidInput(format!("EAGLE head takes {h}-wide features, got {width}")).into());
                 }
-                Ok(Some(side_by_side(emb, states)))
+                Ok(Some(Cow::Owned(side_by_side(emb, states, h))))
             }
             EagleKind::Mtp => {
                 let p = self.mtp.as_ref().expect("an MTP head has its parts");
@@ -496,13 +483,13 @@ impl EagleHead {
                 norm_rows(&e, &p.token_norm, c.rms_norm_eps, &mut en);
                 norm_rows(states, &p.hidden_norm, c.rms_norm_eps, &mut hn);
                 let (a, b) = if p.hidden_first { (&hn, &en) } else { (&en, &hn) };
-                Ok(Some(side_by_side(a, b)))
+                Ok(Some(Cow::Owned(side_by_side(a, b, h))))
             }
             EagleKind::Eagle3 => {
                 if width == h {
                     Ok(None)
                 } else if width == self.feature_width() {
-                    Ok(Some(states.to_vec()))
+                    Ok(Some(Cow::Borrowed(states)))
                 } else {
                     Err(EngineError::InvalidInput(format!("EAGLE-3 head takes {}-wide target features or {h}-wide states, got {width}", self.feature_width())).into())
                 }
@@ -567,6 +554,16 @@ impl EagleHead {
     pub fn target_id(&self, i: u32) -> u32 {
         self.vocab_map.as_ref().map_or(i, |m| m[i as usize])
     }
+}
+
+/// Rows of `a` and `b` (each `h` wide) set side by side: `[a_i, b_i]`.
+fn side_by_side(a: &[f32], b: &[f32], h: usize) -> Vec<f32> {
+    let mut cat = Vec::with_capacity(a.len() + b.len());
+    for (ra, rb) in a.chunks(h).zip(b.chunks(h)) {
+        cat.extend_from_slice(ra);
+        cat.extend_from_slice(rb);
+    }
+    cat
 }
 
 /// Each live sequence's rows of stacked output states.
