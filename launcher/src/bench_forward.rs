@@ -125,9 +125,9 @@ pub fn run(a: ForwardBenchArgs) -> Result<()> {
     if let Some(dev) = device {
         model = model.to_device(dev, tokens_needed)?;
     }
-    // `auto` measures what serving with speculation runs.
-    let gemm = crate::device_args::GemmArgs { gemm_mode: if a.gemm.gemm_mode == crate::device_args::GemmMode::Auto { crate::device_args::GemmMode::BatchInvariant } else { a.gemm.gemm_mode }, ..a.gemm.clone() };
-    gemm.apply(&model, false)?;
+    // As a target worker chooses: `auto` measures what serving with
+    // speculation runs, `library` cuBLAS.
+    a.gemm.apply_target(&model)?;
     let load_s = t.elapsed().as_secs_f64();
     let vocab = cfg.vocab_size as u64;
     let run = greedy_decode(&model, a.prompt_len, a.decode_steps, 2)?;

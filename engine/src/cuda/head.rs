@@ -17,7 +17,7 @@
 //! target verifies every token), but reproducible ones.
 
 use super::kv::{CudaSeq, KvPool};
-use super::layer::{bf16_of, CudaSeqInput, DeviceBatch, DeviceLayer, LayerWeights, Ops, Scratch};
+use super::layer::{bf16_of, upload_inv_freq, CudaSeqInput, DeviceBatch, DeviceLayer, LayerWeights, Ops, Scratch};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv::KvCache;
@@ -104,7 +104,6 @@ impl DeviceHead {
             None => None,
         };
         let layers = w.layers.into_iter().map(|l| DeviceLayer::upload(&dev, l)).collect::<Result<Vec<_>>>()?;
-        let inv: Vec<f32> = config.inv_freqs().iter().map(|&f| f as f32).collect();
         let pool = KvPool::new(dev.clone(), layers.len(), config.num_kv_heads * config.head_dim, max_total_tokens)?;
         Ok(DeviceHead {
             config: config.clone(),
@@ -115,7 +114,7 @@ impl DeviceHead {
             final_norm: w.final_norm.map(f32s).transpose()?,
             lm_head,
             lm_rows,
-            inv_freq: f32s(&inv)?,
+            inv_freq: upload_inv_freq(&dev, config)?,
             pool,
             dev,
         })

@@ -22,6 +22,12 @@ pub(crate) fn bf16_of(v: &[f32]) -> Vec<bf16> {
     v.iter().map(|&x| bf16::from_f32(x)).collect()
 }
 
+/// The rotary frequencies of `cfg` on the device (f32), as `rope` takes them.
+pub(crate) fn upload_inv_freq(dev: &Arc<dyn Device>, cfg: &ModelConfig) -> Result<DeviceBuffer> {
+    let inv: Vec<f32> = cfg.inv_freqs().iter().map(|&f| f as f32).collect();
+    Ok(dev.upload_slice(&inv)?)
+}
+
 /// Grid-stride launch for `n` elements.
 fn elementwise(n: usize) -> LaunchConfig {
     LaunchConfig::linear(n.div_ceil(256).clamp(1, 1024) as u32, 256)

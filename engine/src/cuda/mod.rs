@@ -22,7 +22,7 @@ use aerie_kernels::cuda::interp::{KernelArg as A, LaunchConfig};
 use crate::config::ModelConfig;
 use kv::{CudaSeq, KvPool};
 pub use layer::CudaSeqInput;
-use layer::{bf16_of, DeviceBatch, DeviceLayer, LayerWeights, Ops, Scratch};
+use layer::{bf16_of, upload_inv_freq, DeviceBatch, DeviceLayer, LayerWeights, Ops, Scratch};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -72,8 +72,7 @@ impl CudaModel {
         }
         let final_norm = dev.upload_slice(&w.final_norm)?;
         let lm_head = w.lm_head.as_ref().map(|m| up_bf16(&m.to_f32_vec())).transpose()?;
-        let inv: Vec<f32> = cfg.inv_freqs().iter().map(|&f| f as f32).collect();
-        let inv_freq = dev.upload_slice(&inv)?;
+        let inv_freq = upload_inv_freq(&dev, &cfg)?;
         // A model loaded for drafting has no layers, and needs no pool.
         let pool = KvPool::new(dev.clone(), w.layers.len(), cfg.num_kv_heads * cfg.head_dim, max_total_tokens)?;
         Ok(CudaModel { config: cfg, dev, embed, layers, final_norm, lm_head, inv_freq, pool, batch_invariant: AtomicBool::new(true) })

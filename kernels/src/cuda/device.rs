@@ -269,9 +269,9 @@ impl Device for InterpDevice {
     /// ([`crate::cuda::reference::gemm_bf16`]), same inputs, same outputs.
     fn gemm_bf16(&self, x: &DeviceBuffer, w: &DeviceBuffer, w_offset: usize, y: &DeviceBuffer, rows: usize, n: usize, k: usize) -> Result<()> {
         check_gemm(x, w, w_offset, y, rows, n, k)?;
-        // SAFETY: the three ranges were checked against their allocations,
-        // which the buffers keep alive; y does not overlap x or w (separate
-        // allocations, or the caller's contract).
+        // SAFETY: check_gemm found the three ranges inside their
+        // allocations (which the buffers keep alive), the weights 2-byte
+        // aligned and y apart from x and w.
         unsafe {
             let xs = std::slice::from_raw_parts(x.ptr as usize as *const u16, rows * k);
             let ws = std::slice::from_raw_parts((w.ptr as usize + w_offset) as *const u16, n * k);

@@ -147,8 +147,9 @@ pub struct DriverDevice {
     total: usize,
     functions: HashMap<&'static str, sys::CUfunction>,
     modules: Vec<sys::CUmodule>,
-    /// The cuBLAS handle, made on the first `gemm_bf16` (or why it cannot be).
-    blas: std::sync::OnceLock<std::result::Result<Blas, String>>,
+    /// The cuBLAS handle, made on the first `gemm_bf16` (or why it cannot
+    /// be), behind a lock: a handle takes one call at a time.
+    blas: std::sync::OnceLock<std::result::Result<Mutex<Blas>, String>>,
 }
 
 /// A cuBLAS handle on the device's stream.
@@ -156,11 +157,8 @@ struct Blas(cudarc::cublas::sys::cublasHandle_t);
 
 // SAFETY: the handle is used under the device's operations, which bind the
 // context first; cuBLAS handles may be used from any thread one at a time,
-// and `gemm_bf16` serializes on the mutex below.
+// which the device's mutex around it ensures.
 unsafe impl Send for Blas {}
-unsafe impl Sync for Blas {}
-
-static BLAS_CALL: Mutex<()> = Mutex::new(());
 
 // SAFETY: as for `Core`; function handles are immutable once loaded.
 unsafe impl Send for DriverDevice {}
@@ -262,7 +260,7 @@ impl DriverDevice {
 }
 
 impl DriverDevice {
-    fn blas(&self) -> Result<&Blas> {
+    fn blas(&self) -> Result<&Mutex<Blas>> {
         let b = self.blas.get_or_init(|| {
             use cudarc::cublas::{result as blas, sys as bsys};
             // SAFETY: only tries to open the library by its candidate names.
@@ -273,7 +271,7 @@ impl DriverDevice {
             let h = blas::create_handle().map_err(|e| format!("cublasCreate: {e:?}"))?;
             // SAFETY: a live handle and the device's own stream.
             unsafe { blas::set_stream(h, self.core.stream as bsys::cudaStream_t) }.map_err(|e| format!("cublasSetStream: {e:?}"))?;
-            Ok(Blas(h))
+            Ok(Mutex::new(Blas(h)))
         });
         b.as_ref().map_err(|e| DeviceError::Unavailable(e.clone()))
     }
@@ -282,6 +280,7 @@ impl DriverDevice {
 impl Drop for DriverDevice {
     fn drop(&mut self) {
         if let Some(Ok(b)) = self.blas.take() {
+            let b = b.into_inner().unwrap_or_else(|p| p.into_inner());
             if self.core.bind().is_ok() {
                 // SAFETY: made in `blas`; no call is in flight (we own self).
                 let _ = unsafe { cudarc::cublas::result::destroy_handle(b.0) };
@@ -382,10 +381,10 @@ impl Device for DriverDevice {
     fn gemm_bf16(&self, x: &DeviceBuffer, w: &DeviceBuffer, w_offset: usize, y: &DeviceBuffer, rows: usize, n: usize, k: usize) -> Result<()> {
         use cudarc::cublas::{result as blas, sys as bsys};
         super::device::check_gemm(x, w, w_offset, y, rows, n, k)?;
-        let h = self.blas()?.0;
+        let blas = self.blas()?.lock().unwrap_or_else(|p| p.into_inner());
+        let h = blas.0;
         self.core.bind()?;
         let (alpha, beta) = (1.0f32, 0.0f32);
-        let _one = BLAS_CALL.lock().unwrap_or_else(|p| p.into_inner());
         // Row-major y (rows × n) is column-major yᵀ (n × rows) = w (row-major
         // n × k, i.e. column-major k × n, transposed) times xᵀ (column-major
         // k × rows).
