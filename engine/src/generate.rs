@@ -3,7 +3,9 @@
 
 use crate::error::{EngineError, Result};
 use crate::model::{AttnMask, ForwardOptions, LogitsRows, Model, SeqInput};
+use crate::cuda::sample;
 use crate::processors::{self, History};
+use crate::spec::DraftTree;
 use crate::sampling::{Sampler, SamplingParams};
 use serde::Serialize;
 use std::time::Instant;
@@ -53,11 +55,16 @@ pub fn generate(model: &Model, req: &GenerateRequest, on_token: &mut dyn FnMut(u
     }
     let mut cache = model.new_cache();
     let mut sampler = Sampler::new(req.sampling.seed);
-    let opts = ForwardOptions::default();
+    // On a device, a sampled request's token is drawn there from the last
+    // hidden state (a tree of one node, see `cuda::sample`): the logits
+    // stay on the device.
+    let on_device = model.cuda().filter(|_| sample::samples_on_device(&req.sampling));
+    let opts = ForwardOptions { want_hidden: on_device.is_some(), ..Default::default() };
+    let rows = if on_device.is_some() { LogitsRows::None } else { LogitsRows::Last };
     let mut stats = GenerationStats { prompt_tokens: req.prompt_ids.len(), ..Default::default() };
     let t0 = Instant::now();
     let mut out = model.forward(
-        &mut [SeqInput { cache: &mut cache, tokens: req.prompt_ids, positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }],
+        &mut [SeqInput { cache: &mut cache, tokens: req.prompt_ids, positions: None, mask: AttnMask::Causal, logits: rows.clone() }],
         &opts,
     )?;
     stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -66,9 +73,22 @@ pub fn generate(model: &Model, req: &GenerateRequest, on_token: &mut dyn FnMut(u
     let mut finish = FinishReason::Length;
     let mut history = History::new(req.prompt_ids);
     while tokens.len() < req.max_tokens && cache.len() < limit {
-        let mut logits = std::mem::take(&mut out[0].logits);
-        processors::apply(&mut logits, &req.sampling.processors, &history.with_path(&[]), req.stop_ids);
-        let next = sampler.sample(&logits, &req.sampling);
+        let next = match on_device {
+            Some(cuda) => {
+                let h = model.config.hidden_size;
+                let last = &out[0].hidden[out[0].hidden.len() - h..];
+                let root = tokens.last().or(req.prompt_ids.last()).copied().unwrap_or(0);
+                let tree = DraftTree::chain(root, &[]);
+                let coins: Vec<f32> = (0..sample::coins_needed(&tree)).map(|_| sampler.uniform()).collect();
+                let job = sample::TreeToSample { hidden: last, tree: &tree, params: &req.sampling, coins: &coins };
+                cuda.sample_trees(&[job])?[0].tokens[0]
+            }
+            None => {
+                let mut logits = std::mem::take(&mut out[0].logits);
+                processors::apply(&mut logits, &req.sampling.processors, &history.with_path(&[]), req.stop_ids);
+                sampler.sample(&logits, &req.sampling)
+            }
+        };
         history.push(next);
         tokens.push(next);
         on_token(next);
@@ -80,7 +100,7 @@ pub fn generate(model: &Model, req: &GenerateRequest, on_token: &mut dyn FnMut(u
             break;
         }
         out = model.forward(
-            &mut [SeqInput { cache: &mut cache, tokens: &[next], positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }],
+            &mut [SeqInput { cache: &mut cache, tokens: &[next], positions: None, mask: AttnMask::Causal, logits: rows.clone() }],
             &opts,
         )?;
     }

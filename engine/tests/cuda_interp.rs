@@ -310,3 +310,104 @@ fn aux_layer_features_match_the_cpu_forward() {
         assert_eq!(w.hidden.len(), g.hidden.len());
     }
 }
+
+/// Sampled verification on the device (`cuda::sample`: the lm_head, the
+/// sampling distribution and the rejection-sampling walk all on the device)
+/// gives, for the same seed, the path and tokens the host's `sample_verify`
+/// gives over the device's own logits: the coins are the request's seeded
+/// source in the host walk's order. Sums round differently on each side, so
+/// a coin within rounding of a boundary may fall either way; nearly all
+/// walks must agree, and every tree's result must be the same alone as in a
+/// batch of trees (rows are independent).
+#[test]
+fn sampled_verification_on_the_device_walks_as_the_host_does() {
+    use aerie_engine::cuda::sample::{coins_needed, TreeToSample};
+    use aerie_engine::sampling::{target_probs, Sampler};
+    use aerie_engine::spec::{sample_verify, DraftTree};
+    use aerie_engine::SamplingParams;
+    let mut r = StdRng::seed_from_u64(40);
+    let model = random_model(config(Arch::Llama, RopeStyle::HalfSplit, false), 41);
+    let dm = device_model(&model);
+    let (h, vocab) = (model.config.hidden_size, model.config.vocab_size);
+    let settings = [
+        SamplingParams { temperature: 0.7, ..Default::default() },
+        SamplingParams { temperature: 1.0, top_k: 6, top_p: 0.9, ..Default::default() },
+        SamplingParams { temperature: 1.3, min_p: 0.05, ..Default::default() },
+    ];
+    let (mut agree, mut total, mut accepted) = (0, 0, 0);
+    for round in 0..8 {
+        // Trees of 1 (a plain sampled decode step) to 16 nodes whose
+        // children are their parent's likely tokens, over random hidden
+        // states large enough for peaked distributions.
+        let mut trees = Vec::new();
+        for k in 0..4 {
+            let n = if k == 0 { 1 } else { r.gen_range(2..=16) };
+            let hidden: Vec<f32> = (0..n * h).map(|_| r.gen_range(-12.0f32..12.0)).collect();
+            let logits = dm.lm_head(&hidden).unwrap();
+            let (mut tokens, mut parents) = (vec![r.gen_range(0..vocab as u32)], vec![None]);
+            for c in 1..n {
+                let p = if r.gen_bool(0.6) { c - 1 } else { r.gen_range(0..c) };
+                let row = &logits[p * vocab..(p + 1) * vocab];
+                let mut idx: Vec<u32> = (0..vocab as u32).collect();
+                idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+                tokens.push(idx[r.gen_range(0..3)]);
+                parents.push(Some(p));
+            }
+            let tree = DraftTree::from_parents(tokens, parents).unwrap();
+            let params = settings[(round + k) % settings.len()].clone();
+            let seed = 1000 * round as u64 + k as u64;
+            trees.push((hidden, logits, tree, params, seed));
+        }
+        let coins: Vec<Vec<f32>> = trees.iter().map(|t| {
+            let mut s = Sampler::new(Some(t.4));
+            (0..coins_needed(&t.2)).map(|_| s.uniform()).collect()
+        }).collect();
+        let jobs: Vec<TreeToSample> =
+            trees.iter().zip(&coins).map(|(t, c)| TreeToSample { hidden: &t.0, tree: &t.2, params: &t.3, coins: c }).collect();
+        let batched = dm.sample_trees(&jobs).unwrap();
+        for (k, ((hidden, logits, tree, params, seed), job)) in trees.iter().zip(&jobs).enumerate() {
+            let alone = dm.sample_trees(std::slice::from_ref(job)).unwrap();
+            assert_eq!(alone[0], batched[k], "round {round}, tree {k}: alone and batched differ");
+            let _ = hidden;
+            let mut sampler = Sampler::new(Some(*seed));
+            let host = sample_verify(tree, &mut |i| target_probs(&logits[i * vocab..(i + 1) * vocab], params), &mut sampler);
+            total += 1;
+            agree += usize::from(host == batched[k]);
+            accepted += batched[k].num_correct_drafts();
+            let a = &batched[k];
+            assert_eq!(a.tokens.len(), a.path.len());
+            for (w, t) in a.path.windows(2).zip(&a.tokens) {
+                assert_eq!(tree.parents[w[1]], Some(w[0]));
+                assert_eq!(tree.tokens[w[1]], *t);
+            }
+            let last = *a.path.last().unwrap();
+            let q = target_probs(&logits[last * vocab..(last + 1) * vocab], params);
+            assert!(q[*a.tokens.last().unwrap() as usize] > 0.0, "round {round}, tree {k}: a token outside the kept set");
+        }
+    }
+    eprintln!("device and host walks agree on {agree} of {total} trees; {accepted} drafts accepted");
+    assert!(agree * 100 >= total * 97, "only {agree} of {total} walks agree");
+    assert!(accepted >= total / 2, "the fixture must accept drafts: {accepted} over {total} trees");
+}
+
+/// Plain sampled decoding on the device draws each token there (a tree of
+/// one node): a seed gives the same tokens every run, and other seeds
+/// other tokens.
+#[test]
+fn plain_sampled_decoding_on_the_device_is_seeded() {
+    use aerie_engine::generate::{generate, GenerateRequest};
+    use aerie_engine::SamplingParams;
+    let model = random_model(config(Arch::Llama, RopeStyle::HalfSplit, false), 51);
+    let model = model.to_device(common::test_device(64 << 20), 512).unwrap();
+    let run = |seed: u64| {
+        let sampling = SamplingParams { temperature: 1.5, top_p: 0.95, seed: Some(seed), ..Default::default() };
+        let req = GenerateRequest { prompt_ids: &[5, 9, 200, 17], max_tokens: 12, sampling, stop_ids: &[] };
+        generate(&model, &req, &mut |_| {}).unwrap().token_ids
+    };
+    let a = run(3);
+    assert_eq!(a.len(), 12);
+    assert_eq!(model.cuda().unwrap().trees_sampled(), 12, "every token was drawn on the device");
+    assert_eq!(a, run(3));
+    let others: Vec<Vec<u32>> = (4..8).map(run).collect();
+    assert!(others.iter().any(|o| *o != a), "four other seeds all gave {a:?}");
+}

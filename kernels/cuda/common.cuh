@@ -67,3 +67,36 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     __syncthreads();
     return t;
 }
+
+// ---- Sampling (sample_dist.cu, tree_sample.cu) ----
+//
+// A row's sampling distribution is the prefix of its tokens in the order
+// (logit descending, id ascending) that temperature, top-k, top-p and min-p
+// keep, weighted by exp((logit - max) / temperature). The prefix is stored
+// as its last entry: an order key and an id (see `sample_kept`).
+
+// The logit's place in that order as an unsigned key: larger logits give
+// larger keys, and a NaN gets 0, below every number, so it is never kept
+// ahead of one and weighs nothing.
+__device__ __forceinline__ unsigned int order_key(float x) {
+    if (x != x) return 0u;
+    unsigned int u = __float_as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ float key_value(unsigned int k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// Whether an entry (key, id) lies in the prefix that ends at (cut_key, cut_id).
+__device__ __forceinline__ bool sample_kept(unsigned int key, int id, unsigned int cut_key, int cut_id) {
+    return key > cut_key || (key == cut_key && id <= cut_id);
+}
+
+// An entry's unnormalized weight. `inv_t` is 0 for a greedy row, whose one
+// kept entry then weighs 1.
+__device__ __forceinline__ float sample_weight(float x, float row_max, float inv_t) {
+    if (x != x) return 0.f;
+    if (inv_t == 0.f) return 1.f;
+    return expf((x - row_max) * inv_t);
+}

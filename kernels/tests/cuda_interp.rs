@@ -700,3 +700,208 @@ fn host_twins_give_the_interpreted_kernels_bits() {
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "attention_paged twin, heads {n_heads}/{n_kv_heads} x {head_dim}");
     }
 }
+
+/// Runs `sample_dist_rows` and returns each row's distribution as
+/// `tree_sample.cu` reads it.
+fn sample_dist_launch(logits: &[f32], vocab: usize, params: &[reference::SampleParams], threads: u32) -> (Vec<Vec<f64>>, [Vec<f32>; 3], Vec<u32>, Vec<i32>) {
+    let rows = params.len();
+    let temp: Vec<f32> = params.iter().map(|p| p.temperature).collect();
+    let top_k: Vec<i32> = params.iter().map(|p| p.top_k).collect();
+    let top_p: Vec<f32> = params.iter().map(|p| p.top_p).collect();
+    let min_p: Vec<f32> = params.iter().map(|p| p.min_p).collect();
+    let (mut ck, mut ci) = (vec![7u32; rows], vec![-7i32; rows]);
+    let (mut m, mut it, mut z) = (vec![f32::NAN; rows], vec![f32::NAN; rows], vec![f32::NAN; rows]);
+    unsafe {
+        interp::launch(
+            "sample_dist_rows",
+            LaunchConfig::linear(rows as u32, threads),
+            &[
+                A::ptr(logits.as_ptr()),
+                A::ptr(temp.as_ptr()),
+                A::ptr(top_k.as_ptr()),
+                A::ptr(top_p.as_ptr()),
+                A::ptr(min_p.as_ptr()),
+                A::ptr(ck.as_mut_ptr()),
+                A::ptr(ci.as_mut_ptr()),
+                A::ptr(m.as_mut_ptr()),
+                A::ptr(it.as_mut_ptr()),
+                A::ptr(z.as_mut_ptr()),
+                A::I32(rows as i32),
+                A::I32(vocab as i32),
+            ],
+        )
+        .unwrap();
+    }
+    let q = (0..rows).map(|r| reference::dist_of_cut(&logits[r * vocab..(r + 1) * vocab], ck[r], ci[r], m[r], it[r], z[r])).collect();
+    (q, [m, it, z], ck, ci)
+}
+
+fn sp(temperature: f32, top_k: i32, top_p: f32, min_p: f32) -> reference::SampleParams {
+    reference::SampleParams { temperature, top_k, top_p, min_p }
+}
+
+#[test]
+fn sample_dist_rows_keeps_what_the_cpu_sampler_keeps() {
+    let mut r = StdRng::seed_from_u64(33);
+    let vocab = 3001;
+    let params = [
+        sp(0.7, 0, 1.0, 0.0),
+        sp(1.0, 5, 1.0, 0.0),
+        sp(1.0, 50, 0.9, 0.0),
+        sp(0.8, 0, 1.0, 0.1),
+        sp(1.2, 20, 0.5, 0.05),
+        sp(0.0, 0, 1.0, 0.0),   // greedy by temperature
+        sp(0.9, 1, 1.0, 0.0),   // greedy by top-k
+        sp(1.0, 4, 1.0, 0.0),   // ties: top-k cuts inside ten equal maxima
+        sp(1.0, 0, 0.35, 0.0),  // ties: top-p cuts inside them
+        sp(0.5, 0, 0.95, 0.0),  // three finite logits, the rest -inf
+        sp(1.0, 0, 1.0, 0.0),   // a NaN among numbers
+        sp(0.6, 0, 1.0, 0.0),   // nothing above -inf: greedy on the first
+    ];
+    let rows = params.len();
+    let mut logits = randv(&mut r, rows * vocab, 6.0);
+    for j in [3usize, 40, 41, 500, 777, 1000, 1500, 2000, 2999, 3000] {
+        logits[7 * vocab + j] = 20.0;
+        logits[8 * vocab + j] = 20.0;
+    }
+    logits[9 * vocab..10 * vocab].fill(f32::NEG_INFINITY);
+    logits[9 * vocab + 11] = 1.0;
+    logits[9 * vocab + 12] = 0.5;
+    logits[9 * vocab + 2900] = 1.5;
+    logits[10 * vocab + 100] = f32::NAN;
+    logits[11 * vocab..12 * vocab].fill(f32::NEG_INFINITY);
+    let want = reference::sample_dist_rows(&logits, vocab, &params);
+    for threads in [32, 256, 1024] {
+        let (got, ..) = sample_dist_launch(&logits, vocab, &params, threads);
+        for (row, (g, w)) in got.iter().zip(&want).enumerate() {
+            let kept_g: Vec<usize> = (0..vocab).filter(|&j| g[j] > 0.0).collect();
+            let kept_w: Vec<usize> = (0..vocab).filter(|&j| w[j] > 0.0).collect();
+            assert_eq!(kept_g, kept_w, "row {row} ({:?}), block of {threads}: kept sets", params[row]);
+            for j in kept_w {
+                assert!((g[j] - w[j]).abs() <= 2e-6 + 1e-5 * w[j], "row {row}, token {j}: {} against {}", g[j], w[j]);
+            }
+        }
+    }
+    // The fixture cuts where it means to.
+    let kept = |row: usize| want[row].iter().filter(|&&p| p > 0.0).count();
+    assert_eq!(kept(1), 5);
+    assert_eq!(kept(5), 1);
+    assert_eq!(kept(6), 1);
+    assert_eq!((0..vocab).filter(|&j| want[7][j] > 0.0).collect::<Vec<_>>(), [3, 40, 41, 500]);
+    assert_eq!(kept(8), 4, "top-p 0.35 of ten equal maxima keeps four");
+    assert_eq!(kept(9), 3);
+    assert!(kept(3) > 1 && kept(3) < vocab && kept(4) > 1 && kept(4) < 20 && kept(2) < 50);
+    assert_eq!(want[11][0], 1.0);
+    assert_eq!(want[10][100], 0.0);
+}
+
+/// A random tree of `n` nodes whose children are drawn mostly from their
+/// parent's distribution (so walks go deep), with repeated sibling tokens.
+fn random_draft_tree(r: &mut StdRng, n: usize, q: &[Vec<f64>]) -> (Vec<i32>, Vec<i32>) {
+    let mut tokens = vec![r.gen_range(0..q[0].len() as i32)];
+    let mut parents = vec![-1];
+    for c in 1..n {
+        let p = if r.gen_bool(0.5) { c - 1 } else { r.gen_range(0..c) };
+        let tok = if r.gen_bool(0.8) {
+            let u: f64 = r.gen();
+            let mut cum = 0.0;
+            q[p].iter().position(|&x| {
+                cum += x;
+                u < cum
+            })
+            .unwrap_or(0) as i32
+        } else {
+            r.gen_range(0..q[0].len() as i32)
+        };
+        tokens.push(tok);
+        parents.push(p as i32);
+    }
+    (tokens, parents)
+}
+
+#[test]
+fn tree_sample_verify_walks_and_draws_like_the_reference() {
+    let mut r = StdRng::seed_from_u64(34);
+    let vocab = 1031;
+    let settings = [sp(0.7, 0, 1.0, 0.0), sp(1.0, 8, 0.9, 0.0), sp(1.0, 0, 1.0, 0.2), sp(0.0, 0, 1.0, 0.0)];
+    let (mut checked, mut total, mut accepted, mut depth_max) = (0, 0, 0, 0);
+    for round in 0..6 {
+        // Trees of 1 to 64 nodes in one launch; every node a row.
+        let sizes: Vec<usize> = (0..5).map(|i| if i == 0 { 1 } else { r.gen_range(2..=64) }).collect();
+        let rows: usize = sizes.iter().sum();
+        // A few likely tokens per row, as a language model's rows have.
+        let mut logits = randv(&mut r, rows * vocab, 3.0);
+        for row in 0..rows {
+            for bump in [9.0, 8.0, 6.5] {
+                logits[row * vocab + r.gen_range(0..vocab)] += bump;
+            }
+        }
+        let params: Vec<reference::SampleParams> = sizes.iter().enumerate().flat_map(|(t, &n)| vec![settings[(t + round) % 4]; n]).collect();
+        let threads = [32, 128, 256][round % 3];
+        let (q, [m, it, z], ck, ci) = sample_dist_launch(&logits, vocab, &params, threads);
+        let (mut tokens, mut parents, mut start, mut coins, mut coin_start) = (Vec::<i32>::new(), Vec::<i32>::new(), vec![0i32], Vec::<f32>::new(), vec![0i32]);
+        let mut trees = Vec::new();
+        for &n in &sizes {
+            let at = *start.last().unwrap() as usize;
+            let (tk, pa) = random_draft_tree(&mut r, n, &q[at..at + n]);
+            let c: Vec<f32> = (0..n + 1).map(|_| r.gen()).collect();
+            tokens.extend(&tk);
+            parents.extend(&pa);
+            coins.extend(&c);
+            start.push((at + n) as i32);
+            coin_start.push(coins.len() as i32);
+            trees.push((at, tk, pa, c));
+        }
+        let ntrees = sizes.len();
+        let (mut path, mut out, mut len) = (vec![-1i32; rows], vec![-1i32; rows], vec![0i32; ntrees]);
+        unsafe {
+            interp::launch(
+                "tree_sample_verify",
+                LaunchConfig::linear(ntrees as u32, threads),
+                &[
+                    A::ptr(logits.as_ptr()),
+                    A::ptr(ck.as_ptr()),
+                    A::ptr(ci.as_ptr()),
+                    A::ptr(m.as_ptr()),
+                    A::ptr(it.as_ptr()),
+                    A::ptr(z.as_ptr()),
+                    A::ptr(tokens.as_ptr()),
+                    A::ptr(parents.as_ptr()),
+                    A::ptr(start.as_ptr()),
+                    A::ptr(coins.as_ptr()),
+                    A::ptr(coin_start.as_ptr()),
+                    A::ptr(path.as_mut_ptr()),
+                    A::ptr(out.as_mut_ptr()),
+                    A::ptr(len.as_mut_ptr()),
+                    A::I32(ntrees as i32),
+                    A::I32(vocab as i32),
+                ],
+            )
+            .unwrap();
+        }
+        for (t, (at, tk, pa, c)) in trees.iter().enumerate() {
+            let n = tk.len();
+            let (wp, wt, margin) = reference::tree_sample_verify(&q[*at..at + n], tk, pa, c);
+            total += 1;
+            let l = len[t] as usize;
+            assert!(l >= 1 && l <= n, "tree {t}: length {l}");
+            let gp: Vec<usize> = path[*at..at + l].iter().map(|&x| x as usize).collect();
+            let gt = &out[*at..at + l];
+            for w in gp.windows(2) {
+                assert_eq!(pa[w[1]], w[0] as i32, "tree {t}: the path follows parents");
+            }
+            assert_eq!(&gt[..l - 1], &gp[1..].iter().map(|&i| tk[i]).collect::<Vec<_>>()[..], "tree {t}: accepted tokens are the path's");
+            let last = gt[l - 1] as usize;
+            assert!(q[at + gp[l - 1]][last] > 0.0, "tree {t}: drew token {last}, which has no mass");
+            if margin > 1e-4 {
+                checked += 1;
+                assert_eq!((gp.clone(), gt.to_vec()), (wp, wt), "round {round}, tree {t} ({:?})", params[*at]);
+            }
+            accepted += l - 1;
+            depth_max = depth_max.max(l - 1);
+        }
+    }
+    assert!(checked * 10 >= total * 9, "only {checked} of {total} walks were clear of rounding");
+    eprintln!("{checked} of {total} walks checked, {accepted} drafts accepted, deepest {depth_max}");
+    assert!(accepted > total && depth_max >= 4, "the fixture must accept drafts: {accepted} over {total} trees, deepest {depth_max}");
+}

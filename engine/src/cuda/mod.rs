@@ -13,6 +13,7 @@
 pub mod head;
 pub mod kv;
 pub mod layer;
+pub mod sample;
 pub mod select;
 
 use crate::error::Result;
@@ -23,7 +24,7 @@ use crate::config::ModelConfig;
 use kv::{CudaSeq, KvPool};
 pub use layer::CudaSeqInput;
 use layer::{bf16_of, upload_inv_freq, DeviceBatch, DeviceLayer, LayerWeights, Ops, Scratch};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Most nodes in one tree: a row's ancestors are a 64-bit mask.
@@ -43,6 +44,8 @@ pub struct CudaModel {
     /// Projections through the batch-invariant kernels (the default, and
     /// what speculation needs) or the device's library GEMM.
     batch_invariant: AtomicBool,
+    /// Trees (and plain sampled steps) verified by [`Self::sample_trees`].
+    trees_sampled: AtomicU64,
 }
 
 impl CudaModel {
@@ -75,7 +78,7 @@ impl CudaModel {
         let inv_freq = upload_inv_freq(&dev, &cfg)?;
         // A model loaded for drafting has no layers, and needs no pool.
         let pool = KvPool::new(dev.clone(), w.layers.len(), cfg.num_kv_heads * cfg.head_dim, max_total_tokens)?;
-        Ok(CudaModel { config: cfg, dev, embed, layers, final_norm, lm_head, inv_freq, pool, batch_invariant: AtomicBool::new(true) })
+        Ok(CudaModel { config: cfg, dev, embed, layers, final_norm, lm_head, inv_freq, pool, batch_invariant: AtomicBool::new(true), trees_sampled: AtomicU64::new(0) })
     }
 
     pub fn device(&self) -> &Arc<dyn Device> {

@@ -13,6 +13,7 @@
 use super::proposer::{FeatureKind, Features, Proposer};
 use super::tree::DraftTree;
 use super::verify::{greedy_verify_lazy, sample_verify, Accepted};
+use crate::cuda::sample;
 use crate::error::{EngineError, Result};
 use crate::generate::{FinishReason, GenerateRequest, GenerationStats};
 use crate::kv::KvCache;
@@ -374,6 +375,9 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
             outs?
         }
     };
+    // Sampled requests on a device: every tree's walk runs there, in one
+    // call, and only the accepted paths come back.
+    let mut on_device = sample_on_device(model, sessions, &trees, &outs)?;
     let verify_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut outs = outs.into_iter();
     let mut bases = bases.into_iter();
@@ -410,7 +414,10 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
             }
             Some(l)
         };
-        let acc: Accepted = if plain_greedy {
+        let acc: Accepted = if let Some(a) = on_device[k].take() {
+            drop(row);
+            a
+        } else if plain_greedy {
             // Nothing needs a node's logits but their argmax: on a device
             // only the ids leave it.
             drop(row);
@@ -469,6 +476,41 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
         news.push(new);
     }
     Ok(news)
+}
+
+/// The accepted path of each session whose sampled request can be verified
+/// on the model's device (see [`crate::cuda::sample`]), `None` for the rest
+/// and on the CPU. `outs` holds one output per session with a tree.
+fn sample_on_device(model: &Model, sessions: &mut [&mut SpecSession], trees: &[Option<DraftTree>], outs: &[SeqOutput]) -> Result<Vec<Option<Accepted>>> {
+    let mut found = vec![None; sessions.len()];
+    let Some(cuda) = model.cuda() else { return Ok(found) };
+    // Coins first (each session's seeded source, in its walk's order), then
+    // the jobs that borrow them.
+    let coins: Vec<Option<Vec<f32>>> = sessions
+        .iter_mut()
+        .zip(trees)
+        .map(|(s, tree)| match tree {
+            Some(t) if sample::samples_on_device(&s.sampling) => Some((0..sample::coins_needed(t)).map(|_| s.sampler.uniform()).collect()),
+            _ => None,
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    let mut owners = Vec::new();
+    let mut outs = outs.iter();
+    for (k, (s, tree)) in sessions.iter().zip(trees).enumerate() {
+        let Some(tree) = tree else { continue };
+        let out = outs.next().expect("one output per tree");
+        if let Some(c) = &coins[k] {
+            jobs.push(sample::TreeToSample { hidden: &out.hidden, tree, params: &s.sampling, coins: c });
+            owners.push(k);
+        }
+    }
+    if !jobs.is_empty() {
+        for (k, a) in owners.into_iter().zip(cuda.sample_trees(&jobs)?) {
+            found[k] = Some(a);
+        }
+    }
+    Ok(found)
 }
 
 /// Speculative generation of one request, calling `on_token` per new token.

@@ -16,9 +16,11 @@
 #include "../matvec_q4_1.cu"
 #include "../rms_norm.cu"
 #include "../rope.cu"
+#include "../sample_dist.cu"
 #include "../silu_mul.cu"
 #include "../to_bf16.cu"
 #include "../topk_rows.cu"
+#include "../tree_sample.cu"
 #include "selftest.cu"
 
 #include <cstdio>
@@ -111,6 +113,42 @@ int main(int argc, char** argv) {
     run("topk_rows", +[](void** p) { aerie_interp::call_with_params(topk_rows, p); },
         {&logits, &tk_ids, &tk_p, &rows, &vocab, &topk}, rows, 1, 128);
 
+    // Sampling: one row per setting (plain, top-k and top-p, min-p, greedy),
+    // then a 3-node tree and a 1-node tree over those rows.
+    int srows = 4;
+    float* s_logits = buffer<float>((size_t)srows * vocab, 28);
+    float* s_temp = static_cast<float*>(std::malloc(srows * sizeof(float)));
+    int* s_topk = static_cast<int*>(std::malloc(srows * sizeof(int)));
+    float* s_topp = static_cast<float*>(std::malloc(srows * sizeof(float)));
+    float* s_minp = static_cast<float*>(std::malloc(srows * sizeof(float)));
+    float st[4] = {0.7f, 1.0f, 0.8f, 0.0f}, sp_[4] = {1.0f, 0.9f, 1.0f, 1.0f}, sm[4] = {0.0f, 0.0f, 0.1f, 0.0f};
+    int sk[4] = {0, 5, 0, 0};
+    for (int i = 0; i < srows; ++i) { s_temp[i] = st[i]; s_topk[i] = sk[i]; s_topp[i] = sp_[i]; s_minp[i] = sm[i]; }
+    unsigned* s_ck = static_cast<unsigned*>(std::malloc(srows * sizeof(unsigned)));
+    int* s_ci = static_cast<int*>(std::malloc(srows * sizeof(int)));
+    float* s_m = buffer<float>(srows, 29);
+    float* s_it = buffer<float>(srows, 30);
+    float* s_z = buffer<float>(srows, 31);
+    run("sample_dist_rows", +[](void** p) { aerie_interp::call_with_params(sample_dist_rows, p); },
+        {&s_logits, &s_temp, &s_topk, &s_topp, &s_minp, &s_ck, &s_ci, &s_m, &s_it, &s_z, &srows, &vocab}, srows, 1, 64);
+    int ntrees = 2;
+    int* t_tok = static_cast<int*>(std::malloc(srows * sizeof(int)));
+    int* t_par = static_cast<int*>(std::malloc(srows * sizeof(int)));
+    int* t_start = static_cast<int*>(std::malloc((ntrees + 1) * sizeof(int)));
+    int* t_cstart = static_cast<int*>(std::malloc((ntrees + 1) * sizeof(int)));
+    float* t_coins = static_cast<float*>(std::malloc(6 * sizeof(float)));
+    for (int i = 0; i < 6; ++i) t_coins[i] = 0.9f;
+    t_tok[0] = 1; t_tok[1] = 2; t_tok[2] = 3; t_tok[3] = 4;
+    t_par[0] = -1; t_par[1] = 0; t_par[2] = 1; t_par[3] = -1;
+    t_start[0] = 0; t_start[1] = 3; t_start[2] = 4;
+    t_cstart[0] = 0; t_cstart[1] = 4; t_cstart[2] = 6;
+    int* t_path = static_cast<int*>(std::malloc(srows * sizeof(int)));
+    int* t_out = static_cast<int*>(std::malloc(srows * sizeof(int)));
+    int* t_len = static_cast<int*>(std::malloc(ntrees * sizeof(int)));
+    run("tree_sample_verify", +[](void** p) { aerie_interp::call_with_params(tree_sample_verify, p); },
+        {&s_logits, &s_ck, &s_ci, &s_m, &s_it, &s_z, &t_tok, &t_par, &t_start, &t_coins, &t_cstart, &t_path, &t_out,
+         &t_len, &ntrees, &vocab}, ntrees, 1, 64);
+
     float* gate_up = buffer<float>((size_t)rows * 2 * inter, 10);
     float* act = buffer<float>((size_t)rows * inter, 11);
     run("silu_mul", +[](void** p) { aerie_interp::call_with_params(silu_mul, p); },
@@ -184,7 +222,8 @@ int main(int argc, char** argv) {
 
     for (void* p : std::vector<void*>{x, y, w, out, table, ids, emb, logits, best, best_v, gate_up, act, q, k, pos,
                                       inv, qw, mx, my, shuf, sh_in, sh_out, kc, vc, table_p, rseq, rdense, rbase, rmask,
-                                      aq, aout, nk, nv, aslots, msrc, mdst, lx, lw, lb, ly, cat, sel, gathered, xb, tk_ids, tk_p})
+                                      aq, aout, nk, nv, aslots, msrc, mdst, lx, lw, lb, ly, cat, sel, gathered, xb, tk_ids, tk_p, s_logits, s_temp, s_topk, s_topp, s_minp, s_ck, s_ci, s_m,
+                                      s_it, s_z, t_tok, t_par, t_start, t_cstart, t_coins, t_path, t_out, t_len})
         std::free(p);
     std::printf("%d passed, %d failed\n", passes, failures);
     return failures ? 1 : 0;

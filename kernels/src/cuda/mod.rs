@@ -39,7 +39,9 @@ pub const SOURCES: &[Source] = &[
     Source { file: "matvec_q4_1.cu", text: include_str!("../../cuda/matvec_q4_1.cu") },
     Source { file: "rms_norm.cu", text: include_str!("../../cuda/rms_norm.cu") },
     Source { file: "rope.cu", text: include_str!("../../cuda/rope.cu") },
+    Source { file: "sample_dist.cu", text: include_str!("../../cuda/sample_dist.cu") },
     Source { file: "silu_mul.cu", text: include_str!("../../cuda/silu_mul.cu") },
     Source { file: "to_bf16.cu", text: include_str!("../../cuda/to_bf16.cu") },
     Source { file: "topk_rows.cu", text: include_str!("../../cuda/topk_rows.cu") },
+    Source { file: "tree_sample.cu", text: include_str!("../../cuda/tree_sample.cu") },
 ];

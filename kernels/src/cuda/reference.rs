@@ -289,3 +289,152 @@ pub fn linear_bf16(x: &[f32], w: &[bf16], bias: Option<&[f32]>, k: usize) -> Vec
         })
         .collect()
 }
+
+/// One row's sampling settings, as `sample_dist_rows` takes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleParams {
+    pub temperature: f32,
+    /// 0: off.
+    pub top_k: i32,
+    /// 1: off.
+    pub top_p: f32,
+    /// 0: off.
+    pub min_p: f32,
+}
+
+/// `sample_dist_rows`, as probabilities over the vocabulary: the tokens
+/// sorted by (logit descending, id ascending), cut by top-k, then by the
+/// first running sum of the top-k probabilities to reach top-p, then to the
+/// probabilities of at least `min_p` times the largest, renormalized
+/// (the CPU path's `target_probs`, summed in f64). Greedy rows (temperature
+/// <= 0 or top-k 1) put 1 on the first maximum. NaNs get 0.
+pub fn sample_dist_rows(logits: &[f32], vocab: usize, params: &[SampleParams]) -> Vec<Vec<f64>> {
+    logits
+        .chunks(vocab)
+        .zip(params)
+        .map(|(r, p)| {
+            let mut q = vec![0.0f64; vocab];
+            let mut idx: Vec<usize> = (0..vocab).filter(|&i| !r[i].is_nan()).collect();
+            idx.sort_by(|&a, &b| r[b].total_cmp(&r[a]).then(a.cmp(&b)));
+            let m = idx.first().map_or(f32::NEG_INFINITY, |&i| r[i]);
+            if !(p.temperature > 0.0) || p.top_k == 1 || m == f32::NEG_INFINITY {
+                q[idx.first().copied().unwrap_or(0)] = 1.0;
+                return q;
+            }
+            let k = if p.top_k > 0 { (p.top_k as usize).min(idx.len()) } else { idx.len() };
+            idx.truncate(k);
+            let w: Vec<f64> = idx.iter().map(|&i| (((r[i] - m) / p.temperature) as f64).exp()).collect();
+            let zk: f64 = w.iter().sum();
+            let mut keep = k;
+            if p.top_p < 1.0 {
+                let mut cum = 0.0;
+                for (i, &v) in w.iter().enumerate() {
+                    cum += v / zk;
+                    if cum >= p.top_p as f64 {
+                        keep = i + 1;
+                        break;
+                    }
+                }
+            }
+            if p.min_p > 0.0 {
+                keep = keep.min(w.iter().take_while(|&&v| v >= p.min_p as f64).count().max(1));
+            }
+            let z: f64 = w[..keep].iter().sum();
+            for (&i, &v) in idx[..keep].iter().zip(&w[..keep]) {
+                q[i] = v / z;
+            }
+            q
+        })
+        .collect()
+}
+
+/// `tree_sample_verify` for one tree, over each node's distribution `q[node]`
+/// (from [`sample_dist_rows`]): the accepted path (root first) and the
+/// emitted tokens, and the smallest distance of any coin from a boundary it
+/// was compared with (decisions that close may go either way on a device,
+/// whose sums round differently).
+pub fn tree_sample_verify(q: &[Vec<f64>], tokens: &[i32], parents: &[i32], coins: &[f32]) -> (Vec<usize>, Vec<i32>, f64) {
+    let mut path = vec![0usize];
+    let mut out = Vec::new();
+    let mut margin = f64::INFINITY;
+    let mut node = 0usize;
+    loop {
+        let u = coins[path.len() - 1] as f64;
+        let mut tried: Vec<i32> = Vec::new();
+        let mut acc = 0.0;
+        let mut next = None;
+        let mut last_positive = None;
+        for c in node + 1..tokens.len() {
+            if parents[c] != node as i32 || tried.contains(&tokens[c]) {
+                continue;
+            }
+            tried.push(tokens[c]);
+            let p = q[node][tokens[c] as usize];
+            if p > 0.0 {
+                last_positive = Some(c);
+            }
+            acc += p;
+            margin = margin.min((u - acc).abs());
+            if u < acc {
+                next = Some(c);
+                break;
+            }
+        }
+        if next.is_none() && q[node].iter().enumerate().all(|(j, &p)| p == 0.0 || tried.contains(&(j as i32))) {
+            next = last_positive;
+        }
+        if let Some(c) = next {
+            out.push(tokens[c]);
+            path.push(c);
+            node = c;
+            continue;
+        }
+        let rest: Vec<f64> = q[node].iter().enumerate().map(|(j, &p)| if tried.contains(&(j as i32)) { 0.0 } else { p }).collect();
+        let target = coins[path.len()] as f64 * rest.iter().sum::<f64>();
+        let (mut cum, mut pick) = (0.0, 0);
+        for (j, &p) in rest.iter().enumerate() {
+            if p > 0.0 {
+                cum += p;
+                pick = j;
+                margin = margin.min((target - cum).abs());
+                if target < cum {
+                    break;
+                }
+            }
+        }
+        out.push(pick as i32);
+        return (path, out, margin);
+    }
+}
+
+/// The order key of common.cuh's `order_key`: increasing with the logit,
+/// 0 for a NaN.
+pub fn order_key(x: f32) -> u32 {
+    if x.is_nan() {
+        return 0;
+    }
+    let u = x.to_bits();
+    if u & 0x8000_0000 != 0 {
+        !u
+    } else {
+        u | 0x8000_0000
+    }
+}
+
+/// The probabilities a `sample_dist_rows` output describes for one row
+/// (`cut_key`, `cut_id`, maximum, 1/temperature, kept mass), computed as
+/// `tree_sample.cu` prices a token.
+pub fn dist_of_cut(row: &[f32], cut_key: u32, cut_id: i32, max: f32, inv_t: f32, mass: f32) -> Vec<f64> {
+    row.iter()
+        .enumerate()
+        .map(|(j, &x)| {
+            let k = order_key(x);
+            let kept = k > cut_key || (k == cut_key && j as i32 <= cut_id);
+            if !kept || x.is_nan() || !(mass > 0.0) {
+                return 0.0;
+            }
+            let w = if inv_t == 0.0 { 1.0 } else { ((x - max) * inv_t).exp() };
+            (w / mass) as f64
+        })
+        .collect()
+}
