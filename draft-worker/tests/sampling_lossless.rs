@@ -300,8 +300,10 @@ fn context_limit_cuts_trees_like_plain_decoding() {
 
 /// The target on the interpreted CUDA device (the host code and `.cu`
 /// kernels a GPU runs, on the CPU): its exact distribution is computed from
-/// its own bf16 probabilities, and rejection sampling against a CPU drafter
-/// must keep it. Two tokens (64 cells) and fewer samples than above, since
+/// its own bf16 logits, and rejection sampling against a CPU drafter must
+/// keep it. Each verification's walk, and its draw, runs on the device
+/// (`sample_dist.cu`, `tree_sample.cu`), with temperature, top-k, top-p
+/// and min-p. Two tokens (64 cells) and fewer samples than above, since
 /// every target forward runs the kernels in the interpreter; the total
 /// variation bound is scaled to that sample size's noise.
 #[test]
@@ -310,22 +312,34 @@ fn bad_drafter_keeps_the_distribution_of_a_target_on_the_interpreted_device() {
     aerie_kernels::cpu::pool::set_threads(1);
     let host = Arc::try_unwrap(tiny(TARGET.0, TARGET.1)).ok().unwrap();
     let target = Arc::new(host.to_device(Arc::new(aerie_kernels::cuda::device::InterpDevice::new(64 << 20)), 256).unwrap());
-    for (params, label) in [(temp07(), "device target, T=0.7"), (topk_topp(), "device target, T=1, top-k 5, top-p 0.9")] {
-        let p1 = next_probs(&target, &PROMPT, &params);
+    // Every filter at once in the second setting; each alone is checked
+    // against its CPU reference in the kernels' own tests.
+    let filters = SamplingParams { min_p: 0.15, ..topk_topp() };
+    let exact_of = |params: &SamplingParams| {
+        let p1 = next_probs(&target, &PROMPT, params);
         let mut exact = vec![0.0; VOCAB * VOCAB];
         for a in 0..VOCAB {
             if p1[a] > 0.0 {
-                let p2 = next_probs(&target, &[&PROMPT[..], &[a as u32]].concat(), &params);
+                let p2 = next_probs(&target, &[&PROMPT[..], &[a as u32]].concat(), params);
                 for b in 0..VOCAB {
                     exact[a * VOCAB + b] = p1[a] * p2[b];
                 }
             }
         }
+        exact
+    };
+    // min-p must cut what top-k and top-p keep, and leave enough cells.
+    let (with, without) = (exact_of(&filters), exact_of(&topk_topp()));
+    let kept = |e: &[f64]| e.iter().filter(|&&p| p > 0.0).count();
+    assert!(kept(&with) < kept(&without) && kept(&with) >= 4, "min-p keeps {} of {} sequences", kept(&with), kept(&without));
+    for (params, label) in [(temp07(), "device target, T=0.7"), (filters, "device target, T=1, top-k 5, top-p 0.9, min-p 0.15")] {
+        let exact = exact_of(&params);
         let noise = 0.5 * (2.0 / (std::f64::consts::PI * N as f64)).sqrt() * exact.iter().map(|p| p.sqrt()).sum::<f64>();
         let f = ProposerFactory::standalone(tiny(99, 2.0), target.clone(), TreeSpec { num_steps: 3, topk: 2, num_draft_tokens: 5 }).unwrap();
         let mut proposer = f.proposer();
         let mut counts = vec![0u64; VOCAB * VOCAB];
         let mut verifies = 0;
+        let sampled_before = target.cuda().unwrap().trees_sampled();
         for s in 0..N {
             let req = GenerateRequest { prompt_ids: &PROMPT, max_tokens: 2, sampling: SamplingParams { seed: Some(7_000_003 * s + 5), ..params.clone() }, stop_ids: &[] };
             let (out, st) = speculative_generate(&target, proposer.as_mut(), &req, &mut |_| {}).unwrap();
@@ -333,6 +347,8 @@ fn bad_drafter_keeps_the_distribution_of_a_target_on_the_interpreted_device() {
             verifies += st.spec_verify_ct;
         }
         assert!(verifies > 0, "{label}: nothing was verified");
+        // Every verification walked its tree on the device (`cuda::sample`).
+        assert_eq!(target.cuda().unwrap().trees_sampled(), sampled_before + verifies as u64, "{label}");
         let (p, tv, cells) = compare(&counts, &exact, N);
         eprintln!("{label}: chi-square p = {p:.4} over {cells} cells, TV = {tv:.4} (noise ~{noise:.4})");
         assert!(p > 0.001, "{label}: chi-square p = {p}");

@@ -121,11 +121,21 @@ impl Model {
 
     /// The same model with its forward pass on `dev`: weights uploaded as
     /// bf16 and a KV pool of `max_total_tokens`.
-    pub fn to_device(mut self, dev: std::sync::Arc<dyn aerie_kernels::cuda::device::Device>, max_total_tokens: usize) -> Result<Model> {
+    pub fn to_device(self, dev: std::sync::Arc<dyn aerie_kernels::cuda::device::Device>, max_total_tokens: usize) -> Result<Model> {
+        self.to_device_as(dev, max_total_tokens, crate::cuda::WeightFormat::Bf16)
+    }
+
+    /// [`Self::to_device`] with the weight matrices in `format` (`--dtype`).
+    pub fn to_device_as(
+        mut self,
+        dev: std::sync::Arc<dyn aerie_kernels::cuda::device::Device>,
+        max_total_tokens: usize,
+        format: crate::cuda::WeightFormat,
+    ) -> Result<Model> {
         if self.tp.is_some() {
             return Err(EngineError::TensorParallel("a tensor-parallel shard runs on the CPU only so far".into()));
         }
-        self.device = Some(CudaModel::from_model(&self, dev, max_total_tokens)?);
+        self.device = Some(CudaModel::from_model_as(&self, dev, max_total_tokens, format)?);
         Ok(self)
     }
 

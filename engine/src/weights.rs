@@ -13,8 +13,7 @@ pub enum DType {
     F32,
     /// bf16 weights on a CUDA device (what `auto` gives there).
     BFloat16,
-    /// f16 weights: SGLang's `float16`, refused for now (the device kernels
-    /// are bf16).
+    /// f16 weights on a CUDA device: SGLang's `float16`.
     Float16,
 }
 
@@ -41,8 +40,8 @@ impl DType {
                 Err("--dtype bfloat16 and float16 are for --device cuda; the CPU path runs the checkpoint's own quantization (auto) or float32".into())
             }
             (DType::Auto | DType::BFloat16, true) => Ok(DType::Auto),
-            (DType::F32, true) => Err("the CUDA path holds weights in bfloat16 (--dtype auto or bfloat16); float32 runs on --device cpu".into()),
-            (DType::Float16, true) => Err("--dtype float16 is not supported on the CUDA path yet (its kernels are bf16): use bfloat16 or auto".into()),
+            (DType::Float16, true) => Ok(DType::Float16),
+            (DType::F32, true) => Err("the CUDA path holds weights in bfloat16 or float16 (--dtype auto, bfloat16 or float16); float32 runs on --device cpu".into()),
         }
     }
 }

@@ -22,6 +22,29 @@ __device__ __forceinline__ float bf16_to_f32(unsigned short b) {
     return __uint_as_float(((unsigned int)b) << 16);
 }
 
+// IEEE half (f16) bits to f32, exactly: normals and subnormals, infinities
+// and NaNs (payload kept).
+__device__ __forceinline__ float f16_to_f32(unsigned short h) {
+    unsigned int sign = ((unsigned int)h & 0x8000u) << 16;
+    unsigned int e = ((unsigned int)h >> 10) & 0x1fu, m = (unsigned int)h & 0x3ffu;
+    if (e == 0) {
+        float v = (float)m * 5.9604644775390625e-8f;  // m · 2^-24
+        return sign ? -v : v;
+    }
+    if (e == 31) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+// A weight element of either 16-bit format, chosen at compile time: the
+// kernels that read weights are templates over these, with one entry point
+// per format (`_bf16`, `_f16`).
+struct WeightBf16 {
+    static __device__ __forceinline__ float load(unsigned short b) { return bf16_to_f32(b); }
+};
+struct WeightF16 {
+    static __device__ __forceinline__ float load(unsigned short b) { return f16_to_f32(b); }
+};
+
 // Round to nearest even; NaN stays NaN.
 __device__ __forceinline__ unsigned short f32_to_bf16(float f) {
     unsigned int u = __float_as_uint(f);

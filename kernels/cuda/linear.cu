@@ -1,6 +1,6 @@
 // A projection, batch invariant: y[r, c] = sum_k x[r, k] * w[c, k] (+ b[c]),
-// x [rows, k] f32, w [n, k] bf16 (a Hugging Face Linear's layout), b f32 or
-// null, y [rows, n] f32.
+// x [rows, k] f32, w [n, k] bf16 (`linear_bf16`) or f16 (`linear_f16`) (a
+// Hugging Face Linear's layout), b f32 or null, y [rows, n] f32.
 //
 // Each warp owns one output column and LINEAR_ROWS rows, so a weight row is
 // read once per LINEAR_ROWS rows. The reduction of one output is fixed: lane
@@ -14,8 +14,9 @@
 
 #define LINEAR_ROWS 8
 
-extern "C" __global__ void linear_bf16(const float* __restrict__ x, const unsigned short* __restrict__ w,
-                                       const float* __restrict__ bias, float* __restrict__ y, int rows, int n, int k) {
+template <class W>
+__device__ __forceinline__ void linear_body(const float* __restrict__ x, const unsigned short* __restrict__ w,
+                                            const float* __restrict__ bias, float* __restrict__ y, int rows, int n, int k) {
     int warps = blockDim.x >> 5;
     int c = blockIdx.x * warps + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -27,7 +28,7 @@ extern "C" __global__ void linear_bf16(const float* __restrict__ x, const unsign
     float acc[LINEAR_ROWS];
     for (int r = 0; r < LINEAR_ROWS; ++r) acc[r] = 0.f;
     for (int kk = lane; kk < k; kk += 32) {
-        float wv = bf16_to_f32(wr[kk]);
+        float wv = W::load(wr[kk]);
         for (int r = 0; r < LINEAR_ROWS; ++r)
             if (r < nr) acc[r] += xr[(size_t)r * k + kk] * wv;
     }
@@ -36,4 +37,14 @@ extern "C" __global__ void linear_bf16(const float* __restrict__ x, const unsign
         float s = warp_sum(acc[r]);
         if (lane == 0) y[(size_t)(r0 + r) * n + c] = s + b;
     }
+}
+
+extern "C" __global__ void linear_bf16(const float* __restrict__ x, const unsigned short* __restrict__ w,
+                                       const float* __restrict__ bias, float* __restrict__ y, int rows, int n, int k) {
+    linear_body<WeightBf16>(x, w, bias, y, rows, n, k);
+}
+
+extern "C" __global__ void linear_f16(const float* __restrict__ x, const unsigned short* __restrict__ w,
+                                      const float* __restrict__ bias, float* __restrict__ y, int rows, int n, int k) {
+    linear_body<WeightF16>(x, w, bias, y, rows, n, k);
 }

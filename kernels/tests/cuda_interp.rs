@@ -905,3 +905,69 @@ fn tree_sample_verify_walks_and_draws_like_the_reference() {
     eprintln!("{checked} of {total} walks checked, {accepted} drafts accepted, deepest {depth_max}");
     assert!(accepted > total && depth_max >= 4, "the fixture must accept drafts: {accepted} over {total} trees, deepest {depth_max}");
 }
+
+/// The f16 entry points: every 16-bit pattern converts exactly (normals,
+/// subnormals, zeros of both signs, infinities, NaNs), and the f16
+/// projection matches its reference and is batch invariant like the bf16 one.
+#[test]
+fn f16_weights_convert_exactly_and_project_like_the_reference() {
+    let hidden = 256;
+    let table: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
+    let vocab = table.len() / hidden;
+    let ids: Vec<i32> = (0..vocab as i32).chain([-1, vocab as i32]).collect();
+    let mut out = vec![0.5f32; ids.len() * hidden];
+    unsafe {
+        interp::launch(
+            "embedding_f16",
+            LaunchConfig::linear(ids.len() as u32, 64),
+            &[A::ptr(table.as_ptr()), A::ptr(ids.as_ptr()), A::ptr(out.as_mut_ptr()), A::I32(ids.len() as i32), A::I32(hidden as i32), A::I32(vocab as i32)],
+        )
+        .unwrap();
+    }
+    let want = reference::embedding_f16(&table, &ids, hidden);
+    for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+        assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "f16 bits {i:#06x}: {g:e} against {w:e}");
+    }
+    let mut r = StdRng::seed_from_u64(12);
+    for &(rows, n, k, with_bias) in &[(1, 33, 64, false), (11, 70, 200, true)] {
+        let x = randv(&mut r, rows * k, 2.0);
+        // Values bf16 cannot hold: 11 significant bits, some subnormal.
+        let w: Vec<half::f16> = randv(&mut r, n * k, 0.5).into_iter().enumerate().map(|(i, v)| half::f16::from_f32(if i % 97 == 0 { v * 1e-5 } else { v })).collect();
+        let b = randv(&mut r, n, 1.0);
+        let bias = with_bias.then_some(&b[..]);
+        let launch = |x: &[f32], rows: usize, warps: u32| {
+            let mut y = vec![f32::NAN; rows * n];
+            let cfg = LaunchConfig { grid: (n.div_ceil(warps as usize) as u32, rows.div_ceil(8) as u32, 1), block: (32 * warps, 1, 1), shared_bytes: 0 };
+            let bp = bias.map_or(std::ptr::null(), |b| b.as_ptr());
+            // The interpreted kernel itself, not its host twin.
+            unsafe {
+                interp::launch_as(
+                    "linear_f16",
+                    cfg,
+                    &[A::ptr(x.as_ptr()), A::ptr(w.as_ptr()), A::ptr(bp), A::ptr(y.as_mut_ptr()), A::I32(rows as i32), A::I32(n as i32), A::I32(k as i32)],
+                    false,
+                )
+                .unwrap();
+            }
+            y
+        };
+        let y = launch(&x, rows, 4);
+        assert_close(&y, &reference::linear_f16(&x, &w, bias, k), 1e-4, "linear_f16");
+        // The interpreter's host twin gives the kernel's bits.
+        let mut twin = vec![f32::NAN; rows * n];
+        let cfg = LaunchConfig { grid: (n.div_ceil(4) as u32, rows.div_ceil(8) as u32, 1), block: (128, 1, 1), shared_bytes: 0 };
+        let bp = bias.map_or(std::ptr::null(), |b| b.as_ptr());
+        unsafe {
+            interp::launch_as(
+                "linear_f16",
+                cfg,
+                &[A::ptr(x.as_ptr()), A::ptr(w.as_ptr()), A::ptr(bp), A::ptr(twin.as_mut_ptr()), A::I32(rows as i32), A::I32(n as i32), A::I32(k as i32)],
+                true,
+            )
+            .unwrap();
+        }
+        assert_eq!(twin, y, "linear_f16 twin, {rows}x{n}x{k}");
+        let last = rows - 1;
+        assert_eq!(launch(&x[last * k..][..k], 1, 1)[..], y[last * n..][..n], "row {last} of {rows}");
+    }
+}

@@ -118,8 +118,9 @@ pub struct DeviceArgs {
     #[arg(long, default_value_t = 0.85, value_parser = parse_fraction)]
     pub mem_fraction_static: f64,
     /// Weight precision (SGLang's names): `auto` (the checkpoint's own
-    /// quantization on the CPU, bf16 on a GPU), `bfloat16` (GPU), `float32`
-    /// (CPU); `float16` is refused until the kernels have an f16 path.
+    /// quantization on the CPU, bf16 on a GPU), `bfloat16` or `float16`
+    /// (GPU weights; activations f32 and the KV cache bf16 either way),
+    /// `float32` (CPU).
     #[arg(long, default_value = "auto")]
     pub dtype: DType,
     #[command(flatten)]
@@ -205,7 +206,7 @@ pub fn place(model: Model, dev: Arc<dyn Device>, a: &DeviceArgs, kv_tokens: usiz
     let tokens = kv_tokens_that_fit(&model.config, model.weights.layers.len(), dev.free_memory() as u64, total as u64, a.mem_fraction_static, kv_tokens)?;
     let name = dev.name();
     let t = std::time::Instant::now();
-    let model = model.to_device(dev, tokens)?;
+    let model = model.to_device_as(dev, tokens, aerie_engine::cuda::WeightFormat::of(a.dtype))?;
     let (used, total) = model.cuda().map(|c| c.device().memory()).unwrap_or_default();
     tracing::info!(
         "model on {name} in {:.1} s: {:.2} GiB of {:.2} GiB in use, KV pool {tokens} tokens",

@@ -42,8 +42,8 @@ pub struct GenerateArgs {
     pub seed: Option<u64>,
     /// Weight precision (SGLang's names): `auto` keeps the file's
     /// quantization on the CPU and is bf16 on a GPU; `float32` (`f32`)
-    /// dequantizes at load (CPU); `bfloat16` is the GPU's; `float16` is
-    /// refused until the kernels have an f16 path.
+    /// dequantizes at load (CPU); `bfloat16` and `float16` hold the GPU's
+    /// weights in that format.
     #[arg(long, default_value = "auto")]
     pub dtype: DType,
     /// `cpu`, or `cuda[:N]`: the forward pass on a CUDA device (bf16 weights,
@@ -85,7 +85,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         let prompt_bound = prompt.len() + a.system.as_ref().map_or(0, String::len) + 256;
         let tokens = model.config.max_position_embeddings.min(prompt_bound + a.max_tokens + 256);
         draft_device = Some((dev.clone(), tokens));
-        engine.model = std::sync::Arc::new(model.to_device(dev, tokens)?);
+        engine.model = std::sync::Arc::new(model.to_device_as(dev, tokens, aerie_engine::cuda::WeightFormat::of(dtype))?);
     }
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let prompt_ids = if a.raw {

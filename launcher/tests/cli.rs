@@ -374,8 +374,8 @@ fn export_hf_tokenizer_only_writes_loadable_tokenizer_files() {
 }
 
 /// `--dtype` takes SGLang's names: bfloat16 runs on the CUDA device (what
-/// auto gives there), float16 is refused there with the reason, and the
-/// GPU precisions on the CPU path are refused before loading.
+/// auto gives there), float16 runs there with f16 weights, and the GPU
+/// precisions on the CPU path are refused before loading.
 #[test]
 fn dtype_names_follow_sglang_and_unsupported_pairs_fail_cleanly() {
     let _g = crate::common::shared();
@@ -393,7 +393,10 @@ fn dtype_names_follow_sglang_and_unsupported_pairs_fail_cleanly() {
     let auto = gen("auto", "cuda");
     let ids = |o: &std::process::Output| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["token_ids"].clone();
     assert_eq!(ids(&bf16), ids(&auto), "bfloat16 is what auto runs on the device");
-    for (dtype, device, needle) in [("float16", "cuda", "use bfloat16"), ("bfloat16", "cpu", "--device cuda"), ("float32", "cuda", "bfloat16"), ("int3", "cpu", "unknown dtype")] {
+    let f16 = gen("float16", "cuda");
+    assert!(f16.status.success(), "{}", String::from_utf8_lossy(&f16.stderr));
+    assert_eq!(ids(&f16).as_array().map(Vec::len), Some(2), "{}", String::from_utf8_lossy(&f16.stdout));
+    for (dtype, device, needle) in [("bfloat16", "cpu", "--device cuda"), ("float32", "cuda", "bfloat16"), ("int3", "cpu", "unknown dtype")] {
         let out = gen(dtype, device);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_ne!(out.status.code(), Some(0), "{dtype} on {device}");

@@ -17,7 +17,7 @@
 //! target verifies every token), but reproducible ones.
 
 use super::kv::{CudaSeq, KvPool};
-use super::layer::{bf16_of, upload_inv_freq, CudaSeqInput, DeviceBatch, DeviceLayer, LayerWeights, Ops, Scratch};
+use super::layer::{bf16_of, upload_inv_freq, CudaSeqInput, DeviceBatch, DeviceLayer, LayerWeights, Ops, Scratch, WeightFormat};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv::KvCache;
@@ -103,7 +103,7 @@ impl DeviceHead {
             Some((m, b, width)) => Some((dev.upload_slice(&bf16_of(m))?, b.map(f32s).transpose()?, width)),
             None => None,
         };
-        let layers = w.layers.into_iter().map(|l| DeviceLayer::upload(&dev, l)).collect::<Result<Vec<_>>>()?;
+        let layers = w.layers.into_iter().map(|l| DeviceLayer::upload(&dev, l, WeightFormat::Bf16)).collect::<Result<Vec<_>>>()?;
         let pool = KvPool::new(dev.clone(), layers.len(), config.num_kv_heads * config.head_dim, max_total_tokens)?;
         Ok(DeviceHead {
             config: config.clone(),
@@ -142,7 +142,7 @@ impl DeviceHead {
     fn ops(&self) -> Ops<'_> {
         // Drafts use the invariant kernels too: a sequence's draft does not
         // depend on what else is drafted with it.
-        Ops { dev: &self.dev, eps: self.config.rms_norm_eps, invariant: true }
+        Ops { dev: &self.dev, eps: self.config.rms_norm_eps, invariant: true, format: WeightFormat::Bf16 }
     }
 
     /// Runs the sequences' new rows (stacked in `input`, and in `side` for

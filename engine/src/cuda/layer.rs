@@ -22,6 +22,50 @@ pub(crate) fn bf16_of(v: &[f32]) -> Vec<bf16> {
     v.iter().map(|&x| bf16::from_f32(x)).collect()
 }
 
+/// How weight matrices are held on the device: bf16 (the default, what
+/// `--dtype auto` and `bfloat16` give) or IEEE f16 (`--dtype float16`: an
+/// f16 checkpoint's values exactly). Activations, norms and the KV cache are
+/// the same either way (f32, f32, bf16); the kernels that read weights have
+/// one entry point per format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    #[default]
+    Bf16,
+    F16,
+}
+
+impl WeightFormat {
+    /// The format `--dtype` asks for on a device.
+    pub fn of(dtype: crate::weights::DType) -> WeightFormat {
+        match dtype {
+            crate::weights::DType::Float16 => WeightFormat::F16,
+            _ => WeightFormat::Bf16,
+        }
+    }
+
+    /// The 16-bit patterns of `v`, rounded to nearest even.
+    pub(crate) fn bits(self, v: &[f32]) -> Vec<u16> {
+        match self {
+            WeightFormat::Bf16 => v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect(),
+            WeightFormat::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect(),
+        }
+    }
+
+    pub(crate) fn linear_kernel(self) -> &'static str {
+        match self {
+            WeightFormat::Bf16 => "linear_bf16",
+            WeightFormat::F16 => "linear_f16",
+        }
+    }
+
+    pub(crate) fn embedding_kernel(self) -> &'static str {
+        match self {
+            WeightFormat::Bf16 => "embedding_bf16",
+            WeightFormat::F16 => "embedding_f16",
+        }
+    }
+}
+
 /// The rotary frequencies of `cfg` on the device (f32), as `rope` takes them.
 pub(crate) fn upload_inv_freq(dev: &Arc<dyn Device>, cfg: &ModelConfig) -> Result<DeviceBuffer> {
     let inv: Vec<f32> = cfg.inv_freqs().iter().map(|&f| f as f32).collect();
@@ -42,14 +86,17 @@ pub(crate) struct Ops<'a> {
     /// than the device's library GEMM (cuBLAS: bf16 activations, an order
     /// chosen per shape, faster on large batches).
     pub invariant: bool,
+    /// The weights' format. The library GEMM takes bf16 weights only, so
+    /// f16 weights always go through the invariant kernel.
+    pub format: WeightFormat,
 }
 
 impl Ops<'_> {
-    /// `y = x · wᵀ (+ b)` for `rows` rows, `w` holding `n × k` bf16 values
+    /// `y = x · wᵀ (+ b)` for `rows` rows, `w` holding `n × k` 16-bit values
     /// from byte `w.1` on. Biased projections (Qwen2's q/k/v) always take
     /// the invariant kernel, which adds the bias itself.
     pub fn linear(&self, x: &DeviceBuffer, w: (&DeviceBuffer, usize), bias: Option<(&DeviceBuffer, usize)>, y: &DeviceBuffer, rows: usize, n: usize, k: usize) -> Result<()> {
-        if !self.invariant && bias.is_none() {
+        if !self.invariant && bias.is_none() && self.format == WeightFormat::Bf16 {
             let xb = self.dev.alloc(rows * k * 2)?;
             // SAFETY: x holds rows × k f32, xb as many bf16.
             unsafe { self.dev.launch("to_bf16", elementwise(rows * k), &[x.arg(), xb.arg(), A::I64((rows * k) as i64)])? };
@@ -58,8 +105,8 @@ impl Ops<'_> {
         }
         let cfg = LaunchConfig { grid: (n.div_ceil(4) as u32, rows.div_ceil(8) as u32, 1), block: (128, 1, 1), shared_bytes: 0 };
         let b = bias.map_or(A::Ptr(std::ptr::null()), |(b, off)| b.arg_at(off));
-        // SAFETY: x is rows × k f32, w holds n × k bf16 from w.1, b n f32, y rows × n f32.
-        unsafe { self.dev.launch("linear_bf16", cfg, &[x.arg(), w.0.arg_at(w.1), b, y.arg(), A::I32(rows as i32), A::I32(n as i32), A::I32(k as i32)])? };
+        // SAFETY: x is rows × k f32, w holds n × k 16-bit values from w.1, b n f32, y rows × n f32.
+        unsafe { self.dev.launch(self.format.linear_kernel(), cfg, &[x.arg(), w.0.arg_at(w.1), b, y.arg(), A::I32(rows as i32), A::I32(n as i32), A::I32(k as i32)])? };
         Ok(())
     }
 
@@ -130,10 +177,10 @@ pub struct LayerWeights<'a> {
 }
 
 impl DeviceLayer {
-    /// Uploads a layer: matrices as bf16, norms and biases f32.
-    pub fn upload(dev: &Arc<dyn Device>, w: LayerWeights) -> Result<DeviceLayer> {
+    /// Uploads a layer: matrices in `format`, norms and biases f32.
+    pub fn upload(dev: &Arc<dyn Device>, w: LayerWeights, format: WeightFormat) -> Result<DeviceLayer> {
         let f32s = |v: &[f32]| dev.upload_slice(v);
-        let bf16s = |v: &[f32]| dev.upload_slice(&bf16_of(v));
+        let bf16s = |v: &[f32]| dev.upload_slice(&format.bits(v));
         Ok(DeviceLayer {
             input_norm: w.input_norm.map(f32s).transpose()?,
             qkv: bf16s(w.qkv)?,

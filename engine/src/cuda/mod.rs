@@ -23,7 +23,8 @@ use aerie_kernels::cuda::interp::{KernelArg as A, LaunchConfig};
 use crate::config::ModelConfig;
 use kv::{CudaSeq, KvPool};
 pub use layer::CudaSeqInput;
-use layer::{bf16_of, upload_inv_freq, DeviceBatch, DeviceLayer, LayerWeights, Ops, Scratch};
+pub use layer::WeightFormat;
+use layer::{upload_inv_freq, DeviceBatch, DeviceLayer, LayerWeights, Ops, Scratch};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -46,6 +47,7 @@ pub struct CudaModel {
     batch_invariant: AtomicBool,
     /// Trees (and plain sampled steps) verified by [`Self::sample_trees`].
     trees_sampled: AtomicU64,
+    format: WeightFormat,
 }
 
 impl CudaModel {
@@ -53,9 +55,14 @@ impl CudaModel {
     /// `max_total_tokens`. A device without room is an error that says how
     /// much was needed and how much was free.
     pub fn from_model(model: &Model, dev: Arc<dyn Device>, max_total_tokens: usize) -> Result<CudaModel> {
+        Self::from_model_as(model, dev, max_total_tokens, WeightFormat::Bf16)
+    }
+
+    /// [`Self::from_model`] with the weight matrices in `format`.
+    pub fn from_model_as(model: &Model, dev: Arc<dyn Device>, max_total_tokens: usize, format: WeightFormat) -> Result<CudaModel> {
         let cfg = model.config.clone();
         let w = &model.weights;
-        let up_bf16 = |v: &[f32]| dev.upload_slice(&bf16_of(v));
+        let up_bf16 = |v: &[f32]| dev.upload_slice(&format.bits(v));
         let embed = up_bf16(&w.embed.to_f32_vec())?;
         let mut layers = Vec::with_capacity(w.layers.len());
         for l in &w.layers {
@@ -71,6 +78,7 @@ impl CudaModel {
                     down: &l.w_down.to_f32_vec(),
                     attn_in: cfg.hidden_size,
                 },
+                format,
             )?);
         }
         let final_norm = dev.upload_slice(&w.final_norm)?;
@@ -78,7 +86,7 @@ impl CudaModel {
         let inv_freq = upload_inv_freq(&dev, &cfg)?;
         // A model loaded for drafting has no layers, and needs no pool.
         let pool = KvPool::new(dev.clone(), w.layers.len(), cfg.num_kv_heads * cfg.head_dim, max_total_tokens)?;
-        Ok(CudaModel { config: cfg, dev, embed, layers, final_norm, lm_head, inv_freq, pool, batch_invariant: AtomicBool::new(true), trees_sampled: AtomicU64::new(0) })
+        Ok(CudaModel { config: cfg, dev, embed, layers, final_norm, lm_head, inv_freq, pool, batch_invariant: AtomicBool::new(true), trees_sampled: AtomicU64::new(0), format })
     }
 
     pub fn device(&self) -> &Arc<dyn Device> {
@@ -91,12 +99,18 @@ impl CudaModel {
     }
 
     fn ops(&self) -> Ops<'_> {
-        Ops { dev: &self.dev, eps: self.config.rms_norm_eps, invariant: self.batch_invariant() }
+        Ops { dev: &self.dev, eps: self.config.rms_norm_eps, invariant: self.batch_invariant(), format: self.format }
     }
 
-    /// Whether projections run through the batch-invariant kernels.
+    /// Whether projections run through the batch-invariant kernels (always
+    /// with f16 weights, which the library GEMM does not take).
     pub fn batch_invariant(&self) -> bool {
-        self.batch_invariant.load(Ordering::Relaxed)
+        self.batch_invariant.load(Ordering::Relaxed) || self.format == WeightFormat::F16
+    }
+
+    /// How the weight matrices are held.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.format
     }
 
     /// Batch-invariant projections (`true`, the default) or the device's
@@ -178,7 +192,7 @@ impl CudaModel {
         // SAFETY: ids were checked against the vocabulary; x holds t × h.
         unsafe {
             dev.launch(
-                "embedding_bf16",
+                self.format.embedding_kernel(),
                 LaunchConfig::linear(t as u32, 256),
                 &[self.embed.arg(), b.ids.arg(), x.arg(), A::I32(t as i32), A::I32(h as i32), A::I32(cfg.vocab_size as i32)],
             )?;

@@ -165,10 +165,16 @@ impl Line {
         let (r1, r2) = (sy + INTERCEPT_PRIOR * a0, sxy + SLOPE_PRIOR * b0);
         let det = m11 * m22 - m12 * m12;
         let (a, b) = if det.abs() > 1e-18 { ((r1 * m22 - m12 * r2) / det, (m11 * r2 - m12 * r1) / det) } else { (a0, b0) };
-        // Neither cost can be negative: where one comes out so, refit the
-        // other with it held at 0.
+        // Neither cost can be negative. A negative slope is noise the
+        // window cannot resolve (on a loaded machine, steps of nearby row
+        // counts whose times cross): the slope then stays the prior's, a
+        // calibration's measured cost of a row, and the intercept is refitted
+        // with it; only a prior slope of 0 (the draft line's) gives 0. A
+        // negative intercept is refitted the same way with it held at 0.
         if b < 0.0 {
-            return ((r1 / m11).max(0.0), 0.0);
+            let b = b0.max(0.0);
+            let a = (r1 - m12 * b) / m11;
+            return if a >= 0.0 { (a, b) } else { (0.0, (r2 / m22).max(0.0)) };
         }
         if a < 0.0 {
             return (0.0, (r2 / m22).max(0.0));
@@ -614,6 +620,29 @@ mod tests {
         let c = m.costs();
         assert!(c.per_row > 0.0 && c.per_row.is_finite(), "{c:?}");
     }
+    #[test]
+    fn noise_that_slopes_the_wrong_way_keeps_the_calibrated_row_cost() {
+        // Calibrated at 1 ms a row. Then, on a loaded machine, steps of 5
+        // rows happen to take less than steps of 4: the local fit's slope
+        // is negative, and a row must not come out free.
+        let mut m = CostModel::new([(1.0, 0.010), (9.0, 0.018)], 0.98);
+        for i in 0..64 {
+            let (rows, secs) = if i % 2 == 0 { (4, 0.020) } else { (5, 0.019) };
+            m.observe(rows, secs, 0, 0.0);
+        }
+        let c = m.costs_at(5);
+        assert!((c.per_row - 0.001).abs() < 1e-9, "{c:?}");
+        // The intercept follows the steps with that slope: 19.5 ms at 4.5 rows.
+        assert!((c.fixed + 4.5 * c.per_row - 0.0195).abs() < 2e-4, "{c:?}");
+        // With no prior slope (the draft line's), it is 0.
+        let mut d = CostModel::new([(1.0, 0.010), (9.0, 0.010)], 0.98);
+        for i in 0..64 {
+            let (rows, secs) = if i % 2 == 0 { (4, 0.020) } else { (5, 0.019) };
+            d.observe(rows, secs, 0, 0.0);
+        }
+        assert_eq!(d.costs_at(5).per_row, 0.0);
+    }
+
     /// Probes over `steps` steps for one request that is never right,
     /// alone in its batch.
     fn probes_of_a_hopeless_request(costs: Costs, steps: usize) -> usize {

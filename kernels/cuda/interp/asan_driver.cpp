@@ -83,6 +83,8 @@ int main(int argc, char** argv) {
     float* emb = buffer<float>(4 * hidden, 7);
     run("embedding_bf16", +[](void** p) { aerie_interp::call_with_params(embedding_bf16, p); },
         {&table, &ids, &emb, &nids, &hidden, &vocab}, 4, 1, 128);
+    run("embedding_f16", +[](void** p) { aerie_interp::call_with_params(embedding_f16, p); },
+        {&table, &ids, &emb, &nids, &hidden, &vocab}, 4, 1, 128);
 
     float* logits = buffer<float>((size_t)rows * vocab, 8);
     int* best = static_cast<int*>(std::malloc(rows * sizeof(int)));
@@ -211,6 +213,8 @@ int main(int argc, char** argv) {
     float* lb = buffer<float>(ln, 26);
     float* ly = buffer<float>((size_t)lrows * ln, 27);
     run("linear_bf16", +[](void** p) { aerie_interp::call_with_params(linear_bf16, p); },
+        {&lx, &lw, &lb, &ly, &lrows, &ln, &lk}, (ln + 3) / 4, (lrows + 7) / 8, 128);
+    run("linear_f16", +[](void** p) { aerie_interp::call_with_params(linear_f16, p); },
         {&lx, &lw, &lb, &ly, &lrows, &ln, &lk}, (ln + 3) / 4, (lrows + 7) / 8, 128);
 
     int* shuf = static_cast<int*>(std::malloc(4 * 96 * sizeof(int)));

@@ -1,5 +1,5 @@
-// Host twins of the interpreter's two heaviest kernels, linear_bf16 and
-// attention_paged: plain loops that compute exactly the kernel's
+// Host twins of the interpreter's heaviest kernels, linear_bf16 (and its f16
+// entry, linear_f16) and attention_paged: plain loops that compute exactly the kernel's
 // arithmetic, in the kernel's order, with each warp's 32 lanes held in an
 // array and warp_sum's butterfly replayed lane by lane. They give the same
 // bits as the interpreted kernel (kernels/tests/cuda_interp.rs checks that on
@@ -24,7 +24,8 @@ float butterfly(float* v) {
     return v[0];
 }
 
-void twin_linear_bf16(const float* x, const unsigned short* w, const float* bias, float* y, int rows, int n, int k) {
+template <class W>
+void twin_linear(const float* x, const unsigned short* w, const float* bias, float* y, int rows, int n, int k) {
     float part[32];
     for (int c = 0; c < n; ++c) {
         const unsigned short* wr = w + (size_t)c * k;
@@ -36,11 +37,19 @@ void twin_linear_bf16(const float* x, const unsigned short* w, const float* bias
             for (int lane = 0; lane < 32; ++lane) part[lane] = 0.f;
             int full = k / 32 * 32;
             for (int base = 0; base < full; base += 32)
-                for (int lane = 0; lane < 32; ++lane) part[lane] += xr[base + lane] * bf16_to_f32(wr[base + lane]);
-            for (int lane = 0; full + lane < k; ++lane) part[lane] += xr[full + lane] * bf16_to_f32(wr[full + lane]);
+                for (int lane = 0; lane < 32; ++lane) part[lane] += xr[base + lane] * W::load(wr[base + lane]);
+            for (int lane = 0; full + lane < k; ++lane) part[lane] += xr[full + lane] * W::load(wr[full + lane]);
             y[(size_t)r * n + c] = butterfly(part) + b;
         }
     }
+}
+
+void twin_linear_bf16(const float* x, const unsigned short* w, const float* bias, float* y, int rows, int n, int k) {
+    twin_linear<WeightBf16>(x, w, bias, y, rows, n, k);
+}
+
+void twin_linear_f16(const float* x, const unsigned short* w, const float* bias, float* y, int rows, int n, int k) {
+    twin_linear<WeightF16>(x, w, bias, y, rows, n, k);
 }
 
 void twin_attention_paged(const float* q, const unsigned short* k_cache, const unsigned short* v_cache, float* out,
@@ -106,6 +115,8 @@ void twin_attention_paged(const float* q, const unsigned short* k_cache, const u
 extern "C" void (*aerie_interp_twin(const char* name))(void**) {
     if (std::strcmp(name, "linear_bf16") == 0)
         return +[](void** p) { aerie_interp::call_with_params(twin_linear_bf16, p); };
+    if (std::strcmp(name, "linear_f16") == 0)
+        return +[](void** p) { aerie_interp::call_with_params(twin_linear_f16, p); };
     if (std::strcmp(name, "attention_paged") == 0)
         return +[](void** p) { aerie_interp::call_with_params(twin_attention_paged, p); };
     return nullptr;

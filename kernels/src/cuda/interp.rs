@@ -166,7 +166,7 @@ pub unsafe fn launch(name: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Resul
 }
 
 /// Whether launches of kernels that have a host twin (`interp/twins.cpp`:
-/// linear_bf16, attention_paged) run the twin, which gives the kernel's bits
+/// linear_bf16, linear_f16, attention_paged) run the twin, which gives the kernel's bits
 /// without its fiber switches. On unless `AERIE_CUDA_INTERPRET_TWINS=0`.
 pub fn twins_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -290,6 +290,35 @@ pub fn linear_bf16(x: &[f32], w: &[bf16], bias: Option<&[f32]>, k: usize) -> Vec
         .collect()
 }
 
+/// `linear_f16`: [`linear_bf16`] with `w` in IEEE half precision.
+pub fn linear_f16(x: &[f32], w: &[half::f16], bias: Option<&[f32]>, k: usize) -> Vec<f32> {
+    let wb: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+    let n = w.len() / k;
+    x.chunks(k)
+        .flat_map(|xr| {
+            let wb = &wb;
+            (0..n).map(move |c| {
+                let dot: f64 = xr.iter().zip(&wb[c * k..(c + 1) * k]).map(|(&a, &b)| a as f64 * b as f64).sum();
+                (dot + bias.map_or(0.0, |b| b[c] as f64)) as f32
+            })
+        })
+        .collect()
+}
+
+/// `embedding_f16`: [`embedding_bf16`] over an f16 table.
+pub fn embedding_f16(table: &[half::f16], ids: &[i32], hidden: usize) -> Vec<f32> {
+    let vocab = table.len() / hidden;
+    let mut out = vec![0.0f32; ids.len() * hidden];
+    for (o, &id) in out.chunks_mut(hidden).zip(ids) {
+        if id >= 0 && (id as usize) < vocab {
+            for (o, w) in o.iter_mut().zip(&table[id as usize * hidden..][..hidden]) {
+                *o = w.to_f32();
+            }
+        }
+    }
+    out
+}
+
 /// One row's sampling settings, as `sample_dist_rows` takes them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SampleParams {
