@@ -12,6 +12,9 @@ SmolLM2's tokenizer files, then:
   its first near-tie; at least 9 of 10 must.
 - lossless speculation on the GPU: NGRAM and EAGLE (a random-weight head from
   `aerie random-head`) give plain decoding's ids, token for token.
+- `--dtype float16` (f16 weights) against the same reference, as above.
+- sampling on the GPU: a seeded request gives the same tokens twice, plain
+  and with EAGLE.
 - decode tok/s of each mode (batch 1, from `aerie generate --json`).
 
 Appends a Markdown section to --report; exits non-zero on any failure.
@@ -131,6 +134,7 @@ def main():
         "NGRAM": ["--speculative-algorithm", "NGRAM"],
         "EAGLE": ["--speculative-algorithm", "EAGLE", "--speculative-draft-model-path", head_dir,
                   "--speculative-num-steps", "3", "--speculative-eagle-topk", "2", "--speculative-num-draft-tokens", "8"],
+        "float16": ["--dtype", "float16"],
     }
     outs = {m: [] for m in modes}
     for m, extra in modes.items():
@@ -138,19 +142,30 @@ def main():
             outs[m].append(aerie_generate(a.aerie, model_dir, q, extra))
         print(f"{m}: done", flush=True)
 
-    agree, exact, total, hard_all = 0, 0, 0, []
-    for i, o in enumerate(outs["plain"]):
-        ok, ex, hard, tie = teacher_forced(ref, o["prompt_ids"], o["token_ids"])
-        agree += ok
-        exact += ex
-        total += len(o["token_ids"])
-        hard_all += [(i, t, d) for t, d in hard]
-        print(f"prompt {i}: agrees={ok} exact={ex}/{len(o['token_ids'])} first near-tie={tie} hard={hard[:3]}", flush=True)
-    lines.append(f"- greedy against transformers (float32 reference, teacher-forced, {len(PROMPTS)} prompts x {MAX_TOKENS} tokens): "
-                 f"{agree}/{len(PROMPTS)} prompts agree up to their first near-tie; {exact}/{total} tokens are the reference's argmax; "
-                 f"{len(hard_all)} disagreements outside near-ties{' ' + str(hard_all[:5]) if hard_all else ''}")
-    if agree < 9:
-        failures.append("fewer than 9 of 10 prompts agree with transformers")
+    for m, label in (("plain", "bf16 weights"), ("float16", "`--dtype float16`, f16 weights")):
+        agree, exact, total, hard_all = 0, 0, 0, []
+        for i, o in enumerate(outs[m]):
+            ok, ex, hard, tie = teacher_forced(ref, o["prompt_ids"], o["token_ids"])
+            agree += ok
+            exact += ex
+            total += len(o["token_ids"])
+            hard_all += [(i, t, d) for t, d in hard]
+            print(f"{m} prompt {i}: agrees={ok} exact={ex}/{len(o['token_ids'])} first near-tie={tie} hard={hard[:3]}", flush=True)
+        lines.append(f"- greedy against transformers, {label} (float32 reference, teacher-forced, {len(PROMPTS)} prompts x {MAX_TOKENS} tokens): "
+                     f"{agree}/{len(PROMPTS)} prompts agree up to their first near-tie; {exact}/{total} tokens are the reference's argmax; "
+                     f"{len(hard_all)} disagreements outside near-ties{' ' + str(hard_all[:5]) if hard_all else ''}")
+        if agree < 9:
+            failures.append(f"fewer than 9 of 10 prompts agree with transformers ({label})")
+
+    # Sampling on the device (the distribution, the tree walk and the draw
+    # there): a seed gives the same tokens every run, plain and with EAGLE.
+    for m in ("plain", "EAGLE"):
+        sampled = ["--temperature", "0.8", "--top-p", "0.95", "--seed", "11"]
+        runs = [aerie_generate(a.aerie, model_dir, PROMPTS[0], modes[m] + sampled)["token_ids"] for _ in range(2)]
+        ok = runs[0] == runs[1] and len(runs[0]) > 0
+        lines.append(f"- sampled decoding on the GPU ({m}, T=0.8, top-p 0.95, seed 11): {'the same' if ok else 'DIFFERENT'} {len(runs[0])} tokens in two runs")
+        if not ok:
+            failures.append(f"seeded sampling ({m}) is not reproducible")
 
     for m in ("NGRAM", "EAGLE"):
         same = sum(o["token_ids"] == p["token_ids"] for o, p in zip(outs[m], outs["plain"]))
@@ -166,7 +181,7 @@ def main():
         return v[len(v) // 2]
     load = sorted(o["stats"]["load_ms"] for o in outs["plain"])[len(PROMPTS) // 2]
     lines.append(f"- decode tok/s at batch 1, SmolLM2-135M shape, median of {len(PROMPTS)} prompts: plain {tok_s('plain'):.1f}, "
-                 f"NGRAM {tok_s('NGRAM'):.1f}, EAGLE (random head, accepts ~nothing) {tok_s('EAGLE'):.1f}; load {load:.0f} ms")
+                 f"NGRAM {tok_s('NGRAM'):.1f}, EAGLE (random head, accepts ~nothing) {tok_s('EAGLE'):.1f}, float16 {tok_s('float16'):.1f}; load {load:.0f} ms")
     lines += [f"- **FAIL**: {f}" for f in failures]
     with open(a.report, "a") as r:
         r.write("\n".join(lines) + "\n")

@@ -87,7 +87,7 @@ fi
 
 stage "engine CUDA-path tests on the GPU"
 if (cd engine && AERIE_TEST_DEVICE=cuda:0 timeout 150 "$PACK/engine-tests" cuda_interp:: >> "$LOG" 2>&1); then
-  note "- ok: engine cuda_interp:: on cuda:0 ($(grep -o '[0-9]* passed' "$LOG" | tail -1)): logits vs CPU f32, 16-node tree == paths decoded alone (bit for bit), keep_rows, KV pool"
+  note "- ok: engine cuda_interp:: on cuda:0 ($(grep -o '[0-9]* passed' "$LOG" | tail -1)): logits vs CPU f32, 16-node tree == paths decoded alone (bit for bit), keep_rows, KV pool, sampled trees walked on the device as on the host, f16 weights"
 else
   fail "engine-tests cuda_interp:: on cuda:0 (see gpu_check.log)"
 fi
