@@ -301,7 +301,8 @@ fn context_limit_cuts_trees_like_plain_decoding() {
 /// The target on the interpreted CUDA device (the host code and `.cu`
 /// kernels a GPU runs, on the CPU): its exact distribution is computed from
 /// its own bf16 logits, and rejection sampling against a CPU drafter must
-/// keep it. Each verification's walk, and its draw, runs on the device
+/// keep it. Each first token's draw, and each verification's walk and
+/// draw, runs on the device
 /// (`sample_dist.cu`, `tree_sample.cu`), with temperature, top-k, top-p
 /// and min-p. Two tokens (64 cells) and fewer samples than above, since
 /// every target forward runs the kernels in the interpreter; the total
@@ -347,8 +348,9 @@ fn bad_drafter_keeps_the_distribution_of_a_target_on_the_interpreted_device() {
             verifies += st.spec_verify_ct;
         }
         assert!(verifies > 0, "{label}: nothing was verified");
-        // Every verification walked its tree on the device (`cuda::sample`).
-        assert_eq!(target.cuda().unwrap().trees_sampled(), sampled_before + verifies as u64, "{label}");
+        // Every first token was drawn, and every verification walked its
+        // tree, on the device (`cuda::sample`).
+        assert_eq!(target.cuda().unwrap().trees_sampled(), sampled_before + N + verifies as u64, "{label}");
         let (p, tv, cells) = compare(&counts, &exact, N);
         eprintln!("{label}: chi-square p = {p:.4} over {cells} cells, TV = {tv:.4} (noise ~{noise:.4})");
         assert!(p > 0.001, "{label}: chi-square p = {p}");

@@ -38,8 +38,10 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Temperature 0 or top-k 1; also a temperature so small that its
+    /// reciprocal overflows f32, where scaled logits would be NaN.
     pub fn is_greedy(&self) -> bool {
-        self.temperature <= 0.0 || self.top_k == 1
+        self.temperature <= 0.0 || self.top_k == 1 || !(1.0 / self.temperature).is_finite()
     }
 
     /// Checks ranges; the message names the offending field.
@@ -138,5 +140,21 @@ impl Sampler {
             return ops::argmax(logits).0 as u32;
         }
         self.draw(&target_probs(logits, p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A temperature whose reciprocal overflows would scale logits to NaN:
+    /// it samples greedily, on the CPU and the device alike.
+    #[test]
+    fn a_vanishing_temperature_is_greedy() {
+        let p = SamplingParams { temperature: 1e-39, ..Default::default() };
+        assert!(p.validate().is_ok() && p.is_greedy());
+        assert!(!SamplingParams { temperature: 1e-30, ..Default::default() }.is_greedy());
+        let logits = [0.5f32, 3.0, -1.0, 2.9];
+        assert_eq!(target_probs(&logits, &p), vec![0.0, 1.0, 0.0, 0.0]);
     }
 }

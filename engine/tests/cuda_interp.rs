@@ -448,4 +448,12 @@ fn f16_weights_hold_an_f16_model_exactly() {
         worst.push(err);
     }
     assert!(worst[0] < 0.5 * worst[1], "f16 {} against bf16 {}", worst[0], worst[1]);
+    // A weight f16 cannot hold is refused with the reason, not held as inf.
+    let mut big = random_model(config(Arch::Llama, RopeStyle::HalfSplit, true), 63);
+    let mut data = big.weights.embed.to_f32_vec();
+    data[7] = 1.0e5;
+    big.weights.embed = Matrix::f32(300, 64, data).unwrap();
+    let err = CudaModel::from_model_as(&big, common::test_device(64 << 20), 256, WeightFormat::F16).err().expect("refused").to_string();
+    assert!(err.contains("float16") && err.contains("bfloat16"), "{err}");
+    assert!(CudaModel::from_model_as(&big, common::test_device(64 << 20), 256, WeightFormat::Bf16).is_ok());
 }

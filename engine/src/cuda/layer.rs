@@ -43,11 +43,20 @@ impl WeightFormat {
         }
     }
 
-    /// The 16-bit patterns of `v`, rounded to nearest even.
-    pub(crate) fn bits(self, v: &[f32]) -> Vec<u16> {
+    /// The 16-bit patterns of `v`, rounded to nearest even. A finite
+    /// weight beyond f16's range (±65504) is refused rather than held as
+    /// an infinity.
+    pub(crate) fn bits(self, v: &[f32]) -> Result<Vec<u16>> {
         match self {
-            WeightFormat::Bf16 => v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect(),
-            WeightFormat::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect(),
+            WeightFormat::Bf16 => Ok(v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect()),
+            WeightFormat::F16 => {
+                if let Some(x) = v.iter().find(|x| x.is_finite() && x.abs() > f32::from(half::f16::MAX)) {
+                    return Err(crate::error::EngineError::InvalidInput(format!(
+                        "a weight of {x} does not fit float16 (largest 65504): use --dtype bfloat16 or auto"
+                    )));
+                }
+                Ok(v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect())
+            }
         }
     }
 
@@ -180,15 +189,15 @@ impl DeviceLayer {
     /// Uploads a layer: matrices in `format`, norms and biases f32.
     pub fn upload(dev: &Arc<dyn Device>, w: LayerWeights, format: WeightFormat) -> Result<DeviceLayer> {
         let f32s = |v: &[f32]| dev.upload_slice(v);
-        let bf16s = |v: &[f32]| dev.upload_slice(&format.bits(v));
+        let weights = |v: &[f32]| -> Result<DeviceBuffer> { Ok(dev.upload_slice(&format.bits(v)?)?) };
         Ok(DeviceLayer {
             input_norm: w.input_norm.map(f32s).transpose()?,
-            qkv: bf16s(w.qkv)?,
+            qkv: weights(w.qkv)?,
             qkv_bias: w.qkv_bias.map(f32s).transpose()?,
-            wo: bf16s(w.wo)?,
+            wo: weights(w.wo)?,
             post_norm: f32s(w.post_norm)?,
-            gate_up: bf16s(w.gate_up)?,
-            down: bf16s(w.down)?,
+            gate_up: weights(w.gate_up)?,
+            down: weights(w.down)?,
             attn_in: w.attn_in,
         })
     }

@@ -62,8 +62,8 @@ impl CudaModel {
     pub fn from_model_as(model: &Model, dev: Arc<dyn Device>, max_total_tokens: usize, format: WeightFormat) -> Result<CudaModel> {
         let cfg = model.config.clone();
         let w = &model.weights;
-        let up_bf16 = |v: &[f32]| dev.upload_slice(&format.bits(v));
-        let embed = up_bf16(&w.embed.to_f32_vec())?;
+        let up_weights = |v: &[f32]| -> Result<DeviceBuffer> { Ok(dev.upload_slice(&format.bits(v)?)?) };
+        let embed = up_weights(&w.embed.to_f32_vec())?;
         let mut layers = Vec::with_capacity(w.layers.len());
         for l in &w.layers {
             layers.push(DeviceLayer::upload(
@@ -82,7 +82,7 @@ impl CudaModel {
             )?);
         }
         let final_norm = dev.upload_slice(&w.final_norm)?;
-        let lm_head = w.lm_head.as_ref().map(|m| up_bf16(&m.to_f32_vec())).transpose()?;
+        let lm_head = w.lm_head.as_ref().map(|m| up_weights(&m.to_f32_vec())).transpose()?;
         let inv_freq = upload_inv_freq(&dev, &cfg)?;
         // A model loaded for drafting has no layers, and needs no pool.
         let pool = KvPool::new(dev.clone(), w.layers.len(), cfg.num_kv_heads * cfg.head_dim, max_total_tokens)?;

@@ -7,9 +7,14 @@
 //! It is the CPU path's `sample_verify` (`spec::verify`), over the device's
 //! own logits, with the request's random source drawn ahead: one coin per
 //! tree level and one for the final draw, taken from the request's seeded
-//! [`crate::sampling::Sampler`] in the order the CPU walk takes them, so a
-//! seed gives the same tokens run after run. A plain sampled decode step is
-//! the same call on a tree of one node.
+//! [`crate::sampling::Sampler`], so a seed gives the same tokens run after
+//! run. A walk uses its coins in the order the CPU walk draws them, so one
+//! step's result equals the CPU's for the same coins; but every step takes
+//! depth + 2 coins where the CPU takes as many as its walk uses, so over
+//! several steps a seed's stream (not its distribution) differs from the
+//! CPU path's, as the logits themselves do. A plain sampled decode step,
+//! and the first token after a prefill, is the same call on a tree of one
+//! node.
 //!
 //! Penalties, logit bias, grammars and logprobs need each node's logits on
 //! the host; requests with any of them stay on the host path
@@ -44,8 +49,12 @@ pub fn samples_on_device(p: &SamplingParams) -> bool {
     !p.is_greedy() && p.processors.is_noop() && p.grammar.is_none() && p.logprobs.is_none()
 }
 
-/// Threads per block of both kernels.
-const THREADS: u32 = 256;
+/// Threads per block of both kernels: 256, or one thread per token up to
+/// a whole number of warps for a small vocabulary (the passes over a row
+/// then cost no idle threads, which the interpreter pays for too).
+fn threads_for(vocab: usize) -> u32 {
+    (vocab.div_ceil(32) * 32).clamp(32, 256) as u32
+}
 
 impl CudaModel {
     /// Verifies each tree by rejection sampling against the target's
@@ -95,7 +104,7 @@ impl CudaModel {
         unsafe {
             dev.launch(
                 "sample_dist_rows",
-                LaunchConfig::linear(rows as u32, THREADS),
+                LaunchConfig::linear(rows as u32, threads_for(vocab)),
                 &[
                     logits.arg(),
                     temperature.arg(),
@@ -122,7 +131,7 @@ impl CudaModel {
         unsafe {
             dev.launch(
                 "tree_sample_verify",
-                LaunchConfig::linear(trees as u32, THREADS),
+                LaunchConfig::linear(trees as u32, threads_for(vocab)),
                 &[
                     logits.arg(),
                     cut_key.arg(),

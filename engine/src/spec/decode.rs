@@ -161,16 +161,21 @@ impl<'p> SpecSession<'p> {
             return Err(EngineError::ContextLength { needed: req.prompt_ids.len() + 1, limit });
         }
         let kinds: Vec<FeatureKind> = choices.iter().map(|c| c.0.features()).collect();
-        let opts = forward_options(&kinds.iter().collect::<Vec<_>>());
+        let mut opts = forward_options(&kinds.iter().collect::<Vec<_>>());
+        // On a device, a sampled request's first token is drawn there from
+        // the prompt's last hidden state (a tree of one node): the logits
+        // stay on the device.
+        let on_device = model.cuda().filter(|_| sample::samples_on_device(&req.sampling));
+        opts.want_hidden |= on_device.is_some();
+        let rows = if on_device.is_some() { LogitsRows::None } else { LogitsRows::Last };
         let mut cache = model.new_cache();
         let t0 = Instant::now();
-        let out = model.forward(
-            &mut [SeqInput { cache: &mut cache, tokens: req.prompt_ids, positions: None, mask: AttnMask::Causal, logits: LogitsRows::Last }],
-            &opts,
-        )?;
+        let out = model.forward(&mut [SeqInput { cache: &mut cache, tokens: req.prompt_ids, positions: None, mask: AttnMask::Causal, logits: rows }], &opts)?;
         let history = History::new(req.prompt_ids);
         let mut logits = out[0].logits.clone();
-        processors::apply(&mut logits, &req.sampling.processors, &history.with_path(&[]), req.stop_ids);
+        if on_device.is_none() {
+            processors::apply(&mut logits, &req.sampling.processors, &history.with_path(&[]), req.stop_ids);
+        }
         let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
         let n = choices.len();
         let mut sessions = Vec::with_capacity(n);
@@ -188,7 +193,16 @@ impl<'p> SpecSession<'p> {
                     g.commit(&[first]);
                     first
                 }
-                None => sampler.sample(&logits, &req.sampling),
+                None => match on_device {
+                    Some(cuda) => {
+                        let h = model.config.hidden_size;
+                        let last = &out[0].hidden[out[0].hidden.len() - h..];
+                        let tree = DraftTree::chain(*req.prompt_ids.last().expect("the prompt is not empty"), &[]);
+                        let coins: Vec<f32> = (0..sample::coins_needed(&tree)).map(|_| sampler.uniform()).collect();
+                        cuda.sample_trees(&[sample::TreeToSample { hidden: last, tree: &tree, params: &req.sampling, coins: &coins }])?[0].tokens[0]
+                    }
+                    None => sampler.sample(&logits, &req.sampling),
+                },
             };
             let mut logprobs = Vec::new();
             if let Some(top) = req.sampling.logprobs {
