@@ -34,6 +34,16 @@ __device__ __forceinline__ float ts_prob(const float* x, int tok, unsigned int c
     return sample_weight(v, m, inv_t) / z;
 }
 
+// Token j's weight in the residual: its kept weight, or 0 once tried.
+__device__ __forceinline__ float ts_residual(const float* x, int j, unsigned int ck, int ci, float m, float inv_t,
+                                             const int* tried, int n_tried) {
+    float v = x[j];
+    if (!sample_kept(order_key(v), j, ck, ci)) return 0.f;
+    for (int i = 0; i < n_tried; ++i)
+        if (tried[i] == j) return 0.f;
+    return sample_weight(v, m, inv_t);
+}
+
 extern "C" __global__ void tree_sample_verify(const float* __restrict__ logits, const unsigned int* __restrict__ cut_key,
                                               const int* __restrict__ cut_id, const float* __restrict__ row_max,
                                               const float* __restrict__ inv_temp, const float* __restrict__ mass,
@@ -91,13 +101,7 @@ extern "C" __global__ void tree_sample_verify(const float* __restrict__ logits, 
         if (accepted < 0) {
             // Is there mass outside the tried tokens?
             float rest = 0.f;
-            for (int j = lo; j < hi; ++j) {
-                float v = x[j];
-                if (!sample_kept(order_key(v), j, ck, ci) || !(sample_weight(v, m, inv_t) > 0.f)) continue;
-                bool was_tried = false;
-                for (int i = 0; i < n_tried; ++i) was_tried = was_tried || tried[i] == j;
-                if (!was_tried) rest += 1.f;
-            }
+            for (int j = lo; j < hi; ++j) rest += ts_residual(x, j, ck, ci, m, inv_t, tried, n_tried) > 0.f ? 1.f : 0.f;
             rest = block_sum(rest, fs);
             if (rest == 0.f && threadIdx.x == 0) accepted = last_positive;
             __syncthreads();
@@ -106,11 +110,7 @@ extern "C" __global__ void tree_sample_verify(const float* __restrict__ logits, 
                 float s = 0.f;
                 int last = -1;
                 for (int j = lo; j < hi; ++j) {
-                    float v = x[j];
-                    if (!sample_kept(order_key(v), j, ck, ci)) continue;
-                    bool was_tried = false;
-                    for (int i = 0; i < n_tried; ++i) was_tried = was_tried || tried[i] == j;
-                    float w = was_tried ? 0.f : sample_weight(v, m, inv_t);
+                    float w = ts_residual(x, j, ck, ci, m, inv_t, tried, n_tried);
                     if (w > 0.f) { s += w; last = j; }
                 }
                 sums[threadIdx.x] = s;
@@ -135,11 +135,7 @@ extern "C" __global__ void tree_sample_verify(const float* __restrict__ logits, 
                     float cum = before;
                     int got = last;
                     for (int j = lo; j < hi; ++j) {
-                        float v = x[j];
-                        if (!sample_kept(order_key(v), j, ck, ci)) continue;
-                        bool was_tried = false;
-                        for (int i = 0; i < n_tried; ++i) was_tried = was_tried || tried[i] == j;
-                        float w = was_tried ? 0.f : sample_weight(v, m, inv_t);
+                        float w = ts_residual(x, j, ck, ci, m, inv_t, tried, n_tried);
                         if (w > 0.f) {
                             cum += w;
                             if (target < cum) { got = j; break; }
