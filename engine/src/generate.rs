@@ -5,7 +5,6 @@ use crate::error::{EngineError, Result};
 use crate::model::{AttnMask, ForwardOptions, LogitsRows, Model, SeqInput};
 use crate::cuda::sample;
 use crate::processors::{self, History};
-use crate::spec::DraftTree;
 use crate::sampling::{Sampler, SamplingParams};
 use serde::Serialize;
 use std::time::Instant;
@@ -75,13 +74,9 @@ pub fn generate(model: &Model, req: &GenerateRequest, on_token: &mut dyn FnMut(u
     while tokens.len() < req.max_tokens && cache.len() < limit {
         let next = match on_device {
             Some(cuda) => {
-                let h = model.config.hidden_size;
-                let last = &out[0].hidden[out[0].hidden.len() - h..];
-                let root = tokens.last().or(req.prompt_ids.last()).copied().unwrap_or(0);
-                let tree = DraftTree::chain(root, &[]);
-                let coins: Vec<f32> = (0..sample::coins_needed(&tree)).map(|_| sampler.uniform()).collect();
-                let job = sample::TreeToSample { hidden: last, tree: &tree, params: &req.sampling, coins: &coins };
-                cuda.sample_trees(&[job])?[0].tokens[0]
+                let hidden = &out[0].hidden[out[0].hidden.len() - model.config.hidden_size..];
+                let last = tokens.last().or(req.prompt_ids.last()).copied().unwrap_or(0);
+                cuda.sample_next(hidden, last, &req.sampling, &mut sampler)?
             }
             None => {
                 let mut logits = std::mem::take(&mut out[0].logits);

@@ -91,6 +91,37 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return t;
 }
 
+// Thread threadIdx.x's contiguous chunk [lo, hi) of n items: chunks follow
+// thread order, so block_exclusive_scan over per-chunk values gives each
+// chunk's prefix in item order.
+__device__ __forceinline__ void block_chunk(int n, int& lo, int& hi) {
+    int chunk = (n + blockDim.x - 1) / blockDim.x;
+    lo = threadIdx.x * chunk;
+    hi = lo + chunk < n ? lo + chunk : n;
+}
+
+// Exclusive prefix sum of one value per thread, in thread order: thread 0
+// adds them up one after another, so the sums are the same bits every run.
+// `scratch` holds blockDim.x values; `total` (if not null) gets the sum.
+// Writes made before the call are seen by every thread after it. Each
+// thread reads back only its own slot, so the next call may follow at once.
+template <class T>
+__device__ __forceinline__ T block_exclusive_scan(T v, T* scratch, T* total) {
+    scratch[threadIdx.x] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        T run = 0;
+        for (int t = 0; t < (int)blockDim.x; ++t) {
+            T c = scratch[t];
+            scratch[t] = run;
+            run += c;
+        }
+        if (total) *total = run;
+    }
+    __syncthreads();
+    return scratch[threadIdx.x];
+}
+
 // ---- Sampling (sample_dist.cu, tree_sample.cu) ----
 //
 // A row's sampling distribution is the prefix of its tokens in the order

@@ -48,26 +48,15 @@ __device__ __forceinline__ unsigned int sd_block_max_u(unsigned int v, unsigned 
 // in order in shared memory.
 __device__ int sd_nth_tied(const float* x, int vocab, unsigned int key, unsigned int in_key, int in_id, int n, int* scan,
                            int* found) {
-    int chunk = (vocab + blockDim.x - 1) / blockDim.x;
-    int lo = threadIdx.x * chunk, hi = lo + chunk < vocab ? lo + chunk : vocab;
+    int lo, hi;
+    block_chunk(vocab, lo, hi);
     int count = 0;
     for (int j = lo; j < hi; ++j) {
         unsigned int k = order_key(x[j]);
         if (k == key && sample_kept(k, j, in_key, in_id)) ++count;
     }
-    scan[threadIdx.x] = count;
     if (threadIdx.x == 0) *found = -1;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int run = 0;
-        for (int t = 0; t < (int)blockDim.x; ++t) {
-            int c = scan[t];
-            scan[t] = run;
-            run += c;
-        }
-    }
-    __syncthreads();
-    int before = scan[threadIdx.x];
+    int before = block_exclusive_scan(count, scan, (int*)nullptr);
     if (before < n && n <= before + count) {
         int seen = before;
         for (int j = lo; j < hi; ++j) {

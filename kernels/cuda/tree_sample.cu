@@ -64,8 +64,8 @@ extern "C" __global__ void tree_sample_verify(const float* __restrict__ logits, 
         len = 1;
         out_path[n0] = 0;
     }
-    int chunk = (vocab + blockDim.x - 1) / blockDim.x;
-    int lo = threadIdx.x * chunk, hi = lo + chunk < vocab ? lo + chunk : vocab;
+    int lo, hi;
+    block_chunk(vocab, lo, hi);
     for (;;) {
         __syncthreads();
         int row = n0 + node;
@@ -113,24 +113,12 @@ extern "C" __global__ void tree_sample_verify(const float* __restrict__ logits, 
                     float w = ts_residual(x, j, ck, ci, m, inv_t, tried, n_tried);
                     if (w > 0.f) { s += w; last = j; }
                 }
-                sums[threadIdx.x] = s;
                 if (threadIdx.x == 0) pick = -1;
-                __syncthreads();
-                if (threadIdx.x == 0) {
-                    float run = 0.f;
-                    for (int t = 0; t < (int)blockDim.x; ++t) {
-                        float c = sums[t];
-                        sums[t] = run;
-                        run += c;
-                    }
-                    fs[0] = run;
-                }
-                __syncthreads();
+                float before = block_exclusive_scan(s, sums, &fs[0]);
                 float total = fs[0];
                 int depth = len - 1;
                 float u = depth + 1 < nc ? coins[c0 + depth + 1] : 0.f;
                 float target = u * total;
-                float before = sums[threadIdx.x];
                 if (s > 0.f && before <= target && target < before + s) {
                     float cum = before;
                     int got = last;

@@ -17,7 +17,7 @@
 //! target verifies every token), but reproducible ones.
 
 use super::kv::{CudaSeq, KvPool};
-use super::layer::{bf16_of, upload_inv_freq, CudaSeqInput, DeviceBatch, DeviceLayer, LayerWeights, Ops, Scratch, WeightFormat};
+use super::layer::{upload_inv_freq, CudaSeqInput, DeviceBatch, DeviceLayer, LayerWeights, Ops, Scratch, WeightFormat};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv::KvCache;
@@ -92,7 +92,7 @@ impl DeviceHead {
             LmHead::Upload(v) if v.is_empty() || v.len() % h != 0 => {
                 return Err(EngineError::InvalidInput(format!("a draft lm_head of {} values for hidden size {h}", v.len())))
             }
-            LmHead::Upload(v) => (Arc::new(dev.upload_slice(&bf16_of(v))?), v.len() / h),
+            LmHead::Upload(v) => (Arc::new(dev.upload_slice(&WeightFormat::Bf16.bits(v)?)?), v.len() / h),
             LmHead::Shared(b, rows) if b.len() != rows * h * 2 => {
                 return Err(EngineError::InvalidInput(format!("a shared draft lm_head of {} bytes for {rows} rows of {h}", b.len())))
             }
@@ -100,7 +100,7 @@ impl DeviceHead {
         };
         let f32s = |v: &[f32]| dev.upload_slice(v);
         let fc = match w.fc {
-            Some((m, b, width)) => Some((dev.upload_slice(&bf16_of(m))?, b.map(f32s).transpose()?, width)),
+            Some((m, b, width)) => Some((dev.upload_slice(&WeightFormat::Bf16.bits(m)?)?, b.map(f32s).transpose()?, width)),
             None => None,
         };
         let layers = w.layers.into_iter().map(|l| DeviceLayer::upload(&dev, l, WeightFormat::Bf16)).collect::<Result<Vec<_>>>()?;

@@ -18,10 +18,6 @@ use aerie_kernels::cuda::interp::{KernelArg as A, LaunchConfig};
 use half::bf16;
 use std::sync::Arc;
 
-pub(crate) fn bf16_of(v: &[f32]) -> Vec<bf16> {
-    v.iter().map(|&x| bf16::from_f32(x)).collect()
-}
-
 /// How weight matrices are held on the device: bf16 (the default, what
 /// `--dtype auto` and `bfloat16` give) or IEEE f16 (`--dtype float16`: an
 /// f16 checkpoint's values exactly). Activations, norms and the KV cache are

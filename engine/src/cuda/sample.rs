@@ -22,7 +22,7 @@
 
 use super::CudaModel;
 use crate::error::{EngineError, Result};
-use crate::sampling::SamplingParams;
+use crate::sampling::{Sampler, SamplingParams};
 use crate::spec::{Accepted, DraftTree};
 use aerie_kernels::cuda::device::{DeviceError, DeviceExt};
 use aerie_kernels::cuda::interp::{KernelArg as A, LaunchConfig};
@@ -168,6 +168,16 @@ impl CudaModel {
         }
         self.trees_sampled.fetch_add(trees as u64, Ordering::Relaxed);
         Ok(results)
+    }
+
+    /// The next token after a sequence whose last normed hidden state is
+    /// `hidden` and last token `last`: a tree of one node, with coins from
+    /// the request's `sampler` (a plain sampled decode step, or the first
+    /// token after a prefill).
+    pub fn sample_next(&self, hidden: &[f32], last: u32, params: &SamplingParams, sampler: &mut Sampler) -> Result<u32> {
+        let tree = DraftTree::chain(last, &[]);
+        let coins: Vec<f32> = (0..coins_needed(&tree)).map(|_| sampler.uniform()).collect();
+        Ok(self.sample_trees(&[TreeToSample { hidden, tree: &tree, params, coins: &coins }])?[0].tokens[0])
     }
 
     /// Trees, and plain sampled decode steps, verified on the device so far.

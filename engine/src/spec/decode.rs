@@ -195,11 +195,9 @@ impl<'p> SpecSession<'p> {
                 }
                 None => match on_device {
                     Some(cuda) => {
-                        let h = model.config.hidden_size;
-                        let last = &out[0].hidden[out[0].hidden.len() - h..];
-                        let tree = DraftTree::chain(*req.prompt_ids.last().expect("the prompt is not empty"), &[]);
-                        let coins: Vec<f32> = (0..sample::coins_needed(&tree)).map(|_| sampler.uniform()).collect();
-                        cuda.sample_trees(&[sample::TreeToSample { hidden: last, tree: &tree, params: &req.sampling, coins: &coins }])?[0].tokens[0]
+                        let hidden = &out[0].hidden[out[0].hidden.len() - model.config.hidden_size..];
+                        let last = *req.prompt_ids.last().expect("the prompt is not empty");
+                        cuda.sample_next(hidden, last, &req.sampling, &mut sampler)?
                     }
                     None => sampler.sample(&logits, &req.sampling),
                 },
