@@ -69,13 +69,25 @@ MONITORING_VALUES = {
         }
     },
 }
+COLOCATED_VALUES = {"colocated": {"enabled": True, "replicas": 2}}
+COLOCATED_GPU_VALUES = {
+    "gpu": GPU_VALUES["gpu"],
+    "colocated": {"enabled": True},
+    "monitoring": {"podMonitor": {"enabled": True}},
+}
 VALUE_SETS = {
     "defaults": {},
     "gpu": GPU_VALUES,
     "tp2": TP2_VALUES,
     "external-etcd": EXTERNAL_VALUES,
     "monitoring": MONITORING_VALUES,
+    "colocated": COLOCATED_VALUES,
+    "colocated-gpu": COLOCATED_GPU_VALUES,
 }
+# Value sets that use APIs newer than the oldest supported Kubernetes: they are
+# validated from this version on (Dynamic Resource Allocation's resource.k8s.io/v1
+# is GA in 1.34).
+MIN_KUBE = {"colocated-gpu": "1.34.0"}
 
 # ------------------------------------------------------------------ helpers
 
@@ -281,9 +293,11 @@ CRD_SCHEMAS = {
 }
 
 
-def validate_objects(docs):
-    """Every object against the Kubernetes schemas (strict) or, for the allowlisted CRDs, our own."""
+def validate_objects(docs, min_kube=None):
+    """Every object against the Kubernetes schemas (strict) or, for the allowlisted CRDs, our own,
+    at each of KUBE_VERSIONS from `min_kube` on."""
     problems = []
+    versions = [v for v in KUBE_VERSIONS if min_kube is None or _vkey(v) >= _vkey(min_kube)]
     for d in docs:
         ident = f"{d.get('kind')}/{d.get('metadata', {}).get('name')}"
         crd = CRD_SCHEMAS.get((d.get("apiVersion"), d.get("kind")))
@@ -291,7 +305,7 @@ def validate_objects(docs):
             for err in jsonschema.Draft7Validator(crd).iter_errors(d):
                 problems.append(f"{ident}: {'.'.join(map(str, err.path))}: {err.message}")
             continue
-        for version in KUBE_VERSIONS:
+        for version in versions:
             try:
                 kubernetes_validate.validate(d, version, strict=True)
             except kubernetes_validate.ValidationError as e:
@@ -299,6 +313,10 @@ def validate_objects(docs):
             except kubernetes_validate.SchemaNotFoundError as e:
                 problems.append(f"{ident} (k8s {version}): no schema: {getattr(e, 'message', e)}")
     return problems
+
+
+def _vkey(v):
+    return tuple(int(x) for x in v.split("."))
 
 
 def lint_problems(values):
@@ -330,7 +348,7 @@ def lint_passes_strictly_on_every_value_set():
 @test
 def every_object_validates_against_kubernetes_schemas():
     for label, values in VALUE_SETS.items():
-        problems = validate_objects(render(values))
+        problems = validate_objects(render(values), MIN_KUBE.get(label))
         assert not problems, f"{label}:\n  " + "\n  ".join(problems)
 
 
@@ -658,6 +676,70 @@ def tensor_parallel_two_mounts_shm_and_asks_two_gpus():
     c = container(deployment(render({"targetWorker": {"tensorParallelSize": 2}}), "target-worker"))
     eq((flag(c["args"], "--tp-size"), gpu_limit(c)), ("2", None), "CPU TP=2 asks no GPU")
     assert any(m["mountPath"] == "/dev/shm" for m in c["volumeMounts"]), "CPU TP=2 mounts /dev/shm"
+
+
+@test
+def colocated_layout_puts_target_and_draft_in_one_pod():
+    docs = render(COLOCATED_VALUES)
+    names = kinds_names(docs)
+    for component in ("draft-worker", "target-worker"):
+        assert ("Deployment", name_of(component)) not in names, f"separate {component} rendered beside the colocated pods"
+    dep = deployment(docs, "worker")
+    eq(dep["spec"]["replicas"], 2, "colocated replicas")
+    spec = dep["spec"]["template"]["spec"]
+    eq(spec.get("shareProcessNamespace"), True, "shared process namespace (CUDA IPC needs the peer's PID)")
+    cs = {c["name"]: c for c in spec["containers"]}
+    eq(sorted(cs), ["draft-worker", "target-worker"], "containers")
+    t, d = cs["target-worker"], cs["draft-worker"]
+    eq((t["args"][0], d["args"][0]), ("target-worker", "draft-worker"), "subcommands")
+    eq(flag(t["args"], "--feature-transport"), "auto", "target --feature-transport")
+    eq(flag(d["args"], "--speculative-algorithm"), "EAGLE", "draft keeps its speculative flags")
+    assert "--speculative-algorithm" not in t["args"], "speculative flags on the target"
+    eq((flag(t["args"], "--port"), flag(d["args"], "--port")), ("31000", "32000"), "distinct gRPC ports")
+    ports = [p["name"] for c in cs.values() for p in c["ports"]]
+    eq(len(ports), len(set(ports)), f"port names unique in the pod: {ports}")
+    for c, prefix in ((t, "target"), (d, "draft")):
+        eq(c["readinessProbe"]["httpGet"]["port"], f"{prefix}-metrics", f"{prefix} probe port")
+        shm = [m for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+        eq(len(shm), 1, f"{prefix} mounts /dev/shm")
+        eq(shm[0]["name"], "dshm", f"{prefix} shares the one shm volume")
+        assert gpu_limit(c) is None and "claims" not in c.get("resources", {}), f"{prefix} asks a GPU on the CPU"
+    vols = {v["name"]: v for v in spec["volumes"]}
+    eq(vols["dshm"]["emptyDir"], {"medium": "Memory", "sizeLimit": "2Gi"}, "the pod's /dev/shm")
+    eq(spec["terminationGracePeriodSeconds"], 45, "the target's grace period covers the pod")
+    svc = get(docs, "Service", name_of("worker"))
+    eq(svc["spec"]["selector"], dep["spec"]["selector"]["matchLabels"], "Service selects the colocated pods")
+    eq(sorted(p["name"] for p in svc["spec"]["ports"]), ["draft-grpc", "draft-metrics", "target-grpc", "target-metrics"], "Service ports")
+    assert not objs(docs, "ResourceClaimTemplate"), "a GPU claim without gpu.enabled"
+
+    # On a GPU: one DRA claim per pod, named by both containers; no device-plugin limit.
+    docs = render(COLOCATED_GPU_VALUES)
+    spec = deployment(docs, "worker")["spec"]["template"]["spec"]
+    rct = get(docs, "ResourceClaimTemplate", name_of("gpu"))
+    eq(spec["resourceClaims"], [{"name": "gpu", "resourceClaimTemplateName": name_of("gpu")}], "pod claim")
+    req = rct["spec"]["spec"]["devices"]["requests"]
+    eq(req, [{"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com", "allocationMode": "ExactCount", "count": 1}}], "one GPU")
+    fractions = {}
+    for c in spec["containers"]:
+        eq(c["resources"].get("claims"), [{"name": "gpu"}], f"{c['name']} names the pod's GPU claim")
+        assert gpu_limit(c) is None, f"{c['name']} also asks the device plugin for a GPU"
+        eq(c["image"], "aerie:cuda", f"{c['name']} image")
+        eq(flag(c["args"], "--device"), "cuda", f"{c['name']} --device")
+        fractions[c["name"]] = flag(c["args"], "--mem-fraction-static")
+    eq(fractions, {"target-worker": "0.75", "draft-worker": "0.1"}, "the GPU's memory split")
+    eq(spec.get("nodeSelector"), {"nvidia.com/gpu.present": "true"}, "GPU placement")
+    pm = get(docs, "PodMonitor", name_of("workers"))
+    eq([e["port"] for e in pm["spec"]["podMetricsEndpoints"]], ["target-metrics", "draft-metrics"], "PodMonitor scrapes both")
+    eq(pm["spec"]["selector"]["matchExpressions"][0]["values"], ["worker"], "PodMonitor selects the colocated pods")
+    problems = validate_objects(docs, "1.34.0")
+    assert not problems, problems
+    assert validate_objects([rct]), "a resource.k8s.io/v1 object passed the 1.25 schemas"
+    # Refusals.
+    render_fails(merged(COLOCATED_GPU_VALUES, {"colocated": {"gpu": {"targetMemFractionStatic": 0.8, "draftMemFractionStatic": 0.3}}}), "must not exceed 1")
+    render_fails(merged(COLOCATED_VALUES, {"targetWorker": {"tensorParallelSize": 2}}), "tensorParallelSize 1")
+    render_fails(merged(COLOCATED_GPU_VALUES, {"draftWorker": {"useGpu": False}}), "alike")
+    render_fails(merged(COLOCATED_VALUES, {"draftWorker": {"port": 31000}}), "ports")
+    render_fails(merged(COLOCATED_VALUES, {"colocated": {"featureTransport": "carrier-pigeon"}}), "featureTransport")
 
 
 @test

@@ -109,11 +109,15 @@ endpoints joined with commas. Exactly one of the two must be configured.
 
 {{/*
 The container resources. A GPU worker gets a limit of `gpus` on the GPU
-resource unless the block's own limits already name that resource.
+resource unless the block's own limits already name that resource; with
+`gpuClaim` set (the colocated layout) it names that pod-level resource
+claim instead, which both containers of the pod share.
 */}}
 {{- define "aerie.resources" -}}
 {{- $res := deepCopy (.block.resources | default dict) -}}
-{{- if eq (include "aerie.usesGpu" .) "true" -}}
+{{- if .gpuClaim -}}
+{{- $_ := set $res "claims" (list (dict "name" .gpuClaim)) -}}
+{{- else if eq (include "aerie.usesGpu" .) "true" -}}
 {{- $gpuName := .root.Values.gpu.resourceName -}}
 {{- $limits := deepCopy (get $res "limits" | default dict) -}}
 {{- if not (hasKey $limits $gpuName) -}}

@@ -34,63 +34,7 @@ spec:
     spec:
       {{- include "aerie.podSpecCommon" . | nindent 6 }}
       containers:
-        - name: {{ .component }}
-          image: {{ include "aerie.image" . | quote }}
-          imagePullPolicy: {{ include "aerie.imagePullPolicy" . }}
-          args:
-            - {{ .subcommand }}
-            - --model-path
-            - {{ include "aerie.modelPath" . | quote }}
-            - --host
-            - "0.0.0.0"
-            - --port
-            - {{ $b.port | int | quote }}
-            - --metrics-port
-            - {{ $b.metricsPort | int | quote }}
-            - --etcd-endpoints
-            - {{ include "aerie.etcdEndpoints" $root | quote }}
-            - --cluster
-            - {{ include "aerie.cluster" $root | quote }}
-            - --advertise-addr
-            - {{ printf "http://$(POD_IP):%d" (int $b.port) | quote }}
-            {{- range .roleArgs }}
-            - {{ . | quote }}
-            {{- end }}
-            {{- range $b.extraArgs }}
-            - {{ . | quote }}
-            {{- end }}
-          env:
-            {{- include "aerie.podEnv" . | nindent 12 }}
-            {{- include "aerie.env" . | nindent 12 }}
-          {{- with $b.envFrom }}
-          envFrom:
-            {{- toYaml . | nindent 12 }}
-          {{- end }}
-          ports:
-            - name: grpc
-              containerPort: {{ $b.port | int }}
-              protocol: TCP
-            - name: metrics
-              containerPort: {{ $b.metricsPort | int }}
-              protocol: TCP
-          {{- include "aerie.probes" (merge (dict "port" "metrics") .) | trim | nindent 10 }}
-          {{- with (include "aerie.resources" .) }}
-          resources:
-            {{- . | nindent 12 }}
-          {{- end }}
-          {{- with $root.Values.securityContext }}
-          securityContext:
-            {{- toYaml . | nindent 12 }}
-          {{- end }}
-          volumeMounts:
-            {{- include "aerie.modelVolumeMount" $root | nindent 12 }}
-            {{- if .shm }}
-            - name: dshm
-              mountPath: /dev/shm
-            {{- end }}
-            {{- with $b.extraVolumeMounts }}
-            {{- toYaml . | nindent 12 }}
-            {{- end }}
+        {{- include "aerie.workerContainer" . | nindent 8 }}
       volumes:
         {{- include "aerie.modelVolume" $root | nindent 8 }}
         {{- if .shm }}
@@ -138,4 +82,70 @@ spec:
       protocol: TCP
 {{- include "aerie.pdb" . }}
 {{- include "aerie.hpa" . }}
+{{- end -}}
+
+{{/*
+One worker container (the same dict as aerie.worker). The colocated layout
+puts two of these, target and draft, in one pod.
+*/}}
+{{- define "aerie.workerContainer" -}}
+{{- $root := .root -}}
+{{- $b := .block -}}
+- name: {{ .component }}
+  image: {{ include "aerie.image" . | quote }}
+  imagePullPolicy: {{ include "aerie.imagePullPolicy" . }}
+  args:
+    - {{ .subcommand }}
+    - --model-path
+    - {{ include "aerie.modelPath" . | quote }}
+    - --host
+    - "0.0.0.0"
+    - --port
+    - {{ $b.port | int | quote }}
+    - --metrics-port
+    - {{ $b.metricsPort | int | quote }}
+    - --etcd-endpoints
+    - {{ include "aerie.etcdEndpoints" $root | quote }}
+    - --cluster
+    - {{ include "aerie.cluster" $root | quote }}
+    - --advertise-addr
+    - {{ printf "http://$(POD_IP):%d" (int $b.port) | quote }}
+    {{- range .roleArgs }}
+    - {{ . | quote }}
+    {{- end }}
+    {{- range $b.extraArgs }}
+    - {{ . | quote }}
+    {{- end }}
+  env:
+    {{- include "aerie.podEnv" . | nindent 4 }}
+    {{- include "aerie.env" . | nindent 4 }}
+  {{- with $b.envFrom }}
+  envFrom:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  ports:
+    - name: {{ .grpcPortName | default "grpc" }}
+      containerPort: {{ $b.port | int }}
+      protocol: TCP
+    - name: {{ .metricsPortName | default "metrics" }}
+      containerPort: {{ $b.metricsPort | int }}
+      protocol: TCP
+  {{- include "aerie.probes" (merge (dict "port" (.metricsPortName | default "metrics")) .) | trim | nindent 2 }}
+  {{- with (include "aerie.resources" .) }}
+  resources:
+    {{- . | nindent 4 }}
+  {{- end }}
+  {{- with $root.Values.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    {{- include "aerie.modelVolumeMount" $root | nindent 4 }}
+    {{- if .shm }}
+    - name: dshm
+      mountPath: /dev/shm
+    {{- end }}
+    {{- with $b.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end -}}
