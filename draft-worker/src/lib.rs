@@ -115,6 +115,9 @@ pub struct ProposerFactory {
     opts: DraftOptions,
     target: Arc<Model>,
     shared: Shared,
+    /// The device the drafter runs on, if any: a target on the same one
+    /// may hand features over through CUDA IPC.
+    device: Option<Arc<dyn Device>>,
 }
 
 impl ProposerFactory {
@@ -128,6 +131,7 @@ impl ProposerFactory {
     /// in tokens: an EAGLE/EAGLE-3/MTP head's layers and lm_head, or a
     /// STANDALONE draft model. N-gram drafting has nothing to place.
     pub fn new_on(opts: DraftOptions, target: Arc<Model>, target_tokenizer: &Tokenizer, device: Option<(Arc<dyn Device>, usize)>) -> Result<Self> {
+        let device_handle = device.as_ref().map(|(d, _)| d.clone());
         // A draft tree step on a device attends to the committed prefix plus
         // at most 64 uncommitted rows (the attention kernel's mask bits).
         if device.is_some() && matches!(opts.algorithm, SpecAlgorithm::Eagle | SpecAlgorithm::Eagle3) {
@@ -220,7 +224,7 @@ impl ProposerFactory {
                 Shared::Ngram(NgramProposer::shared_trie(&opts.ngram))
             }
         };
-        Ok(ProposerFactory { opts, target, shared })
+        Ok(ProposerFactory { opts, target, shared, device: device_handle })
     }
 
     /// A factory around an already-loaded STANDALONE draft model (e.g. the
@@ -228,7 +232,12 @@ impl ProposerFactory {
     pub fn standalone(draft: Arc<Model>, target: Arc<Model>, tree: TreeSpec) -> Result<Self> {
         tree.validate()?;
         let opts = DraftOptions { algorithm: SpecAlgorithm::Standalone, draft_model_path: None, tree, token_map: None, ngram: NgramConfig::default(), min_draft_score: 0.0 };
-        Ok(ProposerFactory { opts, target, shared: Shared::Standalone(draft) })
+        Ok(ProposerFactory { opts, target, shared: Shared::Standalone(draft), device: None })
+    }
+
+    /// The device the drafter runs on (`None` on the CPU).
+    pub fn device(&self) -> Option<&Arc<dyn Device>> {
+        self.device.as_ref()
     }
 
     /// A fresh proposer for one request.

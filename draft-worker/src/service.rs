@@ -27,7 +27,7 @@ use aerie_engine::grammar::{ConstraintSpec, Grammar, GrammarCompiler, GrammarSta
 use aerie_engine::spec::{FeatureKind, Features, Proposer};
 use aerie_engine::Model;
 use aerie_proto::metric_names as m;
-use aerie_proto::transport::FeatureReceiver;
+use aerie_proto::transport::{DeviceRingOffer, FeatureReceiver, TransportError};
 use aerie_proto::v1::draft_service_server::DraftService;
 use aerie_proto::v1::session_request::Msg;
 use aerie_proto::v1::session_response::Msg as Out;
@@ -103,6 +103,7 @@ impl DraftServer {
             features: probe.features().to_string(),
             host_id: aerie_proto::transport::host_id(),
             draft_model,
+            device_uuid: factory.device().map(|d| d.uuid()).unwrap_or_default(),
         };
         DraftServer {
             factory: Arc::new(factory),
@@ -293,23 +294,32 @@ impl Session {
                         self.error(0, "fingerprint_mismatch", why);
                         break;
                     }
-                    if !o.shm_path.is_empty() {
-                        match FeatureReceiver::open(
-                            std::path::Path::new(&o.shm_path),
-                            o.shm_capacity,
-                        ) {
+                    // The device ring first (the target offers it only for
+                    // CUDA IPC), then the shared-memory ring; a ring that
+                    // cannot be opened is logged and the next tried, so the
+                    // session still opens (inline at worst).
+                    if !o.device_ring_handle.is_empty() {
+                        let offer = DeviceRingOffer { handle: o.device_ring_handle.clone(), capacity: o.device_ring_capacity, uuid: o.device_uuid.clone() };
+                        let opened = match self.factory.device() {
+                            Some(dev) => FeatureReceiver::open_device(dev.clone(), &offer),
+                            None => Err(TransportError::OtherDevice { ours: "none (this drafter runs on the CPU)".into(), theirs: offer.uuid.clone() }),
+                        };
+                        match opened {
+                            Ok(r) => self.receiver = r,
+                            Err(e) => tracing::warn!("device feature ring refused: {e}"),
+                        }
+                    }
+                    if !self.receiver.has_device_ring() && !o.shm_path.is_empty() {
+                        match FeatureReceiver::open(std::path::Path::new(&o.shm_path), o.shm_capacity) {
                             Ok(r) => {
                                 self.receiver = r;
                                 metrics::gauge!(m::DRAFT_SHM_BYTES).increment(self.receiver.ring_bytes() as f64);
                             }
-                            Err(e) => {
-                                self.error(0, e.error_type(), e.to_string());
-                                break;
-                            }
+                            Err(e) => tracing::warn!("shared-memory feature ring refused: {e}"),
                         }
                     }
                     opened = true;
-                    let ready = SessionReady { ring_mapped: self.receiver.has_ring() };
+                    let ready = SessionReady { ring_mapped: self.receiver.has_ring(), device_ring_mapped: self.receiver.has_device_ring() };
                     let _ = self.out.send(Ok(SessionResponse { msg: Some(Out::Ready(ready)) }));
                 }
                 _ if !opened => {

@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// Per target worker: most requests decoded at once.
     #[arg(long, default_value_t = 16)]
     pub max_running_requests: usize,
+    /// How features reach the draft workers (passed to each target worker):
+    /// auto (CUDA IPC when both run on one GPU, else shared memory),
+    /// cuda-ipc, shm or inline.
+    #[arg(long, default_value = "auto")]
+    pub feature_transport: aerie_target_worker::FeatureTransportMode,
     /// Tensor-parallel degree of each target worker (SGLang's `--tp-size`):
     /// N rank processes sharing the worker's cores.
     #[arg(long, alias = "tensor-parallel-size", default_value_t = 1)]
@@ -442,6 +447,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             if a.speculative_adaptive && speculate {
                 args.push("--speculative-adaptive".into());
             }
+            args.extend(["--feature-transport".to_string(), a.feature_transport.to_string()]);
             let w = spawn_worker(&format!("target-{i}"), &args, timeout)?;
             targets.push(w.grpc.clone());
             workers.push(w);

@@ -56,7 +56,9 @@ pub struct TargetWorkerArgs {
     /// Requests that may wait; beyond this Generate answers RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64)]
     pub max_queued_requests: usize,
-    /// How features reach draft workers: auto (shared memory on one host), shm or inline.
+    /// How features reach draft workers: auto (CUDA IPC when the draft
+    /// worker is on this worker's GPU, else shared memory on one host, else
+    /// inline), cuda-ipc, shm or inline.
     #[arg(long, default_value = "auto")]
     pub feature_transport: FeatureTransportMode,
     /// Shared-memory ring per draft session, bytes.
@@ -244,6 +246,12 @@ pub fn run_target(a: TargetWorkerArgs, threads: Option<usize>) -> Result<()> {
     // Rings of target workers killed before their drafts mapped them.
     for p in aerie_proto::transport::sweep_stale_rings(std::path::Path::new("/dev/shm"), Duration::from_secs(10)) {
         tracing::info!("removed stale shared-memory ring {}", p.display());
+    }
+    // Device rings of the interpreted device, left by workers killed before
+    // their drafts opened them.
+    let ipc = aerie_kernels::cuda::interp_ipc::IPC_FILE_PREFIX;
+    for p in aerie_proto::transport::sweep_stale_files(std::path::Path::new(aerie_kernels::cuda::interp_ipc::IPC_DIR), ipc, Duration::from_secs(10)) {
+        tracing::info!("removed stale interpreted-device IPC memory {}", p.display());
     }
     let handle = metrics_http::install()?;
     let rt = runtime()?;

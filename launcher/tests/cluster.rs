@@ -42,9 +42,15 @@ pub(crate) struct Worker {
 }
 
 pub(crate) fn start(args: &[&str]) -> Worker {
-    let proc = common::start(args, "READY ", &common::ready_field("grpc="));
-    let metrics = format!("http://{}/metrics", common::ready_field("metrics=")(&proc.ready));
-    Worker { grpc: format!("http://{}", proc.addr), metrics, proc }
+    Worker::from_proc(common::start(args, "READY ", &common::ready_field("grpc=")))
+}
+
+impl Worker {
+    /// The worker whose READY line `proc` read.
+    pub(crate) fn from_proc(proc: common::Proc) -> Worker {
+        let metrics = format!("http://{}/metrics", common::ready_field("metrics=")(&proc.ready));
+        Worker { grpc: format!("http://{}", proc.addr), metrics, proc }
+    }
 }
 
 pub(crate) fn draft_worker() -> Worker {
@@ -122,12 +128,12 @@ async fn http_get(url: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
-async fn scrape(p: &Worker) -> String {
+pub(crate) async fn scrape(p: &Worker) -> String {
     http_get(&p.metrics).await.unwrap()
 }
 
 /// The sum of a metric's samples whose line starts with `prefix`.
-fn metric(text: &str, prefix: &str) -> f64 {
+pub(crate) fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -677,7 +683,7 @@ fn draft_worker_rejects_malformed_session_messages_and_stays_up() {
         let vocab = engine().model.config.vocab_size as u32;
         let inline = |rows: u32, width: u32| FeaturePayload { rows, width, data: Some(feature_payload::Data::Inline(vec![0; (rows * width * 4) as usize])) };
         let msgs = vec![
-            Msg::Open(SessionOpen { target_fingerprint: fp, shm_path: String::new(), shm_capacity: 0 }),
+            Msg::Open(SessionOpen { target_fingerprint: fp, shm_path: String::new(), shm_capacity: 0, ..Default::default() }),
             Msg::Propose(ProposeRequest { seq_id: 7, max_depth: 3 }),
             Msg::Begin(SequenceBegin { seq_id: 1, tokens: vec![1, vocab + 1], features: Some(inline(1, h)), constraint: None }),
             Msg::Begin(SequenceBegin { seq_id: 2, tokens: vec![1, 2, 3], features: Some(inline(1, h)), constraint: None }),
@@ -820,7 +826,7 @@ fn the_draft_evicts_sequences_past_its_cap_and_closes_idle_sessions() {
         let h = engine().model.config.hidden_size as u32;
         let begin = |seq_id| Msg::Begin(SequenceBegin { seq_id, tokens: vec![1, 2], features: Some(FeaturePayload { rows: 1, width: h, data: Some(feature_payload::Data::Inline(vec![0; h as usize * 4])) }), constraint: None });
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        for m in [Msg::Open(SessionOpen { target_fingerprint: engine().model.fingerprint.clone(), shm_path: String::new(), shm_capacity: 0 }), begin(1), begin(2), begin(3)] {
+        for m in [Msg::Open(SessionOpen { target_fingerprint: engine().model.fingerprint.clone(), shm_path: String::new(), shm_capacity: 0, ..Default::default() }), begin(1), begin(2), begin(3)] {
             tx.send(SessionRequest { msg: Some(m) }).unwrap();
         }
         let mut out = c.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();

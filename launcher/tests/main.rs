@@ -8,6 +8,7 @@ mod common;
 mod bench;
 mod cli;
 mod client;
+mod cuda_ipc;
 mod cluster;
 mod discovery;
 mod router;

@@ -250,8 +250,9 @@ fn worker_metrics(serve: &Proc, name: &str) -> String {
 /// `aerie serve --device cuda` (the interpreter: the host code and `.cu`
 /// kernels a GPU runs) serves the default speculative cluster with the
 /// target, and the draft worker's EAGLE head, on the device: greedy text equals the
-/// CUDA path's plain decoding in process, and the target exports its device
-/// memory and KV pool.
+/// CUDA path's plain decoding in process, features cross between the two
+/// processes through CUDA IPC, and the target exports its device memory and
+/// KV pool.
 #[test]
 fn serve_on_the_cuda_device_is_lossless_and_reports_device_memory() {
     let _g = serial();
@@ -274,6 +275,10 @@ fn serve_on_the_cuda_device_is_lossless_and_reports_device_memory() {
         assert_eq!(v["choices"][0]["message"]["content"].as_str().unwrap(), want, "{p}");
         assert!(v["usage"]["spec_verify_ct"].as_u64().unwrap_or(0) > 0, "speculation ran: {}", v["usage"]);
     }
+    // Both workers on one (interpreted) GPU: `auto` hands features over
+    // through CUDA IPC.
+    assert_eq!(gauge(&target_metrics, "aerie_target_draft_session_transport{transport=\"cuda-ipc\"}"), 1.0);
+    assert!(gauge(&target_metrics, "aerie_target_feature_bytes_total{transport=\"cuda-ipc\"}") > 0.0);
     // The draft worker's head is on the device too.
     let draft_metrics = worker_metrics(&serve, "draft-0");
     let draft_used = gauge(&draft_metrics, "aerie_draft_device_memory_used_bytes");

@@ -61,6 +61,9 @@ pub const TARGET_FEATURE_BYTES: &str = "aerie_target_feature_bytes_total";
 pub const TARGET_DRAFT_MESSAGES: &str = "aerie_target_draft_messages_total";
 /// Gauge: open sessions to draft workers.
 pub const TARGET_DRAFT_SESSIONS: &str = "aerie_target_draft_sessions";
+/// Gauge, by `transport` (`cuda-ipc`, `shm`, `inline`): open draft sessions
+/// by the feature transport their open settled on.
+pub const TARGET_DRAFT_SESSION_TRANSPORT: &str = "aerie_target_draft_session_transport";
 /// Gauge: requests speculating through a draft session.
 pub const TARGET_DRAFT_SEQUENCES: &str = "aerie_target_draft_sequences";
 /// Gauge: bytes of shared-memory rings this target holds.

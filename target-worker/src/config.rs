@@ -5,13 +5,28 @@ use std::time::Duration;
 /// How hidden features reach draft workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FeatureTransportMode {
-    /// Shared memory when the draft worker reports the same host, else inline.
+    /// CUDA IPC when the draft worker reports the same GPU (by UUID), else
+    /// shared memory when it reports the same host, else inline.
     #[default]
     Auto,
+    /// A device ring through CUDA IPC; shared memory, then inline, when the
+    /// draft is on another GPU or cannot open it.
+    CudaIpc,
     /// Always shared memory (fails over to inline only per oversized block).
     Shm,
     /// Always inline bytes in the gRPC message.
     Inline,
+}
+
+impl std::fmt::Display for FeatureTransportMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::CudaIpc => "cuda-ipc",
+            Self::Shm => "shm",
+            Self::Inline => "inline",
+        })
+    }
 }
 
 impl std::str::FromStr for FeatureTransportMode {
@@ -19,9 +34,10 @@ impl std::str::FromStr for FeatureTransportMode {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "auto" => Ok(Self::Auto),
+            "cuda-ipc" => Ok(Self::CudaIpc),
             "shm" => Ok(Self::Shm),
             "inline" => Ok(Self::Inline),
-            o => Err(format!("unknown feature transport `{o}` (auto, shm, inline)")),
+            o => Err(format!("unknown feature transport `{o}` (auto, cuda-ipc, shm, inline)")),
         }
     }
 }

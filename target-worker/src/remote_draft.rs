@@ -29,18 +29,24 @@
 //! is closed on this side at once: its request stream ends and its reader
 //! stops, so the draft worker ends the session and frees every sequence in
 //! it, even if it was frozen when the link gave up. Nothing waits on a dead
-//! link; the next request opens a fresh one. The ring's name is unlinked as
-//! soon as the draft reports `ready`.
+//! link; the next request opens a fresh one.
+//!
+//! Features. The session's open offers a CUDA IPC device ring when the draft
+//! worker reports the target's GPU (`--feature-transport auto|cuda-ipc`) and
+//! a shared-memory ring when it reports the same host; the connect waits for
+//! the draft's `ready`, which says which it mapped, and sends every block
+//! through that one (inline when neither). The shared-memory ring's name is
+//! unlinked at once, the unused ring freed.
 
 use crate::config::{FeatureTransportMode, TargetConfig};
 use aerie_engine::spec::{DraftTree, FeatureKind, Features, Proposer};
 use aerie_engine::{EngineError, Result};
 use aerie_proto::metric_names as m;
-use aerie_proto::transport::{host_id, FeatureSender, InlineSender, ShmRingSender};
+use aerie_proto::transport::{host_id, CudaIpcSender, FeatureSender, InlineSender, ShmRingSender};
 use aerie_proto::v1::draft_service_client::DraftServiceClient;
 use aerie_proto::v1::session_request::Msg;
 use aerie_proto::v1::session_response::Msg as Reply;
-use aerie_proto::v1::{InfoRequest, Proposal, ProposeRequest, SequenceBegin, SequenceCommit, SequenceRelease, SessionOpen, SessionRequest};
+use aerie_proto::v1::{InfoRequest, Proposal, ProposeRequest, SequenceBegin, SequenceCommit, SequenceRelease, SessionOpen, SessionRequest, SessionResponse};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
@@ -82,7 +88,16 @@ pub struct DraftLink {
 
 impl DraftLink {
     /// Connects, checks the draft was built for this target, and opens the session.
-    pub async fn connect(addr: &str, fingerprint: &str, num_layers: usize, vocab_size: usize, cfg: &TargetConfig) -> std::result::Result<Arc<DraftLink>, String> {
+    /// `device` is the target's GPU, when it has one: a draft on the same
+    /// GPU gets the features through a CUDA IPC ring.
+    pub async fn connect(
+        addr: &str,
+        fingerprint: &str,
+        num_layers: usize,
+        vocab_size: usize,
+        device: Option<&Arc<dyn aerie_kernels::cuda::device::Device>>,
+        cfg: &TargetConfig,
+    ) -> std::result::Result<Arc<DraftLink>, String> {
         let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
             .map_err(|e| format!("bad draft worker address `{addr}`: {e}"))?
             .connect_timeout(cfg.draft_connect_timeout)
@@ -111,31 +126,86 @@ impl DraftLink {
                 return Err(format!("draft worker {addr} wants aux layers {l:?}; the target has {num_layers}"));
             }
         }
-        let shm = match cfg.feature_transport {
-            FeatureTransportMode::Inline => false,
-            FeatureTransportMode::Shm => true,
-            FeatureTransportMode::Auto => info.host_id == host_id(),
-        } && features != FeatureKind::None;
-        let sender: Arc<dyn FeatureSender> = if shm {
-            match ShmRingSender::create(std::path::Path::new("/dev/shm"), cfg.shm_ring_bytes) {
-                Ok(r) => r,
+        // Rings offered to the draft: it opens the device ring if it can,
+        // else the shared-memory one, and its `ready` says which.
+        let same_host = info.host_id == host_id();
+        let wants_features = features != FeatureKind::None;
+        let on_same_gpu = device.as_ref().is_some_and(|d| !info.device_uuid.is_empty() && info.device_uuid == d.uuid());
+        let offer_device = wants_features
+            && match cfg.feature_transport {
+                FeatureTransportMode::Auto => same_host && on_same_gpu,
+                FeatureTransportMode::CudaIpc => device.is_some(),
+                FeatureTransportMode::Shm | FeatureTransportMode::Inline => false,
+            };
+        let offer_shm = wants_features
+            && match cfg.feature_transport {
+                FeatureTransportMode::Auto | FeatureTransportMode::CudaIpc => same_host,
+                FeatureTransportMode::Shm => true,
+                FeatureTransportMode::Inline => false,
+            };
+        let device_ring = match (offer_device, device) {
+            (true, Some(dev)) => match CudaIpcSender::create(dev.clone(), cfg.shm_ring_bytes) {
+                Ok(r) => Some(r),
                 Err(e) => {
-                    tracing::warn!("shared-memory ring unavailable ({e}); sending features inline");
-                    Arc::new(InlineSender)
+                    tracing::warn!("device feature ring unavailable ({e}); offering shared memory");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let shm_ring = if offer_shm {
+            match ShmRingSender::create(std::path::Path::new("/dev/shm"), cfg.shm_ring_bytes) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!("shared-memory ring unavailable ({e})");
+                    None
                 }
             }
         } else {
-            Arc::new(InlineSender)
+            None
         };
-        let (shm_path, shm_capacity) = sender.ring().unwrap_or_default();
+        let (shm_path, shm_capacity) = shm_ring.as_ref().and_then(|r| r.ring()).unwrap_or_default();
+        let offer = device_ring.as_ref().and_then(|r| r.device_ring());
         let (tx, rx) = mpsc::unbounded_channel();
-        let open = SessionOpen { target_fingerprint: fingerprint.to_string(), shm_path, shm_capacity };
+        let open = SessionOpen {
+            target_fingerprint: fingerprint.to_string(),
+            shm_path,
+            shm_capacity,
+            device_ring_handle: offer.as_ref().map(|o| o.handle.clone()).unwrap_or_default(),
+            device_ring_capacity: offer.as_ref().map_or(0, |o| o.capacity),
+            device_uuid: offer.map(|o| o.uuid).unwrap_or_default(),
+        };
         tx.send(SessionRequest { msg: Some(Msg::Open(open)) }).map_err(|_| "session channel closed".to_string())?;
-        let responses = tokio::time::timeout(cfg.draft_connect_timeout, client.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)))
+        let mut responses = tokio::time::timeout(cfg.draft_connect_timeout, client.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)))
             .await
             .map_err(|_| format!("draft worker {addr}: Session timed out"))?
             .map_err(|e| format!("draft worker {addr}: Session: {}", e.message()))?
             .into_inner();
+        // The draft's first answer says which ring it mapped.
+        let ready = match tokio::time::timeout(cfg.draft_connect_timeout, responses.next()).await {
+            Err(_) => return Err(format!("draft worker {addr}: no answer to the session's open")),
+            Ok(Some(Ok(SessionResponse { msg: Some(Reply::Ready(r)) }))) => r,
+            Ok(Some(Ok(SessionResponse { msg: Some(Reply::Error(e)) }))) => return Err(format!("draft worker {addr}: {} ({})", e.message, e.error_type)),
+            Ok(Some(Ok(other))) => return Err(format!("draft worker {addr}: expected ready, got {other:?}")),
+            Ok(Some(Err(status))) => return Err(format!("draft worker {addr}: Session: {}", status.message())),
+            Ok(None) => return Err(format!("draft worker {addr}: the session ended at its open")),
+        };
+        let sender: Arc<dyn FeatureSender> = match (device_ring, shm_ring) {
+            (Some(d), _) if ready.device_ring_mapped => d,
+            (d, Some(r)) if ready.ring_mapped => {
+                if d.is_some() {
+                    tracing::warn!(addr, "the draft worker could not open the device ring (see its log); features go through shared memory");
+                }
+                r.peer_mapped();
+                r
+            }
+            (d, r) => {
+                if d.is_some() || r.is_some() {
+                    tracing::warn!(addr, "the draft worker mapped no feature ring (see its log); features go inline");
+                }
+                Arc::new(InlineSender)
+            }
+        };
         let link = Arc::new(DraftLink {
             addr: addr.to_string(),
             tx: Mutex::new(Some(tx)),
@@ -150,6 +220,7 @@ impl DraftLink {
         });
         tracing::info!(addr, transport = link.sender.name(), "draft session open");
         metrics::gauge!(m::TARGET_DRAFT_SESSIONS).increment(1.0);
+        metrics::gauge!(m::TARGET_DRAFT_SESSION_TRANSPORT, "transport" => link.sender.name()).increment(1.0);
         metrics::gauge!(m::TARGET_SHM_BYTES).increment(link.ring_bytes() as f64);
         tokio::spawn(read_answers(link.clone(), responses));
         Ok(link)
@@ -170,6 +241,7 @@ impl DraftLink {
         if self.alive.swap(false, Ordering::AcqRel) {
             tracing::warn!(addr = %self.addr, "draft session lost: {why}");
             metrics::gauge!(m::TARGET_DRAFT_SESSIONS).decrement(1.0);
+            metrics::gauge!(m::TARGET_DRAFT_SESSION_TRANSPORT, "transport" => self.sender.name()).decrement(1.0);
         }
         drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
         self.closed.notify_one();
@@ -242,7 +314,7 @@ async fn read_answers(link: Arc<DraftLink>, mut stream: tonic::Streaming<aerie_p
         };
         match next {
             Some(Ok(resp)) => match resp.msg {
-                Some(Reply::Ready(_)) => link.sender.peer_mapped(),
+                Some(Reply::Ready(_)) => {}
                 Some(Reply::Proposal(p)) => {
                     link.sender.consumed(p.ring_consumed);
                     link.route(p.seq_id, Answer::Tree(p));

@@ -83,7 +83,8 @@ impl TargetServer {
         }
         *link = None;
         let c = &self.model.config;
-        let fresh = DraftLink::connect(addr, &self.model.fingerprint, c.num_layers, c.vocab_size, &self.cfg).await?;
+        let device = self.model.cuda().map(|m| m.device());
+        let fresh = DraftLink::connect(addr, &self.model.fingerprint, c.num_layers, c.vocab_size, device, &self.cfg).await?;
         *link = Some(fresh.clone());
         Ok(fresh)
     }

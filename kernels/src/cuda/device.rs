@@ -125,6 +125,35 @@ pub trait Device: Send + Sync {
     fn library_gemm_ready(&self) -> Result<()> {
         Ok(())
     }
+    /// Waits until every copy and launch issued so far has finished, so
+    /// another process reading this device's memory sees them.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+    /// The physical device's identity (the GPU's UUID, `GPU-…`). Two
+    /// processes share memory through IPC only on the same one; ordinals
+    /// differ with `CUDA_VISIBLE_DEVICES`, UUIDs do not.
+    fn uuid(&self) -> String;
+    /// `bytes` of zeroed memory that another process on this machine can
+    /// map through the returned handle ([`Self::open_ipc`]), for as long as
+    /// the buffer lives here.
+    fn alloc_exportable(&self, bytes: usize) -> Result<(DeviceBuffer, IpcHandle)>;
+    /// Maps memory another process exported. The handle is checked, never
+    /// trusted: a malformed or stale one, one from another device, or one
+    /// naming less memory than it claims is refused.
+    fn open_ipc(&self, handle: &IpcHandle) -> Result<DeviceBuffer>;
+}
+
+/// Bytes of an IPC handle: a `CUipcMemHandle`'s size.
+pub const IPC_HANDLE_BYTES: usize = 64;
+
+/// What another process needs to map an exported allocation: the 64 bytes of
+/// a `CUipcMemHandle` on a GPU (a shared-memory name on the interpreted
+/// device) and the length the exporter vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpcHandle {
+    pub bytes: Vec<u8>,
+    pub len: u64,
 }
 
 /// Checks the buffers of a [`Device::gemm_bf16`] call: sizes without
@@ -214,6 +243,16 @@ impl InterpDevice {
     pub fn new(capacity: usize) -> InterpDevice {
         InterpDevice { capacity, used: Arc::new(AtomicUsize::new(0)) }
     }
+
+    /// Takes `bytes` of the budget, or says how much is left.
+    fn reserve(&self, bytes: usize) -> Result<()> {
+        let used = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if used + bytes > self.capacity {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(DeviceError::OutOfMemory { requested: bytes, free: self.capacity.saturating_sub(used), total: self.capacity });
+        }
+        Ok(())
+    }
 }
 
 impl Device for InterpDevice {
@@ -222,11 +261,7 @@ impl Device for InterpDevice {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DeviceBuffer> {
-        let used = self.used.fetch_add(bytes, Ordering::Relaxed);
-        if used + bytes > self.capacity {
-            self.used.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(DeviceError::OutOfMemory { requested: bytes, free: self.capacity.saturating_sub(used), total: self.capacity });
-        }
+        self.reserve(bytes)?;
         // u128 words: 16-byte alignment, as cudaMalloc's (at least 256) covers
         // every vector load a kernel may make.
         let mem = vec![0u128; bytes.div_ceil(16).max(1)];
@@ -263,6 +298,21 @@ impl Device for InterpDevice {
 
     fn memory(&self) -> (usize, usize) {
         (self.used.load(Ordering::Relaxed), self.capacity)
+    }
+
+    fn uuid(&self) -> String {
+        super::interp_ipc::uuid()
+    }
+
+    fn alloc_exportable(&self, bytes: usize) -> Result<(DeviceBuffer, IpcHandle)> {
+        self.reserve(bytes)?;
+        super::interp_ipc::export(bytes, self.used.clone()).inspect_err(|_| {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+        })
+    }
+
+    fn open_ipc(&self, handle: &IpcHandle) -> Result<DeviceBuffer> {
+        super::interp_ipc::open(handle)
     }
 
     /// The interpreter's stand-in for cuBLAS: the reference GEMM

@@ -23,7 +23,7 @@
 //!   on first use, after checking that `libcublas` can be opened (cudarc
 //!   panics otherwise), with one handle bound to the device's stream.
 
-use super::device::{Device, DeviceBuffer, DeviceError, Result};
+use super::device::{Device, DeviceBuffer, DeviceError, IpcHandle, Result};
 use super::interp::{self, KernelArg, LaunchConfig};
 use super::nvrtc;
 use cudarc::driver::{result, sys};
@@ -123,6 +123,27 @@ fn size_class(bytes: usize) -> usize {
     }
 }
 
+/// A UUID as nvidia-smi and `CUDA_VISIBLE_DEVICES` write it.
+fn format_uuid(b: &[u8; 16]) -> String {
+    let hex = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("GPU-{}-{}-{}-{}-{}", hex(0..4), hex(4..6), hex(6..8), hex(8..10), hex(10..16))
+}
+
+/// Memory another process exported, mapped here; unmapped on drop.
+struct IpcMapping {
+    ptr: sys::CUdeviceptr,
+    core: Arc<Core>,
+}
+
+impl Drop for IpcMapping {
+    fn drop(&mut self) {
+        if self.core.bind().is_ok() && self.core.sync().is_ok() {
+            // SAFETY: opened by cuIpcOpenMemHandle; nothing on the stream uses it any more.
+            let _ = unsafe { sys::cuIpcCloseMemHandle(self.ptr) };
+        }
+    }
+}
+
 /// An allocation: back to the cache when its buffer is dropped.
 struct DriverAlloc {
     ptr: sys::CUdeviceptr,
@@ -143,6 +164,8 @@ pub struct DriverDevice {
     core: Arc<Core>,
     ordinal: usize,
     name: String,
+    /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, as nvidia-smi prints it.
+    uuid: String,
     arch: u32,
     total: usize,
     functions: HashMap<&'static str, sys::CUfunction>,
@@ -221,7 +244,11 @@ impl DriverDevice {
             }
         }
         let name = format!("{gpu} (cuda:{ordinal}, sm_{arch})");
-        Ok(DriverDevice { core, ordinal, name, arch, total, functions, modules, blas: std::sync::OnceLock::new() })
+        let mut raw = sys::CUuuid { bytes: [0; 16] };
+        // SAFETY: an out-parameter and a device from cuDeviceGet.
+        unsafe { sys::cuDeviceGetUuid_v2(&mut raw, cu_device) }.result().map_err(driver_err("cuDeviceGetUuid"))?;
+        let uuid = format_uuid(&raw.bytes.map(|b| b as u8));
+        Ok(DriverDevice { core, ordinal, name, uuid, arch, total, functions, modules, blas: std::sync::OnceLock::new() })
     }
 
     pub fn ordinal(&self) -> usize {
@@ -311,6 +338,52 @@ impl Device for DriverDevice {
             unsafe { result::memset_d8_async(ptr, 0, bytes, self.core.stream) }.map_err(driver_err("cuMemsetD8Async"))?;
         }
         Ok(DeviceBuffer::from_raw(ptr, bytes, Box::new(owner)))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        DriverDevice::synchronize(self)
+    }
+
+    fn uuid(&self) -> String {
+        self.uuid.clone()
+    }
+
+    /// A `cuMemAlloc` buffer (exportable, unlike the stream-ordered pool's)
+    /// and its `cuIpcGetMemHandle`.
+    fn alloc_exportable(&self, bytes: usize) -> Result<(DeviceBuffer, IpcHandle)> {
+        let buf = self.alloc(bytes)?;
+        let mut h = std::mem::MaybeUninit::<sys::CUipcMemHandle>::zeroed();
+        // SAFETY: an out-parameter; `buf` is the base of a cuMemAlloc allocation.
+        unsafe { sys::cuIpcGetMemHandle(h.as_mut_ptr(), buf.addr()) }.result().map_err(driver_err("cuIpcGetMemHandle"))?;
+        // SAFETY: initialized by the call above.
+        let h = unsafe { h.assume_init() };
+        let bytes_of = h.reserved.iter().map(|&c| c as u8).collect();
+        Ok((buf, IpcHandle { bytes: bytes_of, len: bytes as u64 }))
+    }
+
+    /// `cuIpcOpenMemHandle`, then `cuMemGetAddressRange` to check that the
+    /// allocation holds what the handle claims.
+    fn open_ipc(&self, handle: &IpcHandle) -> Result<DeviceBuffer> {
+        if handle.bytes.len() != super::device::IPC_HANDLE_BYTES {
+            return Err(DeviceError::BadOperands(format!("IPC handle refused: {} bytes, a handle has {}", handle.bytes.len(), super::device::IPC_HANDLE_BYTES)));
+        }
+        let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
+        for (d, &b) in h.reserved.iter_mut().zip(&handle.bytes) {
+            *d = b as std::ffi::c_char;
+        }
+        self.core.bind()?;
+        let mut ptr: sys::CUdeviceptr = 0;
+        let lazy = sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32;
+        // SAFETY: an out-parameter; the driver validates the handle.
+        unsafe { sys::cuIpcOpenMemHandle_v2(&mut ptr, h, lazy) }.result().map_err(|e| DeviceError::BadOperands(format!("IPC handle refused by the driver: {e:?}")))?;
+        let mapping = IpcMapping { ptr, core: self.core.clone() };
+        let (mut base, mut size) = (0, 0usize);
+        // SAFETY: out-parameters; `ptr` was just mapped.
+        unsafe { sys::cuMemGetAddressRange_v2(&mut base, &mut size, ptr) }.result().map_err(driver_err("cuMemGetAddressRange"))?;
+        if handle.len == 0 || base != ptr || (size as u64) < handle.len {
+            return Err(DeviceError::BadOperands(format!("IPC handle refused: it claims {} bytes, the allocation holds {size}", handle.len)));
+        }
+        Ok(DeviceBuffer::from_raw(ptr, handle.len as usize, Box::new(mapping)))
     }
 
     fn upload(&self, dst: &DeviceBuffer, offset: usize, src: &[u8]) -> Result<()> {

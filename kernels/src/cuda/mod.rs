@@ -13,6 +13,7 @@
 pub mod device;
 pub mod driver;
 pub mod interp;
+pub mod interp_ipc;
 pub mod nvrtc;
 pub mod reference;
 

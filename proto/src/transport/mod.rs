@@ -1,41 +1,37 @@
 //! Feature transport: how hidden features get from a target worker to its
-//! draft worker.
+//! draft worker. One seam, three implementations, one file each:
 //!
-//! Strategy. gRPC carries control; features (one row of `width` f32 per
-//! token, 2.3 KB per token for SmolLM2's EAGLE head) either ride inline in
-//! the message, or, when both workers share a host, go through a
-//! shared-memory ring that the target creates per session and the draft maps
-//! read-only. Then the message carries only `(offset, len, crc32)`.
+//! - **inline** (here, [`InlineSender`]): the bytes ride in the gRPC
+//!   message. Works across hosts.
+//! - **shm** ([`shm`]): a shared-memory ring that the target creates per
+//!   session and the draft maps read-only; the message carries only
+//!   `(offset, len, crc32)`. Used when both workers share a host.
+//! - **cuda-ipc** ([`cuda_ipc`]): the same ring protocol over device memory
+//!   exported through a CUDA IPC handle. Used when both workers share a GPU
+//!   (matched by UUID, never by ordinal).
 //!
-//! The ring is written strictly ahead of what the draft has read. The draft
-//! handles a session's messages in order, and every `Proposal` reports the
-//! logical offset it has consumed up to, so space below that offset is free
-//! again. A block that does not fit, or that is larger than the ring, goes
-//! inline instead: nothing ever waits for ring space. A block never wraps; if
-//! it would cross the end, the writer skips to the start.
+//! The ring protocol ([`RingCursor`]): the ring is written strictly ahead of
+//! what the draft has read. The draft handles a session's messages in order,
+//! and every `Proposal` reports the logical offset it has consumed up to, so
+//! space below that offset is free again. A block that does not fit, or that
+//! is larger than the ring, goes inline instead: nothing ever waits for ring
+//! space. A block never wraps; if it would cross the end, the writer skips to
+//! the start.
 //!
 //! The reader trusts nothing: the slice must lie inside the ring, its length
 //! must be `rows × width × 4`, and its CRC-32 must match, or the block is
 //! rejected with a [`TransportError`].
 //!
-//! Lifetime. The ring's name exists only until the draft says it has mapped
-//! it ([`ShmRingSender::unlink`] on the session's `ready`); from then on the
-//! two mappings are all there is, and the kernel frees the memory when the
-//! last process holding one exits, however it exits. The creator holds a
-//! shared `flock` on the file for as long as it lives, so a name left behind
-//! by a process killed in that short window is recognised by anyone as stale
-//! (the lock is gone) and removed by [`sweep_stale_rings`] at a worker's start.
-//!
 //! Parameters: the ring size (the target's `--shm-ring-bytes`, default
-//! [`DEFAULT_RING_BYTES`]). A CUDA IPC transport would implement the same two
-//! traits with device buffers.
+//! [`DEFAULT_RING_BYTES`], for either ring).
 
 use crate::v1::{feature_payload::Data, FeaturePayload, ShmSlice};
-use memmap2::{Mmap, MmapMut};
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+
+pub mod cuda_ipc;
+pub mod shm;
+
+pub use cuda_ipc::{CudaIpcSender, DeviceRingOffer};
+pub use shm::{sweep_stale_files, sweep_stale_rings, ShmRingSender, RING_FILE_PREFIX};
 
 /// 64 MiB: about 29,000 SmolLM2 feature rows, far more than one step moves.
 pub const DEFAULT_RING_BYTES: u64 = 64 << 20;
@@ -43,15 +39,21 @@ pub const DEFAULT_RING_BYTES: u64 = 64 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("shared-memory ring {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io { path: std::path::PathBuf, source: std::io::Error },
     #[error("feature payload: {0}")]
     Malformed(String),
     #[error("feature payload names the shared-memory ring, but this session has none")]
     NoRing,
+    #[error("feature payload names the device ring, but this session has none")]
+    NoDeviceRing,
     #[error("feature slice {offset}+{len} is outside the {capacity}-byte ring")]
     OutOfBounds { offset: u64, len: u64, capacity: u64 },
     #[error("feature slice at {offset} fails its checksum (corrupt or overwritten)")]
     Checksum { offset: u64 },
+    #[error("the device ring is on GPU {theirs}, this drafter on {ours}: CUDA IPC needs one GPU")]
+    OtherDevice { ours: String, theirs: String },
+    #[error("device ring: {0}")]
+    Device(String),
 }
 
 impl TransportError {
@@ -61,15 +63,18 @@ impl TransportError {
             TransportError::Io { .. } => "shm_io",
             TransportError::Malformed(_) => "bad_features",
             TransportError::NoRing => "no_ring",
+            TransportError::NoDeviceRing => "no_device_ring",
             TransportError::OutOfBounds { .. } => "features_out_of_bounds",
             TransportError::Checksum { .. } => "features_checksum",
+            TransportError::OtherDevice { .. } => "other_device",
+            TransportError::Device(_) => "device_ring",
         }
     }
 }
 
 /// The target side: turns feature rows into a payload.
 pub trait FeatureSender: Send + Sync {
-    /// `inline` or `shm`, for metric labels.
+    /// `inline`, `shm` or `cuda-ipc`, for metric labels.
     fn name(&self) -> &'static str;
     /// Encodes `data` (rows × `width` floats). Returns the payload and the
     /// transport that actually carried it (a full ring falls back to inline).
@@ -78,6 +83,10 @@ pub trait FeatureSender: Send + Sync {
     fn consumed(&self, _upto: u64) {}
     /// What the session's `SessionOpen` should announce: ring path and size.
     fn ring(&self) -> Option<(String, u64)> {
+        None
+    }
+    /// What the session's `SessionOpen` should announce of a device ring.
+    fn device_ring(&self) -> Option<DeviceRingOffer> {
         None
     }
     /// The draft has mapped the ring (or will never): its name can go.
@@ -110,154 +119,55 @@ impl FeatureSender for InlineSender {
     }
 }
 
-/// Prefix of every ring file's name (then the creator's pid and a counter).
-pub const RING_FILE_PREFIX: &str = "aerie-features-";
-
-/// A ring in a `/dev/shm` file that this process created; its name is
-/// removed once the draft has mapped it, or on drop.
-pub struct ShmRingSender {
-    path: PathBuf,
+/// The writer's side of the ring protocol, shared by both rings: where the
+/// next block goes, or that it does not fit.
+#[derive(Debug)]
+pub(crate) struct RingCursor {
     capacity: u64,
-    state: std::sync::Mutex<RingState>,
-    consumed: AtomicU64,
-    /// Holds the shared lock that marks the ring as owned by a live process.
-    _file: File,
-    unlinked: std::sync::atomic::AtomicBool,
-}
-
-struct RingState {
-    map: MmapMut,
     /// Logical offset of the next write.
     head: u64,
 }
 
-impl ShmRingSender {
-    /// Creates a ring of `capacity` bytes in `dir` (`/dev/shm` normally).
-    pub fn create(dir: &Path, capacity: u64) -> Result<Arc<Self>, TransportError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("{RING_FILE_PREFIX}{}-{n}", std::process::id()));
-        let io = |source| TransportError::Io { path: path.clone(), source };
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(io)?;
-        let setup = || -> std::io::Result<MmapMut> {
-            file.lock_shared().map_err(|e| std::io::Error::other(format!("lock: {e}")))?;
-            file.set_len(capacity)?;
-            // SAFETY: the file is ours, sized above, and only this mapping writes it.
-            unsafe { MmapMut::map_mut(&file) }
-        };
-        let map = match setup() {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(io(e));
-            }
-        };
-        Ok(Arc::new(ShmRingSender {
-            path,
-            capacity,
-            state: std::sync::Mutex::new(RingState { map, head: 0 }),
-            consumed: AtomicU64::new(0),
-            _file: file,
-            unlinked: std::sync::atomic::AtomicBool::new(false),
-        }))
+impl RingCursor {
+    pub(crate) fn new(capacity: u64) -> RingCursor {
+        RingCursor { capacity, head: 0 }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Bytes of shared memory this ring holds.
-    pub fn capacity(&self) -> u64 {
-        self.capacity
-    }
-
-    /// Removes the ring's name; the mappings stay valid. Idempotent.
-    pub fn unlink(&self) {
-        if !self.unlinked.swap(true, Ordering::AcqRel) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-impl Drop for ShmRingSender {
-    fn drop(&mut self) {
-        self.unlink();
-    }
-}
-
-/// Removes ring files in `dir` whose creator is gone: no process holds the
-/// creator's lock, and the file is older than `min_age` (so a ring being
-/// created right now, before its lock is taken, is left alone). Returns the
-/// names removed. Safe across containers sharing `dir`: the lock, not a
-/// pid, says whether the owner lives.
-pub fn sweep_stale_rings(dir: &Path, min_age: std::time::Duration) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return removed };
-    for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().starts_with(RING_FILE_PREFIX) {
-            continue;
-        }
-        let path = e.path();
-        let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|a| a >= min_age);
-        if !old {
-            continue;
-        }
-        let Ok(f) = File::open(&path) else { continue };
-        if f.try_lock().is_ok() && std::fs::remove_file(&path).is_ok() {
-            removed.push(path);
-        }
-    }
-    removed
-}
-
-impl FeatureSender for ShmRingSender {
-    fn name(&self) -> &'static str {
-        "shm"
-    }
-
-    fn encode(&self, width: usize, data: &[f32]) -> (FeaturePayload, &'static str) {
-        let len = (data.len() * 4) as u64;
+    /// The logical offset for a block of `len` bytes when it fits ahead of
+    /// what the reader has `consumed`; the block is then taken.
+    pub(crate) fn reserve(&mut self, len: u64, consumed: u64) -> Option<u64> {
         if len == 0 || len > self.capacity {
-            return (inline_payload(width, data), "inline");
+            return None;
         }
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut start = st.head;
+        let mut start = self.head;
         let pos = start % self.capacity;
         if pos + len > self.capacity {
             start += self.capacity - pos; // skip the tail: blocks never wrap
         }
         let end = start + len;
         // saturating: a peer reporting progress beyond `head` gains nothing.
-        if end.saturating_sub(self.consumed.load(Ordering::Acquire)) > self.capacity {
-            return (inline_payload(width, data), "inline");
+        if end.saturating_sub(consumed) > self.capacity {
+            return None;
         }
-        let at = (start % self.capacity) as usize;
-        let dst = &mut st.map[at..at + len as usize];
-        for (chunk, v) in dst.chunks_exact_mut(4).zip(data) {
-            chunk.copy_from_slice(&v.to_le_bytes());
-        }
-        let crc32 = crc32fast::hash(dst);
-        st.head = end;
-        let rows = data.len().checked_div(width).unwrap_or(0);
-        (FeaturePayload { rows: rows as u32, width: width as u32, data: Some(Data::Shm(ShmSlice { offset: start, len, crc32 })) }, "shm")
+        self.head = end;
+        Some(start)
     }
 
-    fn consumed(&self, upto: u64) {
-        self.consumed.fetch_max(upto, Ordering::AcqRel);
-    }
-
-    fn ring(&self) -> Option<(String, u64)> {
-        Some((self.path.to_string_lossy().into_owned(), self.capacity))
-    }
-
-    fn peer_mapped(&self) {
-        self.unlink();
+    /// The byte position of a logical offset.
+    pub(crate) fn position(&self, logical: u64) -> usize {
+        (logical % self.capacity) as usize
     }
 }
 
-/// The draft side: reads payloads, from the message or from the ring.
+/// A mapped ring the reader reads slices from.
+enum Ring {
+    Host(memmap2::Mmap),
+    Device(cuda_ipc::DeviceRing),
+}
+
+/// The draft side: reads payloads, from the message or from a ring.
 pub struct FeatureReceiver {
-    ring: Option<(Mmap, u64)>,
+    ring: Option<(Ring, u64)>,
     consumed: u64,
 }
 
@@ -267,31 +177,22 @@ impl FeatureReceiver {
         FeatureReceiver { ring: None, consumed: 0 }
     }
 
-    /// Maps the ring the target announced, read-only.
-    pub fn open(path: &Path, capacity: u64) -> Result<Self, TransportError> {
-        let io = |source| TransportError::Io { path: path.to_path_buf(), source };
-        let file = File::open(path).map_err(io)?;
-        if capacity == 0 {
-            return Err(TransportError::Malformed(format!("ring {} announced with capacity 0", path.display())));
-        }
-        let actual = file.metadata().map_err(io)?.len();
-        if actual < capacity {
-            return Err(TransportError::Malformed(format!("ring {} holds {actual} bytes, announced {capacity}", path.display())));
-        }
-        // SAFETY: mapped read-only; the writer never touches unconsumed
-        // slices, and every slice is checksummed before use.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Ok(FeatureReceiver { ring: Some((map, capacity)), consumed: 0 })
-    }
-
-    /// Whether a ring is mapped.
+    /// Whether a shared-memory ring is mapped.
     pub fn has_ring(&self) -> bool {
-        self.ring.is_some()
+        matches!(self.ring, Some((Ring::Host(_), _)))
     }
 
-    /// Bytes of shared memory mapped (0 without a ring).
+    /// Whether a device ring is open.
+    pub fn has_device_ring(&self) -> bool {
+        matches!(self.ring, Some((Ring::Device(_), _)))
+    }
+
+    /// Bytes of shared memory mapped (0 without a shared-memory ring).
     pub fn ring_bytes(&self) -> u64 {
-        self.ring.as_ref().map_or(0, |r| r.1)
+        match &self.ring {
+            Some((Ring::Host(_), c)) => *c,
+            _ => 0,
+        }
     }
 
     /// Logical ring offset read so far (reported back in every proposal).
@@ -315,25 +216,44 @@ impl FeatureReceiver {
                 Ok((width as usize, floats(bytes), "inline"))
             }
             Some(Data::Shm(s)) => {
-                let (map, capacity) = self.ring.as_ref().ok_or(TransportError::NoRing)?;
-                let capacity = *capacity;
-                if s.len != want {
-                    return Err(TransportError::Malformed(format!("ring slice of {} bytes, {rows} × {width} × 4 = {want} expected", s.len)));
-                }
-                let at = s.offset % capacity;
-                if s.len > capacity || at + s.len > capacity || (at + s.len) as usize > map.len() {
-                    return Err(TransportError::OutOfBounds { offset: s.offset, len: s.len, capacity });
-                }
-                let bytes = &map[at as usize..(at + s.len) as usize];
-                if crc32fast::hash(bytes) != s.crc32 {
-                    return Err(TransportError::Checksum { offset: s.offset });
-                }
+                let Some((Ring::Host(map), capacity)) = &self.ring else { return Err(TransportError::NoRing) };
+                let at = check_slice(s, want, *capacity, map.len() as u64, rows, width)?;
+                let bytes = &map[at..at + s.len as usize];
+                verify(bytes, s)?;
                 let out = floats(bytes);
                 self.consumed = self.consumed.max(s.offset + s.len);
                 Ok((width as usize, out, "shm"))
             }
+            Some(Data::Device(s)) => {
+                let Some((Ring::Device(ring), capacity)) = &self.ring else { return Err(TransportError::NoDeviceRing) };
+                let at = check_slice(s, want, *capacity, ring.len(), rows, width)?;
+                let bytes = ring.read(at, s.len as usize)?;
+                verify(&bytes, s)?;
+                let out = floats(&bytes);
+                self.consumed = self.consumed.max(s.offset + s.len);
+                Ok((width as usize, out, "cuda-ipc"))
+            }
         }
     }
+}
+
+/// The byte position of a ring slice, once its length and bounds hold.
+fn check_slice(s: &ShmSlice, want: u64, capacity: u64, mapped: u64, rows: u64, width: u64) -> Result<usize, TransportError> {
+    if s.len != want {
+        return Err(TransportError::Malformed(format!("ring slice of {} bytes, {rows} × {width} × 4 = {want} expected", s.len)));
+    }
+    let at = s.offset % capacity;
+    if s.len > capacity || at + s.len > capacity || at + s.len > mapped {
+        return Err(TransportError::OutOfBounds { offset: s.offset, len: s.len, capacity });
+    }
+    Ok(at as usize)
+}
+
+fn verify(bytes: &[u8], s: &ShmSlice) -> Result<(), TransportError> {
+    if crc32fast::hash(bytes) != s.crc32 {
+        return Err(TransportError::Checksum { offset: s.offset });
+    }
+    Ok(())
 }
 
 /// This host's identity: the hostname plus the kernel's boot id, so two
@@ -348,20 +268,12 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
 }
 
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A ring of `capacity` bytes in a fresh directory and a receiver mapping it.
-    fn ring_pair(capacity: u64) -> (tempfile::TempDir, Arc<ShmRingSender>, String, FeatureReceiver) {
-        let dir = tempfile::tempdir().unwrap();
-        let ring = ShmRingSender::create(dir.path(), capacity).unwrap();
-        let (path, cap) = ring.ring().unwrap();
-        let r = FeatureReceiver::open(Path::new(&path), cap).unwrap();
-        (dir, ring, path, r)
-    }
-
-    fn rows(n: usize, width: usize, seed: f32) -> Vec<f32> {
+    pub(crate) fn rows(n: usize, width: usize, seed: f32) -> Vec<f32> {
         (0..n * width).map(|i| seed + i as f32 * 0.5).collect()
     }
 
@@ -383,77 +295,15 @@ mod tests {
     }
 
     #[test]
-    fn ring_round_trip_wraps_and_falls_back_when_full() {
-        let (_dir, ring, _, mut r) = ring_pair(1000);
-        // 3 blocks of 320 bytes fit; the 4th would overrun unread data.
-        let mut sent = Vec::new();
-        for i in 0..3 {
-            let d = rows(10, 8, i as f32);
-            let (p, via) = ring.encode(8, &d);
-            assert_eq!(via, "shm");
-            sent.push((p, d));
-        }
-        let (_, via) = ring.encode(8, &rows(10, 8, 9.0));
-        assert_eq!(via, "inline", "no space until the draft reports progress");
-        for (p, d) in &sent {
-            assert_eq!(&r.decode(p).unwrap().1, d);
-        }
-        ring.consumed(r.consumed());
-        // Now the next block skips the 40-byte tail and lands at offset 0.
-        let d = rows(10, 8, 5.0);
-        let (p, via) = ring.encode(8, &d);
-        assert_eq!(via, "shm");
-        match &p.data {
-            Some(Data::Shm(s)) => assert_eq!(s.offset % 1000, 0),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(r.decode(&p).unwrap().1, d);
-    }
-
-    #[test]
-    fn ring_rejects_corrupt_and_out_of_bounds_slices() {
-        let (_dir, ring, path, mut r) = ring_pair(1024);
-        let (p, _) = ring.encode(4, &rows(2, 4, 0.0));
-        let Some(Data::Shm(s)) = p.data.clone() else { panic!() };
-        let with = |s: ShmSlice, rows: u32| FeaturePayload { rows, width: 4, data: Some(Data::Shm(s)) };
-        assert!(matches!(r.decode(&with(ShmSlice { crc32: s.crc32 ^ 1, ..s }, 2)), Err(TransportError::Checksum { .. })));
-        assert!(matches!(r.decode(&with(ShmSlice { offset: 1000, ..s }, 2)), Err(TransportError::OutOfBounds { .. })));
-        assert!(matches!(r.decode(&with(ShmSlice { len: 64 * 1024, ..s }, 4096)), Err(TransportError::OutOfBounds { .. })));
-        assert!(matches!(r.decode(&with(ShmSlice { len: 16, ..s }, 2)), Err(TransportError::Malformed(_))));
-        // An inline-only receiver refuses ring slices.
-        assert!(matches!(FeatureReceiver::inline_only().decode(&p), Err(TransportError::NoRing)));
-        // The genuine one still reads.
-        assert_eq!(r.decode(&p).unwrap().1, rows(2, 4, 0.0));
-        drop(ring);
-        assert!(!Path::new(&path).exists(), "the ring file is removed with its sender");
-    }
-
-    #[test]
-    fn an_unlinked_ring_still_carries_features() {
-        let (_dir, ring, path, mut r) = ring_pair(4096);
-        ring.unlink();
-        assert!(!Path::new(&path).exists());
-        let d = rows(4, 8, 2.0);
-        let (p, via) = ring.encode(8, &d);
-        assert_eq!(via, "shm");
-        assert_eq!(r.decode(&p).unwrap().1, d);
-        ring.unlink(); // idempotent
-    }
-
-    #[test]
-    fn the_sweep_removes_rings_whose_owner_is_gone_and_keeps_live_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let live = ShmRingSender::create(dir.path(), 1024).unwrap();
-        // A ring left by a killed process: the file without anyone's lock.
-        let dead = dir.path().join(format!("{RING_FILE_PREFIX}999999-0"));
-        std::fs::write(&dead, [0u8; 64]).unwrap();
-        let other = dir.path().join("not-ours");
-        std::fs::write(&other, b"x").unwrap();
-        // Too young: left alone, it may be a ring being created.
-        assert!(sweep_stale_rings(dir.path(), std::time::Duration::from_secs(3600)).is_empty());
-        let removed = sweep_stale_rings(dir.path(), std::time::Duration::ZERO);
-        assert_eq!(removed, vec![dead.clone()]);
-        assert!(live.path().exists(), "a live owner's ring is kept");
-        assert!(other.exists());
+    fn the_cursor_skips_the_tail_and_never_overruns_the_reader() {
+        let mut c = RingCursor::new(1000);
+        assert_eq!(c.reserve(320, 0), Some(0));
+        assert_eq!(c.reserve(320, 0), Some(320));
+        assert_eq!(c.reserve(320, 0), Some(640));
+        assert_eq!(c.reserve(320, 0), None, "the 4th block would overrun unread data");
+        assert_eq!(c.reserve(320, 960), Some(1000), "skips the 40-byte tail");
+        assert_eq!(c.position(1000), 0);
+        assert_eq!(c.reserve(1001, u64::MAX), None, "larger than the ring");
+        assert_eq!(c.reserve(0, 0), None);
     }
 }
