@@ -21,6 +21,10 @@
 #      of `aerie generate --device cuda` teacher-forced through the reference
 #      on 10 prompts x 64 tokens; NGRAM and EAGLE (random head) speculation
 #      equal to plain decoding; decode tok/s;
+#   4b. `aerie bench features`: the per-step feature hand-off from this
+#      process to a draft reader process through inline bytes, the
+#      shared-memory ring and the CUDA IPC device ring (cuIpcOpenMemHandle
+#      between two real processes on this GPU, every block checksummed);
 #   5. `aerie bench forward` on the Llama-3.1-8B shape with random bf16
 #      weights: decode tok/s at batch 1, the fraction of HBM bandwidth, the
 #      verify cost curve time(k)/time(1) for k = 1..64; and again through
@@ -97,6 +101,13 @@ if PYTHONUNBUFFERED=1 timeout 280 $PY scripts/gpu_check.py --aerie "$PACK/aerie"
   :
 else
   fail "scripts/gpu_check.py (see gpu_check.log)"
+fi
+
+stage "feature hand-off: CUDA IPC against shared memory"
+if timeout 60 "$PACK/aerie" bench features --device cuda --width 12288 --rows 1,4,8,64 > "$OUT/features.txt" 2>> "$LOG"; then
+  { echo; echo "Feature hand-off per step, target to a draft process on the same GPU (\`aerie bench features\`, EAGLE-3 width for Llama-3.1-8B; the reader checks every block's checksum):"; echo; echo '```'; cat "$OUT/features.txt"; echo '```'; } >> "$R"
+else
+  fail "aerie bench features --device cuda (see gpu_check.log)"
 fi
 
 fi

@@ -48,6 +48,9 @@ enum BenchCmd {
     /// Tensor-parallel decoding (f32 path) over rank processes against the
     /// unsharded model on the same cores.
     Tp(crate::bench_tp::TpBenchArgs),
+    /// The per-step hand-off of hidden features to a draft process, by
+    /// transport (inline, shared memory, CUDA IPC) and rows.
+    Features(crate::bench_features::FeaturesBenchArgs),
 }
 
 /// The workload, shared by every subcommand.
@@ -275,6 +278,7 @@ pub fn run(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         BenchCmd::Forward(a) => crate::bench_forward::run(a),
         BenchCmd::Collective(a) => crate::bench_collective::run(a),
         BenchCmd::Tp(a) => crate::bench_tp::run(a),
+        BenchCmd::Features(a) => crate::bench_features::run(a),
     }
 }
 

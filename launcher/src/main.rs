@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod bench_collective;
+mod bench_features;
 mod bench_forward;
 mod bench_tp;
 mod cluster_args;

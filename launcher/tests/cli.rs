@@ -420,3 +420,39 @@ fn tensor_parallel_ranks_as_processes_decode_like_the_whole_model() {
     let after: Vec<_> = std::fs::read_dir("/dev/shm").unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with("aerie-tp-")).collect();
     assert_eq!(before, after, "no group segment left behind");
 }
+
+/// `aerie bench features` on the interpreted device measures the hand-off
+/// of every transport through a real reader process (the reader checks each
+/// block's bounds and checksum, so a wrong ring fails the run), prints one
+/// row per transport, and leaves no ring or exported memory behind.
+#[test]
+fn bench_features_hands_off_through_every_transport() {
+    let _g = crate::common::shared();
+    let child = Command::new(env!("CARGO_BIN_EXE_aerie"))
+        .args(["bench", "features", "--device", "cuda", "--reps", "5", "--rows", "1,4", "--width", "64"])
+        .env("AERIE_CUDA_INTERPRET", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for kind in ["inline", "shm", "cuda-ipc"] {
+        let row = text.lines().find(|l| l.starts_with(&format!("| {kind} |"))).unwrap_or_else(|| panic!("no {kind} row in\n{text}"));
+        let cells: Vec<f64> = row.split('|').filter_map(|c| c.trim().parse().ok()).collect();
+        assert_eq!(cells.len(), 3, "{row}");
+        assert!(cells.iter().all(|&t| t > 0.0), "{row}");
+    }
+    let left: Vec<String> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("aerie-features-{pid}-")) || n.starts_with(&format!("aerie-cuda-ipc-{pid}-")))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A reader that cannot open the device ring fails the run with its reason.
+    let out = aerie(&["bench", "features", "--transports", "cuda-ipc", "--reps", "1"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("needs --device cuda"), "{}", String::from_utf8_lossy(&out.stderr));
+}
