@@ -179,10 +179,13 @@ pub fn run(a: FeaturesBenchArgs) -> Result<()> {
                 bail!("the {kind} reader did not open its ring (its stderr says why)");
             }
             s.peer_mapped();
+            // The pipe alone first, then each size.
+            let pipe = steps(s.as_ref(), &mut child, a.width, 0, a.reps)?;
             let mut t = Vec::new();
-            for &r in a.rows.iter().chain([&0]) {
+            for &r in &a.rows {
                 t.push(steps(s.as_ref(), &mut child, a.width, r, if r >= 64 { a.reps.min(50) } else { a.reps })?);
             }
+            t.push(pipe);
             Ok(t)
         })();
         drop(child.stdin.take());
