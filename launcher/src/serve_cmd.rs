@@ -99,6 +99,11 @@ pub struct ServeArgs {
     /// measured costs and acceptance (see `aerie target-worker --help`).
     #[arg(long)]
     pub speculative_adaptive: bool,
+    /// Target workers verify half their running requests per step while
+    /// the draft workers draft for the other half (see `aerie target-worker
+    /// --help`).
+    #[arg(long)]
+    pub speculative_overlap: bool,
     /// The router cancels a request not finished within this, seconds, and
     /// answers 504.
     #[arg(long, default_value_t = 1800)]
@@ -446,6 +451,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
             args.extend(share.to_args());
             if a.speculative_adaptive && speculate {
                 args.push("--speculative-adaptive".into());
+            }
+            if a.speculative_overlap && speculate {
+                args.push("--speculative-overlap".into());
             }
             args.extend(["--feature-transport".to_string(), a.feature_transport.to_string()]);
             let w = spawn_worker(&format!("target-{i}"), &args, timeout)?;

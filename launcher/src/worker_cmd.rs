@@ -75,6 +75,10 @@ pub struct TargetWorkerArgs {
     /// the drafter's whole tree (SGLang's flag name).
     #[arg(long)]
     pub speculative_adaptive: bool,
+    /// Split the running requests into two halves and verify one while the
+    /// draft workers draft for the other, alternating each step.
+    #[arg(long)]
+    pub speculative_overlap: bool,
     /// On SIGTERM, how long in-flight requests may take to finish, seconds.
     #[arg(long, default_value_t = 30)]
     pub drain_grace_secs: u64,
@@ -241,6 +245,7 @@ pub fn run_target(a: TargetWorkerArgs, threads: Option<usize>) -> Result<()> {
         propose_timeout: Duration::from_millis(a.propose_timeout_ms),
         draft_connect_timeout: Duration::from_millis(a.draft_connect_timeout_ms),
         speculative_adaptive: a.speculative_adaptive,
+        speculative_overlap: a.speculative_overlap,
         ..TargetConfig::default()
     };
     // Rings of target workers killed before their drafts mapped them.

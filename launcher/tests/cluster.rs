@@ -230,6 +230,37 @@ fn adaptive_budgets_keep_greedy_output_and_report_their_choices() {
     });
 }
 
+/// `--speculative-overlap`: half the running requests verify while the draft
+/// worker drafts for the other half, so each request's proposals are asked
+/// a step ahead; greedy output is still the plain output, token for token,
+/// with adaptive budgets too, and the requests still speculate.
+#[test]
+fn overlapped_drafting_keeps_greedy_output() {
+    let _g = serial();
+    const N: u32 = 32;
+    let want: Vec<Vec<u32>> = (0..5).map(|i| reference(i, N as usize)).collect();
+    let draft = draft_worker();
+    let target = target_worker(&["--speculative-overlap", "--speculative-adaptive"]);
+    rt().block_on(async {
+        let c = client(&target).await;
+        // Five at once: lanes of three and two, evened out as requests end.
+        let tasks: Vec<_> = (0..5).map(|i| tokio::spawn(collect(c.clone(), greedy(i, N, Some(&draft))))).collect();
+        let mut accepted = 0;
+        for (i, t) in tasks.into_iter().enumerate() {
+            let (toks, fin) = t.await.unwrap().unwrap();
+            assert_eq!(toks, want[i], "prompt {i}");
+            assert!(!fin.draft_fallback, "prompt {i} fell back");
+            accepted += fin.spec_num_correct_drafts;
+        }
+        assert!(accepted > 0, "no draft was accepted");
+        let m = scrape(&target).await;
+        assert!(metric(&m, "aerie_target_overlapped_steps_total") > 0.0, "{m}");
+        // One request alone has no other lane: it steps every time.
+        let (toks, _) = collect(c.clone(), greedy(6, 12, Some(&draft))).await.unwrap();
+        assert_eq!(toks, reference(6, 12));
+    });
+}
+
 #[test]
 fn inline_feature_transport_is_lossless_too() {
     let _g = serial();

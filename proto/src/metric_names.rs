@@ -59,6 +59,9 @@ pub const TARGET_FEATURE_BYTES: &str = "aerie_target_feature_bytes_total";
 /// messages sent to draft workers. Commits are deferred to the next
 /// proposal, so a request drafting nothing sends none.
 pub const TARGET_DRAFT_MESSAGES: &str = "aerie_target_draft_messages_total";
+/// Counter: steps that verified one lane of the running requests while the
+/// draft workers drafted for the other (`--speculative-overlap`).
+pub const TARGET_OVERLAPPED_STEPS: &str = "aerie_target_overlapped_steps_total";
 /// Gauge: open sessions to draft workers.
 pub const TARGET_DRAFT_SESSIONS: &str = "aerie_target_draft_sessions";
 /// Gauge, by `transport` (`cuda-ipc`, `shm`, `inline`): open draft sessions

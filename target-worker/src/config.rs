@@ -69,6 +69,9 @@ pub struct TargetConfig {
     /// and acceptance models (`--speculative-adaptive`). Default off: every
     /// request verifies the drafter's whole tree.
     pub speculative_adaptive: bool,
+    /// Verify half the running requests per step while their draft workers
+    /// draft for the other half (`--speculative-overlap`). Default off.
+    pub speculative_overlap: bool,
 }
 
 impl Default for TargetConfig {
@@ -83,6 +86,7 @@ impl Default for TargetConfig {
             propose_timeout: Duration::from_secs(10),
             draft_connect_timeout: Duration::from_secs(3),
             speculative_adaptive: false,
+            speculative_overlap: false,
         }
     }
 }

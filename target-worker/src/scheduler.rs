@@ -67,6 +67,9 @@ pub struct Shared {
     /// Mean τ of recent speculative requests (an EWMA), as f64 bits.
     tau_bits: AtomicU64,
     adaptive: bool,
+    /// Step half the running requests at a time while the draft workers
+    /// draft for the other half (`--speculative-overlap`).
+    overlap: bool,
     /// The adaptive budget's state as JSON, refreshed by the scheduler
     /// (`GET /debug/spec_budget` on the metrics port).
     budget_view: Mutex<serde_json::Value>,
@@ -90,6 +93,7 @@ impl Shared {
             cancels: Mutex::new(HashMap::new()),
             tau_bits: AtomicU64::new(0f64.to_bits()),
             adaptive: cfg.speculative_adaptive,
+            overlap: cfg.speculative_overlap,
             budget_view: Mutex::new(serde_json::json!({ "adaptive": cfg.speculative_adaptive })),
             fatal: Mutex::new(None),
         })
@@ -255,6 +259,8 @@ struct Running {
     /// nodes per level.
     deepest: usize,
     rows_per_level: f64,
+    /// Its half of the batch under `--speculative-overlap`.
+    lane: bool,
 }
 
 impl Running {
@@ -443,6 +449,8 @@ impl Adaptive {
 fn run(model: &Model, shared: &Shared) {
     let mut running: Vec<Running> = Vec::new();
     let mut adaptive = shared.adaptive.then(|| Adaptive::start(model));
+    // The lane stepped last (`--speculative-overlap`).
+    let mut lane = false;
     loop {
         if let Some(why) = shared.fatal() {
             fail_all(shared, &mut running, &why);
@@ -509,6 +517,7 @@ fn run(model: &Model, shared: &Shared) {
                             acceptance: Acceptance::default(),
                             deepest: 0,
                             rows_per_level: 1.0,
+                            lane: false,
                         };
                         let first = r.session.tokens.clone();
                         metrics::counter!(m::TARGET_GENERATED_TOKENS).increment(first.len() as u64);
@@ -550,7 +559,21 @@ fn run(model: &Model, shared: &Shared) {
         if running.is_empty() {
             continue;
         }
-        // 3. One step for everyone.
+        // 3. One step: for everyone, or under `--speculative-overlap` for
+        // one lane while the draft workers draft for the other.
+        let mut resting = Vec::new();
+        if shared.overlap && running.len() >= 2 {
+            lane = !lane;
+            let (now, later) = split_lanes(std::mem::take(&mut running), lane);
+            running = now;
+            resting = later;
+            metrics::counter!(m::TARGET_OVERLAPPED_STEPS).increment(1);
+            for r in resting.iter_mut().filter(|r| r.speculative) {
+                // A failure here shows again, and is handled, when this
+                // session's own step asks for the same tree.
+                let _ = r.session.request_ahead(model);
+            }
+        }
         if let Some(a) = &adaptive {
             a.plan(&mut running);
         }
@@ -578,6 +601,7 @@ fn run(model: &Model, shared: &Shared) {
                 if e.error_type() == "tensor_parallel" {
                     shared.fail_group(&e.to_string());
                 }
+                running.append(&mut resting);
                 fail_all(shared, &mut running, &format!("verify step failed: {e}"));
                 continue;
             }
@@ -627,8 +651,28 @@ fn run(model: &Model, shared: &Shared) {
             }
         }
         running = still;
+        running.append(&mut resting);
         shared.running.store(running.len(), Ordering::Release);
     }
+}
+
+/// Splits the running requests into the lane to step now (`lane`) and the
+/// one to draft for, first evening the lanes out (requests arrive in lane
+/// `false` and finish in either): afterwards they differ by at most one
+/// request, so with two or more running neither is empty.
+fn split_lanes(mut running: Vec<Running>, lane: bool) -> (Vec<Running>, Vec<Running>) {
+    loop {
+        let now = running.iter().filter(|r| r.lane == lane).count();
+        let other = running.len() - now;
+        if now.abs_diff(other) <= 1 {
+            break;
+        }
+        let donor = if now > other { lane } else { !lane };
+        if let Some(r) = running.iter_mut().rev().find(|r| r.lane == donor) {
+            r.lane = !donor;
+        }
+    }
+    running.into_iter().partition(|r| r.lane == lane)
 }
 
 /// Ends every running choice with an error.

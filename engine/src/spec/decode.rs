@@ -265,6 +265,20 @@ impl<'p> SpecSession<'p> {
         self.finish.is_some()
     }
 
+    /// Asks the drafter for this session's next tree now (a remote drafter
+    /// then works while other sessions verify; `--speculative-overlap`);
+    /// the next [`step_batch`] of this session collects it. Nothing for a
+    /// finished session or one whose budget is 0; asking twice is once.
+    pub fn request_ahead(&mut self, model: &Model) -> Result<()> {
+        if !self.is_finished() {
+            let budget = self.depth_budget(model);
+            if budget > 0 {
+                self.proposer.request_proposal(budget)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The deepest tree this round may verify: the bonus token after the
     /// deepest node must still fit the context and `max_tokens`.
     fn depth_budget(&self, model: &Model) -> usize {
@@ -294,12 +308,7 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
     // so the round trip and the draft forward are saved, and what it was
     // sent since is caught up in one forward at its next proposal.
     for s in sessions.iter_mut() {
-        if !s.is_finished() {
-            let budget = s.depth_budget(model);
-            if budget > 0 {
-                s.proposer.request_proposal(budget)?;
-            }
-        }
+        s.request_ahead(model)?;
     }
     let mut trees = Vec::with_capacity(sessions.len());
     for s in sessions.iter_mut() {
