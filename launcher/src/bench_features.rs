@@ -32,7 +32,8 @@ pub struct FeaturesBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,4,8,64")]
     pub rows: Vec<usize>,
     /// Transports to measure: inline, shm, cuda-ipc (needs --device cuda).
-    #[arg(long, value_delimiter = ',', default_value = "inline,shm,cuda-ipc")]
+    /// Default: inline and shm, and cuda-ipc on a device.
+    #[arg(long, value_delimiter = ',')]
     pub transports: Vec<String>,
     /// Timed steps per setting (after warm-up).
     #[arg(long, default_value_t = 200)]
@@ -154,14 +155,26 @@ pub fn run(a: FeaturesBenchArgs) -> Result<()> {
         aerie_engine::cuda::select::DeviceSpec::Cpu => "cpu".to_string(),
         aerie_engine::cuda::select::DeviceSpec::Cuda(n) => format!("cuda:{n}"),
     };
-    println!("feature hand-off per step, target here → draft reader process; width {} floats, median of {} steps (µs; the pipe's own round trip with an empty payload in the last column)", a.width, a.reps);
+    let mut transports = a.transports.clone();
+    if transports.is_empty() {
+        transports = vec!["inline".into(), "shm".into()];
+        if dev.is_some() {
+            transports.push("cuda-ipc".into());
+        }
+    }
+    println!(
+        "feature hand-off per step, target here → draft reader process; width {} floats, median of {} steps ({} from 64 rows on) in µs; the pipe's own round trip with an empty payload in the last column",
+        a.width,
+        a.reps,
+        a.reps.min(50)
+    );
     if let Some(d) = &dev {
         println!("device: {} ({})", d.name(), d.uuid());
     }
     let header: Vec<String> = a.rows.iter().map(|r| format!("{r} rows ({} KiB)", r * a.width * 4 / 1024)).collect();
     println!("| transport | {} | pipe only |", header.join(" | "));
     println!("|---|{}---|", "---|".repeat(a.rows.len()));
-    for kind in &a.transports {
+    for kind in &transports {
         let (s, offer) = sender(kind, &dev)?;
         let mut child = std::process::Command::new(&exe)
             .args(["bench", "features", "--reader", "--device", &dev_flag])

@@ -174,14 +174,20 @@ pub fn kv_bytes_per_token(cfg: &ModelConfig, layers: usize) -> u64 {
     2 * 2 * layers as u64 * (cfg.num_kv_heads * cfg.head_dim) as u64
 }
 
+/// What a process may take of the memory free when it starts: the rest is
+/// headroom for activations, its own and those of processes already there.
+const FREE_SHARE: f64 = 0.9;
+
 /// KV tokens that fit: `fraction × total` (this process's share of the
-/// device), but never more than `fraction` of what is `free` now (so that
-/// activations keep their part when another process, such as a colocated
-/// draft worker, holds memory), less the weights, in whole pages, at most
-/// `cap`.
+/// device, as SGLang's `--mem-fraction-static`), but never more than
+/// [`FREE_SHARE`] of what is `free` now (another process, such as a
+/// colocated draft worker, may hold memory already), less the weights, in
+/// whole pages, at most `cap`. So processes with shares that add up to less
+/// than the device (a colocated target at 0.75 and its draft at 0.1) each
+/// get their share whichever starts first.
 pub fn kv_tokens_that_fit(cfg: &ModelConfig, layers: usize, free_bytes: u64, total_bytes: u64, fraction: f64, cap: usize) -> Result<usize> {
     let share = (total_bytes as f64 * fraction) as u64;
-    let budget = share.min((free_bytes as f64 * fraction) as u64);
+    let budget = share.min((free_bytes as f64 * FREE_SHARE) as u64);
     let weights = device_weight_bytes(cfg, layers);
     let per_token = kv_bytes_per_token(cfg, layers).max(1);
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
@@ -255,19 +261,28 @@ mod tests {
         assert_eq!(g(GemmMode::Auto, false).to_args(), ["--gemm-mode", "auto"]);
     }
 
-    /// Memory another process holds (a draft worker on the same GPU) comes
-    /// out of the pool in proportion, leaving activations their part.
+    /// Memory another process holds (a draft worker on the same GPU) takes
+    /// nothing from this one's share while the share fits in 90% of what is
+    /// free; past that the budget is 90% of the free memory.
     #[test]
     fn memory_held_by_another_process_is_counted() {
         let c = smollm2_shape();
         let total = 4u64 << 30;
         let alone = kv_tokens_that_fit(&c, 30, total, total, 0.5, usize::MAX).unwrap();
-        // 1 GiB held elsewhere: the budget is half of the 3 GiB free.
-        let shared = kv_tokens_that_fit(&c, 30, 3u64 << 30, total, 0.5, usize::MAX).unwrap();
+        // 1 GiB held elsewhere: the 2 GiB share still fits in 90% of 3 GiB.
+        assert_eq!(kv_tokens_that_fit(&c, 30, 3u64 << 30, total, 0.5, usize::MAX).unwrap(), alone);
+        // 2 GiB held elsewhere: 90% of the 2 GiB free, 0.2 GiB less.
+        let shared = kv_tokens_that_fit(&c, 30, 2u64 << 30, total, 0.5, usize::MAX).unwrap();
         let per_token = kv_bytes_per_token(&c, 30) as usize;
-        let missing = (512usize << 20) / per_token;
+        let missing = ((2usize << 30) / 10) / per_token;
         assert!(alone - shared + PAGE_SIZE >= missing && alone - shared <= missing + PAGE_SIZE, "{alone} vs {shared}");
-        let err = kv_tokens_that_fit(&c, 30, 400 << 20, total, 0.5, usize::MAX).unwrap_err().to_string();
-        assert!(err.contains("is 2.00 GiB and 0.39 GiB are free"), "{err}");
+        // A colocated pair: target 0.75 and draft 0.1 get their shares in either order.
+        let (t, d) = (0.75, 0.1);
+        let target_first = kv_tokens_that_fit(&c, 30, total, total, t, usize::MAX).unwrap();
+        let draft_after = kv_tokens_that_fit(&c, 1, total - (total as f64 * t) as u64, total, d, usize::MAX).unwrap();
+        assert_eq!(draft_after, kv_tokens_that_fit(&c, 1, total, total, d, usize::MAX).unwrap());
+        assert_eq!(kv_tokens_that_fit(&c, 30, total - (total as f64 * d) as u64, total, t, usize::MAX).unwrap(), target_first);
+        let err = kv_tokens_that_fit(&c, 30, 250 << 20, total, 0.5, usize::MAX).unwrap_err().to_string();
+        assert!(err.contains("is 2.00 GiB and 0.24 GiB are free"), "{err}");
     }
 }

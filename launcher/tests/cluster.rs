@@ -886,3 +886,45 @@ fn the_draft_evicts_sequences_past_its_cap_and_closes_idle_sessions() {
         assert_eq!(metric(&m, "aerie_draft_evictions_total{reason=\"sequence_cap\"}"), 1.0, "{m}");
     });
 }
+
+/// A proposal asked for ahead of a step and then withdrawn (the step
+/// verified its root alone: `--speculative-overlap` with an adaptive budget
+/// of 0) is read past, never taken: the next proposal is rooted at the token
+/// committed since, and the request keeps speculating.
+#[test]
+fn a_withdrawn_proposal_request_is_read_past_not_taken() {
+    use aerie_engine::spec::{Features, Proposer};
+    use aerie_target_worker::remote_draft::DraftLink;
+    let _g = serial();
+    let draft = draft_worker();
+    rt().block_on(async {
+        let e = engine();
+        let c = &e.model.config;
+        let cfg = aerie_target_worker::TargetConfig::default();
+        let link = DraftLink::connect(&draft.grpc, &e.model.fingerprint, c.num_layers, c.vocab_size, None, &cfg).await.unwrap();
+        let fallback = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut p = link.proposer(fallback.clone(), None);
+        let h = c.hidden_size;
+        tokio::task::spawn_blocking(move || {
+            let mut tokens = prompt_ids(0);
+            let rows = tokens.len();
+            tokens.push(1000);
+            let feats = |n: usize, seed: f32| Features { width: h, data: (0..n * h).map(|i| ((i % 89) as f32 - 44.0) / 64.0 + seed).collect() };
+            p.begin(&tokens, &feats(rows, 0.0)).unwrap();
+            for (round, next) in [(0, 2000u32), (1, 3000)] {
+                p.request_proposal(3).unwrap();
+                p.cancel_request();
+                p.commit(&[next], &feats(1, round as f32 * 0.01)).unwrap();
+            }
+            let tree = p.propose(3).unwrap();
+            assert_eq!(tree.tokens[0], 3000, "rooted at the last commit");
+            assert!(tree.tokens.len() > 1, "the draft proposed nothing: {tree:?}");
+            assert!(!fallback.load(std::sync::atomic::Ordering::Acquire), "the request stopped speculating");
+            // And the next round as usual.
+            p.commit(&[tree.tokens[1]], &feats(1, 0.5)).unwrap();
+            assert_eq!(p.propose(3).unwrap().tokens[0], tree.tokens[1]);
+        })
+        .await
+        .unwrap();
+    });
+}

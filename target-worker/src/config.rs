@@ -12,7 +12,9 @@ pub enum FeatureTransportMode {
     /// A device ring through CUDA IPC; shared memory, then inline, when the
     /// draft is on another GPU or cannot open it.
     CudaIpc,
-    /// Always shared memory (fails over to inline only per oversized block).
+    /// Shared memory whatever the draft reports (inline only per oversized
+    /// block, or for the whole session when the draft cannot map the ring,
+    /// which it logs).
     Shm,
     /// Always inline bytes in the gRPC message.
     Inline,

@@ -105,14 +105,16 @@ impl DraftLink {
             .http2_keep_alive_interval(aerie_proto::KEEPALIVE_INTERVAL)
             .keep_alive_timeout(aerie_proto::KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let channel = tokio::time::timeout(cfg.draft_connect_timeout, endpoint.connect())
+        // One deadline for the whole open: connect, Info, Session, ready.
+        let deadline = tokio::time::Instant::now() + cfg.draft_connect_timeout;
+        let channel = tokio::time::timeout_at(deadline, endpoint.connect())
             .await
             .map_err(|_| format!("draft worker {addr}: connect timed out"))?
             .map_err(|e| format!("draft worker {addr}: {e}"))?;
         let mut client = DraftServiceClient::new(channel)
             .max_decoding_message_size(aerie_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(aerie_proto::MAX_MESSAGE_BYTES);
-        let info = tokio::time::timeout(cfg.draft_connect_timeout, client.info(InfoRequest {}))
+        let info = tokio::time::timeout_at(deadline, client.info(InfoRequest {}))
             .await
             .map_err(|_| format!("draft worker {addr}: Info timed out"))?
             .map_err(|e| format!("draft worker {addr}: Info: {}", e.message()))?
@@ -176,13 +178,13 @@ impl DraftLink {
             device_uuid: offer.map(|o| o.uuid).unwrap_or_default(),
         };
         tx.send(SessionRequest { msg: Some(Msg::Open(open)) }).map_err(|_| "session channel closed".to_string())?;
-        let mut responses = tokio::time::timeout(cfg.draft_connect_timeout, client.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)))
+        let mut responses = tokio::time::timeout_at(deadline, client.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)))
             .await
             .map_err(|_| format!("draft worker {addr}: Session timed out"))?
             .map_err(|e| format!("draft worker {addr}: Session: {}", e.message()))?
             .into_inner();
         // The draft's first answer says which ring it mapped.
-        let ready = match tokio::time::timeout(cfg.draft_connect_timeout, responses.next()).await {
+        let ready = match tokio::time::timeout_at(deadline, responses.next()).await {
             Err(_) => return Err(format!("draft worker {addr}: no answer to the session's open")),
             Ok(Some(Ok(SessionResponse { msg: Some(Reply::Ready(r)) }))) => r,
             Ok(Some(Ok(SessionResponse { msg: Some(Reply::Error(e)) }))) => return Err(format!("draft worker {addr}: {} ({})", e.message, e.error_type)),
@@ -286,6 +288,7 @@ impl DraftLink {
             answers: rx,
             root: None,
             pending: false,
+            stale: 0,
             fallback,
             failed: false,
             constraint,
@@ -347,6 +350,9 @@ pub struct RemoteProposer {
     root: Option<u32>,
     /// A Propose was sent and its answer not yet read.
     pending: bool,
+    /// Answers to requests withdrawn since ([`Proposer::cancel_request`]),
+    /// read and dropped before the next answer that counts.
+    stale: usize,
     fallback: Arc<AtomicBool>,
     failed: bool,
     /// The request's output constraint, sent with the sequence's begin.
@@ -504,8 +510,27 @@ impl Proposer for RemoteProposer {
         Ok(())
     }
 
+    fn cancel_request(&mut self) {
+        if self.pending {
+            self.pending = false;
+            self.stale += 1;
+        }
+    }
+
     fn propose(&mut self, max_depth: usize) -> Result<DraftTree> {
         let root = self.root.ok_or_else(|| EngineError::InvalidInput("propose before begin".into()))?;
+        // Answers to withdrawn requests come first (the draft answers a
+        // sequence in order): read past them.
+        while self.stale > 0 && !self.failed {
+            match self.answers.recv_timeout(self.link.propose_timeout) {
+                Ok(_) => self.stale -= 1,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    self.link.mark_dead("a proposal timed out");
+                    self.fail("timeout");
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => self.fail("draft_down"),
+            }
+        }
         self.request_proposal(max_depth)?;
         if self.pending {
             self.pending = false;

@@ -264,6 +264,11 @@ struct Running {
 }
 
 impl Running {
+    /// Whether a drafter still proposes for this choice.
+    fn drafts(&self) -> bool {
+        self.speculative && !self.fallback.load(Ordering::Acquire)
+    }
+
     fn gone(&self) -> bool {
         self.cancel.load(Ordering::Acquire) || self.out.is_closed()
     }
@@ -562,13 +567,13 @@ fn run(model: &Model, shared: &Shared) {
         // 3. One step: for everyone, or under `--speculative-overlap` for
         // one lane while the draft workers draft for the other.
         let mut resting = Vec::new();
-        if shared.overlap && running.len() >= 2 {
+        if shared.overlap && running.iter().filter(|r| r.drafts()).count() >= 2 {
             lane = !lane;
             let (now, later) = split_lanes(std::mem::take(&mut running), lane);
             running = now;
             resting = later;
             metrics::counter!(m::TARGET_OVERLAPPED_STEPS).increment(1);
-            for r in resting.iter_mut().filter(|r| r.speculative) {
+            for r in resting.iter_mut() {
                 // A failure here shows again, and is handled, when this
                 // session's own step asks for the same tree.
                 let _ = r.session.request_ahead(model);
@@ -656,23 +661,24 @@ fn run(model: &Model, shared: &Shared) {
     }
 }
 
-/// Splits the running requests into the lane to step now (`lane`) and the
-/// one to draft for, first evening the lanes out (requests arrive in lane
-/// `false` and finish in either): afterwards they differ by at most one
-/// request, so with two or more running neither is empty.
+/// Splits the running requests into those to step now and those to draft
+/// for. Requests that draft are in two lanes, first evened out (requests
+/// arrive in lane `false` and finish in either) so that they differ by at
+/// most one, and lane `lane` steps now; with two or more drafting neither is
+/// empty. Requests that do not draft (plain, or fallen back) step every time.
 fn split_lanes(mut running: Vec<Running>, lane: bool) -> (Vec<Running>, Vec<Running>) {
     loop {
-        let now = running.iter().filter(|r| r.lane == lane).count();
-        let other = running.len() - now;
+        let now = running.iter().filter(|r| r.drafts() && r.lane == lane).count();
+        let other = running.iter().filter(|r| r.drafts() && r.lane != lane).count();
         if now.abs_diff(other) <= 1 {
             break;
         }
         let donor = if now > other { lane } else { !lane };
-        if let Some(r) = running.iter_mut().rev().find(|r| r.lane == donor) {
+        if let Some(r) = running.iter_mut().rev().find(|r| r.drafts() && r.lane == donor) {
             r.lane = !donor;
         }
     }
-    running.into_iter().partition(|r| r.lane == lane)
+    running.into_iter().partition(|r| !r.drafts() || r.lane == lane)
 }
 
 /// Ends every running choice with an error.

@@ -711,6 +711,10 @@ def colocated_layout_puts_target_and_draft_in_one_pod():
     eq(svc["spec"]["selector"], dep["spec"]["selector"]["matchLabels"], "Service selects the colocated pods")
     eq(sorted(p["name"] for p in svc["spec"]["ports"]), ["draft-grpc", "draft-metrics", "target-grpc", "target-metrics"], "Service ports")
     assert not objs(docs, "ResourceClaimTemplate"), "a GPU claim without gpu.enabled"
+    pdb = get(docs, "PodDisruptionBudget", name_of("worker"))
+    eq(pdb["spec"]["selector"]["matchLabels"], dep["spec"]["selector"]["matchLabels"], "the pairs' PDB selects them")
+    for component in ("draft-worker", "target-worker"):
+        assert ("PodDisruptionBudget", name_of(component)) not in names, f"a PDB for the absent {component} Deployment"
 
     # On a GPU: one DRA claim per pod, named by both containers; no device-plugin limit.
     docs = render(COLOCATED_GPU_VALUES)

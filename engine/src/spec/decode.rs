@@ -319,6 +319,9 @@ pub fn step_batch(model: &Model, sessions: &mut [&mut SpecSession]) -> Result<Ve
         let t = Instant::now();
         let budget = s.depth_budget(model);
         if budget == 0 {
+            // A tree asked for ahead of this step (`request_ahead`) under an
+            // earlier budget is not collected now; withdraw it.
+            s.proposer.cancel_request();
             let root = *s.tokens.last().expect("an unfinished session has emitted its first token");
             trees.push(Some(DraftTree::chain(root, &[])));
             continue;

@@ -116,6 +116,12 @@ pub trait Proposer: Send {
         Ok(())
     }
 
+    /// Withdraws a [`request_proposal`](Self::request_proposal) whose tree
+    /// will not be collected (the step verifies the root alone after all):
+    /// the next [`propose`](Self::propose) must not take that tree, which is
+    /// rooted at a token the commit in between replaces.
+    fn cancel_request(&mut self) {}
+
     /// A tree rooted at the last committed token, no deeper than `max_depth`.
     fn propose(&mut self, max_depth: usize) -> Result<DraftTree>;
 
@@ -162,6 +168,9 @@ impl<P: Proposer + ?Sized> Proposer for &mut P {
     }
     fn request_proposal(&mut self, max_depth: usize) -> Result<()> {
         (**self).request_proposal(max_depth)
+    }
+    fn cancel_request(&mut self) {
+        (**self).cancel_request()
     }
     fn propose(&mut self, max_depth: usize) -> Result<DraftTree> {
         (**self).propose(max_depth)

@@ -12,11 +12,14 @@
 //!   in issue order, which is the [`Device`] contract; a download waits for
 //!   the stream. (A non-default stream is what graph capture needs later.)
 //! - **Memory.** `cuMemAlloc`, not the stream-ordered pool, so buffers can
-//!   be exported through CUDA IPC later. Freed buffers go to a cache keyed by
+//!   be exported through CUDA IPC. Freed buffers go to a cache keyed by
 //!   rounded size and are reused without a synchronization, which is safe
 //!   because all work is on one stream: whatever used a buffer before is
 //!   ordered before whatever uses it next. A failed allocation empties the
 //!   cache and tries once more, then reports free and total memory.
+//!   Buffers exported through CUDA IPC (feature rings) keep a pool of their
+//!   own and are never freed while the process lives, since a reader in
+//!   another process may still map them.
 //! - **Threads.** The primary context is made current at the start of every
 //!   operation, so any thread may drive the device.
 //! - **cuBLAS** (`gemm_bf16`, the non-batch-invariant projections) is loaded
@@ -64,6 +67,12 @@ struct Core {
     stream: sys::CUstream,
     /// Freed buffers by size class.
     cache: Mutex<HashMap<usize, Vec<sys::CUdeviceptr>>>,
+    /// Exported buffers whose rings are gone, by size class. They never go
+    /// back to `cache` or to the driver while this process lives: a reader
+    /// in another process may still map one (freeing exported memory before
+    /// its importers close it is undefined), so one is only ever reused as
+    /// another exported ring, whose readers check every block.
+    exported: Mutex<HashMap<usize, Vec<sys::CUdeviceptr>>>,
     in_use: AtomicUsize,
     cached: AtomicUsize,
 }
@@ -104,6 +113,10 @@ impl Drop for Core {
     fn drop(&mut self) {
         if self.bind().is_ok() {
             let _ = self.release_cache();
+            for p in self.exported.lock().unwrap_or_else(|p| p.into_inner()).drain().flat_map(|(_, v)| v) {
+                // SAFETY: allocated by cuMemAlloc; the process is done with it.
+                let _ = unsafe { result::free_sync(p) };
+            }
             // SAFETY: created in `open`; nothing uses it any more.
             let _ = unsafe { result::stream::destroy(self.stream) };
             // SAFETY: the retain of `open`.
@@ -127,6 +140,21 @@ fn size_class(bytes: usize) -> usize {
 fn format_uuid(b: &[u8; 16]) -> String {
     let hex = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
     format!("GPU-{}-{}-{}-{}-{}", hex(0..4), hex(4..6), hex(6..8), hex(8..10), hex(10..16))
+}
+
+/// An exported allocation: back to the exported pool (never the general
+/// cache) when its ring is dropped.
+struct ExportedAlloc {
+    ptr: sys::CUdeviceptr,
+    class: usize,
+    core: Arc<Core>,
+}
+
+impl Drop for ExportedAlloc {
+    fn drop(&mut self) {
+        self.core.in_use.fetch_sub(self.class, Ordering::Relaxed);
+        self.core.exported.lock().unwrap_or_else(|p| p.into_inner()).entry(self.class).or_default().push(self.ptr);
+    }
 }
 
 /// Memory another process exported, mapped here; unmapped on drop.
@@ -225,7 +253,7 @@ impl DriverDevice {
         // SAFETY: the context just retained.
         unsafe { result::ctx::set_current(ctx) }.map_err(driver_err("cuCtxSetCurrent"))?;
         let stream = result::stream::create(result::stream::StreamKind::NonBlocking).map_err(driver_err("cuStreamCreate"))?;
-        let core = Arc::new(Core { ctx, cu_device, stream, cache: Mutex::default(), in_use: AtomicUsize::new(0), cached: AtomicUsize::new(0) });
+        let core = Arc::new(Core { ctx, cu_device, stream, cache: Mutex::default(), exported: Mutex::default(), in_use: AtomicUsize::new(0), cached: AtomicUsize::new(0) });
 
         let mut functions = HashMap::new();
         let mut modules = Vec::new();
@@ -349,11 +377,29 @@ impl Device for DriverDevice {
     }
 
     /// A `cuMemAlloc` buffer (exportable, unlike the stream-ordered pool's)
-    /// and its `cuIpcGetMemHandle`.
+    /// and its `cuIpcGetMemHandle`. Exported buffers live in a pool of their
+    /// own for the rest of the process (see `Core::exported`).
     fn alloc_exportable(&self, bytes: usize) -> Result<(DeviceBuffer, IpcHandle)> {
-        let buf = self.alloc(bytes)?;
+        self.core.bind()?;
+        let class = size_class(bytes);
+        let reused = self.core.exported.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&class).and_then(Vec::pop);
+        let ptr = match reused {
+            Some(p) => p,
+            // SAFETY: plain allocation, zeroed below.
+            None => unsafe { result::malloc_sync(class) }.map_err(|_| {
+                let (free, total) = result::mem_get_info().unwrap_or((0, self.total));
+                DeviceError::OutOfMemory { requested: class, free, total }
+            })?,
+        };
+        self.core.in_use.fetch_add(class, Ordering::Relaxed);
+        let buf = DeviceBuffer::from_raw(ptr, bytes, Box::new(ExportedAlloc { ptr, class, core: self.core.clone() }));
+        if bytes > 0 {
+            // SAFETY: `class >= bytes` bytes at `ptr`, ordered on the stream.
+            unsafe { result::memset_d8_async(ptr, 0, bytes, self.core.stream) }.map_err(driver_err("cuMemsetD8Async"))?;
+        }
         let mut h = std::mem::MaybeUninit::<sys::CUipcMemHandle>::zeroed();
-        // SAFETY: an out-parameter; `buf` is the base of a cuMemAlloc allocation.
+        // SAFETY: an out-parameter; `ptr` is the base of a cuMemAlloc
+        // allocation (never a suballocation: the pool hands out whole ones).
         unsafe { sys::cuIpcGetMemHandle(h.as_mut_ptr(), buf.addr()) }.result().map_err(driver_err("cuIpcGetMemHandle"))?;
         // SAFETY: initialized by the call above.
         let h = unsafe { h.assume_init() };

@@ -221,7 +221,7 @@ impl FeatureReceiver {
                 let bytes = &map[at..at + s.len as usize];
                 verify(bytes, s)?;
                 let out = floats(bytes);
-                self.consumed = self.consumed.max(s.offset + s.len);
+                self.consumed = self.consumed.max(s.offset.saturating_add(s.len));
                 Ok((width as usize, out, "shm"))
             }
             Some(Data::Device(s)) => {
@@ -230,7 +230,7 @@ impl FeatureReceiver {
                 let bytes = ring.read(at, s.len as usize)?;
                 verify(&bytes, s)?;
                 let out = floats(&bytes);
-                self.consumed = self.consumed.max(s.offset + s.len);
+                self.consumed = self.consumed.max(s.offset.saturating_add(s.len));
                 Ok((width as usize, out, "cuda-ipc"))
             }
         }
