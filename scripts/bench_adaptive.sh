@@ -4,9 +4,9 @@
 # (one decodes at a time) on MT-bench and the `categories` set, 128 tokens,
 # at concurrency 1, 4, 8 and 16, greedy; then MT-bench at temperature 0.7.
 #   plain      aerie serve --no-speculation
-#   fixed      aerie serve (the default: the shipped head, a (1, 1, 2) chain,
-#              minimum draft score 0.3; the best fixed setting of the last sweep)
-#   adaptive   the same with --speculative-adaptive (depth 0 or 1 per step)
+#   fixed      aerie serve --speculative-adaptive false (the shipped head, a
+#              (1, 1, 2) chain, minimum draft score 0.3, the whole tree verified)
+#   adaptive   aerie serve, the default since session 36 (depth 0 or 1 per step)
 #   adaptive3  --speculative-adaptive over a (3, 1, 4) chain (depth 0–3)
 # Usage: [SERVERS="plain adaptive3"] [OUT=DIR] bash scripts/bench_adaptive.sh [NUM_PROMPTS=16] [PART...]
 #   PART: mt-bench, categories, mt-bench-t0.7 (default: all three)
@@ -28,7 +28,7 @@ start() { # label port flags...
   pids+=($!)
 }
 start plain 30121 --no-speculation
-start fixed 30122
+start fixed 30122 --speculative-adaptive false
 start adaptive 30123 --speculative-adaptive
 start adaptive3 30124 --speculative-adaptive --speculative-num-steps 3 --speculative-eagle-topk 1 \
   --speculative-num-draft-tokens 4 --speculative-min-draft-score 0.3

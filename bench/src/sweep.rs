@@ -52,6 +52,9 @@ impl Setting {
                 t.topk.to_string(),
                 "--speculative-num-draft-tokens".into(),
                 t.num_draft_tokens.to_string(),
+                // A fixed setting: `aerie serve` adapts budgets by default.
+                "--speculative-adaptive".into(),
+                "false".into(),
             ],
         }
     }
@@ -277,7 +280,7 @@ mod tests {
         assert!(settings(&Grid { steps: vec![], ..grid.clone() }).is_err());
         assert!(settings(&Grid { concurrency: vec![0], ..grid.clone() }).is_err());
         assert!(settings(&Grid { steps: vec![1], topk: vec![1], draft_tokens: vec![5], baseline: false, ..grid }).is_err());
-        assert_eq!(Setting::Tree(TreeSpec { num_steps: 3, topk: 1, num_draft_tokens: 4 }).serve_args().join(" "), "--speculative-num-steps 3 --speculative-eagle-topk 1 --speculative-num-draft-tokens 4");
+        assert_eq!(Setting::Tree(TreeSpec { num_steps: 3, topk: 1, num_draft_tokens: 4 }).serve_args().join(" "), "--speculative-num-steps 3 --speculative-eagle-topk 1 --speculative-num-draft-tokens 4 --speculative-adaptive false");
     }
 
     #[test]

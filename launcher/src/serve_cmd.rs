@@ -97,7 +97,9 @@ pub struct ServeArgs {
     pub exit_on_worker_failure: bool,
     /// Target workers choose each request's draft depth per step from
     /// measured costs and acceptance (see `aerie target-worker --help`).
-    #[arg(long)]
+    /// On by default here; `--speculative-adaptive false` verifies the
+    /// drafter's whole tree every step (the fixed setting).
+    #[arg(long, num_args = 0..=1, default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub speculative_adaptive: bool,
     /// Target workers verify half their running requests per step while
     /// the draft workers draft for the other half (see `aerie target-worker

@@ -261,6 +261,10 @@ struct Running {
     rows_per_level: f64,
     /// Its half of the batch under `--speculative-overlap`.
     lane: bool,
+    /// Sampled with a seed: the adaptive budget leaves its tree whole, since
+    /// the tokens a seed draws depend on each step's depth, and a depth
+    /// chosen from timings would make the seed's text vary run to run.
+    seeded: bool,
 }
 
 impl Running {
@@ -361,7 +365,10 @@ impl Adaptive {
     fn plan(&self, running: &mut [Running]) {
         // The verify cost near this batch's plain rows (one per request).
         let costs = self.cost.costs_at(running.len());
-        let spec: Vec<usize> = (0..running.len()).filter(|&i| running[i].speculative).collect();
+        for r in running.iter_mut().filter(|r| r.seeded) {
+            r.session.depth_cap = None;
+        }
+        let spec: Vec<usize> = (0..running.len()).filter(|&i| running[i].speculative && !running[i].seeded).collect();
         let cands: Vec<budget::Candidate> = spec
             .iter()
             .map(|&i| {
@@ -523,6 +530,7 @@ fn run(model: &Model, shared: &Shared) {
                             deepest: 0,
                             rows_per_level: 1.0,
                             lane: false,
+                            seeded: j.sampling.seed.is_some() && !j.sampling.is_greedy(),
                         };
                         let first = r.session.tokens.clone();
                         metrics::counter!(m::TARGET_GENERATED_TOKENS).increment(first.len() as u64);

@@ -452,6 +452,8 @@ def each_role_runs_its_subcommand_with_listen_flags():
     eq(flag(t, "--max-total-tokens"), "65536", "--max-total-tokens")
     eq(flag(t, "--drain-grace-secs"), "30", "--drain-grace-secs")
     eq(flag(t, "--tp-size"), "1", "--tp-size")
+    assert "--speculative-adaptive" in t, "adaptive budgets by default, as aerie serve"
+    assert "--speculative-adaptive" not in args_of(render({"targetWorker": {"speculativeAdaptive": False}}), "target-worker")
     d = args_of(docs, "draft-worker")
     eq(d[0], "draft-worker", "draft subcommand")
     eq((flag(d, "--port"), flag(d, "--metrics-port")), ("32000", "32001"), "draft ports")
@@ -491,9 +493,12 @@ def speculative_flags_only_on_draft_workers():
     eq(flag(d, "--speculative-eagle-topk"), "1", "topk")
     eq(flag(d, "--speculative-num-draft-tokens"), "4", "draft tokens")
     eq(flag(d, "--speculative-draft-model-path"), None, "draft model path unset by default")
+    # The drafting flags go to draft workers only; the target's own
+    # speculative flag is the adaptive budget (its scheduling, not drafting).
     for component in ("router", "target-worker"):
-        spec = [a for a in args_of(docs, component) if a.startswith("--speculative")]
+        spec = [a for a in args_of(docs, component) if a.startswith("--speculative") and a != "--speculative-adaptive"]
         assert not spec, f"{component} got speculative flags {spec}"
+    assert "--speculative-adaptive" not in args_of(docs, "router"), "the router got --speculative-adaptive"
     docs = render({"draftWorker": {"speculative": {
         "algorithm": "EAGLE3", "numSteps": 5, "eagleTopk": 4, "numDraftTokens": 8, "minDraftScore": 0.25,
         "draftModelPath": "/models/head"}}})

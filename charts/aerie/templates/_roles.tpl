@@ -12,6 +12,9 @@ colocated one (colocated.yaml). `memFraction` is the role's
       "--max-total-tokens" ($t.maxTotalTokens | int | toString)
       "--drain-grace-secs" ($t.drainGraceSecs | int | toString)
       "--tp-size" ($t.tensorParallelSize | int | toString) -}}
+{{- if $t.speculativeAdaptive -}}
+{{- $args = concat $args (list "--speculative-adaptive") -}}
+{{- end -}}
 {{- with .featureTransport -}}
 {{- $args = concat $args (list "--feature-transport" .) -}}
 {{- end -}}
