@@ -246,7 +246,6 @@ pub fn run_target(a: TargetWorkerArgs, threads: Option<usize>) -> Result<()> {
         draft_connect_timeout: Duration::from_millis(a.draft_connect_timeout_ms),
         speculative_adaptive: a.speculative_adaptive,
         speculative_overlap: a.speculative_overlap,
-        ..TargetConfig::default()
     };
     // Rings of target workers killed before their drafts mapped them.
     for p in aerie_proto::transport::sweep_stale_rings(std::path::Path::new("/dev/shm"), Duration::from_secs(10)) {
