@@ -5,9 +5,10 @@
 # gpu-pack/ with scripts/gpu_pack.sh first and bring it along. Writes a
 # Markdown report to $OUT/gpu_report.md (OUT defaults to target/gpu-check)
 # and exits non-zero if any check failed. Stage timeouts: 60 + 150 + 280 s
-# for checks 2-4 and 420 s for 5; a lent device runs one command for at
-# most 10 minutes, so run it there as two calls: SKIP_8B=1 (checks 1-4),
-# then ONLY_8B=1 (checks 1 and 5).
+# for checks 2-4, 60 + 240 s for 4b-4c and 420 s for 5; a lent device runs
+# one command for at most 10 minutes, so run it there as three calls:
+# SKIP_8B=1 SKIP_EXTRA=1 (checks 1-4), ONLY_EXTRA=1 (checks 1, 4b and 4c),
+# ONLY_8B=1 (checks 1 and 5).
 #
 # Checks, in order:
 #   1. the GPU, driver, CUDA and NVRTC in use;
@@ -25,6 +26,8 @@
 #      process to a draft reader process through inline bytes, the
 #      shared-memory ring and the CUDA IPC device ring (cuIpcOpenMemHandle
 #      between two real processes on this GPU, every block checksummed);
+#   4c. scripts/bench_overlap.sh: --speculative-overlap on and off at
+#      concurrency 1, 8 and 32 (self-drafting on the model of stage 4);
 #   5. `aerie bench forward` on the Llama-3.1-8B shape with random bf16
 #      weights: decode tok/s at batch 1, the fraction of HBM bandwidth, the
 #      verify cost curve time(k)/time(1) for k = 1..64; and again through
@@ -81,7 +84,7 @@ export RUST_BACKTRACE=1
 } > "$R"
 cat "$R"
 
-if [ "${ONLY_8B:-0}" != 1 ]; then
+if [ "${ONLY_8B:-0}" != 1 ] && [ "${ONLY_EXTRA:-0}" != 1 ]; then
 stage "kernels through this host's NVRTC"
 if (cd kernels && timeout 60 "$PACK/kernels-tests" nvrtc_cubin:: >> "$LOG" 2>&1); then
   note "- ok: every kernel compiles to sm_80 and sm_90 cubins with this host's NVRTC"
@@ -101,6 +104,20 @@ if PYTHONUNBUFFERED=1 timeout 280 $PY scripts/gpu_check.py --aerie "$PACK/aerie"
   :
 else
   fail "scripts/gpu_check.py (see gpu_check.log)"
+fi
+
+fi
+
+if [ "${ONLY_8B:-0}" != 1 ] && [ "${SKIP_EXTRA:-0}" != 1 ]; then
+stage "overlapped drafting on and off (batch 1, 8, 32)"
+# Stage 4's random model, written here when this call skipped stage 4.
+[ -d "$OUT/work/smollm2-shape-random" ] || (cd scripts && timeout 120 $PY -c 'import sys, gpu_check; gpu_check.write_model(sys.argv[1], sys.argv[2])' \
+  "$OUT/work/smollm2-shape-random" "$PACK/smollm2-tokenizer") >> "$LOG" 2>&1
+if [ -d "$OUT/work/smollm2-shape-random" ] && AERIE="$PACK/aerie" DEVICE=cuda MODEL="$OUT/work/smollm2-shape-random" OUT="$OUT/overlap" \
+    timeout 240 bash scripts/bench_overlap.sh >> "$LOG" 2>&1; then
+  { echo; echo "Overlapped drafting (\`--speculative-overlap\`) on and off, self-drafting on the random SmolLM2-shaped model (scripts/bench_overlap.sh):"; echo; sed -n '/^| server | load/,/^$/p' "$OUT/overlap/report.md"; } >> "$R"
+else
+  fail "scripts/bench_overlap.sh on the GPU (see gpu_check.log)"
 fi
 
 stage "feature hand-off: CUDA IPC against shared memory"
